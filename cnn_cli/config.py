@@ -1,0 +1,23 @@
+"""Tunables for the engine, in one place.
+
+The thresholds pick the convolution algorithm for a shape (see
+``cnn_cli.functional._choose_algorithm``). They were set from ``bench/engine.py``
+on a 2-core AVX-512 machine; any value gives correct results, only speed moves.
+"""
+
+#: Use the FFT path when the kernel has at least this many taps (kH * kW)
+#: and the stride is 1. OpenCV switches to a DFT at about 11x11, and so do we.
+FFT_MIN_TAPS = 121
+
+#: Use im2col + BLAS when one output pixel needs at least this many
+#: multiply-adds per output channel (C_in/groups * kH * kW) and the layer has at
+#: least IM2COL_MIN_OUT_CHANNELS filters per group: then the matrix product is
+#: large enough for BLAS to beat the direct loops.
+IM2COL_MIN_DEPTH = 64
+IM2COL_MIN_OUT_CHANNELS = 16
+
+#: Upper bound on the im2col buffer; larger batches are processed in chunks.
+IM2COL_MAX_BYTES = 64 * 2**20
+
+#: Threads for scipy.fft in the FFT path (-1: all cores).
+FFT_WORKERS = -1

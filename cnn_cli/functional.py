@@ -1,0 +1,500 @@
+"""The engine's public API: convolution and pooling, forward and backward.
+
+Names, arguments and results follow ``torch.nn.functional``. Arrays are numpy:
+``x`` is (N, C_in, H, W) and ``weight`` is (C_out, C_in/groups, kH, kW).
+
+Dtype rule: every array argument may have any real dtype (bool, integers,
+float16/32/64); it is converted with ``np.asarray(a, dtype=np.float32)``, so
+float64 is rounded to nearest and integers above 2**24 lose their low bits.
+Results are always float32 and C-contiguous. NaN and inf propagate as in torch.
+
+This module validates and normalises arguments, picks an algorithm for the
+shape and calls the Numba kernels in ``cnn_cli.kernels``. Bad arguments raise
+``ValueError`` with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import config
+from .kernels import conv as conv_kernels
+from .kernels import pool as pool_kernels
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+ALGORITHMS = ("auto", "direct", "im2col", "fft")
+_NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _as_float32(name, a, ndim):
+    """Convert an array argument to C-contiguous float32 and check its rank and size."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, but has dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        expected = {4: "(N, C, H, W)", 1: "(C_out,)"}.get(ndim, f"{ndim}-D")
+        raise ValueError(f"{name} must be {ndim}-D {expected}, but has shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"{name} must not be empty, but has shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _pair(name, value, minimum):
+    """An int or a pair of ints -> (int, int), each at least ``minimum``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, but got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, but got {value!r}")
+    return pair
+
+
+def _conv_padding(padding, kernel, dilation, stride):
+    """Resolve ``padding`` to (top, bottom, left, right).
+
+    ``"same"`` pads a total of dilation*(k-1) per axis and, like torch, puts the
+    odd extra pixel at the bottom/right, so even kernels work too.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    f"padding='same' needs stride=1, but got stride={stride}; "
+                    "give an explicit padding instead"
+                )
+            pads = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', but got {padding!r}")
+    ph, pw = _pair("padding", padding, 0)
+    return (ph, ph, pw, pw)
+
+
+def _check_padding_mode(padding_mode, pads, h, w):
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got {padding_mode!r}")
+    top, bottom, left, right = pads
+    for size, before, after, axis in ((h, top, bottom, "height"), (w, left, right, "width")):
+        if padding_mode == "reflect" and max(before, after) >= size:
+            raise ValueError(
+                f"reflect padding must be smaller than the input {axis} ({size}), "
+                f"but got {max(before, after)}; use less padding or padding_mode='replicate'"
+            )
+        if padding_mode == "circular" and max(before, after) > size:
+            raise ValueError(
+                f"circular padding must be at most the input {axis} ({size}), "
+                f"but got {max(before, after)}; use less padding"
+            )
+
+
+def _out_size(padded, kernel, stride, dilation, axis):
+    effective = dilation * (kernel - 1) + 1
+    if effective > padded:
+        raise ValueError(
+            f"kernel {axis} with dilation ({effective}) is larger than the padded input "
+            f"{axis} ({padded}); use a smaller kernel or dilation, or more padding"
+        )
+    return (padded - effective) // stride + 1
+
+
+class _Conv:
+    """Validated, normalised arguments of one convolution call."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, padding_mode, algorithm):
+        n, c_in, h, w = x_shape
+        c_out, cin_g, kh, kw = w_shape
+        if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+            raise ValueError(f"groups must be a positive int, but got {groups!r}")
+        if c_out % groups:
+            raise ValueError(
+                f"groups ({groups}) must divide the number of filters weight.shape[0] ({c_out})"
+            )
+        if c_in % groups:
+            raise ValueError(f"groups ({groups}) must divide the input channels x.shape[1] ({c_in})")
+        if cin_g * groups != c_in:
+            raise ValueError(
+                f"x has {c_in} channels but weight expects weight.shape[1] * groups = "
+                f"{cin_g} * {groups} = {cin_g * groups}; give x with that many channels "
+                "or a weight of shape (C_out, C_in/groups, kH, kW)"
+            )
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+        self.stride = _pair("stride", stride, 1)
+        self.dilation = _pair("dilation", dilation, 1)
+        self.pads = _conv_padding(padding, (kh, kw), self.dilation, self.stride)
+        _check_padding_mode(padding_mode, self.pads, h, w)
+        self.padding_mode = padding_mode
+        self.groups = int(groups)
+        self.padded = (h + self.pads[0] + self.pads[1], w + self.pads[2] + self.pads[3])
+        self.out_hw = (
+            _out_size(self.padded[0], kh, self.stride[0], self.dilation[0], "height"),
+            _out_size(self.padded[1], kw, self.stride[1], self.dilation[1], "width"),
+        )
+        self.y_shape = (n, c_out, *self.out_hw)
+        self.algorithm = algorithm
+
+    def pad(self, x):
+        """x padded by ``pads`` in ``padding_mode`` (no copy when there is no padding)."""
+        top, bottom, left, right = self.pads
+        if not any(self.pads):
+            return x
+        mode = _NUMPY_PAD_MODE[self.padding_mode]
+        return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
+
+    def unpad_grad(self, gxp):
+        """Fold the gradient of the padded input back onto the input pixels.
+
+        Zero padding just drops the border. The other modes copy input pixels
+        into the border, so the border's gradient is added to the pixel it came
+        from (this is what torch's autograd does through ``F.pad``).
+        """
+        top, bottom, left, right = self.pads
+        g = _fold_axis(gxp, 2, top, bottom, self.padding_mode)
+        return np.ascontiguousarray(_fold_axis(g, 3, left, right, self.padding_mode))
+
+
+def _fold_axis(g, axis, before, after, mode):
+    size = g.shape[axis] - before - after
+    view = np.moveaxis(g, axis, 0)
+    out = view[before:before + size].copy()
+    if mode == "zeros":
+        return np.moveaxis(out, 0, axis)
+    for p in [*range(before), *range(before + size, before + size + after)]:
+        q = p - before
+        if mode == "replicate":
+            src = min(max(q, 0), size - 1)
+        elif mode == "circular":
+            src = q % size
+        else:  # reflect: mirror about the first and last pixel
+            src = -q if q < 0 else 2 * (size - 1) - q
+        out[src] += view[p]
+    return np.moveaxis(out, 0, axis)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _choose_algorithm(cin_g, cout_g, kh, kw, stride):
+    """The fastest path for a shape, by the thresholds in ``cnn_cli.config``."""
+    if kh * kw >= config.FFT_MIN_TAPS and stride == (1, 1):
+        return "fft"
+    if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH and cout_g >= config.IM2COL_MIN_OUT_CHANNELS:
+        return "im2col"
+    return "direct"
+
+
+def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
+    """Valid cross-correlation of an already padded input; every path lands here."""
+    n = xp.shape[0]
+    c_out, cin_g, kh, kw = w.shape
+    if algorithm == "auto":
+        algorithm = _choose_algorithm(cin_g, c_out // groups, kh, kw, stride)
+    if algorithm == "fft":
+        return _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw)
+    y = np.empty((n, c_out, *out_hw), np.float32)
+    if algorithm == "direct":
+        b = bias if bias is not None else np.zeros(c_out, np.float32)
+        conv_kernels.conv_direct(xp, w, b, *stride, *dilation, groups, y)
+        return y
+    y_pixels = y.reshape(n, c_out, -1)  # a view: y is contiguous
+    cout_g = c_out // groups
+    for n0, g, col in _im2col_chunks(xp, w.shape, stride, dilation, groups, out_hw):
+        rows = slice(g * cout_g, (g + 1) * cout_g)
+        out = y_pixels[n0:n0 + col.shape[0], rows]
+        np.matmul(w[rows].reshape(cout_g, -1), col, out=out)
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return y
+
+
+def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
+    """Yield (first image, group, columns) for chunks of images that fit the buffer limit.
+
+    ``columns`` is (images, C_in/groups * kH * kW, H_out * W_out) and is reused
+    between chunks, so consumers must use it before asking for the next one.
+    """
+    n = xp.shape[0]
+    _, cin_g, kh, kw = w_shape
+    depth, pixels = cin_g * kh * kw, out_hw[0] * out_hw[1]
+    per_image = depth * pixels * 4
+    batch = int(max(1, min(n, config.IM2COL_MAX_BYTES // per_image)))
+    buffer = np.empty((batch, depth, pixels), np.float32)
+    for n0 in range(0, n, batch):
+        nb = min(batch, n - n0)
+        for g in range(groups):
+            col = buffer[:nb]
+            conv_kernels.im2col(xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col)
+            yield n0, g, col
+
+
+def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
+    """Valid cross-correlation by FFT, for large kernels.
+
+    Correlation is a product with the conjugate spectrum of the kernel. A
+    transform length of at least the padded input is enough: the circular
+    wrap-around only reaches outputs beyond the valid ones, which we drop.
+    Work is in float64, so cancellations (a zero-mean kernel on a bright image)
+    stay well inside the engine's 1e-4 tolerance.
+    """
+    import scipy.fft
+
+    n, c_in, hp, wp = xp.shape
+    c_out, cin_g, kh, kw = w.shape
+    dh, dw = dilation
+    wd = np.zeros((c_out, cin_g, dh * (kh - 1) + 1, dw * (kw - 1) + 1), np.float64)
+    wd[:, :, ::dh, ::dw] = w
+    shape = (scipy.fft.next_fast_len(hp, real=True), scipy.fft.next_fast_len(wp, real=True))
+    workers = config.FFT_WORKERS
+    xf = scipy.fft.rfft2(xp.astype(np.float64), s=shape, workers=workers)
+    wf = np.conj(scipy.fft.rfft2(wd, s=shape, workers=workers))
+    cout_g = c_out // groups
+    yf = np.empty((n, c_out, *xf.shape[2:]), np.complex128)
+    for co in range(c_out):
+        g = co // cout_g
+        yf[:, co] = np.einsum("nchw,chw->nhw", xf[:, g * cin_g:(g + 1) * cin_g], wf[co])
+    full = scipy.fft.irfft2(yf, s=shape, workers=workers)
+    sh, sw = stride
+    y = full[:, :, : (out_hw[0] - 1) * sh + 1 : sh, : (out_hw[1] - 1) * sw + 1 : sw]
+    if bias is not None:
+        y = y + bias[None, :, None, None]
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _check_bias(bias, c_out):
+    if bias is None:
+        return None
+    b = _as_float32("bias", bias, 1)
+    if b.shape[0] != c_out:
+        raise ValueError(f"bias must have shape ({c_out},) to match weight, but has {b.shape}")
+    return b
+
+
+def conv2d(
+    x,
+    weight,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    padding_mode="zeros",
+    algorithm="auto",
+):
+    """2-D cross-correlation of a batch of images with a filter bank.
+
+    Parameters
+    ----------
+    x : array (N, C_in, H, W)
+    weight : array (C_out, C_in/groups, kH, kW)
+        One filter per output channel; each filter is C_in/groups kernels,
+        whose responses are summed.
+    bias : array (C_out,), optional
+    stride, dilation : int or (int, int), at least 1
+    padding : int, (int, int), "same" or "valid"
+        "same" keeps H and W for stride 1, also for even kernels (the odd
+        extra pixel goes to the bottom/right, as in torch).
+    groups : int
+        Split channels into groups that are convolved separately;
+        ``groups = C_in = C_out`` is a depthwise bank.
+    padding_mode : "zeros", "reflect", "replicate" or "circular"
+    algorithm : "auto", "direct", "im2col" or "fft"
+        Force a code path. "auto" picks direct loops for few channels, im2col
+        with BLAS for deep layers and FFT for kernels of 11x11 and larger.
+
+    Returns
+    -------
+    y : float32 array (N, C_out, H_out, W_out), where
+        ``H_out = (H + pad_top + pad_bottom - dilation*(kH-1) - 1) // stride + 1``
+        and likewise for W_out.
+
+    Examples
+    --------
+    >>> x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    >>> conv2d(x, np.ones((1, 1, 2, 2)))[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]], dtype=float32)
+    """
+    x = _as_float32("x", x, 4)
+    w = _as_float32("weight", weight, 4)
+    b = _check_bias(bias, w.shape[0])
+    spec = _Conv(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
+    return _correlate_valid(
+        spec.pad(x), w, b, spec.stride, spec.dilation, spec.groups, spec.out_hw, spec.algorithm
+    )
+
+
+def conv2d_backward(
+    x,
+    weight,
+    grad_y,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    padding_mode="zeros",
+    algorithm="auto",
+):
+    """Gradients of a ``conv2d`` call with the same arguments.
+
+    Given ``grad_y`` = dL/dy of shape (N, C_out, H_out, W_out), returns
+    ``(grad_x, grad_weight, grad_bias)`` shaped like x, weight and (C_out,).
+
+    grad_x is itself a convolution: ``grad_y`` with ``stride - 1`` zeros
+    inserted between its pixels, fully padded, correlated with the spatially
+    flipped filters with in/out channels swapped. It therefore runs on the same
+    algorithms as the forward pass (``algorithm`` picks one, as in ``conv2d``).
+    grad_weight uses im2col + BLAS when ``algorithm`` resolves to "im2col", and
+    direct loops otherwise.
+    """
+    x = _as_float32("x", x, 4)
+    w = _as_float32("weight", weight, 4)
+    gy = _as_float32("grad_y", grad_y, 4)
+    spec = _Conv(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
+    if gy.shape != spec.y_shape:
+        raise ValueError(
+            f"grad_y must have the shape of conv2d's output {spec.y_shape}, but has {gy.shape}"
+        )
+    c_out, cin_g, kh, kw = w.shape
+    g = spec.groups
+    algorithm = spec.algorithm
+    if algorithm == "auto":
+        algorithm = _choose_algorithm(cin_g, c_out // g, kh, kw, spec.stride)
+
+    grad_bias = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+
+    xp = spec.pad(x)
+    grad_w = np.empty_like(w)
+    if algorithm == "im2col":
+        acc = np.zeros((c_out, cin_g * kh * kw), np.float64)
+        cout_g = c_out // g
+        for n0, group, col in _im2col_chunks(xp, w.shape, spec.stride, spec.dilation, g, spec.out_hw):
+            rows = slice(group * cout_g, (group + 1) * cout_g)
+            gyc = gy[n0:n0 + col.shape[0], rows].reshape(col.shape[0], cout_g, -1)
+            acc[rows] += np.matmul(gyc, col.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+        grad_w[...] = acc.reshape(w.shape)
+    else:
+        conv_kernels.conv_grad_weight_direct(xp, gy, *spec.stride, *spec.dilation, g, grad_w)
+
+    # grad_x is a correlation with swapped channels; "auto" decides afresh for that shape.
+    grad_xp = _grad_padded_input(gy, w, spec, spec.algorithm)
+    return spec.unpad_grad(grad_xp), grad_w, grad_bias
+
+
+def _grad_padded_input(gy, w, spec, algorithm):
+    """dL/d(padded x), computed as a forward correlation (see ``conv2d_backward``)."""
+    n, c_out, ho, wo = gy.shape
+    _, cin_g, kh, kw = w.shape
+    g = spec.groups
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    fh, fw = dh * (kh - 1), dw * (kw - 1)
+    # grad_y spread out by the stride and padded by the kernel's reach.
+    spread = np.zeros((n, c_out, (ho - 1) * sh + 1 + 2 * fh, (wo - 1) * sw + 1 + 2 * fw), np.float32)
+    spread[:, :, fh:fh + (ho - 1) * sh + 1:sh, fw:fw + (wo - 1) * sw + 1:sw] = gy
+    # (C_out, C_in/g, kH, kW) -> (C_in, C_out/g, kH, kW), flipped in space.
+    wt = w.reshape(g, c_out // g, cin_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    wt = np.ascontiguousarray(wt.reshape(g * cin_g, c_out // g, kh, kw)[:, :, ::-1, ::-1])
+    part_hw = ((ho - 1) * sh + 1 + fh, (wo - 1) * sw + 1 + fw)
+    part = _correlate_valid(spread, wt, None, (1, 1), spec.dilation, g, part_hw, algorithm)
+    # Rows and columns past the last window (when the stride does not divide
+    # evenly) never reached the output: their gradient is zero.
+    grad = np.zeros((n, g * cin_g, *spec.padded), np.float32)
+    grad[:, :, : part_hw[0], : part_hw[1]] = part
+    return grad
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+class _Pool:
+    """Validated, normalised arguments of one pooling call (torch's rules)."""
+
+    def __init__(self, x_shape, kernel_size, stride, padding):
+        self.kernel = _pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel if stride is None else _pair("stride", stride, 1)
+        self.padding = _pair("padding", padding, 0)
+        for k, p in zip(self.kernel, self.padding):
+            if 2 * p > k:
+                raise ValueError(
+                    f"padding must be at most half of kernel_size, but got padding={padding!r} "
+                    f"for kernel_size={kernel_size!r}"
+                )
+        n, c, h, w = x_shape
+        out = []
+        for size, k, s, p, axis in zip((h, w), self.kernel, self.stride, self.padding, ("height", "width")):
+            if k > size + 2 * p:
+                raise ValueError(
+                    f"kernel_size {axis} ({k}) is larger than the padded input {axis} "
+                    f"({size + 2 * p}); use a smaller kernel_size or more padding"
+                )
+            out.append((size + 2 * p - k) // s + 1)
+        self.y_shape = (n, c, *out)
+
+    @property
+    def args(self):
+        return (*self.kernel, *self.stride, *self.padding)
+
+
+def _pool_forward(kernel, x, kernel_size, stride, padding):
+    x = _as_float32("x", x, 4)
+    spec = _Pool(x.shape, kernel_size, stride, padding)
+    y = np.empty(spec.y_shape, np.float32)
+    kernel(x, *spec.args, y)
+    return y
+
+
+def _pool_backward_args(x, grad_y, kernel_size, stride, padding):
+    x = _as_float32("x", x, 4)
+    gy = _as_float32("grad_y", grad_y, 4)
+    spec = _Pool(x.shape, kernel_size, stride, padding)
+    if gy.shape != spec.y_shape:
+        raise ValueError(
+            f"grad_y must have the shape of the pooling output {spec.y_shape}, but has {gy.shape}"
+        )
+    return x, gy, spec, np.empty_like(x)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Max pooling over windows of ``kernel_size``; padding counts as -inf.
+
+    ``stride`` defaults to ``kernel_size``; padding is at most half the kernel.
+    Output size: ``(H + 2*padding - kernel_size) // stride + 1`` (floor mode).
+    """
+    return _pool_forward(pool_kernels.max_pool_forward, x, kernel_size, stride, padding)
+
+
+def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+    """Gradient of ``max_pool2d``: each window's gradient goes to its first maximum."""
+    x, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
+    pool_kernels.max_pool_backward(x, gy, *spec.args, gx)
+    return gx
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Average pooling with zero padding counted in the mean (torch's ``count_include_pad=True``).
+
+    Every window is divided by kH*kW. Arguments and output size as ``max_pool2d``.
+    """
+    return _pool_forward(pool_kernels.avg_pool_forward, x, kernel_size, stride, padding)
+
+
+def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+    """Gradient of ``avg_pool2d``: each window spreads grad/(kH*kW) over its pixels."""
+    _, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
+    pool_kernels.avg_pool_backward(gy, *spec.args, gx)
+    return gx

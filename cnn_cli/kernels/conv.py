@@ -1,0 +1,102 @@
+"""Convolution kernels (cross-correlation, as in every deep-learning framework).
+
+All kernels work on an input ``xp`` that is already padded, so they only know
+"valid" correlation with stride and dilation; padding modes live in
+``cnn_cli.functional``. Notation: x is (N, C_in, H, W), w is
+(C_out, C_in/groups, kH, kW), y is (N, C_out, H_out, W_out).
+"""
+
+import numpy as np
+from numba import prange
+
+from ._jit import parallel
+
+
+@parallel
+def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y):
+    """y[n,co,oh,ow] = bias[co] + sum_{ci,i,j} w[co,ci,i,j] * xp[n, g*Cg+ci, oh*sh+i*dh, ow*sw+j*dw].
+
+    One task per output row (n, group, oh): it computes that row for every
+    filter of the group, so each input row is loaded once for all filters, and
+    the innermost loop runs along the row, where LLVM vectorises it.
+    """
+    n_img = xp.shape[0]
+    c_out, cin_g, kh, kw = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    cout_g = c_out // groups
+    for task in prange(n_img * groups * ho):
+        oh = task % ho
+        g = (task // ho) % groups
+        n = task // (ho * groups)
+        for co in range(g * cout_g, (g + 1) * cout_g):
+            y[n, co, oh, :] = bias[co]
+        for ci in range(cin_g):
+            c = g * cin_g + ci
+            for i in range(kh):
+                xrow = xp[n, c, oh * sh + i * dh]
+                for j in range(kw):
+                    off = j * dw
+                    for co in range(g * cout_g, (g + 1) * cout_g):
+                        wv = w[co, ci, i, j]
+                        yrow = y[n, co, oh]
+                        if sw == 1:
+                            for ow in range(wo):
+                                yrow[ow] += wv * xrow[off + ow]
+                        else:
+                            for ow in range(wo):
+                                yrow[ow] += wv * xrow[off + ow * sw]
+
+
+@parallel
+def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col):
+    """col[b, (ci*kH + i)*kW + j, oh*W_out + ow] = xp[n0+b, c0+ci, oh*sh+i*dh, ow*sw+j*dw].
+
+    Lays out every receptive field as a column, so a convolution becomes one
+    matrix product (filters x depth) @ (depth x pixels) that BLAS runs near peak.
+    """
+    nb, depth = col.shape[0], col.shape[1]
+    for task in prange(nb * depth):
+        b = task // depth
+        r = task % depth
+        ci = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        for oh in range(ho):
+            xrow = xp[n0 + b, c0 + ci, oh * sh + i * dh]
+            dst = col[b, r, oh * wo:(oh + 1) * wo]
+            off = j * dw
+            for ow in range(wo):
+                dst[ow] = xrow[off + ow * sw]
+
+
+@parallel
+def conv_grad_weight_direct(xp, gy, sh, sw, dh, dw, groups, gw):
+    """gw[co,ci,i,j] = sum_{n,oh,ow} gy[n,co,oh,ow] * xp[n, g*Cg+ci, oh*sh+i*dh, ow*sw+j*dw].
+
+    One task per (filter, input channel) pair, so each task owns its own slice
+    of ``gw``. Row dot products run in float32 (short, vectorised); the sum of
+    rows is kept in float64 so millions of pixels do not lose precision.
+    """
+    n_img = xp.shape[0]
+    c_out, cin_g, kh, kw = gw.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    cout_g = c_out // groups
+    for task in prange(c_out * cin_g):
+        co = task // cin_g
+        ci = task % cin_g
+        c = (co // cout_g) * cin_g + ci
+        acc = np.zeros((kh, kw), np.float64)
+        for n in range(n_img):
+            for oh in range(ho):
+                grow = gy[n, co, oh]
+                for i in range(kh):
+                    xrow = xp[n, c, oh * sh + i * dh]
+                    for j in range(kw):
+                        off = j * dw
+                        s = np.float32(0.0)
+                        for ow in range(wo):
+                            s += grow[ow] * xrow[off + ow * sw]
+                        acc[i, j] += s
+        for i in range(kh):
+            for j in range(kw):
+                gw[co, ci, i, j] = acc[i, j]
