@@ -1,0 +1,126 @@
+"""Files that are written whole or not at all, and npz files read without trust.
+
+Every output goes to a temporary name in the destination folder and is moved
+into place with ``os.replace``, so a crash, a full disk or Ctrl-C never leaves
+a half-written file at a final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+#: Refuse npz members that declare more than this many bytes (2 GiB).
+MAX_ARRAY_BYTES = 2 * 2**30
+
+
+class NpzError(ValueError):
+    """An npz file is missing, damaged, or holds something we will not load."""
+
+
+@contextlib.contextmanager
+def atomic_path(final, suffix=""):
+    """Yield a temporary path next to ``final``; move it onto ``final`` on success.
+
+    On any exception the temporary file is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(final, data):
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_npz_atomic(final, arrays):
+    """``np.savez`` to ``final`` atomically (uncompressed: fast to write and to memory-map)."""
+    with atomic_path(final, ".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def replace_dir(staging, final, *, force):
+    """Move a finished ``staging`` folder to ``final``.
+
+    Without ``force`` an existing ``final`` is an error (FileExistsError). With
+    it, the old folder is first renamed aside, so at every moment ``final`` is
+    either the old complete output or the new one.
+    """
+    final = Path(final)
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    if not force:
+        raise FileExistsError(final)
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+    os.replace(final, old / "x")
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_npz_arrays(path, keys=None):
+    """Arrays from an npz file, never unpickling and never trusting declared sizes.
+
+    Each member's header (shape, dtype) is read first and checked against the
+    bytes actually stored, so a tiny member that declares 40 GB is refused
+    before anything is allocated. ``keys`` limits what is loaded and must all
+    be present.
+    """
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise NpzError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise NpzError(f"{path}: not a readable npz (zip) file: {exc}") from None
+    with archive:
+        members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+        wanted = list(members) if keys is None else list(keys)
+        missing = [k for k in wanted if k not in members]
+        if missing:
+            raise NpzError(f"{path}: missing array(s) {missing}")
+        return {key: _read_member(archive, members[key], path) for key in wanted}
+
+
+def _read_member(archive, info, path):
+    label = f"{path}: array '{info.filename[:-4]}'"
+    try:
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise NpzError(f"{label}: unsupported npy version {version}")
+            if dtype.hasobject:
+                raise NpzError(f"{label}: holds Python objects, which we never load")
+            declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if declared > MAX_ARRAY_BYTES:
+                raise NpzError(f"{label}: declares {declared} bytes, over the {MAX_ARRAY_BYTES}-byte limit")
+            if declared > info.file_size:
+                raise NpzError(f"{label}: declares {declared} bytes but only {info.file_size} are stored")
+            data = fh.read(declared)
+    except NpzError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise NpzError(f"{label}: damaged: {exc}") from None
+    if len(data) != declared:
+        raise NpzError(f"{label}: truncated ({len(data)} of {declared} bytes)")
+    arr = np.frombuffer(data, dtype=dtype)
+    return arr.reshape(shape, order="F" if fortran else "C").copy()

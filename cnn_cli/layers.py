@@ -1,0 +1,298 @@
+"""Layers: the vocabulary shared by pipelines (fixed banks) and networks.
+
+Each layer is a plain object with ``bind`` (check the incoming channels and
+name the outgoing ones), ``forward`` on a batch (N, C, H, W), ``out_hw`` and
+``window`` (for output shapes and receptive fields). Layers never print.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+
+#: Activations by name: f(x) on float32 arrays.
+ACTIVATIONS = {
+    "relu": lambda x, slope: np.maximum(x, 0, dtype=np.float32),
+    "leaky_relu": lambda x, slope: np.where(x > 0, x, x * np.float32(slope)).astype(np.float32),
+    "abs": lambda x, slope: np.abs(x),
+    "square": lambda x, slope: np.square(x),
+    "tanh": lambda x, slope: np.tanh(x),
+    "sigmoid": lambda x, slope: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
+}
+
+
+class LayerError(ValueError):
+    """A layer cannot take the input it is given; the message says what to change."""
+
+
+class Layer:
+    kind = "layer"
+
+    def bind(self, channels):
+        """Check the input channel names and return the output channel names."""
+        return list(channels)
+
+    def out_hw(self, h, w):
+        return h, w
+
+    def window(self):
+        """((kernel extent, stride) for rows, for columns), or None for a global layer."""
+        return (1, 1), (1, 1)
+
+    @property
+    def num_params(self):
+        return 0
+
+    def describe(self):
+        return self.kind
+
+
+class Activation(Layer):
+    def __init__(self, kind, slope=0.01):
+        if kind not in ACTIVATIONS:
+            raise LayerError(f"unknown activation {kind!r}; use one of {', '.join(ACTIVATIONS)}")
+        self.kind = kind
+        self.slope = slope
+
+    def forward(self, x):
+        return ACTIVATIONS[self.kind](x, self.slope)
+
+
+class Pool(Layer):
+    """Max or average pooling (torch's defaults: stride = kernel, floor mode)."""
+
+    def __init__(self, kind, kernel_size=2, stride=None, padding=0):
+        self.kind = kind  # "maxpool" or "avgpool"
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self._forward = F.max_pool2d if kind == "maxpool" else F.avg_pool2d
+        F._Pool((1, 1, 10**6, 10**6), kernel_size, self.stride, padding)  # validate arguments now
+
+    def forward(self, x):
+        return self._forward(x, self.kernel_size, self.stride, self.padding)
+
+    def out_hw(self, h, w):
+        try:
+            return F._Pool((1, 1, h, w), self.kernel_size, self.stride, self.padding).y_shape[2:]
+        except ValueError as exc:
+            raise LayerError(str(exc)) from None
+
+    def window(self):
+        k, s = F._pair("kernel_size", self.kernel_size, 1), F._pair("stride", self.stride, 1)
+        return (k[0], s[0]), (k[1], s[1])
+
+    def describe(self):
+        return f"{self.kind} {self.kernel_size}, stride {self.stride}, padding {self.padding}"
+
+
+class GlobalPool(Layer):
+    """Mean or max over each whole map: (N, C, H, W) -> (N, C, 1, 1)."""
+
+    def __init__(self, kind):
+        self.kind = kind  # "globalavgpool" or "globalmaxpool"
+
+    def forward(self, x):
+        reduce = np.mean if self.kind == "globalavgpool" else np.max
+        return reduce(x, axis=(2, 3), keepdims=True).astype(np.float32)
+
+    def out_hw(self, h, w):
+        return 1, 1
+
+    def window(self):
+        return None
+
+
+class Products(Layer):
+    """All pairwise products of channels, c_i * c_j for i <= j (e.g. Ix², IxIy, Iy²)."""
+
+    kind = "products"
+
+    def bind(self, channels):
+        if len(channels) > 16:
+            raise LayerError(f"products takes at most 16 channels, but gets {len(channels)}")
+        self.pairs = [(i, j) for i in range(len(channels)) for j in range(i, len(channels))]
+        return [f"{channels[i]}*{channels[j]}" for i, j in self.pairs]
+
+    def forward(self, x):
+        return np.stack([x[:, i] * x[:, j] for i, j in self.pairs], axis=1)
+
+
+class CornerResponse(Layer):
+    """Corner strength from the smoothed structure tensor (Sxx, Sxy, Syy), one map.
+
+    Harris & Stephens (1988): det(M) - k·trace(M)². Shi & Tomasi (1994): the
+    smaller eigenvalue of M. Both are large only where the gradient varies in
+    two directions, that is at corners, and small (Harris: negative) on edges.
+    """
+
+    kind = "corner_response"
+
+    def __init__(self, method="harris", k=0.05):
+        if method not in ("harris", "shi_tomasi"):
+            raise LayerError(f"corner_response method must be 'harris' or 'shi_tomasi', not {method!r}")
+        self.method, self.k = method, k
+
+    def bind(self, channels):
+        if len(channels) != 3:
+            raise LayerError(
+                "corner_response needs the 3 channels Sxx, Sxy, Syy (a products layer over "
+                f"x and y derivatives, then smoothing), but gets {len(channels)}"
+            )
+        return [self.method]
+
+    def forward(self, x):
+        sxx, sxy, syy = x[:, 0], x[:, 1], x[:, 2]
+        if self.method == "harris":
+            r = sxx * syy - sxy * sxy - np.float32(self.k) * (sxx + syy) ** 2
+        else:
+            r = 0.5 * (sxx + syy) - np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
+        return r[:, None].astype(np.float32)
+
+    def describe(self):
+        return f"corner_response {self.method}" + (f", k={self.k}" if self.method == "harris" else "")
+
+
+class Normalize(Layer):
+    """``l2``: divide each pixel's channel vector by its norm; ``standardize``: each map to mean 0, std 1."""
+
+    kind = "normalize"
+
+    def __init__(self, method="l2", eps=1e-6):
+        if method not in ("l2", "standardize"):
+            raise LayerError(f"normalize method must be 'l2' or 'standardize', not {method!r}")
+        self.method, self.eps = method, eps
+
+    def forward(self, x):
+        if self.method == "l2":
+            norm = np.sqrt(np.sum(x * x, axis=1, keepdims=True, dtype=np.float64))
+        else:
+            x = x - x.mean(axis=(2, 3), keepdims=True, dtype=np.float64)
+            norm = x.std(axis=(2, 3), keepdims=True, dtype=np.float64)
+        return (x / (norm + self.eps)).astype(np.float32)
+
+    def describe(self):
+        return f"normalize {self.method}"
+
+
+class BankConv(Layer):
+    """A convolution whose filters come from banks of named kernels.
+
+    How a kernel meets C_in input channels (``mode``):
+
+    - ``mean``: a 2-D kernel is repeated over all C_in channels with weight
+      1/C_in, so the filter sees the channel mean; one map per kernel. This is
+      the seed's multichannel filter: C_in kernels whose responses are summed.
+    - ``depthwise``: every kernel runs over every channel on its own
+      (``groups = C_in``); C_in maps per kernel, named ``kernel@channel``.
+
+    A kernel written for C_in channels (3-D in the bank file) is used as it is.
+    Banks run one by one, each at its own kernel size, and their maps are
+    concatenated; kernels of different sizes within a bank are centred in the
+    largest (as "same" padding would centre them), so each gives the same map
+    as it would alone.
+    """
+
+    kind = "conv"
+
+    def __init__(self, banks, *, mode="mean", stride=1, padding="same", dilation=1, padding_mode="reflect"):
+        if mode not in ("mean", "depthwise"):
+            raise LayerError(f"conv mode must be 'mean' or 'depthwise', not {mode!r}")
+        self.banks, self.mode = list(banks), mode
+        self.options = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+        self.filters = []  # (weight, bias, groups) per bank, filled by bind()
+
+    def bind(self, channels):
+        c_in = len(channels)
+        self.filters, names = [], []
+        for bank in self.banks:
+            side_h = max(k.size[0] for k in bank.kernels)
+            side_w = max(k.size[1] for k in bank.kernels)
+            per_kernel = [self._filter(k, c_in, side_h, side_w) for k in bank.kernels]
+            if self.mode == "depthwise" and all(k.channels is None for k in bank.kernels):
+                # (C_in * M, 1, kH, kW), output o = c*M + m reads input channel c.
+                base = np.stack([p[0, 0] for p in per_kernel])
+                w = np.tile(base, (c_in, 1, 1)).reshape(-1, 1, side_h, side_w)
+                bias = np.tile([k.bias for k in bank.kernels], c_in)
+                names += [f"{k.name}@{c}" for c in channels for k in bank.kernels]
+                self.filters.append((w, bias, c_in))
+            else:
+                w = np.stack([p[0] for p in per_kernel])
+                names += [k.name for k in bank.kernels]
+                self.filters.append((w, np.array([k.bias for k in bank.kernels]), 1))
+        self.filters = [(w.astype(np.float32), b.astype(np.float32), g) for w, b, g in self.filters]
+        return names
+
+    def _filter(self, kernel, c_in, side_h, side_w):
+        """Weights (1 or C_in, C_in or 1, side_h, side_w) for one kernel, centred."""
+        kh, kw = kernel.size
+        top = (side_h - 1) // 2 - (kh - 1) // 2
+        left = (side_w - 1) // 2 - (kw - 1) // 2
+        if kernel.channels is not None:
+            if kernel.channels != c_in:
+                raise LayerError(
+                    f"kernel '{kernel.name}' is written for {kernel.channels} input channels, "
+                    f"but the layer gets {c_in}; use --color rgb for 3-channel kernels"
+                )
+            if self.mode == "depthwise":
+                raise LayerError(f"kernel '{kernel.name}' has channels, so it cannot run in depthwise mode")
+            out = np.zeros((1, c_in, side_h, side_w))
+            out[0, :, top:top + kh, left:left + kw] = kernel.weights
+            return out
+        out = np.zeros((1, 1, side_h, side_w))
+        out[0, 0, top:top + kh, left:left + kw] = kernel.weights
+        if self.mode == "mean":
+            return np.repeat(out, c_in, axis=1) / c_in
+        return out
+
+    def forward(self, x):
+        maps = [F.conv2d(x, w, b, groups=g, **self.options) for w, b, g in self.filters]
+        shapes = {m.shape[2:] for m in maps}
+        if len(shapes) > 1:
+            raise LayerError(
+                f"banks in one conv layer give maps of different sizes {sorted(shapes)}; "
+                "use padding = \"same\" or put the banks in separate layers"
+            )
+        return maps[0] if len(maps) == 1 else np.concatenate(maps, axis=1)
+
+    def _padding_pairs(self):
+        stride = F._pair("stride", self.options["stride"], 1)
+        dilation = F._pair("dilation", self.options["dilation"], 1)
+        out = []
+        for w, _, _ in self.filters:
+            pads = F._conv_padding(self.options["padding"], w.shape[2:], dilation, stride)
+            out.append((pads, w.shape[2:]))
+        return stride, dilation, out
+
+    def out_hw(self, h, w):
+        stride, dilation, pads = self._padding_pairs()
+        sizes = set()
+        for (top, bottom, left, right), (kh, kw) in pads:
+            try:
+                sizes.add((
+                    F._out_size(h + top + bottom, kh, stride[0], dilation[0], "height"),
+                    F._out_size(w + left + right, kw, stride[1], dilation[1], "width"),
+                ))
+            except ValueError as exc:
+                raise LayerError(str(exc)) from None
+        if len(sizes) > 1:
+            raise LayerError(
+                f"banks in one conv layer give maps of different sizes {sorted(sizes)}; "
+                "use padding = \"same\" or put the banks in separate layers"
+            )
+        return sizes.pop()
+
+    def window(self):
+        stride, dilation, pads = self._padding_pairs()
+        kh = max(k[0] for _, k in pads)
+        kw = max(k[1] for _, k in pads)
+        return (dilation[0] * (kh - 1) + 1, stride[0]), (dilation[1] * (kw - 1) + 1, stride[1])
+
+    @property
+    def num_params(self):
+        return sum(w.size + b.size for w, b, _ in self.filters)
+
+    def describe(self):
+        banks = ", ".join(b.name for b in self.banks)
+        return f"conv [{banks}] {self.mode}, padding {self.options['padding']!r} {self.options['padding_mode']}"

@@ -1,0 +1,1 @@
+"""Bank and pipeline files shipped with cnn (installed as the cnn_cli.filters package data)."""
