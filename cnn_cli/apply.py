@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ class ApplyOptions:
     normalize: str = "per-map"
     cmap: str = "gray"
     force: bool = False
+    #: Maps a decoded image (C, H, W) in [0, 1] to the pipeline's input, e.g. a
+    #: model's resize and normalisation; None feeds the image as it is.
+    prepare: object = None
 
 
 @dataclass
@@ -68,9 +72,11 @@ def output_names(paths):
     """A distinct folder name for every input: its stem, plus a hash of its
     full path when two inputs share a stem, so no two inputs write together."""
     stems = [_safe(Path(p).stem) for p in paths]
+    # Compared without case: on macOS and Windows "Photo" and "photo" are one folder.
+    counts = Counter(stem.lower() for stem in stems)
     names = {}
     for p, stem in zip(paths, stems):
-        if stems.count(stem) > 1:
+        if counts[stem.lower()] > 1:
             digest = hashlib.sha1(str(Path(p).resolve()).encode()).hexdigest()[:8]
             stem = f"{stem}-{digest}"
         names[p] = stem
@@ -102,6 +108,8 @@ def apply_images(paths, out_root, pipeline, options, on_result=None):
                 raise FileExistsError(f"{out_dir} exists; use --force to replace it")
             image = read_image(path, color=options.color, max_size=options.max_size,
                                max_pixels=options.max_pixels)
+            if options.prepare is not None:
+                image = options.prepare(image)
         except (ImageError, FileExistsError) as exc:
             result = Result(path, out_dir, error=str(exc))
             results.append(result)

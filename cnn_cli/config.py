@@ -21,3 +21,8 @@ IM2COL_MAX_BYTES = 64 * 2**20
 
 #: Threads for scipy.fft in the FFT path (-1: all cores).
 FFT_WORKERS = -1
+
+#: Kernels run serially below this much work (about one multiply-add per
+#: unit): waking the thread pool costs tens of microseconds, and more on a
+#: busy machine, which small layers do not repay.
+PARALLEL_MIN_WORK = 2**18

@@ -70,11 +70,17 @@ class BankError(ValueError):
 
 
 def _half_size(size, default_half):
+    """Half the side of a kernel, checked against MAX_KERNEL_SIDE before anything is built."""
     if size is None:
-        return max(1, int(default_half))
-    if size < 1 or size % 2 == 0:
+        half = max(1, int(default_half))
+    elif size < 1 or size % 2 == 0:
         raise BankError(f"size must be a positive odd number, but got {size}")
-    return size // 2
+    else:
+        half = size // 2
+    if 2 * half + 1 > MAX_KERNEL_SIDE:
+        raise BankError(f"the kernel would be {2 * half + 1} pixels wide, over the limit of {MAX_KERNEL_SIDE}; "
+                        "use a smaller sigma or size (or a higher frequency)")
+    return half
 
 
 def gaussian_kernel(sigma, *, size=None):
@@ -123,8 +129,8 @@ def gabor_kernel(frequency, theta=0.0, *, sigma_x=None, sigma_y=None, bandwidth=
     sy = prefactor / frequency if sigma_y is None else sigma_y
     ct, st = math.cos(theta), math.sin(theta)
     if size is None:
-        x0 = math.ceil(max(abs(3 * sx * ct), abs(3 * sy * st), 1))
-        y0 = math.ceil(max(abs(3 * sy * ct), abs(3 * sx * st), 1))
+        x0 = _half_size(None, math.ceil(max(abs(3 * sx * ct), abs(3 * sy * st), 1)))
+        y0 = _half_size(None, math.ceil(max(abs(3 * sy * ct), abs(3 * sx * st), 1)))
     else:
         x0 = y0 = _half_size(size, 1)
     y, x = np.meshgrid(np.arange(-y0, y0 + 1), np.arange(-x0, x0 + 1), indexing="ij")
@@ -220,6 +226,8 @@ def _read_toml(path):
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise BankError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BankError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise BankError(f"{path}: cannot read: {exc.strerror or exc}") from None
 

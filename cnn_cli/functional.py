@@ -208,7 +208,7 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     y = np.empty((n, c_out, *out_hw), np.float32)
     if algorithm == "direct":
         b = bias if bias is not None else np.zeros(c_out, np.float32)
-        conv_kernels.conv_direct(xp, w, b, *stride, *dilation, groups, y)
+        conv_kernels.conv_direct(xp, w, b, *stride, *dilation, groups, y, work=y.size * w[0].size)
         return y
     y_pixels = y.reshape(n, c_out, -1)  # a view: y is contiguous
     cout_g = c_out // groups
@@ -237,7 +237,7 @@ def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
         nb = min(batch, n - n0)
         for g in range(groups):
             col = buffer[:nb]
-            conv_kernels.im2col(xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col)
+            conv_kernels.im2col(xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col, work=col.size)
             yield n0, g, col
 
 
@@ -389,7 +389,8 @@ def conv2d_backward(
             acc[rows] += np.matmul(gyc, col.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
         grad_w[...] = acc.reshape(w.shape)
     else:
-        conv_kernels.conv_grad_weight_direct(xp, gy, *spec.stride, *spec.dilation, g, grad_w)
+        conv_kernels.conv_grad_weight_direct(xp, gy, *spec.stride, *spec.dilation, g, grad_w,
+                                             work=gy.size * w[0].size)
 
     # grad_x is a correlation with swapped channels; "auto" decides afresh for that shape.
     grad_xp = _grad_padded_input(gy, w, spec, spec.algorithm)
@@ -449,12 +450,17 @@ class _Pool:
     def args(self):
         return (*self.kernel, *self.stride, *self.padding)
 
+    @property
+    def work(self):
+        """Window reads of the whole call, for choosing serial or parallel kernels."""
+        return int(np.prod(self.y_shape)) * self.kernel[0] * self.kernel[1]
+
 
 def _pool_forward(kernel, x, kernel_size, stride, padding):
     x = _as_float32("x", x, 4)
     spec = _Pool(x.shape, kernel_size, stride, padding)
     y = np.empty(spec.y_shape, np.float32)
-    kernel(x, *spec.args, y)
+    kernel(x, *spec.args, y, work=spec.work)
     return y
 
 
@@ -481,7 +487,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``max_pool2d``: each window's gradient goes to its first maximum."""
     x, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    pool_kernels.max_pool_backward(x, gy, *spec.args, gx)
+    pool_kernels.max_pool_backward(x, gy, *spec.args, gx, work=spec.work)
     return gx
 
 
@@ -496,5 +502,5 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``avg_pool2d``: each window spreads grad/(kH*kW) over its pixels."""
     _, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    pool_kernels.avg_pool_backward(gy, *spec.args, gx)
+    pool_kernels.avg_pool_backward(gy, *spec.args, gx, work=spec.work)
     return gx

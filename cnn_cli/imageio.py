@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-#: Formats we decode (Pillow's format names); MPO is a phone-camera JPEG.
-FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+#: Formats we decode (Pillow's format names), as far as this Pillow has them;
+#: MPO is a phone-camera JPEG that older Pillows keep apart.
+Image.init()
+FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM") if f in Image.OPEN)
 
 #: File endings walked in folders and globs; content decides the real format.
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
@@ -53,16 +55,18 @@ def read_image(path, *, color="gray", max_size=None, max_pixels=MAX_PIXELS):
     ``max_size`` downscales (Lanczos) so the longer side is at most that many pixels.
     """
     path = Path(path)
+    too_big = (f"{path}: over the limit of {max_pixels} pixels "
+               "(raise it with --max-pixels if you trust the file)")
+    # Our check below replaces Pillow's (which fires at twice its own global
+    # limit, with a less helpful message); Image.open reads only the header.
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's own bomb warning; we check below
             with Image.open(path, formats=FORMATS) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise ImageError(
-                        f"{path}: {w}x{h} is {w * h} pixels, over the limit of {max_pixels} "
-                        "(raise it with --max-pixels if you trust the file)"
-                    )
+                    raise ImageError(f"{too_big}: it declares {w}x{h} = {w * h}")
                 im.seek(0)
                 im = ImageOps.exif_transpose(im)
                 channels = _to_float(im)
@@ -75,9 +79,11 @@ def read_image(path, *, color="gray", max_size=None, max_pixels=MAX_PIXELS):
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path}: not an image in a format we read ({', '.join(FORMATS)})") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError,
-            ZeroDivisionError, MemoryError, Image.DecompressionBombError) as exc:
+            ZeroDivisionError, MemoryError) as exc:
         # Pillow raises many exception types on damaged data; all mean the same.
         raise ImageError(f"{path}: damaged or truncated image ({type(exc).__name__}: {exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     if color == "gray":
         img = channels[0:1] if channels.shape[0] == 1 else np.tensordot(LUMA, channels, 1)[None]
     else:
@@ -117,9 +123,16 @@ def _to_float(im):
 def _downscale(img, max_size):
     c, h, w = img.shape
     scale = max_size / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return resize(img, max(1, round(h * scale)), max(1, round(w * scale)))
+
+
+def resize(img, height, width):
+    """Resize (C, H, W) float32 to (C, height, width) with Lanczos (antialiased when shrinking)."""
+    if img.shape[1:] == (height, width):
+        return img
     return np.stack([
-        np.asarray(Image.fromarray(ch, mode="F").resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+        np.asarray(Image.fromarray(ch, mode="F").resize((width, height), Image.Resampling.LANCZOS),
+                   dtype=np.float32)
         for ch in img
     ])
 
@@ -128,13 +141,16 @@ def _is_hidden(name):
     return name.startswith(".") or name.startswith("._")
 
 
-def find_images(inputs, *, follow_links=False):
+def find_images(inputs, *, follow_links=False, exclude=()):
     """Expand files, folders (recursively, hidden entries skipped) and globs.
 
-    Returns (found, problems): image paths in a stable order without
-    duplicates, and one message per input that matched nothing.
+    Folders and globs keep files with image endings only, and skip the
+    folders in ``exclude`` (the output folder, so a rerun does not read its
+    own maps). Returns (found, problems): image paths in a stable order
+    without duplicates, and one message per input that matched nothing.
     """
     found, problems, seen = [], [], set()
+    excluded = {os.path.realpath(e) for e in exclude}
 
     def add(p):
         key = os.path.realpath(p)
@@ -148,7 +164,8 @@ def find_images(inputs, *, follow_links=False):
         if path.is_dir():
             before = len(found)
             for root, dirs, files in os.walk(path, followlinks=follow_links):
-                dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+                dirs[:] = sorted(d for d in dirs if not _is_hidden(d)
+                                 and os.path.realpath(os.path.join(root, d)) not in excluded)
                 for name in sorted(files):
                     full = Path(root) / name
                     if _is_hidden(name) or full.suffix.lower() not in EXTENSIONS:
@@ -162,7 +179,9 @@ def find_images(inputs, *, follow_links=False):
         elif path.is_file():
             add(path)
         elif glob.has_magic(item):
-            matches = sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            matches = sorted(m for m in glob.glob(item, recursive=True)
+                             if Path(m).is_file() and Path(m).suffix.lower() in EXTENSIONS
+                             and not any(os.path.realpath(m).startswith(e + os.sep) for e in excluded))
             if not matches:
                 problems.append(f"{item}: the pattern matches no files")
             for m in matches:

@@ -11,14 +11,18 @@ import numpy as np
 
 from . import functional as F
 
-#: Activations by name: f(x) on float32 arrays.
+#: Activations by name: (f(x), df/dx given x and y = f(x)) on float32 arrays.
 ACTIVATIONS = {
-    "relu": lambda x, slope: np.maximum(x, 0, dtype=np.float32),
-    "leaky_relu": lambda x, slope: np.where(x > 0, x, x * np.float32(slope)).astype(np.float32),
-    "abs": lambda x, slope: np.abs(x),
-    "square": lambda x, slope: np.square(x),
-    "tanh": lambda x, slope: np.tanh(x),
-    "sigmoid": lambda x, slope: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
+    "relu": (lambda x, a: np.maximum(x, 0, dtype=np.float32),
+             lambda x, y, a: (x > 0).astype(np.float32)),
+    "leaky_relu": (lambda x, a: np.where(x > 0, x, x * np.float32(a)).astype(np.float32),
+                   lambda x, y, a: np.where(x > 0, 1, a).astype(np.float32)),
+    "abs": (lambda x, a: np.abs(x), lambda x, y, a: np.sign(x)),
+    "square": (lambda x, a: np.square(x), lambda x, y, a: 2 * x),
+    "tanh": (lambda x, a: np.tanh(x), lambda x, y, a: 1 - y * y),
+    # The tanh form of the logistic function never overflows.
+    "sigmoid": (lambda x, a: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
+                lambda x, y, a: y * (1 - y)),
 }
 
 
@@ -27,7 +31,19 @@ class LayerError(ValueError):
 
 
 class Layer:
+    """Base layer: no parameters, shape-preserving, identity receptive field.
+
+    ``forward(x, train=False)`` computes the output; with ``train=True`` it
+    also keeps what ``backward(grad_y) -> grad_x`` needs. Layers with
+    parameters keep them in ``params`` and their gradients in ``grads``
+    (same names), and running statistics in ``buffers``.
+    """
+
     kind = "layer"
+    params: dict = {}
+    buffers: dict = {}
+    #: False for layers that only make sense in a trained network (learned weights, flatten).
+    in_pipelines = True
 
     def bind(self, channels):
         """Check the input channel names and return the output channel names."""
@@ -55,8 +71,21 @@ class Activation(Layer):
         self.kind = kind
         self.slope = slope
 
-    def forward(self, x):
-        return ACTIVATIONS[self.kind](x, self.slope)
+    def forward(self, x, train=False):
+        y = ACTIVATIONS[self.kind][0](x, self.slope)
+        if train:
+            self._saved = (x, y)
+        return y
+
+    def backward(self, grad):
+        x, y = self._saved
+        return (grad * ACTIVATIONS[self.kind][1](x, y, self.slope)).astype(np.float32)
+
+    def build(self, shape, rng):
+        return shape
+
+    def describe(self):
+        return f"leaky_relu {self.slope}" if self.kind == "leaky_relu" else self.kind
 
 
 class Pool(Layer):
@@ -67,11 +96,24 @@ class Pool(Layer):
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
-        self._forward = F.max_pool2d if kind == "maxpool" else F.avg_pool2d
+        if kind == "maxpool":
+            self._forward, self._backward = F.max_pool2d, F.max_pool2d_backward
+        else:
+            self._forward, self._backward = F.avg_pool2d, F.avg_pool2d_backward
         F._Pool((1, 1, 10**6, 10**6), kernel_size, self.stride, padding)  # validate arguments now
 
-    def forward(self, x):
+    def forward(self, x, train=False):
+        if train:
+            self._x = x
         return self._forward(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, grad):
+        return self._backward(self._x, grad, self.kernel_size, self.stride, self.padding)
+
+    def build(self, shape, rng):
+        if len(shape) != 3:
+            raise LayerError(f"{self.kind} needs maps (C, H, W), but its input is flat {shape}")
+        return (shape[0], *self.out_hw(*shape[1:]))
 
     def out_hw(self, h, w):
         try:
@@ -93,12 +135,30 @@ class GlobalPool(Layer):
     def __init__(self, kind):
         self.kind = kind  # "globalavgpool" or "globalmaxpool"
 
-    def forward(self, x):
+    def forward(self, x, train=False):
+        if train:
+            self._x = x
         reduce = np.mean if self.kind == "globalavgpool" else np.max
         return reduce(x, axis=(2, 3), keepdims=True).astype(np.float32)
 
+    def backward(self, grad):
+        x = self._x
+        if self.kind == "globalavgpool":
+            return np.broadcast_to(grad / np.float32(x.shape[2] * x.shape[3]), x.shape).astype(np.float32)
+        # All of each map's gradient goes to its first maximum.
+        n, c, h, w = x.shape
+        flat = x.reshape(n * c, h * w)
+        gx = np.zeros_like(flat)
+        gx[np.arange(n * c), flat.argmax(axis=1)] = grad.reshape(n * c)
+        return gx.reshape(x.shape)
+
     def out_hw(self, h, w):
         return 1, 1
+
+    def build(self, shape, rng):
+        if len(shape) != 3:
+            raise LayerError(f"{self.kind} needs maps (C, H, W), but its input is flat {shape}")
+        return (shape[0], 1, 1)
 
     def window(self):
         return None
@@ -115,7 +175,7 @@ class Products(Layer):
         self.pairs = [(i, j) for i in range(len(channels)) for j in range(i, len(channels))]
         return [f"{channels[i]}*{channels[j]}" for i, j in self.pairs]
 
-    def forward(self, x):
+    def forward(self, x, train=False):
         return np.stack([x[:, i] * x[:, j] for i, j in self.pairs], axis=1)
 
 
@@ -142,7 +202,7 @@ class CornerResponse(Layer):
             )
         return [self.method]
 
-    def forward(self, x):
+    def forward(self, x, train=False):
         sxx, sxy, syy = x[:, 0], x[:, 1], x[:, 2]
         if self.method == "harris":
             r = sxx * syy - sxy * sxy - np.float32(self.k) * (sxx + syy) ** 2
@@ -164,7 +224,7 @@ class Normalize(Layer):
             raise LayerError(f"normalize method must be 'l2' or 'standardize', not {method!r}")
         self.method, self.eps = method, eps
 
-    def forward(self, x):
+    def forward(self, x, train=False):
         if self.method == "l2":
             norm = np.sqrt(np.sum(x * x, axis=1, keepdims=True, dtype=np.float64))
         else:
@@ -246,7 +306,7 @@ class BankConv(Layer):
             return np.repeat(out, c_in, axis=1) / c_in
         return out
 
-    def forward(self, x):
+    def forward(self, x, train=False):
         maps = [F.conv2d(x, w, b, groups=g, **self.options) for w, b, g in self.filters]
         shapes = {m.shape[2:] for m in maps}
         if len(shapes) > 1:

@@ -48,9 +48,17 @@ from .layers import (
 #: The pipeline ``cnn apply`` runs when no bank, pipeline or model is given.
 DEFAULT_PIPELINE = "default"
 
-#: Fields each layer type accepts besides ``type``.
+#: Fields each layer type accepts besides ``type``. A conv layer either takes
+#: ``banks`` (fixed filters) or ``out_channels`` (learned filters, in networks).
+_LEARNED_CONV = {"out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode"}
 _FIELDS = {
-    "conv": {"banks", "mode", "stride", "padding", "dilation", "padding_mode"},
+    "conv": {"banks", "mode", "stride", "padding", "dilation", "padding_mode"} | _LEARNED_CONV,
+    "linear": {"out_features", "bias"},
+    "flatten": set(),
+    "dropout": {"p"},
+    "batchnorm": set(),
+    "residual": {"out_channels", "stride"},
+    "netvlad": {"clusters"},
     "maxpool": {"kernel_size", "stride", "padding"},
     "avgpool": {"kernel_size", "stride", "padding"},
     "globalavgpool": set(),
@@ -70,6 +78,12 @@ def _build_layer(table, base_dir):
     if unknown:
         raise BankError(f"unknown field(s) {sorted(unknown)} for type '{kind}'; allowed: {sorted(_FIELDS[kind])}")
     options = {k: (list(v) if isinstance(v, list) else v) for k, v in table.items() if k != "type"}
+    if kind in _LEARNABLE or (kind == "conv" and "out_channels" in options):
+        from . import nn
+
+        if kind == "conv" and "banks" in options:
+            raise BankError("a conv layer takes banks (fixed filters) or out_channels (learned), not both")
+        return getattr(nn, _LEARNABLE.get(kind, "Conv2d"))(**options)
     if kind == "conv":
         banks = options.pop("banks", None)
         if not isinstance(banks, list) or not banks or not all(isinstance(b, str) for b in banks):
@@ -87,6 +101,10 @@ def _build_layer(table, base_dir):
     if kind == "normalize":
         return Normalize(**options)
     return Activation(kind, **options)
+
+
+_LEARNABLE = {"linear": "Linear", "flatten": "Flatten", "dropout": "Dropout", "batchnorm": "BatchNorm2d",
+              "residual": "Residual", "netvlad": "NetVLAD"}
 
 
 def _relative(bank_spec, base_dir):
@@ -136,44 +154,76 @@ class Pipeline:
         return outputs
 
     def summary(self, height, width):
-        """Output shape and receptive field of every layer for an input of height x width.
-
-        Receptive field (in input pixels): r_out = r_in + (k - 1) * j_in and
-        j_out = j_in * stride, where k is the dilated kernel extent and j the
-        distance in input pixels between neighbouring outputs.
-        """
-        rows, r, j, h, w = [], 1, 1, height, width
+        """Output shape and receptive field of every layer for an input of height x width."""
+        rows, h, w = [], height, width
+        fields = receptive_fields(self.layers)
         for i, (layer, channels) in enumerate(zip(self.layers, self.channels)):
             try:
                 h, w = layer.out_hw(h, w)
             except (LayerError, ValueError) as exc:
                 raise BankError(f"{self.source or self.name}: layer {i} ({layer.kind}): {exc}") from None
-            win = layer.window()
-            if win is None or r == "global":
-                r = "global"
-            else:
-                (k, s), _ = win
-                r, j = r + (k - 1) * j, j * s
-            rows.append(LayerInfo(i, layer, channels, (len(channels), h, w), r))
+            rows.append(LayerInfo(i, layer, channels, (len(channels), h, w), fields[i]))
         return rows
+
+
+def receptive_fields(layers):
+    """The receptive field (input pixels, along rows) of each layer's outputs, or "global".
+
+    r_out = r_in + (k - 1) * j_in and j_out = j_in * stride, where k is the
+    dilated kernel extent and j the distance in input pixels between
+    neighbouring outputs (Araujo et al., 2019, "Computing receptive fields").
+    """
+    fields, r, j = [], 1, 1
+    for layer in layers:
+        win = layer.window()
+        if win is None or r == "global":
+            r = "global"
+        else:
+            (k, s), _ = win
+            r, j = r + (k - 1) * j, j * s
+        fields.append(r)
+    return fields
+
+
+def build_layers(tables, where, base_dir=Path("."), substitutions=None):
+    """Layers from a list of ``[[layer]]`` tables; errors name ``where`` and the layer.
+
+    ``substitutions`` replaces string values such as ``out_features = "classes"``.
+    """
+    if not isinstance(tables, list) or not tables:
+        raise BankError(f"{where}: needs [[layer]] entries")
+    layers = []
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise BankError(f"{where}: layer {i}: must be a table")
+        table = {k: (substitutions.get(v, v) if substitutions and isinstance(v, str) else v)
+                 for k, v in table.items()}
+        try:
+            layers.append(_build_layer(table, base_dir))
+        except (BankError, LayerError, TypeError, ValueError) as exc:
+            raise BankError(f"{where}: layer {i}: {exc}") from None
+    return layers
 
 
 def load_pipeline(spec):
     """A ``Pipeline`` from a shipped name or a file path (not yet bound)."""
     path = filterbank.resolve_file(spec, "pipeline")
     doc = filterbank._read_toml(path)
-    tables = doc.get("layer")
-    if not isinstance(tables, list) or not tables:
-        raise BankError(f"{path}: a pipeline needs [[layer]] entries")
-    layers = []
-    for i, table in enumerate(tables):
-        try:
-            layers.append(_build_layer(table, path.parent))
-        except BankError as exc:
-            raise BankError(f"{path}: layer {i}: {exc}") from None
-        except (LayerError, TypeError, ValueError) as exc:
-            raise BankError(f"{path}: layer {i}: {exc}") from None
+    layers = build_layers(doc.get("layer"), path, path.parent)
+    for i, layer in enumerate(layers):
+        if not layer.in_pipelines:
+            raise BankError(f"{path}: layer {i}: '{layer.kind}' needs learned weights; "
+                            "use it in an architecture for cnn train (--arch)")
     return Pipeline(layers, path.stem, doc.get("description", ""), str(path))
+
+
+def load_architecture(spec):
+    """(name, description, layer tables) of a shipped or user architecture file."""
+    path = filterbank.resolve_file(spec, "architecture")
+    doc = filterbank._read_toml(path)
+    tables = doc.get("layer")
+    build_layers(tables, path, path.parent, {"classes": 2})  # check it now, with a stand-in class count
+    return path.stem, doc.get("description", ""), tables
 
 
 def bank_pipeline(specs, **conv_options):

@@ -1,18 +1,56 @@
-"""The one place that says how kernels are compiled."""
+"""The one place that says how kernels are compiled.
+
+Every parallel kernel is compiled twice, as a ``prange`` driver and as a
+serial loop, because starting the thread pool costs more than small calls
+(a LeNet layer on a batch) take. The caller passes the amount of work and the
+kernel picks its variant by ``config.PARALLEL_MIN_WORK``.
+"""
+
+import types
 
 from numba import njit
+
+from .. import config
 
 # Reassociation lets LLVM vectorise the sums; we leave out the "no NaN / no inf"
 # assumptions so NaN and inf propagate through the engine as they do in torch.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
-#: A serial kernel, cached on disk so a second process does not compile again.
-#: Numba's cache index is keyed by the CPU name and features, so it never serves
-#: code built for another CPU.
-serial = njit(cache=True, fastmath=FASTMATH, nogil=True)
 
-#: A parallel driver over ``prange``.
-parallel = njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+def _renamed(fn, suffix):
+    """A copy of ``fn`` under another qualified name. Numba's on-disk cache is
+    keyed by qualified name and signature, not by compile flags, so the serial
+    and parallel variants must not share a name."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return copy
 
-#: A parallel driver whose comparisons must see NaN exactly (max pooling).
-parallel_exact = njit(cache=True, nogil=True, parallel=True)
+
+class Kernel:
+    """A kernel with a serial and a parallel variant; call it with ``work=`` (multiply-adds or so).
+
+    The disk cache (``cache=True``) is keyed by the CPU name and features, so
+    it never serves code built for another CPU.
+    """
+
+    def __init__(self, fn, fastmath):
+        self.__doc__, self.__name__ = fn.__doc__, fn.__name__
+        options = dict(cache=True, nogil=True, fastmath=fastmath)
+        self.serial = njit(**options)(_renamed(fn, "_serial"))
+        self.parallel = njit(parallel=True, **options)(fn)
+
+    def __call__(self, *args, work):
+        variant = self.parallel if work >= config.PARALLEL_MIN_WORK else self.serial
+        return variant(*args)
+
+
+def parallel(fn):
+    """A kernel whose arithmetic may be reassociated (sums, products)."""
+    return Kernel(fn, FASTMATH)
+
+
+def parallel_exact(fn):
+    """A kernel whose comparisons must see NaN exactly (max pooling)."""
+    return Kernel(fn, False)

@@ -1,0 +1,127 @@
+"""The model file: one npz, loadable without pickle, that says everything about a network.
+
+Arrays:
+
+- the weights under PyTorch state-dict names (``0.weight``, ``3.bn1.running_mean``...),
+  in PyTorch's layouts, so ``torch_module.load_state_dict`` takes them as they are;
+- ``__meta__``: UTF-8 JSON as uint8 bytes: format and version, the architecture
+  (its layer tables), the class names, the preprocessing (input size, colour,
+  per-channel mean and std) and the training metadata;
+- in checkpoints only, ``state.*``: the optimizer's state and the best weights
+  so far, for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from . import __version__
+from .fileio import NpzError, load_npz_arrays, save_npz_atomic
+from .nn import Network
+from .pipeline import build_layers
+
+FORMAT = "cnn-model"
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+STATE_PREFIX = "state."
+
+
+class ModelError(ValueError):
+    """A model file cannot be used; the message says why."""
+
+
+def build_network(meta, seed=0):
+    """A fresh network for the architecture and input shape recorded in ``meta``."""
+    arch = meta["architecture"]
+    layers = build_layers(arch["layers"], f"architecture '{arch['name']}'",
+                          substitutions={"classes": len(meta["classes"])})
+    pre = meta["preprocessing"]
+    return Network(layers, (pre["channels"], pre["image_size"], pre["image_size"]), seed=seed)
+
+
+def save_model(path, network, meta, extra_state=None):
+    """Write the model (and ``extra_state`` arrays, for a checkpoint) atomically.
+
+    Refuses non-finite weights, so a diverged run never leaves a model behind.
+    """
+    arrays = {}
+    for name, arr in network.state_dict().items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelError(f"weight '{name}' is not finite; refusing to save it")
+        arrays[name] = arr
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cnn_version": __version__, **meta}
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    for name, arr in (extra_state or {}).items():
+        arrays[STATE_PREFIX + name] = arr
+    save_npz_atomic(path, arrays)
+
+
+def load_model(path):
+    """(network, meta, extra_state) from a model or checkpoint file; never unpickles."""
+    try:
+        arrays = load_npz_arrays(path)
+    except NpzError as exc:
+        raise ModelError(str(exc)) from None
+    if META_KEY not in arrays:
+        raise ModelError(f"{path}: not a cnn model file (no {META_KEY} entry)")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: damaged metadata: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a cnn model file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: model format version {meta.get('format_version')!r} is not supported "
+                         f"(this cnn reads version {FORMAT_VERSION}); use the cnn version that wrote it")
+    for key in ("architecture", "classes", "preprocessing"):
+        if key not in meta:
+            raise ModelError(f"{path}: metadata has no '{key}'")
+    extra = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
+    weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
+    try:
+        network = build_network(meta)
+        network.load_state_dict(weights)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    for name, arr in network.state_dict().items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelError(f"{path}: weight '{name}' holds NaN or inf")
+    return network, meta, extra
+
+
+def preprocess(images, meta):
+    """(N, 3, H, W) images in [0, 1], already resized -> the network's normalised input."""
+    from .data import normalize, to_color
+
+    pre = meta["preprocessing"]
+    x = to_color(images, pre["color"])
+    return normalize(x, np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32))
+
+
+def input_channel_names(meta):
+    return ["gray"] if meta["preprocessing"]["color"] == "gray" else ["R", "G", "B"]
+
+
+def feature_pipeline(network, meta, name):
+    """The network's layers that still output maps (up to the first flat output), as a
+    bound ``Pipeline`` for ``cnn apply --model``."""
+    from .pipeline import Pipeline
+
+    count = next((i for i, s in enumerate(network.shapes) if len(s) != 3), len(network.layers))
+    if count == 0:
+        raise ModelError(f"{name}: the model has no layers that output feature maps")
+    pipe = Pipeline(network.layers[:count], name, "learned layers of a trained model", name)
+    return pipe.bind(input_channel_names(meta))
+
+
+def image_transform(meta):
+    """A function from a decoded image (C, H, W) in [0, 1] to the network's input (C, S, S)."""
+    from .imageio import resize
+
+    pre = meta["preprocessing"]
+    size = pre["image_size"]
+    mean = np.array(pre["mean"], np.float32)[:, None, None]
+    std = np.array(pre["std"], np.float32)[:, None, None]
+    return lambda img: ((resize(img, size, size) - mean) / std).astype(np.float32)

@@ -1,0 +1,94 @@
+"""Optimizers and learning-rate schedules, with torch.optim's update rules.
+
+Each optimizer keeps its state as named arrays (``state_dict``), so a
+checkpoint can save it and ``--resume`` continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Optimizer:
+    """Base: ``step(params)`` updates every (name, param, grad) in place."""
+
+    def __init__(self, lr, weight_decay=0.0):
+        self.lr, self.weight_decay = lr, weight_decay
+        self.state = {}  # name -> array
+        self.steps = 0
+
+    def step(self, params):
+        self.steps += 1
+        for name, p, g in params:
+            if self.weight_decay:
+                g = g + np.float32(self.weight_decay) * p
+            self._update(name, p, g)
+
+    def state_dict(self):
+        return {"steps": np.array(self.steps), **{f"state.{k}": v for k, v in self.state.items()}}
+
+    def load_state_dict(self, arrays):
+        self.steps = int(arrays["steps"])
+        self.state = {k[len("state."):]: np.array(v) for k, v in arrays.items() if k.startswith("state.")}
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: buf = momentum * buf + g (buf = g at the first step); p -= lr * buf."""
+
+    def __init__(self, lr, momentum=0.9, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = momentum
+
+    def _update(self, name, p, g):
+        if self.momentum:
+            buf = self.state.get(f"{name}.momentum")
+            if buf is None:
+                buf = self.state[f"{name}.momentum"] = g.astype(np.float32).copy()
+            else:
+                buf *= np.float32(self.momentum)
+                buf += g
+            g = buf
+        p -= np.float32(self.lr) * g
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (Kingma & Ba, 2015) with bias correction; weight decay adds to the gradient."""
+
+    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        self.betas, self.eps = betas, eps
+
+    def _update(self, name, p, g):
+        b1, b2 = self.betas
+        m = self.state.setdefault(f"{name}.m", np.zeros_like(p))
+        v = self.state.setdefault(f"{name}.v", np.zeros_like(p))
+        m *= np.float32(b1)
+        m += np.float32(1 - b1) * g
+        v *= np.float32(b2)
+        v += np.float32(1 - b2) * g * g
+        t = self.steps
+        step = self.lr / (1 - b1**t)
+        denom = np.sqrt(v) / np.float32(math.sqrt(1 - b2**t)) + np.float32(self.eps)
+        p -= np.float32(step) * m / denom
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def learning_rate(base, schedule, epoch, epochs, step_size=None, gamma=0.1):
+    """The learning rate for a 0-based ``epoch``.
+
+    step: base * gamma ** (epoch // step_size), step_size defaulting to a third
+    of the run; cosine: torch's CosineAnnealingLR over ``epochs`` down to 0.
+    """
+    if schedule == "constant":
+        return base
+    if schedule == "step":
+        size = step_size or max(1, epochs // 3)
+        return base * gamma ** (epoch // size)
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, but got {schedule!r}")

@@ -1,0 +1,302 @@
+"""Training by backpropagation: data preparation, the epoch loop, checkpoints, metrics.
+
+Randomness is drawn from generators seeded by (seed, epoch) for the shuffle
+and (seed, epoch, batch) for augmentation and dropout, so a run can stop after
+any batch and resume to exactly the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data as D
+from .modelfile import build_network, load_model, save_model
+from .nn import Dropout, softmax_cross_entropy
+from .optim import OPTIMIZERS, learning_rate
+from .pipeline import load_architecture
+
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "lenet"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float | None = None          # None: DEFAULT_LR of the optimizer
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    val_split: float = 0.2
+    seed: int = 0
+    image_size: int | None = None    # None: from the data (data.default_image_size)
+    color: str | None = None         # None: gray if every training image is grey
+    augment: list = field(default_factory=list)
+    patience: int | None = None      # early stopping on validation loss
+    init_bank: str | None = None
+    follow_links: bool = False
+
+
+class TrainingError(ValueError):
+    """Training cannot go on (diverged, or bad settings); the message says what to do."""
+
+
+class Interrupted(Exception):
+    """A signal asked training to stop; a checkpoint was saved at ``checkpoint``."""
+
+    def __init__(self, checkpoint):
+        super().__init__(str(checkpoint))
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class Prepared:
+    """Everything the loop needs: normalised arrays, network, optimizer, metadata."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    network: object
+    optimizer: object
+    meta: dict
+    config: TrainConfig
+    skipped: list
+    progress: dict = field(default_factory=dict)  # resume point and history
+
+
+def checkpoint_path(model_path):
+    p = Path(model_path)
+    return p.with_name(p.stem + ".ckpt.npz")
+
+
+def sibling(model_path, suffix):
+    """``model.npz`` -> ``model<suffix>``, for the metrics, curves and confusion files."""
+    p = Path(model_path)
+    return p.with_name(p.stem + suffix)
+
+
+def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, resume=None):
+    """Scan, check and load the dataset; build (or restore) the network and optimizer.
+
+    ``report`` receives one-line messages worth showing (image size chosen,
+    files skipped, class imbalance); ``on_image`` is called per decoded image.
+    """
+    extra = {}
+    if resume is not None:
+        network, meta, extra = load_model(resume)
+        if "checkpoint" not in meta:
+            raise TrainingError(f"{resume}: is a finished model, not a checkpoint (*.ckpt.npz)")
+        config = TrainConfig(**meta["training"]["config"])
+    dataset = D.find_dataset(dataset_root, config.val_split, config.seed, config.follow_links)
+    if resume is not None and dataset.classes != meta["classes"]:
+        raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
+    size = config.image_size or D.default_image_size(dataset.train.paths)
+    if config.image_size is None:
+        report(f"image size {size}x{size} (median of the images' shorter sides; set --image-size to change)")
+        config.image_size = size
+    x_tr, ok_tr, gray_tr, bad_tr = D.load_images(dataset.train.paths, size, on_image)
+    x_va, ok_va, gray_va, bad_va = D.load_images(dataset.val.paths, size, on_image)
+    skipped = bad_tr + bad_va
+    for path, reason in skipped:
+        report(f"skipped {reason}")
+    y_tr, y_va = dataset.train.labels[ok_tr], dataset.val.labels[ok_va]
+    counts = np.bincount(y_tr, minlength=len(dataset.classes))
+    for c, name in enumerate(dataset.classes):
+        if counts[c] == 0:
+            raise TrainingError(f"class '{name}' has no readable training images")
+    if counts.max() > 10 * counts.min():
+        report(f"warning: classes are imbalanced ({counts.min()} to {counts.max()} training images per class); "
+               "accuracy may favour the large classes")
+    if config.color is None:
+        config.color = "gray" if gray_tr.all() else "rgb"
+        report(f"colour: {config.color} (detected; set --color to change)")
+    x_tr, x_va = D.to_color(x_tr, config.color), D.to_color(x_va, config.color)
+    if resume is not None:
+        pre = meta["preprocessing"]
+        mean, std = np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32)
+    else:
+        mean, std = D.channel_stats(x_tr)
+        name, description, tables = load_architecture(config.arch)
+        if config.lr is None:
+            config.lr = DEFAULT_LR[config.optimizer]
+        meta = {
+            "architecture": {"name": name, "description": description, "layers": tables},
+            "classes": dataset.classes,
+            "preprocessing": {
+                "image_size": size, "color": config.color, "channels": x_tr.shape[1],
+                "mean": mean.tolist(), "std": std.tolist(),
+                "resize": "Lanczos to image_size x image_size (aspect not kept)",
+                "scale": "pixel values in [0, 1], then (x - mean) / std per channel",
+            },
+            "training": {"config": asdict(config), "split": dataset.split_rule,
+                         "train_images": int(len(y_tr)), "val_images": int(len(y_va))},
+        }
+        network = build_network(meta, seed=config.seed)
+        if config.init_bank:
+            _init_from_bank(network, config.init_bank)
+    optimizer = _make_optimizer(config)
+    if extra:
+        optimizer.load_state_dict({k[len("optim."):]: v for k, v in extra.items() if k.startswith("optim.")})
+    progress = meta.get("checkpoint", {"epoch": 0, "batch": 0, "history": [], "sums": [0.0, 0, 0]})
+    progress["best"] = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")}
+    return Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
+                    network, optimizer, meta, config, skipped, progress)
+
+
+def _make_optimizer(config):
+    if config.optimizer == "sgd":
+        return OPTIMIZERS["sgd"](config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return OPTIMIZERS["adam"](config.lr, weight_decay=config.weight_decay)
+
+
+def _init_from_bank(network, bank_name):
+    """Start the first conv layer from a bank's kernels (centred, averaged over input channels)."""
+    from .filterbank import load_bank
+    from .nn import Conv2d
+
+    conv = next((l for l in network.layers if isinstance(l, Conv2d)), None)
+    if conv is None:
+        raise TrainingError("--init-bank needs a conv layer in the architecture")
+    w = conv.params["weight"]
+    c_out, c_in, kh, kw = w.shape
+    bank = load_bank(bank_name)
+    kernels = [k for k in bank.kernels if k.channels is None and k.size[0] <= kh and k.size[1] <= kw]
+    if len(kernels) < c_out:
+        raise TrainingError(f"--init-bank {bank_name}: the first conv layer needs {c_out} kernels of at most "
+                            f"{kh}x{kw}, but the bank has {len(kernels)} that fit")
+    for o, k in enumerate(kernels[:c_out]):
+        h, ww = k.size
+        top, left = (kh - 1) // 2 - (h - 1) // 2, (kw - 1) // 2 - (ww - 1) // 2
+        w[o] = 0
+        w[o, :, top:top + h, left:left + ww] = k.weights / c_in
+
+
+def predict_batches(network, x, batch_size=256):
+    """Class probabilities (N, classes) in eval mode."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = network.forward(x[i:i + batch_size], train=False)
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        out.append(e / e.sum(axis=1, keepdims=True))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate_arrays(network, x, y, batch_size=256):
+    """(mean loss, accuracy, probabilities) on normalised arrays."""
+    if len(x) == 0:
+        return None, None, np.zeros((0, 0))
+    probs = predict_batches(network, x, batch_size)
+    loss = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12))))
+    return loss, float(np.mean(probs.argmax(axis=1) == y)), probs
+
+
+def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: None):
+    """Train; write the model, metrics, plots and a checkpoint after every epoch.
+
+    ``should_stop()`` is polled after every batch: a non-None answer saves a
+    checkpoint at that point and raises ``Interrupted``. Returns the history.
+    """
+    cfg, net, opt = prep.config, prep.network, prep.optimizer
+    n, bs = len(prep.x_train), cfg.batch_size
+    batches = max(1, -(-n // bs))
+    progress = prep.progress
+    history = progress["history"]
+    best = progress.get("best") or {}
+    best_loss = progress.get("best_loss", float("inf"))
+    bad_epochs = progress.get("bad_epochs", 0)
+    dropouts = [l for l in net.layers if isinstance(l, Dropout)]
+    start_batch = progress["batch"]
+    for epoch in range(progress["epoch"], cfg.epochs):
+        opt.lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        loss_sum, correct, seen = progress["sums"] if start_batch else (0.0, 0, 0)
+        t0 = time.perf_counter()
+        for b in range(start_batch, batches):
+            idx = order[b * bs:(b + 1) * bs]
+            rng = np.random.default_rng([cfg.seed, epoch, b])
+            for d in dropouts:
+                d.rng = rng
+            xb = D.augment(prep.x_train[idx], cfg.augment, rng)
+            net.zero_grad()
+            logits = net.forward(xb, train=True)
+            loss, grad, probs = softmax_cross_entropy(logits, prep.y_train[idx])
+            if not np.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}; "
+                                    f"try a lower --lr (now {cfg.lr:g}); nothing was saved from this epoch")
+            net.backward(grad)
+            opt.step(net.parameters())
+            loss_sum += loss * len(idx)
+            correct += int(np.sum(probs.argmax(axis=1) == prep.y_train[idx]))
+            seen += len(idx)
+            if on_batch:
+                on_batch(epoch, b + 1, batches, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
+            signal_name = should_stop()
+            if signal_name and (b + 1 < batches):
+                state = {"epoch": epoch, "batch": b + 1, "history": history, "sums": [loss_sum, correct, seen],
+                         "best_loss": best_loss, "bad_epochs": bad_epochs}
+                _save_checkpoint(prep, model_path, state, best)
+                raise Interrupted(checkpoint_path(model_path))
+        start_batch = 0
+        seconds = time.perf_counter() - t0
+        val_loss, val_acc, _ = evaluate_arrays(net, prep.x_val, prep.y_val)
+        history.append({"epoch": epoch + 1, "lr": opt.lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                        "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds,
+                        "images_per_second": seen / seconds if seconds > 0 else None})
+        stop_early = False
+        if cfg.patience is not None and val_loss is not None:
+            if val_loss < best_loss:
+                best_loss, bad_epochs = val_loss, 0
+                best = {k: v.copy() for k, v in net.state_dict().items()}
+            else:
+                bad_epochs += 1
+                stop_early = bad_epochs >= cfg.patience
+        state = {"epoch": epoch + 1, "batch": 0, "history": history, "sums": [0.0, 0, 0],
+                 "best_loss": best_loss, "bad_epochs": bad_epochs}
+        _save_checkpoint(prep, model_path, state, best)
+        if on_epoch:
+            on_epoch(history[-1])
+        if stop_early:
+            break
+        if should_stop():
+            raise Interrupted(checkpoint_path(model_path))
+    if best:
+        net.load_state_dict(best)
+    finish(prep, model_path, history)
+    return history
+
+
+def _save_checkpoint(prep, model_path, state, best):
+    extra = {f"optim.{k}": v for k, v in prep.optimizer.state_dict().items()}
+    extra.update({f"best.{k}": v for k, v in best.items()})
+    meta = {**prep.meta, "checkpoint": state}
+    meta["training"]["config"] = asdict(prep.config)
+    save_model(checkpoint_path(model_path), prep.network, meta, extra)
+
+
+def finish(prep, model_path, history):
+    """Write the final model with its metrics, learning curves and confusion matrix."""
+    import json
+
+    from .evaluation import confusion_matrix
+    from .fileio import write_bytes_atomic
+    from .plots import confusion_png, learning_curves_png
+
+    meta = {k: v for k, v in prep.meta.items() if k != "checkpoint"}
+    val_loss, val_acc, probs = evaluate_arrays(prep.network, prep.x_val, prep.y_val)
+    meta["training"] = {**meta["training"], "config": asdict(prep.config), "epochs_run": len(history),
+                        "history": history, "final_val_loss": val_loss, "final_val_accuracy": val_acc,
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    save_model(model_path, prep.network, meta)
+    checkpoint_path(model_path).unlink(missing_ok=True)  # the run is complete; the model supersedes it
+    write_bytes_atomic(sibling(model_path, ".metrics.json"), json.dumps(history, indent=2).encode())
+    write_bytes_atomic(sibling(model_path, ".curves.png"), learning_curves_png(history))
+    if len(prep.y_val):
+        matrix = confusion_matrix(prep.y_val, probs.argmax(axis=1), len(prep.meta["classes"]))
+        write_bytes_atomic(sibling(model_path, ".confusion.png"), confusion_png(matrix, prep.meta["classes"]))
