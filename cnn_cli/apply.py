@@ -131,6 +131,9 @@ def _run_batch(batch, out_root, pipeline, options):
         outputs = pipeline.forward(x)
     except ValueError as exc:  # e.g. an image smaller than a kernel
         return [Result(item.path, out_root / item.name, error=f"{item.path}: {exc}") for item in batch]
+    except MemoryError:
+        return [Result(item.path, out_root / item.name,
+                       error=f"{item.path}: out of memory; use --max-size to shrink the image") for item in batch]
     results = []
     for b, item in enumerate(batch):
         out_dir = out_root / item.name

@@ -432,6 +432,8 @@ def train(
             raise typer.Exit(_signal_exit(stop["signal"]))
         except TrainingError as exc:
             fail(str(exc))
+        except MemoryError:
+            fail("out of memory; use a smaller --batch-size, --image-size or architecture")
         except OSError as exc:
             fail(f"cannot write the model: {exc.strerror or exc}")
     finally:

@@ -14,6 +14,19 @@ from . import functional as F
 from .layers import Layer, LayerError
 
 
+#: Limits that catch typos in architecture files before memory is allocated.
+MAX_CHANNELS = 4096
+MAX_KERNEL = 63
+MAX_PARAMS = 50_000_000
+
+
+def _count(name, value, maximum, minimum=1):
+    """An int in [minimum, maximum], or a LayerError that names the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= maximum:
+        raise LayerError(f"{name} must be a whole number from {minimum} to {maximum}, but got {value!r}")
+    return int(value)
+
+
 def he_normal(rng, shape, fan_in):
     """He et al. (2015): N(0, 2 / fan_in), right for layers followed by ReLU."""
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
@@ -46,8 +59,9 @@ class Conv2d(Param):
 
     def __init__(self, out_channels, kernel_size=3, *, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros"):
-        self.out_channels = out_channels
+        self.out_channels = _count("out_channels", out_channels, MAX_CHANNELS)
         self.kernel_size = F._pair("kernel_size", kernel_size, 1)
+        _count("kernel_size", max(self.kernel_size), MAX_KERNEL)
         self.use_bias = bias
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                             padding_mode=padding_mode)
@@ -102,12 +116,15 @@ class Linear(Param):
     kind = "linear"
 
     def __init__(self, out_features, *, bias=True):
-        self.out_features, self.use_bias = out_features, bias
+        self.out_features, self.use_bias = _count("out_features", out_features, 1_000_000), bias
         self.params, self.buffers = {}, {}
 
     def build(self, shape, rng):
         if len(shape) != 1:
             raise LayerError(f"linear needs a flat input; put a flatten layer before it (input is {shape})")
+        if shape[0] * self.out_features > MAX_PARAMS:
+            raise LayerError(f"linear {shape[0]} -> {self.out_features} would have over {MAX_PARAMS} weights; "
+                             "pool more before it or use a smaller --image-size")
         self.params = {"weight": he_normal(rng, (self.out_features, shape[0]), shape[0])}
         if self.use_bias:
             self.params["bias"] = np.zeros(self.out_features, np.float32)
@@ -162,8 +179,8 @@ class Dropout(Layer):
     in_pipelines = False
 
     def __init__(self, p=0.5):
-        if not 0 <= p < 1:
-            raise LayerError(f"dropout p must be in [0, 1), but got {p}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise LayerError(f"dropout p must be a number in [0, 1), but got {p!r}")
         self.p = p
         self.rng = np.random.default_rng(0)  # replaced by the trainer for every batch
 
@@ -240,7 +257,8 @@ class Residual(Param):
     kind = "residual"
 
     def __init__(self, out_channels, stride=1):
-        self.out_channels, self.stride = out_channels, stride
+        self.out_channels = _count("out_channels", out_channels, MAX_CHANNELS)
+        self.stride = _count("stride", stride, 8)
         self.parts = {}
         self.params, self.buffers = {}, {}
 
@@ -339,7 +357,7 @@ class NetVLAD(Param):
     kind = "netvlad"
 
     def __init__(self, clusters=8):
-        self.clusters = clusters
+        self.clusters = _count("clusters", clusters, 1024)
         self.params, self.buffers = {}, {}
 
     def build(self, shape, rng):

@@ -197,66 +197,88 @@ def evaluate_arrays(network, x, y, batch_size=256):
     return loss, float(np.mean(probs.argmax(axis=1) == y)), probs
 
 
+def train_step(prep, idx, rng, epoch, batch):
+    """One minibatch of the images ``idx``: forward, loss, backward, update.
+
+    ``rng`` drives augmentation and dropout. Returns (loss, number correct).
+    """
+    net = prep.network
+    for layer in net.layers:
+        if isinstance(layer, Dropout):
+            layer.rng = rng
+    xb = D.augment(prep.x_train[idx], prep.config.augment, rng)
+    net.zero_grad()
+    logits = net.forward(xb, train=True)
+    loss, grad, probs = softmax_cross_entropy(logits, prep.y_train[idx])
+    if not np.isfinite(loss):
+        raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, batch {batch + 1}; "
+                            f"try a lower --lr (now {prep.config.lr:g}); nothing was saved from this epoch")
+    net.backward(grad)
+    prep.optimizer.step(net.parameters())
+    return loss, int(np.sum(probs.argmax(axis=1) == prep.y_train[idx]))
+
+
+def run_epoch(prep, epoch, *, start_batch=0, sums=(0.0, 0, 0), on_batch=None, should_stop=lambda: None):
+    """Train one epoch from ``start_batch``.
+
+    Returns ((loss sum, correct, seen), next batch): the next batch is None
+    when the epoch is complete, and set when ``should_stop()`` fired first.
+    """
+    cfg = prep.config
+    n, bs = len(prep.x_train), cfg.batch_size
+    batches = max(1, -(-n // bs))
+    prep.optimizer.lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+    loss_sum, correct, seen = sums
+    t0 = time.perf_counter()
+    for b in range(start_batch, batches):
+        idx = order[b * bs:(b + 1) * bs]
+        loss, right = train_step(prep, idx, np.random.default_rng([cfg.seed, epoch, b]), epoch, b)
+        loss_sum, correct, seen = loss_sum + loss * len(idx), correct + right, seen + len(idx)
+        if on_batch:
+            on_batch(epoch, b + 1, batches, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
+        if b + 1 < batches and should_stop():
+            return (loss_sum, correct, seen), b + 1
+    return (loss_sum, correct, seen), None
+
+
 def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: None):
     """Train; write the model, metrics, plots and a checkpoint after every epoch.
 
-    ``should_stop()`` is polled after every batch: a non-None answer saves a
+    ``should_stop()`` is polled after every batch: a true answer saves a
     checkpoint at that point and raises ``Interrupted``. Returns the history.
     """
-    cfg, net, opt = prep.config, prep.network, prep.optimizer
-    n, bs = len(prep.x_train), cfg.batch_size
-    batches = max(1, -(-n // bs))
-    progress = prep.progress
+    net, progress = prep.network, prep.progress
     history = progress["history"]
     best = progress.get("best") or {}
     best_loss = progress.get("best_loss", float("inf"))
     bad_epochs = progress.get("bad_epochs", 0)
-    dropouts = [l for l in net.layers if isinstance(l, Dropout)]
     start_batch = progress["batch"]
-    for epoch in range(progress["epoch"], cfg.epochs):
-        opt.lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-        loss_sum, correct, seen = progress["sums"] if start_batch else (0.0, 0, 0)
+    for epoch in range(progress["epoch"], prep.config.epochs):
         t0 = time.perf_counter()
-        for b in range(start_batch, batches):
-            idx = order[b * bs:(b + 1) * bs]
-            rng = np.random.default_rng([cfg.seed, epoch, b])
-            for d in dropouts:
-                d.rng = rng
-            xb = D.augment(prep.x_train[idx], cfg.augment, rng)
-            net.zero_grad()
-            logits = net.forward(xb, train=True)
-            loss, grad, probs = softmax_cross_entropy(logits, prep.y_train[idx])
-            if not np.isfinite(loss):
-                raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, batch {b + 1}; "
-                                    f"try a lower --lr (now {cfg.lr:g}); nothing was saved from this epoch")
-            net.backward(grad)
-            opt.step(net.parameters())
-            loss_sum += loss * len(idx)
-            correct += int(np.sum(probs.argmax(axis=1) == prep.y_train[idx]))
-            seen += len(idx)
-            if on_batch:
-                on_batch(epoch, b + 1, batches, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
-            signal_name = should_stop()
-            if signal_name and (b + 1 < batches):
-                state = {"epoch": epoch, "batch": b + 1, "history": history, "sums": [loss_sum, correct, seen],
-                         "best_loss": best_loss, "bad_epochs": bad_epochs}
-                _save_checkpoint(prep, model_path, state, best)
-                raise Interrupted(checkpoint_path(model_path))
+        sums, stopped_at = run_epoch(prep, epoch, start_batch=start_batch,
+                                     sums=progress["sums"] if start_batch else (0.0, 0, 0),
+                                     on_batch=on_batch, should_stop=should_stop)
+        if stopped_at is not None:
+            state = {"epoch": epoch, "batch": stopped_at, "history": history, "sums": list(sums),
+                     "best_loss": best_loss, "bad_epochs": bad_epochs}
+            _save_checkpoint(prep, model_path, state, best)
+            raise Interrupted(checkpoint_path(model_path))
         start_batch = 0
         seconds = time.perf_counter() - t0
+        loss_sum, correct, seen = sums
         val_loss, val_acc, _ = evaluate_arrays(net, prep.x_val, prep.y_val)
-        history.append({"epoch": epoch + 1, "lr": opt.lr, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds,
-                        "images_per_second": seen / seconds if seconds > 0 else None})
+        history.append({"epoch": epoch + 1, "lr": prep.optimizer.lr, "train_loss": loss_sum / seen,
+                        "train_accuracy": correct / seen, "val_loss": val_loss, "val_accuracy": val_acc,
+                        "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else None})
         stop_early = False
-        if cfg.patience is not None and val_loss is not None:
+        if prep.config.patience is not None and val_loss is not None:
             if val_loss < best_loss:
                 best_loss, bad_epochs = val_loss, 0
                 best = {k: v.copy() for k, v in net.state_dict().items()}
             else:
                 bad_epochs += 1
-                stop_early = bad_epochs >= cfg.patience
+                stop_early = bad_epochs >= prep.config.patience
         state = {"epoch": epoch + 1, "batch": 0, "history": history, "sums": [0.0, 0, 0],
                  "best_loss": best_loss, "bad_epochs": bad_epochs}
         _save_checkpoint(prep, model_path, state, best)

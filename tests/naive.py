@@ -1,0 +1,483 @@
+"""Slow, obviously correct reference implementations of the engine's ops.
+
+Everything here follows the definitions of ``torch.nn.functional`` directly:
+plain Python loops over every output pixel and every kernel tap, in float64.
+Inputs are first cast to float32 (as the engine does) so that the reference
+sees exactly the numbers the engine sees.
+
+Argument checking is done here too, independently of the engine, so that
+tests can decide on their own whether a call is valid:
+``conv_args`` / ``pool_args`` normalise the arguments the torch way and raise
+``InvalidArguments`` when torch (or the engine's contract) rejects them;
+``conv_args_or_none`` / ``pool_args_or_none`` return ``None`` instead.
+
+The padding modes are written as an index map from a coordinate of the padded
+image to the source pixel it copies (or ``None`` for a zero):
+
+- zeros:     outside -> None
+- reflect:   -1 -> 1, -2 -> 2, H -> H-2          (edge pixel not repeated)
+- replicate: clamp to [0, H-1]
+- circular:  i mod H
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+class InvalidArguments(Exception):
+    """The arguments are rejected by torch / the engine contract."""
+
+
+def _as_int(value, name):
+    if isinstance(value, bool):
+        raise InvalidArguments(f"{name} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidArguments(f"{name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def pair(value, name):
+    """int -> (v, v); pair -> tuple; anything else -> InvalidArguments."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise InvalidArguments(f"{name} must have 2 elements, got {value!r}")
+        return (_as_int(value[0], name), _as_int(value[1], name))
+    v = _as_int(value, name)
+    return (v, v)
+
+
+def _shape(a):
+    return tuple(np.shape(a))
+
+
+# --------------------------------------------------------------------------
+# Convolution arguments
+# --------------------------------------------------------------------------
+
+
+class ConvArgs(NamedTuple):
+    stride: tuple  # (sH, sW)
+    dilation: tuple  # (dH, dW)
+    pads: tuple  # (top, bottom, left, right)
+    groups: int
+    padding_mode: str
+    out_shape: tuple  # (N, C_out, H_out, W_out)
+
+
+def conv_args(x_shape, w_shape, bias_shape=None, *, stride=1, padding=0, dilation=1,
+              groups=1, padding_mode="zeros"):
+    """Normalise conv2d arguments like torch; raise InvalidArguments if invalid.
+
+    Output size (torch docs):
+        H_out = floor((H + pad_top + pad_bottom - dilation * (kH - 1) - 1) / stride) + 1
+    """
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    if len(x_shape) != 4:
+        raise InvalidArguments("x must be 4-D")
+    if len(w_shape) != 4:
+        raise InvalidArguments("weight must be 4-D")
+    if 0 in x_shape:
+        raise InvalidArguments("x is empty")
+    if 0 in w_shape:
+        raise InvalidArguments("weight is empty")
+    n, c_in, h, w = x_shape
+    c_out, c_in_g, kh, kw = w_shape
+    if bias_shape is not None and tuple(bias_shape) != (c_out,):
+        raise InvalidArguments("bias must be 1-D of length C_out")
+
+    groups = _as_int(groups, "groups")
+    if groups < 1:
+        raise InvalidArguments("groups must be >= 1")
+    if c_out % groups != 0:
+        raise InvalidArguments("groups must divide C_out")
+    if c_in % groups != 0:
+        raise InvalidArguments("groups must divide C_in")
+    if c_in != c_in_g * groups:
+        raise InvalidArguments("x channels != weight.shape[1] * groups")
+
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    if min(stride) < 1:
+        raise InvalidArguments("stride must be >= 1")
+    if min(dilation) < 1:
+        raise InvalidArguments("dilation must be >= 1")
+
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise InvalidArguments("padding='same' needs stride 1")
+            total_h = dilation[0] * (kh - 1)
+            total_w = dilation[1] * (kw - 1)
+            # torch: left/top gets total // 2, right/bottom the rest.
+            pads = (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
+        else:
+            raise InvalidArguments(f"unknown padding {padding!r}")
+    else:
+        ph, pw = pair(padding, "padding")
+        if ph < 0 or pw < 0:
+            raise InvalidArguments("padding must be >= 0")
+        pads = (ph, ph, pw, pw)
+
+    if padding_mode not in PADDING_MODES:
+        raise InvalidArguments(f"unknown padding_mode {padding_mode!r}")
+    top, bottom, left, right = pads
+    if padding_mode == "reflect":
+        if max(top, bottom) >= h or max(left, right) >= w:
+            raise InvalidArguments("reflect padding must be < input size")
+    if padding_mode == "circular":
+        if max(top, bottom) > h or max(left, right) > w:
+            raise InvalidArguments("circular padding must be <= input size")
+
+    hp, wp = h + top + bottom, w + left + right
+    eff_h = dilation[0] * (kh - 1) + 1
+    eff_w = dilation[1] * (kw - 1) + 1
+    if eff_h > hp or eff_w > wp:
+        raise InvalidArguments("dilated kernel larger than padded input")
+    h_out = (hp - eff_h) // stride[0] + 1
+    w_out = (wp - eff_w) // stride[1] + 1
+    return ConvArgs(stride, dilation, pads, groups, padding_mode, (n, c_out, h_out, w_out))
+
+
+def conv_args_or_none(*args, **kwargs):
+    try:
+        return conv_args(*args, **kwargs)
+    except InvalidArguments:
+        return None
+
+
+# --------------------------------------------------------------------------
+# Padding by index mapping
+# --------------------------------------------------------------------------
+
+
+def source_index(p, before, size, mode):
+    """Source pixel copied into padded coordinate ``p`` (None means zero)."""
+    i = p - before
+    if 0 <= i < size:
+        return i
+    if mode == "zeros":
+        return None
+    if mode == "replicate":
+        return min(max(i, 0), size - 1)
+    if mode == "circular":
+        return i % size
+    if mode == "reflect":
+        if i < 0:
+            i = -i
+        if i >= size:
+            i = 2 * (size - 1) - i
+        assert 0 <= i < size, "reflect padding wider than the input"
+        return i
+    raise ValueError(mode)
+
+
+def pad_image(x, pads, mode):
+    """Pad the last two axes of float64 ``x`` (N, C, H, W) by index mapping."""
+    top, bottom, left, right = pads
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h + top + bottom, w + left + right), dtype=np.float64)
+    for i in range(out.shape[2]):
+        si = source_index(i, top, h, mode)
+        if si is None:
+            continue
+        for j in range(out.shape[3]):
+            sj = source_index(j, left, w, mode)
+            if sj is None:
+                continue
+            for b in range(n):
+                for ch in range(c):
+                    out[b, ch, i, j] = x[b, ch, si, sj]
+    return out
+
+
+def fold_padding(grad_padded, pads, h, w, mode):
+    """Adjoint of ``pad_image``: add every padded pixel's gradient onto its source."""
+    top, bottom, left, right = pads
+    n, c, hp, wp = grad_padded.shape
+    out = np.zeros((n, c, h, w), dtype=np.float64)
+    for i in range(hp):
+        si = source_index(i, top, h, mode)
+        if si is None:
+            continue
+        for j in range(wp):
+            sj = source_index(j, left, w, mode)
+            if sj is None:
+                continue
+            for b in range(n):
+                for ch in range(c):
+                    out[b, ch, si, sj] += grad_padded[b, ch, i, j]
+    return out
+
+
+def _f64(a):
+    """Cast like the engine (to float32), then widen for exact reference sums.
+
+    float64 input is kept as it is, so that finite-difference checks can
+    perturb it by amounts smaller than float32 resolution.
+    """
+    a = np.asarray(a)
+    if a.dtype == np.float64:
+        return a.copy()
+    return a.astype(np.float32).astype(np.float64)
+
+
+# --------------------------------------------------------------------------
+# Convolution
+# --------------------------------------------------------------------------
+
+
+def naive_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                 padding_mode="zeros"):
+    """y[n, co, oh, ow] = b[co] + sum_{ci, kh, kw} w[co, ci, kh, kw] *
+    xpad[n, g*Cin_g + ci, oh*sH + kh*dH, ow*sW + kw*dW], g = co // (C_out/groups)."""
+    a = conv_args(_shape(x), _shape(weight), None if bias is None else _shape(bias),
+                  stride=stride, padding=padding, dilation=dilation, groups=groups,
+                  padding_mode=padding_mode)
+    x, weight = _f64(x), _f64(weight)
+    bias_l = [0.0] * weight.shape[0] if bias is None else _f64(bias).tolist()
+    xp = pad_image(x, a.pads, a.padding_mode).tolist()
+    wl = weight.tolist()
+    n, c_out, h_out, w_out = a.out_shape
+    _, c_in_g, kh, kw = weight.shape
+    c_out_g = c_out // a.groups
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    y = np.zeros(a.out_shape, dtype=np.float64)
+    for b in range(n):
+        for co in range(c_out):
+            g = co // c_out_g
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    acc = bias_l[co]
+                    for ci in range(c_in_g):
+                        plane = xp[b][g * c_in_g + ci]
+                        for i in range(kh):
+                            row = plane[oh * sh + i * dh]
+                            for j in range(kw):
+                                acc += wl[co][ci][i][j] * row[ow * sw + j * dw]
+                    y[b, co, oh, ow] = acc
+    return y
+
+
+def naive_conv2d_backward(x, weight, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
+                          padding_mode="zeros"):
+    """Gradients of sum(grad_y * conv2d(x, weight, bias)) by the scatter definition.
+
+    Every (output pixel, tap) pair adds grad_y * w into the padded input's
+    gradient; the padded gradient is then folded back onto the source pixels.
+    Returns (grad_x, grad_weight, grad_bias) in float64.
+    """
+    a = conv_args(_shape(x), _shape(weight), None, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, padding_mode=padding_mode)
+    if _shape(grad_y) != a.out_shape:
+        raise InvalidArguments(f"grad_y must have shape {a.out_shape}")
+    x, weight, grad_y = _f64(x), _f64(weight), _f64(grad_y)
+    xp = pad_image(x, a.pads, a.padding_mode)
+    xpl, wl, gyl = xp.tolist(), weight.tolist(), grad_y.tolist()
+    n, c_out, h_out, w_out = a.out_shape
+    _, c_in_g, kh, kw = weight.shape
+    c_out_g = c_out // a.groups
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+
+    grad_xp = np.zeros(xp.shape, dtype=np.float64).tolist()
+    grad_w = np.zeros(weight.shape, dtype=np.float64)
+    grad_b = np.zeros(c_out, dtype=np.float64)
+    for b in range(n):
+        for co in range(c_out):
+            g = co // c_out_g
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    gy = gyl[b][co][oh][ow]
+                    grad_b[co] += gy
+                    for ci in range(c_in_g):
+                        cx = g * c_in_g + ci
+                        for i in range(kh):
+                            r = oh * sh + i * dh
+                            for j in range(kw):
+                                s = ow * sw + j * dw
+                                grad_xp[b][cx][r][s] += gy * wl[co][ci][i][j]
+                                grad_w[co, ci, i, j] += gy * xpl[b][cx][r][s]
+    grad_x = fold_padding(np.array(grad_xp), a.pads, x.shape[2], x.shape[3], a.padding_mode)
+    return grad_x, grad_w, grad_b
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+
+class PoolArgs(NamedTuple):
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple
+    out_shape: tuple
+
+
+def pool_args(x_shape, kernel_size, stride=None, padding=0):
+    """Normalise pooling arguments like torch (floor mode); raise InvalidArguments.
+
+    H_out = floor((H + 2 * pad - kH) / sH) + 1, with pad <= kH / 2.
+    """
+    x_shape = tuple(x_shape)
+    if len(x_shape) != 4:
+        raise InvalidArguments("x must be 4-D")
+    if 0 in x_shape:
+        raise InvalidArguments("x is empty")
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None else pair(stride, "stride")
+    p = pair(padding, "padding")
+    if min(k) < 1:
+        raise InvalidArguments("kernel_size must be >= 1")
+    if min(s) < 1:
+        raise InvalidArguments("stride must be >= 1")
+    if min(p) < 0:
+        raise InvalidArguments("padding must be >= 0")
+    if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
+        raise InvalidArguments("padding must be <= kernel_size / 2")
+    n, c, h, w = x_shape
+    hp, wp = h + 2 * p[0], w + 2 * p[1]
+    if k[0] > hp or k[1] > wp:
+        raise InvalidArguments("window larger than padded input")
+    out = (n, c, (hp - k[0]) // s[0] + 1, (wp - k[1]) // s[1] + 1)
+    return PoolArgs(k, s, p, out)
+
+
+def pool_args_or_none(*args, **kwargs):
+    try:
+        return pool_args(*args, **kwargs)
+    except InvalidArguments:
+        return None
+
+
+def _window(o, stride, pad, k, size):
+    """In-bounds source rows of window ``o`` (padding contributes -inf / 0)."""
+    start = o * stride - pad
+    return [i for i in range(start, start + k) if 0 <= i < size]
+
+
+def _argmax_window(plane, rows, cols):
+    """First maximum in row-major order; a NaN wins (torch CPU: val > max || isnan(val))."""
+    best, best_at = -math.inf, (rows[0], cols[0])
+    for i in rows:
+        for j in cols:
+            v = plane[i][j]
+            if v > best or math.isnan(v):
+                best, best_at = v, (i, j)
+    return best, best_at
+
+
+def naive_max_pool2d(x, kernel_size, stride=None, padding=0):
+    a = pool_args(_shape(x), kernel_size, stride, padding)
+    x = _f64(x)
+    xl = x.tolist()
+    n, c, h_out, w_out = a.out_shape
+    h, w = x.shape[2:]
+    y = np.zeros(a.out_shape, dtype=np.float64)
+    for b in range(n):
+        for ch in range(c):
+            for oh in range(h_out):
+                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
+                for ow in range(w_out):
+                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
+                    y[b, ch, oh, ow] = _argmax_window(xl[b][ch], rows, cols)[0]
+    return y
+
+
+def naive_max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+    a = pool_args(_shape(x), kernel_size, stride, padding)
+    if _shape(grad_y) != a.out_shape:
+        raise InvalidArguments(f"grad_y must have shape {a.out_shape}")
+    x, grad_y = _f64(x), _f64(grad_y)
+    xl = x.tolist()
+    n, c, h_out, w_out = a.out_shape
+    h, w = x.shape[2:]
+    gx = np.zeros(x.shape, dtype=np.float64)
+    for b in range(n):
+        for ch in range(c):
+            for oh in range(h_out):
+                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
+                for ow in range(w_out):
+                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
+                    i, j = _argmax_window(xl[b][ch], rows, cols)[1]
+                    gx[b, ch, i, j] += grad_y[b, ch, oh, ow]
+    return gx
+
+
+def naive_avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """count_include_pad=True: the divisor is always kH * kW."""
+    a = pool_args(_shape(x), kernel_size, stride, padding)
+    x = _f64(x)
+    xl = x.tolist()
+    n, c, h_out, w_out = a.out_shape
+    h, w = x.shape[2:]
+    div = a.kernel_size[0] * a.kernel_size[1]
+    y = np.zeros(a.out_shape, dtype=np.float64)
+    for b in range(n):
+        for ch in range(c):
+            for oh in range(h_out):
+                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
+                for ow in range(w_out):
+                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
+                    y[b, ch, oh, ow] = sum(xl[b][ch][i][j] for i in rows for j in cols) / div
+    return y
+
+
+def naive_avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
+    a = pool_args(_shape(x), kernel_size, stride, padding)
+    if _shape(grad_y) != a.out_shape:
+        raise InvalidArguments(f"grad_y must have shape {a.out_shape}")
+    grad_y = _f64(grad_y)
+    n, c, h_out, w_out = a.out_shape
+    h, w = _shape(x)[2:]
+    div = a.kernel_size[0] * a.kernel_size[1]
+    gx = np.zeros(_shape(x), dtype=np.float64)
+    for b in range(n):
+        for ch in range(c):
+            for oh in range(h_out):
+                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
+                for ow in range(w_out):
+                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
+                    for i in rows:
+                        for j in cols:
+                            gx[b, ch, i, j] += grad_y[b, ch, oh, ow] / div
+    return gx
+
+
+# --------------------------------------------------------------------------
+# Comparison helper shared by the tests
+# --------------------------------------------------------------------------
+
+
+def assert_close(actual, expected, what, rtol=1e-4):
+    """Engine result vs reference: shape, then dtype float32, then values.
+
+    Values must satisfy max|actual - expected| <= rtol * max(1, max|expected|).
+    """
+    assert isinstance(actual, np.ndarray), f"{what}: expected a numpy array, got {type(actual)}"
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {actual.shape} != expected {expected.shape}")
+    assert actual.dtype == np.float32, f"{what}: dtype {actual.dtype} != float32"
+    assert actual.flags.c_contiguous, f"{what}: result is not C-contiguous"
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    assert np.array_equal(nan_a, nan_e), (
+        f"{what}: NaN at {np.argwhere(nan_a != nan_e)[:5].tolist()} differs from reference")
+    finite = ~nan_e
+    if not finite.any():
+        return
+    a, e = actual[finite].astype(np.float64), expected[finite]
+    scale = max(1.0, float(np.max(np.abs(e))))
+    err = np.abs(a - e)
+    worst = int(np.argmax(err))
+    assert err[worst] <= rtol * scale, (
+        f"{what}: max abs error {err[worst]:.3g} > {rtol:g} * {scale:.3g} "
+        f"(got {a[worst]!r}, expected {e[worst]!r} at flat index {worst} of the finite values)")

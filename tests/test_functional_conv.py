@@ -1,0 +1,265 @@
+"""conv2d and conv2d_backward against the naive loops, on every algorithm."""
+
+import functools
+import zlib
+
+import numpy as np
+import pytest
+
+import naive
+from naive import assert_close
+
+F = pytest.importorskip("cnn_cli.functional")
+
+ALGORITHMS = ["direct", "im2col", "fft", "auto"]
+MODES = ["zeros", "reflect", "replicate", "circular"]
+
+# id -> (x_shape, w_shape, with_bias, conv kwargs)
+CASES = {
+    "basic-3x3": ((1, 1, 5, 5), (1, 1, 3, 3), False, {}),
+    "stride1-pad1-bias": ((2, 3, 6, 6), (4, 3, 3, 3), True, dict(padding=1)),
+    "stride2-pad1": ((2, 3, 7, 6), (4, 3, 3, 3), True, dict(stride=2, padding=1)),
+    "stride3": ((1, 2, 10, 8), (3, 2, 3, 2), False, dict(stride=3)),
+    "stride(1,2)-pad(1,2)": ((2, 2, 6, 7), (2, 2, 3, 3), True, dict(stride=(1, 2), padding=(1, 2))),
+    "stride(2,1)-pad(2,0)": ((1, 2, 7, 5), (3, 2, 3, 3), False, dict(stride=(2, 1), padding=(2, 0))),
+    "stride(3,2)-uneven": ((1, 1, 9, 8), (2, 1, 2, 3), True, dict(stride=(3, 2), padding=(0, 1))),
+    "same-3x3": ((2, 2, 6, 7), (3, 2, 3, 3), True, dict(padding="same")),
+    "same-even-2x2": ((1, 2, 5, 6), (2, 2, 2, 2), True, dict(padding="same")),
+    "same-even-4x4": ((1, 2, 6, 5), (2, 2, 4, 4), False, dict(padding="same")),
+    "same-2x3": ((1, 1, 6, 7), (2, 1, 2, 3), True, dict(padding="same")),
+    "same-5x5-dil2": ((1, 1, 9, 9), (1, 1, 5, 5), False, dict(padding="same", dilation=2)),
+    "same-2x2-dil(3,2)": ((1, 2, 7, 6), (2, 2, 2, 2), True, dict(padding="same", dilation=(3, 2))),
+    "same-stride-tuple(1,1)": ((1, 1, 5, 5), (1, 1, 3, 3), False, dict(padding="same", stride=(1, 1))),
+    "valid": ((2, 2, 7, 6), (3, 2, 3, 3), True, dict(padding="valid")),
+    "dil2-pad2": ((1, 2, 7, 7), (2, 2, 3, 3), True, dict(dilation=2, padding=2)),
+    "dil(1,2)-pad(0,1)": ((2, 1, 6, 8), (2, 1, 3, 3), False, dict(dilation=(1, 2), padding=(0, 1))),
+    "dil2-stride2": ((1, 2, 9, 9), (2, 2, 3, 3), True, dict(dilation=2, stride=2, padding=1)),
+    "groups2": ((2, 4, 6, 6), (6, 2, 3, 3), True, dict(groups=2, padding=1)),
+    "groups2-stride2-dil2": ((1, 4, 8, 7), (4, 2, 2, 3), True, dict(groups=2, stride=2, dilation=2)),
+    "depthwise": ((2, 3, 6, 5), (3, 1, 3, 3), True, dict(groups=3, padding=1)),
+    "depthwise-x2": ((1, 3, 6, 6), (6, 1, 3, 3), False, dict(groups=3, padding="same")),
+    "1x1": ((2, 3, 5, 4), (4, 3, 1, 1), True, {}),
+    "1x1-stride2-pad1": ((1, 3, 5, 6), (2, 3, 1, 1), False, dict(stride=2, padding=1)),
+    "1x1-groups3": ((1, 6, 4, 4), (3, 2, 1, 1), True, dict(groups=3)),
+    "nonsquare": ((1, 2, 5, 9), (2, 2, 2, 4), True, {}),
+    "nonsquare-tall": ((1, 1, 9, 4), (3, 1, 5, 2), False, dict(padding=(1, 0))),
+    "kernel=image": ((2, 1, 4, 5), (2, 1, 4, 5), True, {}),
+    "batch3": ((3, 2, 5, 5), (2, 2, 3, 3), True, dict(padding=1, stride=2)),
+    "11x11-fft-size": ((1, 2, 14, 13), (2, 2, 11, 11), True, dict(padding=2)),
+    "11x11-same": ((1, 1, 12, 12), (1, 1, 11, 11), False, dict(padding="same")),
+}
+for _mode in MODES[1:]:
+    CASES.update({
+        f"{_mode}-pad1": ((1, 2, 5, 6), (3, 2, 3, 3), True, dict(padding=1, padding_mode=_mode)),
+        f"{_mode}-pad(2,1)-stride(2,1)-dil(1,2)": (
+            (2, 2, 5, 6), (2, 2, 3, 2), True,
+            dict(padding=(2, 1), stride=(2, 1), dilation=(1, 2), padding_mode=_mode)),
+        f"{_mode}-same-4x4": ((1, 2, 5, 6), (2, 2, 4, 4), False, dict(padding="same", padding_mode=_mode)),
+        f"{_mode}-same-2x3-dil2": (
+            (1, 1, 5, 6), (2, 1, 2, 3), True, dict(padding="same", dilation=2, padding_mode=_mode)),
+        f"{_mode}-groups2-pad-max": (  # pad = H - 1: the largest pad legal for every mode
+            (1, 4, 4, 5), (4, 2, 3, 3), True, dict(padding=3, groups=2, padding_mode=_mode)),
+        f"{_mode}-depthwise-1x1-pad": (
+            (1, 2, 3, 3), (2, 1, 1, 1), False, dict(padding=(2, 1), groups=2, padding_mode=_mode)),
+        f"{_mode}-11x11-same": (
+            (1, 1, 12, 11), (1, 1, 11, 11), True, dict(padding="same", padding_mode=_mode)),
+    })
+CASES["circular-pad=size"] = ((1, 1, 3, 4), (1, 1, 3, 3), True, dict(padding=(3, 4), padding_mode="circular"))
+CASES["reflect-pad=size-1"] = ((1, 1, 3, 4), (1, 1, 5, 7), True, dict(padding=(2, 3), padding_mode="reflect"))
+
+
+def _seed(name):
+    return zlib.crc32(name.encode())
+
+
+@functools.lru_cache(maxsize=None)
+def _case(name):
+    """Inputs and naive results for one case (computed once, shared by all algorithms)."""
+    x_shape, w_shape, with_bias, kwargs = CASES[name]
+    rng = np.random.default_rng(_seed(name))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if with_bias else None
+    y = naive.naive_conv2d(x, w, b, **kwargs)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = naive.naive_conv2d_backward(x, w, gy, **kwargs)
+    return x, w, b, kwargs, y, gy, grads
+
+
+def _check_backward(x, w, gy, kwargs, expected, algorithm):
+    grads = F.conv2d_backward(x, w, gy, algorithm=algorithm, **kwargs)
+    assert isinstance(grads, tuple) and len(grads) == 3, "expected (grad_x, grad_weight, grad_bias)"
+    for what, actual, ref in zip(("grad_x", "grad_weight", "grad_bias"), grads, expected):
+        assert_close(actual, ref, what)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv2d_forward(name, algorithm):
+    x, w, b, kwargs, y, _, _ = _case(name)
+    assert_close(F.conv2d(x, w, b, algorithm=algorithm, **kwargs), y, "forward")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_conv2d_backward(name, algorithm):
+    x, w, _, kwargs, _, gy, grads = _case(name)
+    _check_backward(x, w, gy, kwargs, grads, algorithm)
+
+
+def test_bias_none_equals_zero_bias():
+    x, w, b, kwargs, _, _, _ = _case("stride1-pad1-bias")
+    with_zero = F.conv2d(x, w, np.zeros(w.shape[0], np.float32), **kwargs)
+    without = F.conv2d(x, w, **kwargs)
+    np.testing.assert_array_equal(without, with_zero)
+    assert not np.allclose(F.conv2d(x, w, b, **kwargs), without), "bias was ignored"
+
+
+# ----------------------------------------------------------------- finite differences
+
+FD_CASES = {
+    "zeros-stride2-pad1": ((1, 2, 6, 5), (3, 2, 3, 3), dict(stride=2, padding=1)),
+    "reflect-same-even": ((2, 2, 5, 6), (2, 2, 2, 4), dict(padding="same", padding_mode="reflect")),
+    "replicate-dil2-groups2": (
+        (1, 4, 6, 6), (4, 2, 3, 2), dict(padding=(2, 1), dilation=2, groups=2, padding_mode="replicate")),
+    "circular-stride(1,2)": ((1, 1, 5, 7), (2, 1, 3, 3), dict(padding=(1, 3), stride=(1, 2), padding_mode="circular")),
+}
+
+
+def _directional(f, point, direction, h=1e-3):
+    """Central difference of ``f`` at ``point`` along ``direction`` (float64)."""
+    return (f(point + h * direction) - f(point - h * direction)) / (2 * h)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", list(FD_CASES))
+def test_gradients_match_finite_differences(name, algorithm):
+    """grad . d equals the derivative of L = sum(r * conv2d(x, w, b)) along d."""
+    x_shape, w_shape, kwargs = FD_CASES[name]
+    rng = np.random.default_rng(_seed(name))
+    out_shape = naive.conv_args(x_shape, w_shape, **kwargs).out_shape
+
+    def draw(shape):  # float32-representable, so the engine sees exactly these numbers
+        return rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+
+    x, w, b, r = draw(x_shape), draw(w_shape), draw(w_shape[0]), draw(out_shape)
+
+    def loss(xx, ww, bb):
+        return float(np.sum(r * naive.naive_conv2d(xx, ww, bb, **kwargs)))
+
+    grad_x, grad_w, grad_b = F.conv2d_backward(x, w, r, algorithm=algorithm, **kwargs)
+    checks = [
+        ("grad_x", grad_x, x, lambda v: loss(v, w, b)),
+        ("grad_weight", grad_w, w, lambda v: loss(x, v, b)),
+        ("grad_bias", grad_b, b, lambda v: loss(x, w, v)),
+    ]
+    for what, grad, point, f in checks:
+        d = rng.standard_normal(point.shape)
+        numeric = _directional(f, point, d)
+        analytic = float(np.sum(grad.astype(np.float64) * d))
+        scale = float(np.sum(np.abs(grad.astype(np.float64) * d)))
+        assert abs(numeric - analytic) <= 1e-4 * max(1.0, scale), (
+            f"{what}: directional derivative {numeric:.6g} (finite differences) "
+            f"!= {analytic:.6g} (engine)")
+
+
+# ----------------------------------------------------------------- dtypes and layouts
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.int64, np.bool_, np.float16, np.float64])
+def test_any_real_dtype_is_converted_to_float32(dtype):
+    rng = np.random.default_rng(7)
+    if dtype == np.bool_:
+        x, w, b, gy = (rng.random(s) < 0.5 for s in ((2, 2, 5, 6), (3, 2, 3, 3), (3,), (2, 3, 5, 6)))
+    else:
+        x, w, b, gy = (rng.integers(0 if dtype == np.uint8 else -5, 6, s).astype(dtype)
+                       for s in ((2, 2, 5, 6), (3, 2, 3, 3), (3,), (2, 3, 5, 6)))
+    kwargs = dict(padding=1, padding_mode="reflect")
+    assert_close(F.conv2d(x, w, b, **kwargs), naive.naive_conv2d(x, w, b, **kwargs), "forward")
+    _check_backward(x, w, gy, kwargs, naive.naive_conv2d_backward(x, w, gy, **kwargs), "auto")
+
+
+def test_float64_input_is_rounded_to_float32():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 2, 6, 6)) * 1e3
+    w = rng.standard_normal((2, 2, 3, 3))
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    assert_close(F.conv2d(x, w, padding=1), naive.naive_conv2d(x32, w32, padding=1), "forward")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_non_contiguous_inputs(algorithm):
+    """Strided views and Fortran-ordered arrays give the same results as copies."""
+    x, w, b, kwargs, y, gy, grads = _case("groups2-stride2-dil2")
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal((x.shape[0], x.shape[1], 2 * x.shape[2], 2 * x.shape[3])).astype(np.float32)
+    big[:, :, ::2, ::2] = x
+    x_view = big[:, :, ::2, ::2]
+    w_fortran = np.asfortranarray(w)
+    gy_view = np.ascontiguousarray(gy.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    b_view = np.repeat(b, 2)[::2]
+    assert not x_view.flags.c_contiguous and not gy_view.flags.c_contiguous
+    assert_close(F.conv2d(x_view, w_fortran, b_view, algorithm=algorithm, **kwargs), y, "forward")
+    _check_backward(x_view, w_fortran, gy_view, kwargs, grads, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_inputs_are_not_modified(algorithm):
+    x, w, b, kwargs, _, gy, _ = _case("reflect-same-4x4")
+    b = np.arange(w.shape[0], dtype=np.float32)
+    copies = [a.copy() for a in (x, w, b, gy)]
+    F.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    F.conv2d_backward(x, w, gy, algorithm=algorithm, **kwargs)
+    for name, before, after in zip(("x", "weight", "bias", "grad_y"), copies, (x, w, b, gy)):
+        np.testing.assert_array_equal(after, before, err_msg=f"{name} was modified")
+
+
+# ----------------------------------------------------------------- large kernels, FFT accuracy
+
+
+@functools.lru_cache(maxsize=None)
+def _dc_offset_case(noise):
+    """A bright image (1000 + noise) and zero-mean 15x15 kernels: the output is
+    small, so any error that scales with the image's mean (its DC term) shows up."""
+    rng = np.random.default_rng(10)
+    x = (1000.0 + noise * rng.standard_normal((1, 1, 40, 44))).astype(np.float32)
+    w = rng.standard_normal((2, 1, 15, 15))
+    w -= w.mean(axis=(2, 3), keepdims=True)
+    w = (w / np.sqrt((w ** 2).sum(axis=(2, 3), keepdims=True))).astype(np.float32)
+    y = naive.naive_conv2d(x, w)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    return x, w, y, gy, naive.naive_conv2d_backward(x, w, gy)
+
+
+@pytest.mark.parametrize("algorithm, noise", [
+    # Offset 100x the noise: plain float32 sums (and torch's float32 conv) stay inside
+    # the tolerance, so every path must.
+    *[(a, 10.0) for a in ALGORITHMS],
+    # Offset 1000x the noise: float32 accumulation (torch's too) is off by ~3e-4
+    # relative here, but an FFT done right (in float64) is not: the FFT path must be.
+    ("fft", 1.0),
+])
+def test_accuracy_with_large_dc_offset(algorithm, noise):
+    x, w, y, gy, grads = _dc_offset_case(noise)
+    assert np.abs(y).max() < 10 * noise, "the kernel should cancel the offset"
+    assert_close(F.conv2d(x, w, algorithm=algorithm), y, "forward")
+    _check_backward(x, w, gy, {}, grads, algorithm)
+
+
+@functools.lru_cache(maxsize=None)
+def _large_kernel_case(padding):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 1, 36, 33)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 31, 31)).astype(np.float32)
+    b = np.array([0.5], np.float32)
+    y = naive.naive_conv2d(x, w, b, padding=padding)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    return x, w, b, y, gy, naive.naive_conv2d_backward(x, w, gy, padding=padding)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_31x31_kernel(algorithm, padding):
+    x, w, b, y, gy, grads = _large_kernel_case(padding)
+    assert_close(F.conv2d(x, w, b, padding=padding, algorithm=algorithm), y, "forward")
+    _check_backward(x, w, gy, dict(padding=padding), grads, algorithm)

@@ -1,0 +1,158 @@
+"""max_pool2d / avg_pool2d and their backward passes against the naive loops."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+import naive
+from naive import assert_close
+
+F = pytest.importorskip("cnn_cli.functional")
+
+# (x_shape, kernel_size, stride, padding)
+POOL_CASES = [
+    ((1, 1, 4, 4), 2, None, 0),
+    ((2, 3, 7, 5), 2, None, 0),          # odd sizes: last row/column dropped (floor mode)
+    ((1, 2, 6, 6), 2, 1, 0),             # overlapping windows
+    ((1, 2, 6, 6), 2, 2, 1),
+    ((2, 1, 7, 7), 3, None, 0),
+    ((1, 2, 7, 8), 3, 2, 1),
+    ((1, 1, 5, 5), 3, 1, 1),
+    ((1, 2, 9, 6), 3, (2, 1), (1, 0)),
+    ((2, 2, 7, 8), (2, 3), None, 0),
+    ((1, 1, 8, 9), (2, 3), (1, 2), (1, 1)),
+    ((1, 1, 5, 9), (3, 2), (2, 3), (0, 1)),
+    ((3, 2, 5, 5), 4, 1, 2),
+    ((1, 1, 3, 5), 3, None, 0),          # one window tall
+    ((1, 1, 1, 1), 1, None, 0),
+    ((1, 1, 4, 6), 1, 2, 0),             # 1x1 window, strided
+    ((1, 1, 2, 2), 2, 1, 1),             # padding makes the output larger than the input
+]
+KINDS = {
+    "max": (F.max_pool2d, F.max_pool2d_backward, naive.naive_max_pool2d, naive.naive_max_pool2d_backward),
+    "avg": (F.avg_pool2d, F.avg_pool2d_backward, naive.naive_avg_pool2d, naive.naive_avg_pool2d_backward),
+}
+
+
+def _ids(case):
+    return "x{}-k{}-s{}-p{}".format(*case)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
+def test_pool_forward_backward(kind, case):
+    x_shape, k, s, p = case
+    fwd, bwd, naive_fwd, naive_bwd = KINDS[kind]
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    y = naive_fwd(x, k, s, p)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    if s is None:  # stride defaults to kernel_size: also check the default itself
+        assert_close(fwd(x, k), y, "forward")
+        assert_close(bwd(x, gy, k), naive_bwd(x, gy, k), "grad_x")
+    assert_close(fwd(x, k, s, p), y, "forward")
+    assert_close(bwd(x, gy, k, s, p), naive_bwd(x, gy, k, s, p), "grad_x")
+    assert_close(fwd(x, kernel_size=k, stride=s, padding=p), y, "forward (keywords)")
+
+
+@pytest.mark.parametrize("k, s, p", [(2, 1, 0), (2, 1, 1), (3, 1, 1), (3, 2, 1), ((2, 3), 1, (1, 1))])
+def test_max_pool_ties_gradient_goes_to_first_max(k, s, p):
+    """Constant input: every window is a tie, and only its first pixel (row-major) gets the gradient."""
+    x = np.full((1, 2, 5, 6), 3.0, np.float32)
+    y = naive.naive_max_pool2d(x, k, s, p)
+    gy = np.arange(1, y.size + 1, dtype=np.float32).reshape(y.shape)
+    assert_close(F.max_pool2d(x, k, s, p), y, "forward")
+    expected = naive.naive_max_pool2d_backward(x, gy, k, s, p)
+    assert_close(F.max_pool2d_backward(x, gy, k, s, p), expected, "grad_x")
+
+
+def test_max_pool_ties_match_torch(torch_ref):
+    x = np.array([[[[1, 3, 3, 0], [3, 2, 3, 3], [0, 3, 1, 3], [3, 3, 3, 2]]]], np.float32)
+    for k, s, p in [(2, 1, 0), (2, 2, 1), (3, 1, 1)]:
+        t_y, t_gx = torch_ref.pool("max", x, k, s, p, np.ones(naive.pool_args(x.shape, k, s, p).out_shape))
+        gy = np.ones(t_y.shape, np.float32)
+        assert_close(F.max_pool2d(x, k, s, p), t_y, "forward")
+        assert_close(F.max_pool2d_backward(x, gy, k, s, p), t_gx, "grad_x")
+
+
+def test_max_pool_padding_is_minus_infinity():
+    """All-negative input: padded pixels must never win (they are -inf, not 0)."""
+    x = -1.0 - np.arange(30, dtype=np.float32).reshape(1, 1, 5, 6)
+    y = F.max_pool2d(x, 3, 1, 1)
+    assert (y < 0).all(), "a padded zero won a window"
+    assert_close(y, naive.naive_max_pool2d(x, 3, 1, 1), "forward")
+    gy = np.ones(y.shape, np.float32)
+    assert_close(F.max_pool2d_backward(x, gy, 3, 1, 1),
+                 naive.naive_max_pool2d_backward(x, gy, 3, 1, 1), "grad_x")
+
+
+def test_avg_pool_counts_padding_in_divisor():
+    x = np.ones((1, 1, 4, 4), np.float32)
+    y = F.avg_pool2d(x, 2, 2, 1)
+    expected = np.array([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]])
+    assert_close(y, expected[None, None], "forward")
+
+
+def test_max_pool_nan_propagates_like_torch(torch_ref):
+    x = np.arange(48, dtype=np.float32).reshape(1, 1, 6, 8)
+    x[0, 0, 1, 2] = np.nan
+    x[0, 0, 4, 7] = np.nan
+    for k, s, p in [(2, None, 0), (3, 1, 1), (3, 2, 0)]:
+        t_y, _ = torch_ref.pool("max", x, k, s, p)
+        y = F.max_pool2d(x, k, s, p)
+        assert np.isnan(t_y).any()
+        assert_close(y, t_y, "forward")
+
+
+def test_max_pool_nan_gradient_like_torch(torch_ref):
+    """torch's CPU kernel treats a NaN as the maximum, so its window's gradient goes there."""
+    x = np.arange(48, dtype=np.float32).reshape(1, 1, 6, 8)
+    x[0, 0, 1, 2] = np.nan
+    for k, s, p in [(2, None, 0), (3, 1, 1)]:
+        y_shape = naive.pool_args(x.shape, k, s, p).out_shape
+        gy = np.arange(1, np.prod(y_shape) + 1, dtype=np.float32).reshape(y_shape)
+        _, t_gx = torch_ref.pool("max", x, k, s, p, gy)
+        assert_close(F.max_pool2d_backward(x, gy, k, s, p), t_gx, "grad_x")
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_, np.float64])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_pool_dtype_conversion(kind, dtype):
+    fwd, bwd, naive_fwd, naive_bwd = KINDS[kind]
+    rng = np.random.default_rng(5)
+    x = (rng.integers(0, 9, (2, 2, 5, 6)) if dtype != np.bool_ else rng.random((2, 2, 5, 6)) < 0.5).astype(dtype)
+    y = naive_fwd(x, 2, 1, 1)
+    gy = rng.integers(-3, 4, y.shape).astype(dtype if dtype != np.bool_ else np.int64)
+    assert_close(fwd(x, 2, 1, 1), y, "forward")
+    assert_close(bwd(x, gy, 2, 1, 1), naive_bwd(x, gy, 2, 1, 1), "grad_x")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_pool_non_contiguous_input_and_no_mutation(kind):
+    fwd, bwd, naive_fwd, naive_bwd = KINDS[kind]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 7, 12)).astype(np.float32)[:, ::2, :, ::2]
+    y = naive_fwd(x, 3, 2, 1)
+    gy = np.asfortranarray(rng.standard_normal(y.shape).astype(np.float32))
+    x_before, gy_before = x.copy(), gy.copy()
+    assert_close(fwd(x, 3, 2, 1), y, "forward")
+    assert_close(bwd(x, gy, 3, 2, 1), naive_bwd(x, gy, 3, 2, 1), "grad_x")
+    np.testing.assert_array_equal(x, x_before, err_msg="x was modified")
+    np.testing.assert_array_equal(gy, gy_before, err_msg="grad_y was modified")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_pool_gradient_matches_finite_differences(kind):
+    """Directional derivative of sum(r * pool(x)); max pool is linear near distinct values."""
+    fwd, bwd, naive_fwd, _ = KINDS[kind]
+    rng = np.random.default_rng(12)
+    x = rng.permutation(60).reshape(1, 2, 5, 6).astype(np.float64)  # distinct values, gaps of 1
+    r = rng.standard_normal(naive.pool_args(x.shape, 3, 2, 1).out_shape).astype(np.float32).astype(np.float64)
+    d = rng.standard_normal(x.shape)
+    h = 1e-3
+    numeric = (np.sum(r * naive_fwd(x + h * d, 3, 2, 1)) - np.sum(r * naive_fwd(x - h * d, 3, 2, 1))) / (2 * h)
+    grad = bwd(x, r, 3, 2, 1).astype(np.float64)
+    analytic = float(np.sum(grad * d))
+    assert abs(numeric - analytic) <= 1e-4 * max(1.0, float(np.sum(np.abs(grad * d)))), (
+        f"grad_x: directional derivative {numeric:.6g} (finite differences) != {analytic:.6g} (engine)")
