@@ -147,43 +147,48 @@ def _run_batch(batch, out_root, pipeline, options):
 
 
 def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options):
-    """Write one image's folder (see the module docstring); returns the number of maps."""
+    """Write one image's folder (see the module docstring); returns the number of maps.
+
+    PNGs are encoded on two threads (Pillow releases the GIL) while the next
+    maps are prepared; only small grid thumbnails are kept, so memory holds
+    one layer's pictures at most.
+    """
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        manifest_layers, arrays, jobs = [], {}, []
-        for i, (maps, layer, channels) in enumerate(zip(layer_maps, pipeline.layers, pipeline.channels)):
-            if not np.all(np.isfinite(maps)):
-                raise ValueError(f"layer {i} ({layer.kind}) produced NaN or inf values")
-            key = f"layer{i}"
-            arrays[key] = np.ascontiguousarray(maps, dtype=np.float32)
-            (staging / key).mkdir()
-            layer_lo, layer_hi = viz.value_range(maps)
-            entries, tiles = [], []
-            for c, (m, filter_name) in enumerate(zip(maps, channels)):
-                lo, hi = viz.value_range(m)
-                if options.normalize == "per-layer":
-                    low, high = viz.scale_for(layer_lo, layer_hi, "per-layer")
-                else:
-                    low, high = viz.scale_for(lo, hi, options.normalize)
-                image = viz.colorize(viz.to_uint8(m, low, high), options.cmap)
-                png = f"{key}/{c:03d}_{_safe(filter_name, 60)}.png"
-                jobs.append((staging / png, image))
-                tiles.append(image)
-                entries.append({
-                    "channel": c, "filter": filter_name, "png": png, "min": lo, "max": hi,
-                    "normalization": {"method": options.normalize, "low": low, "high": high,
-                                      "colormap": options.cmap},
-                })
-            grid_png = f"{key}_grid.png"
-            jobs.append((staging / grid_png, viz.grid(tiles, channels)))
-            manifest_layers.append({
-                "index": i, "name": key, "kind": layer.kind, "description": layer.describe(),
-                "shape": list(maps.shape), "npz_key": key, "grid": grid_png, "maps": entries,
-            })
-        # PNG encoding releases the GIL, so two threads keep both cores busy.
+        manifest_layers, arrays = [], {}
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for done in pool.map(lambda job: job[0].write_bytes(viz.png_bytes(job[1])), jobs):
-                pass
+            pending = []
+            for i, (maps, layer, channels) in enumerate(zip(layer_maps, pipeline.layers, pipeline.channels)):
+                if not np.all(np.isfinite(maps)):
+                    raise ValueError(f"layer {i} ({layer.kind}) produced NaN or inf values")
+                key = f"layer{i}"
+                arrays[key] = np.ascontiguousarray(maps, dtype=np.float32)
+                (staging / key).mkdir()
+                layer_range = viz.value_range(maps)
+                entries, tiles = [], []
+                for c, (m, filter_name) in enumerate(zip(maps, channels)):
+                    lo, hi = viz.value_range(m)
+                    span = layer_range if options.normalize == "per-layer" else (lo, hi)
+                    low, high = viz.scale_for(*span, options.normalize)
+                    image = viz.colorize(viz.to_uint8(m, low, high), options.cmap)
+                    png = f"{key}/{c:03d}_{_safe(filter_name, 60)}.png"
+                    pending.append(pool.submit(_write_png, staging / png, image))
+                    tiles.append(viz.thumbnail(image))
+                    entries.append({
+                        "channel": c, "filter": filter_name, "png": png, "min": lo, "max": hi,
+                        "normalization": {"method": options.normalize, "low": low, "high": high,
+                                          "colormap": options.cmap},
+                    })
+                grid_png = f"{key}_grid.png"
+                pending.append(pool.submit(_write_png, staging / grid_png, viz.grid(tiles, channels)))
+                manifest_layers.append({
+                    "index": i, "name": key, "kind": layer.kind, "description": layer.describe(),
+                    "shape": list(maps.shape), "npz_key": key, "grid": grid_png, "maps": entries,
+                })
+                # Wait for this layer's PNGs before the next, bounding memory.
+                for job in pending:
+                    job.result()
+                pending.clear()
         save_npz_atomic(staging / "features.npz", arrays)
         manifest = {
             "cnn_version": __version__,
@@ -201,3 +206,7 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_png(path, image):
+    path.write_bytes(viz.png_bytes(image))

@@ -26,3 +26,6 @@ FFT_WORKERS = -1
 #: unit): waking the thread pool costs tens of microseconds, and more on a
 #: busy machine, which small layers do not repay.
 PARALLEL_MIN_WORK = 2**18
+
+#: Numba threading layer for the parallel kernels (see kernels/_jit.py).
+THREADING_LAYER = "workqueue"

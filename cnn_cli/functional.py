@@ -260,18 +260,20 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
     shape = (scipy.fft.next_fast_len(hp, real=True), scipy.fft.next_fast_len(wp, real=True))
     workers = config.FFT_WORKERS
     xf = scipy.fft.rfft2(xp.astype(np.float64), s=shape, workers=workers)
-    wf = np.conj(scipy.fft.rfft2(wd, s=shape, workers=workers))
     cout_g = c_out // groups
-    yf = np.empty((n, c_out, *xf.shape[2:]), np.complex128)
+    sh, sw = stride
+    rows, cols = slice(0, (out_hw[0] - 1) * sh + 1, sh), slice(0, (out_hw[1] - 1) * sw + 1, sw)
+    y = np.empty((n, c_out, *out_hw), np.float32)
+    # One filter at a time, so memory holds the input's spectrum and one
+    # filter's worth of products, not all of them (a bank on a large photo).
     for co in range(c_out):
         g = co // cout_g
-        yf[:, co] = np.einsum("nchw,chw->nhw", xf[:, g * cin_g:(g + 1) * cin_g], wf[co])
-    full = scipy.fft.irfft2(yf, s=shape, workers=workers)
-    sh, sw = stride
-    y = full[:, :, : (out_hw[0] - 1) * sh + 1 : sh, : (out_hw[1] - 1) * sw + 1 : sw]
+        wf = np.conj(scipy.fft.rfft2(wd[co], s=shape, workers=workers))
+        yf = np.einsum("nchw,chw->nhw", xf[:, g * cin_g:(g + 1) * cin_g], wf)
+        y[:, co] = scipy.fft.irfft2(yf, s=shape, workers=workers)[:, rows, cols]
     if bias is not None:
-        y = y + bias[None, :, None, None]
-    return np.ascontiguousarray(y, dtype=np.float32)
+        y += bias[None, :, None, None]
+    return y
 
 
 def _check_bias(bias, c_out):
@@ -349,11 +351,14 @@ def conv2d_backward(
     groups=1,
     padding_mode="zeros",
     algorithm="auto",
+    input_grad=True,
 ):
     """Gradients of a ``conv2d`` call with the same arguments.
 
     Given ``grad_y`` = dL/dy of shape (N, C_out, H_out, W_out), returns
     ``(grad_x, grad_weight, grad_bias)`` shaped like x, weight and (C_out,).
+    ``input_grad=False`` skips grad_x (returned as None), which a network's
+    first layer never needs.
 
     grad_x is itself a convolution: ``grad_y`` with ``stride - 1`` zeros
     inserted between its pixels, fully padded, correlated with the spatially
@@ -392,6 +397,8 @@ def conv2d_backward(
         conv_kernels.conv_grad_weight_direct(xp, gy, *spec.stride, *spec.dilation, g, grad_w,
                                              work=gy.size * w[0].size)
 
+    if not input_grad:
+        return None, grad_w, grad_bias
     # grad_x is a correlation with swapped channels; "auto" decides afresh for that shape.
     grad_xp = _grad_padded_input(gy, w, spec, spec.algorithm)
     return spec.unpad_grad(grad_xp), grad_w, grad_bias

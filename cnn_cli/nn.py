@@ -85,8 +85,12 @@ class Conv2d(Param):
             self._x = x
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), **self.options)
 
+    #: False when nothing needs dL/dx (the network's first layer), which saves a convolution.
+    input_grad = True
+
     def backward(self, grad):
-        gx, gw, gb = F.conv2d_backward(self._x, self.params["weight"], grad, **self.options)
+        gx, gw, gb = F.conv2d_backward(self._x, self.params["weight"], grad, input_grad=self.input_grad,
+                                       **self.options)
         self.grads["weight"] += gw
         if self.use_bias:
             self.grads["bias"] += gb
@@ -450,6 +454,8 @@ class Network:
             except (LayerError, ValueError) as exc:
                 raise LayerError(f"layer {i} ({layer.kind}): {exc}") from None
             self.shapes.append(tuple(shape))
+        if isinstance(self.layers[0], Conv2d):
+            self.layers[0].input_grad = False
 
     def forward(self, x, train=False):
         for layer in self.layers:

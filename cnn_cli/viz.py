@@ -105,18 +105,28 @@ def _fit_label(draw, text, width, font):
     return "…"
 
 
+def thumbnail(image):
+    """``image`` resized for a grid: the longer side between GRID_TILE_MIN and
+    GRID_TILE_MAX (nearest-neighbour when enlarging, so pixels stay visible)."""
+    w0, h0 = image.size
+    longest = max(w0, h0)
+    scale = min(1.0, GRID_TILE_MAX / longest) if longest > GRID_TILE_MIN else GRID_TILE_MIN / longest
+    size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+    if size == image.size:
+        return image
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    return image.resize(size, resample)
+
+
 def grid(tiles, labels, *, background=(32, 32, 32)):
     """Lay out every tile (Pillow images of one size) with its label above it.
 
-    Tiles are resized so the longer side is between GRID_TILE_MIN and
-    GRID_TILE_MAX (nearest-neighbour when enlarging, so pixels stay visible).
-    Columns: ceil(sqrt(count)). Nothing is dropped.
+    Tiles are first passed through ``thumbnail``. Columns: ceil(sqrt(count)).
+    Nothing is dropped.
     """
+    tiles = [thumbnail(t) for t in tiles]
     count = len(tiles)
-    w0, h0 = tiles[0].size
-    longest = max(w0, h0)
-    scale = min(1.0, GRID_TILE_MAX / longest) if longest > GRID_TILE_MIN else GRID_TILE_MIN / longest
-    tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+    tw, th = tiles[0].size
     cell_w = max(tw, 96)
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
@@ -125,14 +135,12 @@ def grid(tiles, labels, *, background=(32, 32, 32)):
     canvas = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(canvas)
     font = _font()
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
     for i, (tile, label) in enumerate(zip(tiles, labels)):
         r, c = divmod(i, cols)
         x = GAP + c * (cell_w + GAP)
         y = GAP + r * (th + LABEL_HEIGHT + GAP)
         draw.text((x, y + 1), _fit_label(draw, label, cell_w, font), fill=(230, 230, 230), font=font)
-        img = tile if (tw, th) == tile.size else tile.resize((tw, th), resample)
-        canvas.paste(img.convert("RGB"), (x + (cell_w - tw) // 2, y + LABEL_HEIGHT))
+        canvas.paste(tile.convert("RGB"), (x + (cell_w - tw) // 2, y + LABEL_HEIGHT))
     return canvas
 
 

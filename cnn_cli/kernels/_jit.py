@@ -6,11 +6,20 @@ serial loop, because starting the thread pool costs more than small calls
 kernel picks its variant by ``config.PARALLEL_MIN_WORK``.
 """
 
+import os
 import types
 
+import numba
 from numba import njit
 
 from .. import config
+
+# numba's OpenMP layer leaves its workers spinning after each parallel loop,
+# and OpenBLAS (behind numpy's matrix products) does the same; on a small or
+# busy machine the two steal each other's cores. The workqueue layer's
+# workers sleep instead. NUMBA_THREADING_LAYER still overrides this.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = config.THREADING_LAYER
 
 # Reassociation lets LLVM vectorise the sums; we leave out the "no NaN / no inf"
 # assumptions so NaN and inf propagate through the engine as they do in torch.
