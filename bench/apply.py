@@ -10,14 +10,19 @@ and writing (PNG encoding, npz, manifest).
 
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-from PIL import Image, ImageDraw
+# Run as the `cnn` command does: BLAS on one thread (see cnn_cli/cli.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import time_once  # noqa: E402

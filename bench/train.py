@@ -12,14 +12,19 @@ optional (without it only our time is printed).
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import numpy as np
+# Run as the `cnn` command does: BLAS on one thread (see cnn_cli/cli.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import time_once  # noqa: E402
@@ -44,9 +49,17 @@ def write_digits(root):
 def torch_lenet(torch, classes):
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, classes))
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 64),
+        nn.ReLU(),
+        nn.Linear(64, classes),
+    )
 
 
 def main(argv=None):
@@ -79,7 +92,7 @@ def main(argv=None):
         def torch_epoch(e):
             order = torch.randperm(n)
             for i in range(0, n, 32):
-                idx = order[i:i + 32]
+                idx = order[i : i + 32]
                 opt.zero_grad()
                 loss_fn(model(x[idx]), y[idx]).backward()
                 opt.step()

@@ -29,3 +29,6 @@ PARALLEL_MIN_WORK = 2**18
 
 #: Numba threading layer for the parallel kernels (see kernels/_jit.py).
 THREADING_LAYER = "workqueue"
+
+#: Threads that share the im2col matrix products (see functional._batched_matmul).
+GEMM_THREADS = 2

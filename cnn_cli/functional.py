@@ -215,10 +215,40 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     for n0, g, col in _im2col_chunks(xp, w.shape, stride, dilation, groups, out_hw):
         rows = slice(g * cout_g, (g + 1) * cout_g)
         out = y_pixels[n0:n0 + col.shape[0], rows]
-        np.matmul(w[rows].reshape(cout_g, -1), col, out=out)
+        _batched_matmul(w[rows].reshape(cout_g, -1), col, out)
     if bias is not None:
         y += bias[None, :, None, None]
     return y
+
+
+_gemm_pool = None
+
+
+def _batched_matmul(a, b, out):
+    """out[i] = a[i] @ b[i] (``a`` may be one matrix), split into GEMM_THREADS
+    slices of the batch that run at once (numpy releases the GIL in matmul).
+
+    This parallelises the matrix products even when BLAS itself runs one
+    thread, as the ``cnn`` command sets it: BLAS's own thread pool spins
+    between calls and fights the engine's threads on a small machine.
+    """
+    global _gemm_pool
+    batch = b.shape[0]
+    parts = min(config.GEMM_THREADS, batch)
+    if parts < 2:
+        np.matmul(a, b, out=out)
+        return
+    if _gemm_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _gemm_pool = ThreadPoolExecutor(max_workers=config.GEMM_THREADS)
+    bounds = np.linspace(0, batch, parts + 1).astype(int)
+    jobs = [
+        _gemm_pool.submit(np.matmul, a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi])
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
+    for job in jobs:
+        job.result()
 
 
 def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
@@ -391,7 +421,9 @@ def conv2d_backward(
         for n0, group, col in _im2col_chunks(xp, w.shape, spec.stride, spec.dilation, g, spec.out_hw):
             rows = slice(group * cout_g, (group + 1) * cout_g)
             gyc = gy[n0:n0 + col.shape[0], rows].reshape(col.shape[0], cout_g, -1)
-            acc[rows] += np.matmul(gyc, col.transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+            products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
+            _batched_matmul(gyc, col.transpose(0, 2, 1), products)
+            acc[rows] += products.sum(axis=0, dtype=np.float64)
         grad_w[...] = acc.reshape(w.shape)
     else:
         conv_kernels.conv_grad_weight_direct(xp, gy, *spec.stride, *spec.dilation, g, grad_w,
