@@ -375,7 +375,7 @@ def train(
     weight_decay: Annotated[float, typer.Option(callback=_non_negative, help="L2 penalty added to the gradients.")] = 0.0,
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the epochs.")] = Schedule.constant,
     val_split: Annotated[float, typer.Option(callback=_fraction, help="Fraction of each class held out for validation (ignored when DATASET has train/ and val/).")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed for the split, initial weights, shuffling, augmentation and dropout.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for the split, initial weights, shuffling, augmentation and dropout.")] = 0,
     image_size: Annotated[Optional[int], typer.Option(min=4, max=1024, help="Resize every image to N x N [default: from the data].")] = None,
     color: Annotated[Optional[Color], typer.Option(help="gray or rgb [default: detected].")] = None,
     augment: Annotated[str, typer.Option(callback=_augmentations, help="Random augmentations, comma-separated: shift, flip, rotate.")] = "",
@@ -399,6 +399,7 @@ def train(
       cnn train photos/ -o m.npz --resume m.ckpt.npz
     """
     import signal
+    import warnings
 
     from .data import DatasetError
     from .filterbank import BankError
@@ -420,6 +421,9 @@ def train(
         stop["signal"] = signum
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Divergence is detected and reported in one line; numpy's overflow
+    # warnings on the way there would only clutter it.
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
         try:

@@ -81,6 +81,8 @@ def stratified_split(labels, fraction, seed):
         n_val = int(round(fraction * len(idx)))
         if fraction > 0 and len(idx) >= 2:
             n_val = min(max(n_val, 1), len(idx) - 1)
+        elif len(idx) < 2:
+            n_val = 0  # a class of one image must keep it for training
         val += idx[:n_val].tolist()
         train += idx[n_val:].tolist()
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)

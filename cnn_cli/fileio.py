@@ -8,6 +8,7 @@ a half-written file at a final path.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -62,14 +63,23 @@ def replace_dir(staging, final, *, force):
     either the old complete output or the new one.
     """
     final = Path(final)
-    if not final.exists():
+    if not os.path.lexists(final):  # lexists: a dangling link is there too
         os.replace(staging, final)
         return
     if not force:
         raise FileExistsError(final)
+    if final.is_symlink():
+        final.unlink()
+        os.replace(staging, final)
+        return
     old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
     os.replace(final, old / "x")
-    os.replace(staging, final)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        os.replace(old / "x", final)  # put the old output back
+        old.rmdir()
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -110,7 +120,7 @@ def _read_member(archive, info, path):
                 raise NpzError(f"{label}: unsupported npy version {version}")
             if dtype.hasobject:
                 raise NpzError(f"{label}: holds Python objects, which we never load")
-            declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            declared = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints never wrap
             if declared > MAX_ARRAY_BYTES:
                 raise NpzError(f"{label}: declares {declared} bytes, over the {MAX_ARRAY_BYTES}-byte limit")
             if declared > info.file_size:

@@ -199,22 +199,36 @@ def builtin_dir():
         return Path(__file__).resolve().parent.parent / "filters"
 
 
+#: Layer types that only networks have; a file using them is an architecture.
+_NETWORK_TYPES = {"linear", "flatten", "dropout", "batchnorm", "residual", "netvlad"}
+
+
+def kind_of(doc):
+    """"bank", "pipeline" or "architecture": the ``kind`` key, else guessed from the content."""
+    if "kind" in doc:
+        return doc["kind"]
+    if "kernel" in doc or "weights" in doc:
+        return "bank"
+    layers = doc.get("layer") if isinstance(doc.get("layer"), list) else []
+    learned = any(isinstance(t, dict) and (t.get("type") in _NETWORK_TYPES or "out_channels" in t) for t in layers)
+    return "architecture" if learned else "pipeline"
+
+
 def builtin_names(kind):
-    """Names of the shipped files of ``kind`` ("bank" or "pipeline"), sorted."""
-    names = []
-    for path in sorted(builtin_dir().glob("*.toml")):
-        if _read_toml(path).get("kind", "bank") == kind:
-            names.append(path.stem)
-    return names
+    """Names of the shipped files of ``kind``, sorted."""
+    return [p.stem for p in sorted(builtin_dir().glob("*.toml")) if kind_of(_read_toml(p)) == kind]
 
 
 def resolve_file(spec, kind):
-    """A path for ``spec``: an existing file, or the name of a shipped one."""
+    """A path for ``spec``: a file of that kind, or the name of a shipped one."""
     path = Path(spec)
     if path.suffix and path.is_file():
+        found = kind_of(_read_toml(path))
+        if found != kind:
+            raise BankError(f"{path}: is a {found} file, but a {kind} is needed here")
         return path
     shipped = builtin_dir() / f"{spec}.toml"
-    if shipped.is_file() and _read_toml(shipped).get("kind", "bank") == kind:
+    if shipped.is_file() and kind_of(_read_toml(shipped)) == kind:
         return shipped
     choices = ", ".join(builtin_names(kind))
     raise BankError(f"no {kind} named '{spec}': give a file path or one of: {choices}")
@@ -282,16 +296,22 @@ def _parse_kernel(entry, index, where):
     if unknown:
         raise BankError(f"{label}: unknown field(s) {sorted(unknown)}")
     try:
-        weights = _build(given[0], entry[given[0]])
+        with np.errstate(all="ignore"):  # degenerate numbers are caught by check_kernel_array
+            weights = _build(given[0], entry[given[0]])
     except BankError as exc:
         raise BankError(f"{label}, field '{given[0]}': {exc}") from None
     except (TypeError, ValueError) as exc:
         raise BankError(f"{label}, field '{given[0]}': {exc}") from None
-    if entry.get("zero_mean", False):
+    zero_mean = entry.get("zero_mean", False)
+    if not isinstance(zero_mean, bool):
+        raise BankError(f"{label}, field 'zero_mean': must be true or false, not {zero_mean!r}")
+    if zero_mean:
         weights = weights - weights.mean(axis=(-2, -1), keepdims=True)
     scale = _number(entry.get("scale", 1.0), f"{label}, field 'scale'")
     bias = _number(entry.get("bias", 0.0), f"{label}, field 'bias'")
-    return Kernel(name.strip(), check_kernel_array(weights * scale, label), bias)
+    with np.errstate(all="ignore"):
+        weights = weights * scale
+    return Kernel(name.strip(), check_kernel_array(weights, label), bias)
 
 
 def _number(value, label):
@@ -312,10 +332,14 @@ def _params(table, allowed):
             out[key] = value
             continue
         out[key] = _number(value, key)
-        if key in ("size",):
+        if key == "size":
+            if isinstance(value, float) and not value.is_integer():
+                raise BankError(f"size must be a whole odd number, but got {value!r}")
             out[key] = int(value)
         elif key != "theta" and out[key] <= 0:
             raise BankError(f"{key} must be positive, but got {value!r}")
+        elif key == "bandwidth" and out[key] > 8:
+            raise BankError(f"bandwidth is in octaves and must be at most 8, but got {value!r}")
     return out
 
 

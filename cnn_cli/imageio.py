@@ -103,12 +103,12 @@ def _to_float(im):
         top = 65535.0 if a.min() >= 0 and a.max() <= 65535 else max(abs(a).max(), 1.0)
         return np.clip(a / top, 0, 1).astype(np.float32)[None]
     if mode == "F":
-        a = np.asarray(im, dtype=np.float32)
+        a = np.asarray(im, dtype=np.float64)  # float64: hi - lo may exceed float32's range
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = float(a.min()), float(a.max())
         if lo < 0 or hi > 1:
             a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-        return a[None]
+        return a.astype(np.float32)[None]
     has_alpha = mode in ("LA", "RGBA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info)
     if mode in ("1", "L"):
         return (np.asarray(im.convert("L"), dtype=np.float32) / 255.0)[None]

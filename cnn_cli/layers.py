@@ -261,6 +261,7 @@ class BankConv(Layer):
             raise LayerError(f"conv mode must be 'mean' or 'depthwise', not {mode!r}")
         self.banks, self.mode = list(banks), mode
         self.options = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+        F.check_conv_options(**self.options)  # bad values are the file's fault: say so when it loads
         self.filters = []  # (weight, bias, groups) per bank, filled by bind()
 
     def bind(self, channels):

@@ -78,8 +78,14 @@ def load_model(path):
     for key in ("architecture", "classes", "preprocessing"):
         if key not in meta:
             raise ModelError(f"{path}: metadata has no '{key}'")
+    _check_preprocessing(path, meta)
     extra = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
+    for name, arr in weights.items():
+        expected = "i" if name.endswith("num_batches_tracked") else "f"
+        if arr.dtype.kind != expected:
+            raise ModelError(f"{path}: weight '{name}' has dtype {arr.dtype}; expected "
+                             f"{'an integer' if expected == 'i' else 'a float'} array")
     try:
         network = build_network(meta)
         network.load_state_dict(weights)
@@ -89,6 +95,27 @@ def load_model(path):
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ModelError(f"{path}: weight '{name}' holds NaN or inf")
     return network, meta, extra
+
+
+def _check_preprocessing(path, meta):
+    """Refuse preprocessing metadata that could not have come from cnn train."""
+    pre = meta["preprocessing"]
+    try:
+        color, channels, size = pre["color"], pre["channels"], pre["image_size"]
+        mean, std = np.asarray(pre["mean"], dtype=np.float64), np.asarray(pre["std"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: damaged preprocessing metadata ({exc})") from None
+    problems = []
+    if (color, channels) not in (("gray", 1), ("rgb", 3)):
+        problems.append(f"color {color!r} with {channels!r} channels")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 4096:
+        problems.append(f"image_size {size!r}")
+    if not isinstance(channels, int) or mean.shape != (channels,) or std.shape != (channels,):
+        problems.append(f"mean/std of shapes {mean.shape}/{std.shape}")
+    elif not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        problems.append("mean/std that are not finite, or std <= 0")
+    if problems:
+        raise ModelError(f"{path}: impossible preprocessing: {'; '.join(problems)}")
 
 
 def preprocess(images, meta):

@@ -78,6 +78,8 @@ def _build_layer(table, base_dir):
     if unknown:
         raise BankError(f"unknown field(s) {sorted(unknown)} for type '{kind}'; allowed: {sorted(_FIELDS[kind])}")
     options = {k: (list(v) if isinstance(v, list) else v) for k, v in table.items() if k != "type"}
+    if "slope" in options and (isinstance(options["slope"], bool) or not isinstance(options["slope"], (int, float))):
+        raise BankError(f"slope must be a number, but got {options['slope']!r}")
     if kind in _LEARNABLE or (kind == "conv" and "out_channels" in options):
         from . import nn
 

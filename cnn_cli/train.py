@@ -93,6 +93,8 @@ def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, res
         if "checkpoint" not in meta:
             raise TrainingError(f"{resume}: is a finished model, not a checkpoint (*.ckpt.npz)")
         config = TrainConfig(**meta["training"]["config"])
+    if resume is None:
+        arch = load_architecture(config.arch)  # a bad --arch fails before any image is decoded
     dataset = D.find_dataset(dataset_root, config.val_split, config.seed, config.follow_links)
     if resume is not None and dataset.classes != meta["classes"]:
         raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
@@ -109,7 +111,8 @@ def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, res
     counts = np.bincount(y_tr, minlength=len(dataset.classes))
     for c, name in enumerate(dataset.classes):
         if counts[c] == 0:
-            raise TrainingError(f"class '{name}' has no readable training images")
+            raise TrainingError(f"class '{name}' has no readable training images "
+                                "(its images are unreadable, or all in the validation split)")
     if counts.max() > 10 * counts.min():
         report(f"warning: classes are imbalanced ({counts.min()} to {counts.max()} training images per class); "
                "accuracy may favour the large classes")
@@ -122,7 +125,7 @@ def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, res
         mean, std = np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32)
     else:
         mean, std = D.channel_stats(x_tr)
-        name, description, tables = load_architecture(config.arch)
+        name, description, tables = arch
         if config.lr is None:
             config.lr = DEFAULT_LR[config.optimizer]
         meta = {
@@ -239,6 +242,12 @@ def run_epoch(prep, epoch, *, start_batch=0, sums=(0.0, 0, 0), on_batch=None, sh
             on_batch(epoch, b + 1, batches, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
         if b + 1 < batches and should_stop():
             return (loss_sum, correct, seen), b + 1
+    # A diverging update shows up in the next batch's loss; the last one of an
+    # epoch has no next batch, so look at the weights themselves.
+    for name, p, _ in prep.network.parameters():
+        if not np.all(np.isfinite(p)):
+            raise TrainingError(f"weight '{name}' became NaN or infinite at epoch {epoch + 1}, batch {batches}; "
+                                f"try a lower --lr (now {cfg.lr:g}); nothing was saved from this epoch")
     return (loss_sum, correct, seen), None
 
 
@@ -251,7 +260,8 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
     net, progress = prep.network, prep.progress
     history = progress["history"]
     best = progress.get("best") or {}
-    best_loss = progress.get("best_loss", float("inf"))
+    best_loss = progress.get("best_loss")
+    best_loss = float("inf") if best_loss is None else best_loss
     bad_epochs = progress.get("bad_epochs", 0)
     start_batch = progress["batch"]
     for epoch in range(progress["epoch"], prep.config.epochs):
@@ -261,13 +271,16 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
                                      on_batch=on_batch, should_stop=should_stop)
         if stopped_at is not None:
             state = {"epoch": epoch, "batch": stopped_at, "history": history, "sums": list(sums),
-                     "best_loss": best_loss, "bad_epochs": bad_epochs}
+                     "best_loss": _finite_or_none(best_loss), "bad_epochs": bad_epochs}
             _save_checkpoint(prep, model_path, state, best)
             raise Interrupted(checkpoint_path(model_path))
         start_batch = 0
         seconds = time.perf_counter() - t0
         loss_sum, correct, seen = sums
         val_loss, val_acc, _ = evaluate_arrays(net, prep.x_val, prep.y_val)
+        if val_loss is not None and not np.isfinite(val_loss):
+            raise TrainingError(f"the validation loss became {val_loss} after epoch {epoch + 1}; "
+                                f"try a lower --lr (now {prep.config.lr:g})")
         history.append({"epoch": epoch + 1, "lr": prep.optimizer.lr, "train_loss": loss_sum / seen,
                         "train_accuracy": correct / seen, "val_loss": val_loss, "val_accuracy": val_acc,
                         "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else None})
@@ -280,7 +293,7 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
                 bad_epochs += 1
                 stop_early = bad_epochs >= prep.config.patience
         state = {"epoch": epoch + 1, "batch": 0, "history": history, "sums": [0.0, 0, 0],
-                 "best_loss": best_loss, "bad_epochs": bad_epochs}
+                 "best_loss": _finite_or_none(best_loss), "bad_epochs": bad_epochs}
         _save_checkpoint(prep, model_path, state, best)
         if on_epoch:
             on_epoch(history[-1])
@@ -292,6 +305,11 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
         net.load_state_dict(best)
     finish(prep, model_path, history)
     return history
+
+
+def _finite_or_none(value):
+    """JSON has no infinity: the metadata stores None for "no best loss yet"."""
+    return value if np.isfinite(value) else None
 
 
 def _save_checkpoint(prep, model_path, state, best):

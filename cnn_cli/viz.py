@@ -79,9 +79,9 @@ def colorize(levels, cmap):
     return Image.fromarray(colormap_lut(cmap)[levels], mode="RGB")
 
 
-def png_bytes(image, compress_level=1):
-    """PNG-encode a Pillow image. Level 1 is several times faster than the default
-    and only slightly larger on feature maps."""
+def png_bytes(image, compress_level=2):
+    """PNG-encode a Pillow image. zlib level 2 is about twice as fast as the
+    default (6) and, on feature maps, only about a quarter larger."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
@@ -114,8 +114,12 @@ def thumbnail(image):
     size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
     if size == image.size:
         return image
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
-    return image.resize(size, resample)
+    if scale >= 1:
+        return image.resize(size, Image.Resampling.NEAREST)
+    factor = round(1 / scale)
+    if image.size == (size[0] * factor, size[1] * factor):
+        return image.reduce(factor)  # a box filter, several times faster than resize
+    return image.resize(size, Image.Resampling.BILINEAR)
 
 
 def grid(tiles, labels, *, background=(32, 32, 32)):
