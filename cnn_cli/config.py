@@ -22,6 +22,11 @@ IM2COL_MAX_BYTES = 64 * 2**20
 #: Threads for scipy.fft in the FFT path (-1: all cores).
 FFT_WORKERS = -1
 
+#: The FFT path works in float64 when |mean| of the input exceeds this many
+#: standard deviations; float32 rounding would then swamp a zero-mean
+#: kernel's small response (see functional._correlate_fft).
+FFT_FLOAT64_MEAN_RATIO = 4.0
+
 #: Kernels run serially below this much work (about one multiply-add per
 #: unit): waking the thread pool costs tens of microseconds, and more on a
 #: busy machine, which small layers do not repay.

@@ -285,19 +285,25 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
     Correlation is a product with the conjugate spectrum of the kernel. A
     transform length of at least the padded input is enough: the circular
     wrap-around only reaches outputs beyond the valid ones, which we drop.
-    Work is in float64, so cancellations (a zero-mean kernel on a bright image)
-    stay well inside the engine's 1e-4 tolerance.
+
+    FFT rounding error scales with the input's whole energy, its mean
+    included, while a zero-mean kernel's response scales with the variation
+    alone. So an input whose mean dwarfs its spread (a bright, nearly flat
+    image) is transformed in float64; everything else in float32, twice as fast.
     """
     import scipy.fft
 
     n, c_in, hp, wp = xp.shape
     c_out, cin_g, kh, kw = w.shape
     dh, dw = dilation
-    wd = np.zeros((c_out, cin_g, dh * (kh - 1) + 1, dw * (kw - 1) + 1), np.float64)
+    sample = xp.ravel()[::17]  # a subsample is plenty to judge mean against spread
+    mean, spread = float(np.abs(sample.mean(dtype=np.float64))), float(sample.std(dtype=np.float64))
+    dtype = np.float64 if mean > config.FFT_FLOAT64_MEAN_RATIO * spread else np.float32
+    wd = np.zeros((c_out, cin_g, dh * (kh - 1) + 1, dw * (kw - 1) + 1), dtype)
     wd[:, :, ::dh, ::dw] = w
     shape = (scipy.fft.next_fast_len(hp, real=True), scipy.fft.next_fast_len(wp, real=True))
     workers = config.FFT_WORKERS
-    xf = scipy.fft.rfft2(xp.astype(np.float64), s=shape, workers=workers)
+    xf = scipy.fft.rfft2(xp.astype(dtype, copy=False), s=shape, workers=workers)
     cout_g = c_out // groups
     sh, sw = stride
     rows, cols = slice(0, (out_hw[0] - 1) * sh + 1, sh), slice(0, (out_hw[1] - 1) * sw + 1, sw)
@@ -306,9 +312,15 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
     # filter's worth of products, not all of them (a bank on a large photo).
     for co in range(c_out):
         g = co // cout_g
-        wf = np.conj(scipy.fft.rfft2(wd[co], s=shape, workers=workers))
-        yf = np.einsum("nchw,chw->nhw", xf[:, g * cin_g:(g + 1) * cin_g], wf)
-        y[:, co] = scipy.fft.irfft2(yf, s=shape, workers=workers)[:, rows, cols]
+        # The kernel is only a few rows tall: transform those rows, then the
+        # columns, instead of a whole zero-padded plane.
+        wf = scipy.fft.fft(scipy.fft.rfft(wd[co], n=shape[1], axis=-1, workers=workers),
+                           n=shape[0], axis=-2, workers=workers)
+        np.conj(wf, out=wf)
+        yf = xf[:, g * cin_g] * wf[0]
+        for c in range(1, cin_g):
+            yf += xf[:, g * cin_g + c] * wf[c]
+        y[:, co] = scipy.fft.irfft2(yf, s=shape, workers=workers, overwrite_x=True)[:, rows, cols]
     if bias is not None:
         y += bias[None, :, None, None]
     return y
