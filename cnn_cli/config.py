@@ -2,8 +2,11 @@
 
 The thresholds pick the convolution algorithm for a shape (see
 ``cnn_cli.functional._choose_algorithm``). They were set from ``bench/engine.py``
-on a 2-core AVX-512 machine; any value gives correct results, only speed moves.
+on a 2-core AMD EPYC (Zen 3, AVX2) machine; any value gives correct results,
+only speed moves.
 """
+
+import os
 
 #: Use the FFT path when the kernel has at least this many taps (kH * kW)
 #: and the stride is 1. OpenCV switches to a DFT at about 11x11, and so do we.
@@ -27,13 +30,11 @@ FFT_WORKERS = -1
 #: kernel's small response (see functional._correlate_fft).
 FFT_FLOAT64_MEAN_RATIO = 4.0
 
-#: Kernels run serially below this much work (about one multiply-add per
-#: unit): waking the thread pool costs tens of microseconds, and more on a
-#: busy machine, which small layers do not repay.
+#: Kernels run on the calling thread below this much work (about one
+#: multiply-add per unit): handing work to other threads costs tens of
+#: microseconds, and more on a busy machine, which small layers do not repay.
 PARALLEL_MIN_WORK = 2**18
 
-#: Numba threading layer for the parallel kernels (see kernels/_jit.py).
-THREADING_LAYER = "workqueue"
-
-#: Threads that share the im2col matrix products (see functional._batched_matmul).
-GEMM_THREADS = 2
+#: Threads that share a large kernel call or matrix product: the cores this
+#: process may use.
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

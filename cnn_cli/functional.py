@@ -216,7 +216,9 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     y = np.empty((n, c_out, *out_hw), np.float32)
     if algorithm == "direct":
         b = bias if bias is not None else np.zeros(c_out, np.float32)
-        conv_kernels.conv_direct(xp, w, b, *stride, *dilation, groups, y, work=y.size * w[0].size)
+        tiles = -(-out_hw[1] // conv_kernels.ROW_TILE)
+        _run(conv_kernels.conv_direct, xp, w, b, *stride, *dilation, groups, y,
+             tasks=n * groups * out_hw[0] * tiles, work=y.size * w[0].size)
         return y
     y_pixels = y.reshape(n, c_out, -1)  # a view: y is contiguous
     cout_g = c_out // groups
@@ -229,34 +231,49 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     return y
 
 
-_gemm_pool = None
+_pool = None
+
+
+def _split(call, total, parts):
+    """Run ``call(first, last)`` over ``parts`` slices of range(total) at once and wait.
+
+    The slices run on a shared pool of ``config.THREADS`` sleeping threads;
+    the calls release the GIL (Numba ``nogil`` kernels, numpy's matmul).
+    """
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=config.THREADS, thread_name_prefix="cnn-engine")
+    bounds = [total * i // parts for i in range(parts + 1)]
+    jobs = [_pool.submit(call, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    for job in jobs:
+        job.result()
+
+
+def _run(kernel, *args, tasks, work):
+    """Run a kernel over its tasks: on this thread when ``work`` (about one
+    multiply-add a unit) is too small to repay waking others, else split."""
+    parts = min(config.THREADS, tasks)
+    if work < config.PARALLEL_MIN_WORK or parts < 2:
+        kernel(*args, 0, tasks)
+    else:
+        _split(lambda first, last: kernel(*args, first, last), tasks, parts)
 
 
 def _batched_matmul(a, b, out):
-    """out[i] = a[i] @ b[i] (``a`` may be one matrix), split into GEMM_THREADS
-    slices of the batch that run at once (numpy releases the GIL in matmul).
+    """out[i] = a[i] @ b[i] (``a`` may be one matrix), the batch split between threads.
 
     This parallelises the matrix products even when BLAS itself runs one
     thread, as the ``cnn`` command sets it: BLAS's own thread pool spins
     between calls and fights the engine's threads on a small machine.
     """
-    global _gemm_pool
-    batch = b.shape[0]
-    parts = min(config.GEMM_THREADS, batch)
+    parts = min(config.THREADS, b.shape[0])
     if parts < 2:
         np.matmul(a, b, out=out)
-        return
-    if _gemm_pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _gemm_pool = ThreadPoolExecutor(max_workers=config.GEMM_THREADS)
-    bounds = np.linspace(0, batch, parts + 1).astype(int)
-    jobs = [
-        _gemm_pool.submit(np.matmul, a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi])
-        for lo, hi in zip(bounds[:-1], bounds[1:])
-    ]
-    for job in jobs:
-        job.result()
+    else:
+        _split(lambda lo, hi: np.matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi]),
+               b.shape[0], parts)
 
 
 def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
@@ -275,7 +292,8 @@ def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
         nb = min(batch, n - n0)
         for g in range(groups):
             col = buffer[:nb]
-            conv_kernels.im2col(xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col, work=col.size)
+            _run(conv_kernels.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
+                 tasks=nb * depth, work=col.size)
             yield n0, g, col
 
 
@@ -446,8 +464,8 @@ def conv2d_backward(
             acc[rows] += products.sum(axis=0, dtype=np.float64)
         grad_w[...] = acc.reshape(w.shape)
     else:
-        conv_kernels.conv_grad_weight_direct(xp, gy, *spec.stride, *spec.dilation, g, grad_w,
-                                             work=gy.size * w[0].size)
+        _run(conv_kernels.conv_grad_weight_direct, xp, gy, *spec.stride, *spec.dilation, g, grad_w,
+             tasks=c_out * cin_g, work=gy.size * w[0].size)
 
     if not input_grad:
         return None, grad_w, grad_bias
@@ -519,7 +537,7 @@ def _pool_forward(kernel, x, kernel_size, stride, padding):
     x = _as_float32("x", x, 4)
     spec = _Pool(x.shape, kernel_size, stride, padding)
     y = np.empty(spec.y_shape, np.float32)
-    kernel(x, *spec.args, y, work=spec.work)
+    _run(kernel, x, *spec.args, y, tasks=x.shape[0] * x.shape[1], work=spec.work)
     return y
 
 
@@ -546,7 +564,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``max_pool2d``: each window's gradient goes to its first maximum."""
     x, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    pool_kernels.max_pool_backward(x, gy, *spec.args, gx, work=spec.work)
+    _run(pool_kernels.max_pool_backward, x, gy, *spec.args, gx, tasks=x.shape[0] * x.shape[1], work=spec.work)
     return gx
 
 
@@ -561,5 +579,5 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``avg_pool2d``: each window spreads grad/(kH*kW) over its pixels."""
     _, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    pool_kernels.avg_pool_backward(gy, *spec.args, gx, work=spec.work)
+    _run(pool_kernels.avg_pool_backward, gy, *spec.args, gx, tasks=gx.shape[0] * gx.shape[1], work=spec.work)
     return gx

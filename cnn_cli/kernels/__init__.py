@@ -2,5 +2,7 @@
 
 Every kernel here trusts its caller (``cnn_cli.functional``) for shapes, dtypes
 (float32, C-contiguous) and argument ranges. Kernels write into an output array
-the caller allocates, and no two ``prange`` iterations write the same memory.
+the caller allocates. Each processes the tasks ``[first, last)`` of a fixed
+numbering given in its docstring, and no two tasks write the same memory, so
+the caller may split the range between threads (see ``_jit``).
 """

@@ -7,9 +7,7 @@ All kernels work on an input ``xp`` that is already padded, so they only know
 """
 
 import numpy as np
-from numba import prange
-
-from ._jit import parallel
+from ._jit import kernel
 
 
 #: Output pixels per task of ``conv_direct``: one tile's accumulators for 16
@@ -17,8 +15,8 @@ from ._jit import parallel
 ROW_TILE = 256
 
 
-@parallel
-def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y):
+@kernel
+def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y, first, last):
     """y[n,co,oh,ow] = bias[co] + sum_{ci,i,j} w[co,ci,i,j] * xp[n, g*Cg+ci, oh*sh+i*dh, ow*sw+j*dw].
 
     One task per tile of an output row (n, group, oh, tile): it computes the
@@ -31,7 +29,7 @@ def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y):
     ho, wo = y.shape[2], y.shape[3]
     cout_g = c_out // groups
     tiles = (wo + ROW_TILE - 1) // ROW_TILE
-    for task in prange(n_img * groups * ho * tiles):
+    for task in range(first, last):
         t = task % tiles
         oh = (task // tiles) % ho
         g = (task // (tiles * ho)) % groups
@@ -61,15 +59,15 @@ def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y):
             y[n, g * cout_g + co, oh, o0:o0 + width] = acc[co]
 
 
-@parallel
-def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col):
+@kernel
+def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col, first, last):
     """col[b, (ci*kH + i)*kW + j, oh*W_out + ow] = xp[n0+b, c0+ci, oh*sh+i*dh, ow*sw+j*dw].
 
     Lays out every receptive field as a column, so a convolution becomes one
     matrix product (filters x depth) @ (depth x pixels) that BLAS runs near peak.
     """
     nb, depth = col.shape[0], col.shape[1]
-    for task in prange(nb * depth):
+    for task in range(first, last):
         b = task // depth
         r = task % depth
         ci = r // (kh * kw)
@@ -83,8 +81,8 @@ def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col):
                 dst[ow] = xrow[off + ow * sw]
 
 
-@parallel
-def conv_grad_weight_direct(xp, gy, sh, sw, dh, dw, groups, gw):
+@kernel
+def conv_grad_weight_direct(xp, gy, sh, sw, dh, dw, groups, gw, first, last):
     """gw[co,ci,i,j] = sum_{n,oh,ow} gy[n,co,oh,ow] * xp[n, g*Cg+ci, oh*sh+i*dh, ow*sw+j*dw].
 
     One task per (filter, input channel) pair, so each task owns its own slice
@@ -95,7 +93,7 @@ def conv_grad_weight_direct(xp, gy, sh, sw, dh, dw, groups, gw):
     c_out, cin_g, kh, kw = gw.shape
     ho, wo = gy.shape[2], gy.shape[3]
     cout_g = c_out // groups
-    for task in prange(c_out * cin_g):
+    for task in range(first, last):
         co = task // cin_g
         ci = task % cin_g
         c = (co // cout_g) * cin_g + ci

@@ -7,17 +7,15 @@ scatter-adds never race.
 """
 
 import numpy as np
-from numba import prange
-
-from ._jit import parallel, parallel_exact
+from ._jit import kernel, kernel_exact
 
 
-@parallel_exact
-def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
+@kernel_exact
+def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, first, last):
     """y[n,c,oh,ow] = max over the window at (oh*sh - ph, ow*sw - pw); NaN wins, as in torch."""
     ch, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
-    for plane in prange(x.shape[0] * ch):
+    for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         for oh in range(ho):
@@ -33,12 +31,12 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
                 y[n, c, oh, ow] = m
 
 
-@parallel_exact
-def max_pool_backward(x, gy, kh, kw, sh, sw, ph, pw, gx):
+@kernel_exact
+def max_pool_backward(x, gy, kh, kw, sh, sw, ph, pw, gx, first, last):
     """gx[argmax of each window] += gy; ties go to the first maximum in row-major order."""
     ch, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
-    for plane in prange(x.shape[0] * ch):
+    for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         gx[n, c, :, :] = 0.0
@@ -61,13 +59,13 @@ def max_pool_backward(x, gy, kh, kw, sh, sw, ph, pw, gx):
                 gx[n, c, bi, bj] += gy[n, c, oh, ow]
 
 
-@parallel
-def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
+@kernel
+def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y, first, last):
     """y[n,c,oh,ow] = sum of the window (zeros outside the input) / (kH*kW)."""
     ch, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
     inv = np.float32(1.0 / (kh * kw))
-    for plane in prange(x.shape[0] * ch):
+    for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         for oh in range(ho):
@@ -81,13 +79,13 @@ def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
                 y[n, c, oh, ow] = s * inv
 
 
-@parallel
-def avg_pool_backward(gy, kh, kw, sh, sw, ph, pw, gx):
+@kernel
+def avg_pool_backward(gy, kh, kw, sh, sw, ph, pw, gx, first, last):
     """gx[window] += gy / (kH*kW) for every window that covers a pixel."""
     ch, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
     inv = np.float32(1.0 / (kh * kw))
-    for plane in prange(gx.shape[0] * ch):
+    for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         gx[n, c, :, :] = 0.0
