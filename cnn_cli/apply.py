@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -104,7 +105,7 @@ def apply_images(paths, out_root, pipeline, options, on_result=None):
     for path in paths:
         out_dir = out_root / names[path]
         try:
-            if out_dir.exists() and not options.force:
+            if os.path.lexists(out_dir) and not options.force:
                 raise FileExistsError(f"{out_dir} exists; use --force to replace it")
             image = read_image(path, color=options.color, max_size=options.max_size,
                                max_pixels=options.max_pixels)

@@ -67,6 +67,9 @@ class Colormap(str, Enum):
     coolwarm = "coolwarm"
 
 
+MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this (decompression bombs).")]
+
+
 def fail(message, code=EXIT_FAILED):
     """Print one line, ``Error: ...``, to stderr and exit (no traceback)."""
     typer.echo(f"Error: {message}", err=True)
@@ -105,7 +108,7 @@ def apply(
     normalize: Annotated[Normalize, typer.Option(help="How PNG brightness is scaled: per map, per layer, or raw values in [0, 1].")] = Normalize.per_map,
     cmap: Annotated[Colormap, typer.Option(help="Colour map of the PNGs (coolwarm is diverging).")] = Colormap.gray,
     max_size: Annotated[Optional[int], typer.Option(min=1, help="Downscale images so the longer side is at most this many pixels.")] = None,
-    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this (decompression bombs).")] = 100_000_000,
+    max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output folders.")] = False,
 ):
     """Write every feature map of every layer as PNGs, grids, raw arrays and a manifest.
@@ -382,6 +385,7 @@ def train(
     patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many epochs without a lower validation loss, and keep the best weights.")] = None,
     init_bank: Annotated[Optional[str], typer.Option(help="Start the first conv layer from this bank's kernels.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a checkpoint (MODEL.ckpt.npz) with its settings.")] = None,
+    max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
 ):
     """Train a CNN by backpropagation on DATASET/<class>/<images>.
@@ -412,7 +416,7 @@ def train(
                          val_split=val_split, seed=seed, image_size=image_size,
                          color=color.value if color else None,
                          augment=[a.strip() for a in augment.split(",") if a.strip()],
-                         patience=patience, init_bank=init_bank)
+                         patience=patience, init_bank=init_bank, max_pixels=max_pixels)
     stop = {}
 
     def on_signal(signum, frame):
@@ -491,7 +495,7 @@ def _plain(h, epochs):
             f"{val}  {h['images_per_second'] or 0:.0f} img/s")
 
 
-def _load_labelled(dataset, meta):
+def _load_labelled(dataset, meta, max_pixels):
     """Normalised images and labels of DATASET (its val/ folder if it has one), in the model's classes."""
     import numpy as np
 
@@ -504,7 +508,7 @@ def _load_labelled(dataset, meta):
     if unknown:
         fail(f"{root}: class folder(s) {unknown} are not classes of the model ({', '.join(meta['classes'])})")
     remap = np.array([meta["classes"].index(c) for c in classes])
-    images, ok, _, problems = load_images(paths, meta["preprocessing"]["image_size"])
+    images, ok, _, problems = load_images(paths, meta["preprocessing"]["image_size"], max_pixels=max_pixels)
     for path, reason in problems:
         typer.echo(f"Error: {reason}", err=True)
     return preprocess(images, meta), remap[labels[ok]], problems
@@ -515,6 +519,7 @@ def evaluate(
     dataset: Annotated[Path, typer.Argument(help="Folder of class subfolders (its val/ if it has train/ and val/).", show_default=False)],
     model: Annotated[Path, typer.Option("--model", help="Model file from cnn train.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: accuracy, per_class, confusion.")] = False,
+    max_pixels: MaxPixels = 100_000_000,
 ):
     """Accuracy, per-class precision and recall, and the confusion matrix of a model on labelled images.
 
@@ -532,7 +537,7 @@ def evaluate(
 
     network, meta, _ = _load_model(model)
     try:
-        x, y, problems = _load_labelled(dataset, meta)
+        x, y, problems = _load_labelled(dataset, meta, max_pixels)
     except DatasetError as exc:
         fail(str(exc))
     if len(y) == 0:
@@ -572,6 +577,7 @@ def predict(
     model: Annotated[Path, typer.Option("--model", help="Model file from cnn train.")],
     top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of {input, predictions: [{class, probability}]}.")] = False,
+    max_pixels: MaxPixels = 100_000_000,
 ):
     """The most likely classes of each image, with their probabilities.
 
@@ -598,7 +604,7 @@ def predict(
     results, failures = [], len(problems)
     for path in paths:
         try:
-            x = transform(read_image(path, color=meta["preprocessing"]["color"]))
+            x = transform(read_image(path, color=meta["preprocessing"]["color"], max_pixels=max_pixels))
         except ImageError as exc:
             typer.echo(f"Error: {exc}", err=True)
             failures += 1

@@ -38,3 +38,9 @@ PARALLEL_MIN_WORK = 2**18
 #: Threads that share a large kernel call or matrix product: the cores this
 #: process may use.
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+#: Upper bounds on arguments and arrays the engine will make: a side, stride,
+#: padding or dilation above MAX_SIDE, or an array over MAX_ARRAY_BYTES, is a
+#: mistake, refused with a ValueError before anything is allocated.
+MAX_SIDE = 2**20
+MAX_ARRAY_BYTES = 8 * 2**30

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .imageio import EXTENSIONS, FORMATS, LUMA, ImageError, read_image, resize
+from .imageio import EXTENSIONS, FORMATS, LUMA, MAX_PIXELS, ImageError, read_image, resize
 
 
 class DatasetError(ValueError):
@@ -125,7 +125,7 @@ def default_image_size(paths):
     return int(np.clip(4 * round(np.median(sides) / 4), 16, 128))
 
 
-def load_images(paths, size, on_progress=None):
+def load_images(paths, size, on_progress=None, max_pixels=MAX_PIXELS):
     """Decode and resize every image to (3, size, size) in [0, 1].
 
     Returns (images, ok, is_gray, problems): the float32 array of the images
@@ -135,7 +135,7 @@ def load_images(paths, size, on_progress=None):
     images, ok, gray, problems = [], [], [], []
     for p in paths:
         try:
-            img = resize(read_image(p, color="rgb"), size, size)
+            img = resize(read_image(p, color="rgb", max_pixels=max_pixels), size, size)
             images.append(img)
             gray.append(bool(np.abs(img - img[:1]).max() < 1e-3))
             ok.append(True)

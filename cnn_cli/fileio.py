@@ -12,13 +12,32 @@ import math
 import os
 import shutil
 import tempfile
+import tokenize
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-#: Refuse npz members that declare more than this many bytes (2 GiB).
+#: Refuse npz members that declare more than this many bytes (2 GiB), and
+#: files whose members declare more than MAX_TOTAL_BYTES together.
 MAX_ARRAY_BYTES = 2 * 2**30
+MAX_TOTAL_BYTES = 4 * 2**30
+
+#: A compressed member may expand at most this much: float weights barely
+#: compress, while a zip bomb expands a thousandfold.
+MAX_COMPRESSION_RATIO = 50
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Temporary files and folders are created private (0600 / 0700); finished
+#: outputs get the usual modes for this process's umask before they appear.
+FILE_MODE = 0o666 & ~_current_umask()
+DIR_MODE = 0o777 & ~_current_umask()
 
 
 class NpzError(ValueError):
@@ -36,6 +55,7 @@ def atomic_path(final, suffix=""):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -63,6 +83,7 @@ def replace_dir(staging, final, *, force):
     either the old complete output or the new one.
     """
     final = Path(final)
+    os.chmod(staging, DIR_MODE)
     if not os.path.lexists(final):  # lexists: a dangling link is there too
         os.replace(staging, final)
         return
@@ -96,7 +117,7 @@ def load_npz_arrays(path, keys=None):
         archive = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise NpzError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
         raise NpzError(f"{path}: not a readable npz (zip) file: {exc}") from None
     with archive:
         members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
@@ -104,11 +125,16 @@ def load_npz_arrays(path, keys=None):
         missing = [k for k in wanted if k not in members]
         if missing:
             raise NpzError(f"{path}: missing array(s) {missing}")
+        if sum(members[k].file_size for k in wanted) > MAX_TOTAL_BYTES:
+            raise NpzError(f"{path}: its arrays hold more than {MAX_TOTAL_BYTES} bytes in all")
         return {key: _read_member(archive, members[key], path) for key in wanted}
 
 
 def _read_member(archive, info, path):
     label = f"{path}: array '{info.filename[:-4]}'"
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        raise NpzError(f"{label}: expands {info.file_size // max(info.compress_size, 1)}-fold when "
+                       "decompressed, which only a zip bomb does")
     try:
         with archive.open(info) as fh:
             version = np.lib.format.read_magic(fh)
@@ -128,7 +154,9 @@ def _read_member(archive, info, path):
             data = fh.read(declared)
     except NpzError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError,
+            NotImplementedError, RuntimeError) as exc:
+        # numpy parses the header as a Python literal; zipfile refuses features it lacks.
         raise NpzError(f"{label}: damaged: {exc}") from None
     if len(data) != declared:
         raise NpzError(f"{label}: truncated ({len(data)} of {declared} bytes)")

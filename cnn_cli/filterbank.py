@@ -69,10 +69,14 @@ class BankError(ValueError):
 # --------------------------------------------------------------------------- kernel builders
 
 
-def _half_size(size, default_half):
-    """Half the side of a kernel, checked against MAX_KERNEL_SIDE before anything is built."""
+def _half_size(size, extent):
+    """Half the side of a kernel: ``size // 2`` if given, else ceil(``extent``), the
+    reach of its envelope; checked against MAX_KERNEL_SIDE before anything is built."""
     if size is None:
-        half = max(1, int(default_half))
+        if not extent * 2 + 1 <= MAX_KERNEL_SIDE:  # also false for inf and NaN
+            raise BankError(f"the kernel would be over the limit of {MAX_KERNEL_SIDE} pixels wide; "
+                            "use a smaller sigma or size (or a higher frequency)")
+        half = max(1, math.ceil(extent))
     elif size < 1 or size % 2 == 0:
         raise BankError(f"size must be a positive odd number, but got {size}")
     else:
@@ -91,7 +95,7 @@ def gaussian_kernel(sigma, *, size=None):
            [0.084, 0.619, 0.084],
            [0.011, 0.084, 0.011]])
     """
-    half = _half_size(size, math.ceil(3 * sigma))
+    half = _half_size(size, 3 * sigma)
     r = np.arange(-half, half + 1, dtype=np.float64)
     g = np.exp(-(r**2) / (2 * sigma**2))
     k = np.outer(g, g)
@@ -105,7 +109,7 @@ def log_kernel(sigma, *, size=None):
     negative response. The mean is removed so that flat regions give exactly 0
     despite the truncated tails. Side 2*ceil(4σ)+1 by default.
     """
-    half = _half_size(size, math.ceil(4 * sigma))
+    half = _half_size(size, 4 * sigma)
     r = np.arange(-half, half + 1, dtype=np.float64)
     y, x = np.meshgrid(r, r, indexing="ij")
     q = (x**2 + y**2) / (2 * sigma**2)
@@ -129,8 +133,8 @@ def gabor_kernel(frequency, theta=0.0, *, sigma_x=None, sigma_y=None, bandwidth=
     sy = prefactor / frequency if sigma_y is None else sigma_y
     ct, st = math.cos(theta), math.sin(theta)
     if size is None:
-        x0 = _half_size(None, math.ceil(max(abs(3 * sx * ct), abs(3 * sy * st), 1)))
-        y0 = _half_size(None, math.ceil(max(abs(3 * sy * ct), abs(3 * sx * st), 1)))
+        x0 = _half_size(None, max(abs(3 * sx * ct), abs(3 * sy * st), 1))
+        y0 = _half_size(None, max(abs(3 * sy * ct), abs(3 * sx * st), 1))
     else:
         x0 = y0 = _half_size(size, 1)
     y, x = np.meshgrid(np.arange(-y0, y0 + 1), np.arange(-x0, x0 + 1), indexing="ij")
@@ -225,7 +229,7 @@ def resolve_file(spec, kind):
     if path.suffix and path.is_file():
         found = kind_of(_read_toml(path))
         if found != kind:
-            raise BankError(f"{path}: is a {found} file, but a {kind} is needed here")
+            raise BankError(f"{path}: is a file of kind '{found}', but a {kind} is needed here")
         return path
     shipped = builtin_dir() / f"{spec}.toml"
     if shipped.is_file() and kind_of(_read_toml(shipped)) == kind:
@@ -300,7 +304,7 @@ def _parse_kernel(entry, index, where):
             weights = _build(given[0], entry[given[0]])
     except BankError as exc:
         raise BankError(f"{label}, field '{given[0]}': {exc}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise BankError(f"{label}, field '{given[0]}': {exc}") from None
     zero_mean = entry.get("zero_mean", False)
     if not isinstance(zero_mean, bool):
@@ -361,12 +365,12 @@ def _build(kind, spec):
         if not isinstance(spec, str):
             raise BankError("must be a string such as 'E5L5'")
         return laws_kernel(spec)
-    if kind == "gaussian":
+    if kind in ("gaussian", "log"):
         p = _params(spec, ("sigma", "size"))
-        return gaussian_kernel(p["sigma"], size=p.get("size"))
-    if kind == "log":
-        p = _params(spec, ("sigma", "size"))
-        return log_kernel(p["sigma"], size=p.get("size"))
+        if "sigma" not in p:
+            raise BankError("needs a sigma (the Gaussian's standard deviation in pixels)")
+        build = gaussian_kernel if kind == "gaussian" else log_kernel
+        return build(p["sigma"], size=p.get("size"))
     p = _params(spec, ("frequency", "theta", "sigma_x", "sigma_y", "bandwidth", "size", "phase"))
     phase = p.pop("phase", "even")
     if phase not in ("even", "odd"):

@@ -42,6 +42,14 @@ def _as_float32(name, a, ndim):
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def n_elements(shape):
+    """Elements of an array of ``shape``, in Python ints (which never overflow)."""
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
 def _pair(name, value, minimum):
     """An int or a pair of ints -> (int, int), each at least ``minimum``."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -56,6 +64,8 @@ def _pair(name, value, minimum):
         raise ValueError(f"{name} must be an int or a pair of ints, but got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be at least {minimum}, but got {value!r}")
+    if max(pair) > config.MAX_SIDE:
+        raise ValueError(f"{name} must be at most {config.MAX_SIDE}, but got {value!r}")
     return pair
 
 
@@ -154,6 +164,11 @@ class _Conv:
         )
         self.y_shape = (n, c_out, *self.out_hw)
         self.algorithm = algorithm
+        for what, shape in (("the padded input", (n, c_in, *self.padded)), ("the output", self.y_shape)):
+            size = 4 * n_elements(shape)
+            if size > config.MAX_ARRAY_BYTES:
+                raise ValueError(f"{what} would take {size / 2**30:.1f} GiB, over the limit of "
+                                 f"{config.MAX_ARRAY_BYTES / 2**30:.0f} GiB; use less padding or smaller inputs")
 
     def pad(self, x):
         """x padded by ``pads`` in ``padding_mode`` (no copy when there is no padding)."""
@@ -335,9 +350,10 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
         wf = scipy.fft.fft(scipy.fft.rfft(wd[co], n=shape[1], axis=-1, workers=workers),
                            n=shape[0], axis=-2, workers=workers)
         np.conj(wf, out=wf)
-        yf = xf[:, g * cin_g] * wf[0]
-        for c in range(1, cin_g):
-            yf += xf[:, g * cin_g + c] * wf[c]
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf propagate, as in torch
+            yf = xf[:, g * cin_g] * wf[0]
+            for c in range(1, cin_g):
+                yf += xf[:, g * cin_g + c] * wf[c]
         y[:, co] = scipy.fft.irfft2(yf, s=shape, workers=workers, overwrite_x=True)[:, rows, cols]
     if bias is not None:
         y += bias[None, :, None, None]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data as D
+from .imageio import MAX_PIXELS
 from .modelfile import build_network, load_model, save_model
 from .nn import Dropout, softmax_cross_entropy
 from .optim import OPTIMIZERS, learning_rate
@@ -40,6 +41,7 @@ class TrainConfig:
     patience: int | None = None      # early stopping on validation loss
     init_bank: str | None = None
     follow_links: bool = False
+    max_pixels: int = MAX_PIXELS     # refuse larger images (decompression bombs)
 
 
 class TrainingError(ValueError):
@@ -102,8 +104,8 @@ def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, res
     if config.image_size is None:
         report(f"image size {size}x{size} (median of the images' shorter sides; set --image-size to change)")
         config.image_size = size
-    x_tr, ok_tr, gray_tr, bad_tr = D.load_images(dataset.train.paths, size, on_image)
-    x_va, ok_va, gray_va, bad_va = D.load_images(dataset.val.paths, size, on_image)
+    x_tr, ok_tr, gray_tr, bad_tr = D.load_images(dataset.train.paths, size, on_image, config.max_pixels)
+    x_va, ok_va, gray_va, bad_va = D.load_images(dataset.val.paths, size, on_image, config.max_pixels)
     skipped = bad_tr + bad_va
     for path, reason in skipped:
         report(f"skipped {reason}")
