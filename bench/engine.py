@@ -280,11 +280,12 @@ def conv_block(x, weight, bias):
     return cnn.max_pool2d(post, 2), (x, pre, post)
 
 
-def conv_block_backward(weight, saved, grad_y):
-    """-> (grad_x, grad_weight, grad_bias) of conv_block."""
+def conv_block_backward(weight, saved, grad_y, input_grad=True):
+    """-> (grad_x, grad_weight, grad_bias) of conv_block; grad_x is None without ``input_grad``
+    (the first block's input is the data, which needs no gradient, as in torch)."""
     x, pre, post = saved
     grad_post = cnn.max_pool2d_backward(post, grad_y, 2)
-    return cnn.conv2d_backward(x, weight, relu_backward(pre, grad_post), padding=1)
+    return cnn.conv2d_backward(x, weight, relu_backward(pre, grad_post), padding=1, input_grad=input_grad)
 
 
 def lenet_step(params, x, labels, lr):
@@ -303,7 +304,7 @@ def lenet_step(params, x, labels, lr):
         params["conv2.weight"], saved2, grad_flat.reshape(h2.shape)
     )
     _, grads["conv1.weight"], grads["conv1.bias"] = conv_block_backward(
-        params["conv1.weight"], saved1, grad_h1
+        params["conv1.weight"], saved1, grad_h1, input_grad=False
     )
     sgd_update(params, grads, lr)
     return loss

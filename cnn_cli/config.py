@@ -19,6 +19,10 @@ FFT_MIN_TAPS = 121
 IM2COL_MIN_DEPTH = 64
 IM2COL_MIN_OUT_CHANNELS = 16
 
+#: Direct convolution with stride 1 treats a whole map as one row when the
+#: output is narrower than this (see kernels.conv.conv_direct_small).
+NARROW_MAP = 64
+
 #: Upper bound on the im2col buffer; larger batches are processed in chunks.
 IM2COL_MAX_BYTES = 64 * 2**20
 

@@ -231,6 +231,10 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     y = np.empty((n, c_out, *out_hw), np.float32)
     if algorithm == "direct":
         b = bias if bias is not None else np.zeros(c_out, np.float32)
+        if stride == (1, 1) and out_hw[1] < config.NARROW_MAP:
+            _run(conv_kernels.conv_direct_small, xp, w, b, *dilation, groups, y,
+                 tasks=n * groups, work=y.size * w[0].size)
+            return y
         tiles = -(-out_hw[1] // conv_kernels.ROW_TILE)
         _run(conv_kernels.conv_direct, xp, w, b, *stride, *dilation, groups, y,
              tasks=n * groups * out_hw[0] * tiles, work=y.size * w[0].size)
@@ -448,7 +452,8 @@ def conv2d_backward(
     inserted between its pixels, fully padded, correlated with the spatially
     flipped filters with in/out channels swapped. It therefore runs on the same
     algorithms as the forward pass (``algorithm`` picks one, as in ``conv2d``).
-    grad_weight uses im2col + BLAS when ``algorithm`` resolves to "im2col", and
+    grad_weight uses im2col + BLAS when ``algorithm`` is "im2col" (or "auto"
+    and C_in/groups * kH * kW is at least ``config.IM2COL_MIN_DEPTH``), and
     direct loops otherwise.
     """
     x = _as_float32("x", x, 4)
@@ -463,7 +468,9 @@ def conv2d_backward(
     g = spec.groups
     algorithm = spec.algorithm
     if algorithm == "auto":
-        algorithm = _choose_algorithm(cin_g, c_out // g, kh, kw, spec.stride)
+        # grad_weight sums over every pixel of every image: as one matrix
+        # product it pays off from a smaller depth than the forward pass does.
+        algorithm = "im2col" if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH else "direct"
 
     grad_bias = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
 
@@ -479,6 +486,11 @@ def conv2d_backward(
             _batched_matmul(gyc, col.transpose(0, 2, 1), products)
             acc[rows] += products.sum(axis=0, dtype=np.float64)
         grad_w[...] = acc.reshape(w.shape)
+    elif spec.stride == (1, 1) and spec.out_hw[1] < config.NARROW_MAP:
+        gy_wide = np.zeros((*gy.shape[:3], xp.shape[3]), np.float32)
+        gy_wide[..., :gy.shape[3]] = gy
+        _run(conv_kernels.conv_grad_weight_small, xp, gy_wide, *spec.dilation, g, grad_w,
+             tasks=c_out * cin_g, work=gy.size * w[0].size)
     else:
         _run(conv_kernels.conv_grad_weight_direct, xp, gy, *spec.stride, *spec.dilation, g, grad_w,
              tasks=c_out * cin_g, work=gy.size * w[0].size)

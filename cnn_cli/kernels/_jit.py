@@ -27,3 +27,7 @@ kernel = njit(cache=True, nogil=True, fastmath=FASTMATH)
 
 #: A kernel whose comparisons must see NaN exactly (max pooling).
 kernel_exact = njit(cache=True, nogil=True)
+
+#: A small helper of other kernels, inlined into them (a call per output row
+#: would cost more than the row's work on small maps).
+helper = njit(cache=True, nogil=True, inline="always")

@@ -60,6 +60,42 @@ def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y, first, last):
 
 
 @kernel
+def conv_direct_small(xp, w, bias, dh, dw, groups, y, first, last):
+    """``conv_direct`` for stride 1 and narrow maps; task t is the plane (n, g) = divmod(t, groups).
+
+    Short rows make short inner loops, whose set-up costs more than their
+    work. With stride 1, though, output pixel (oh, ow) reads the input plane
+    at flat offset oh*Wp + ow + i*dh*Wp + j*dw, so a whole plane is one long
+    vectorised pass per tap, computed Wp wide; the Wp - W_out columns past
+    each row's end are garbage and dropped when copying out.
+    """
+    c_out, cin_g, kh, kw = w.shape
+    ho, wo = y.shape[2], y.shape[3]
+    hp, wp = xp.shape[2], xp.shape[3]
+    cout_g = c_out // groups
+    span = ho * wp - (kw - 1) * dw  # past this, reads would leave the plane (only garbage columns)
+    acc = np.empty((cout_g, ho * wp), np.float32)
+    for task in range(first, last):
+        g = task % groups
+        n = task // groups
+        for co in range(cout_g):
+            acc[co, :] = bias[g * cout_g + co]
+        for ci in range(cin_g):
+            plane = xp[n, g * cin_g + ci].reshape(hp * wp)
+            for i in range(kh):
+                for j in range(kw):
+                    xs = plane[i * dh * wp + j * dw:i * dh * wp + j * dw + span]
+                    for co in range(cout_g):
+                        wv = w[g * cout_g + co, ci, i, j]
+                        a = acc[co]
+                        for k in range(span):
+                            a[k] += wv * xs[k]
+        for co in range(cout_g):
+            for oh in range(ho):
+                y[n, g * cout_g + co, oh, :] = acc[co, oh * wp:oh * wp + wo]
+
+
+@kernel
 def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col, first, last):
     """col[b, (ci*kH + i)*kW + j, oh*W_out + ow] = xp[n0+b, c0+ci, oh*sh+i*dh, ow*sw+j*dw].
 
@@ -79,6 +115,37 @@ def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col, first, last):
             off = j * dw
             for ow in range(wo):
                 dst[ow] = xrow[off + ow * sw]
+
+
+@kernel
+def conv_grad_weight_small(xp, gy_wide, dh, dw, groups, gw, first, last):
+    """``conv_grad_weight_direct`` for stride 1 and narrow maps; task t is the pair (co, ci) = divmod(t, C_in/groups).
+
+    ``gy_wide`` is grad_y laid out Wp wide with zeros past each row's end
+    (see ``conv_direct_small``), so every tap is one long dot product per image.
+    """
+    n_img = xp.shape[0]
+    c_out, cin_g, kh, kw = gw.shape
+    hp, wp = xp.shape[2], xp.shape[3]
+    ho = gy_wide.shape[2]
+    cout_g = c_out // groups
+    span = ho * wp - (kw - 1) * dw  # the columns cut off are zeros in gy_wide
+    for task in range(first, last):
+        co = task // cin_g
+        ci = task % cin_g
+        c = (co // cout_g) * cin_g + ci
+        for i in range(kh):
+            for j in range(kw):
+                off = i * dh * wp + j * dw
+                total = 0.0
+                for n in range(n_img):
+                    plane = xp[n, c].reshape(hp * wp)
+                    grow = gy_wide[n, co].reshape(ho * wp)
+                    s = np.float32(0.0)
+                    for k in range(span):
+                        s += grow[k] * plane[off + k]
+                    total += s
+                gw[co, ci, i, j] = total
 
 
 @kernel

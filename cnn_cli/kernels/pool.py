@@ -1,62 +1,84 @@
-"""Pooling kernels, forward and backward, one task per (image, channel) plane.
+"""Pooling kernels, forward and backward. Task t is the plane (n, c) = divmod(t, C).
 
 Windows are clipped to the unpadded input: max pooling pads with -inf and
 average pooling with zeros (torch's ``count_include_pad=True``, so the divisor
 is always kH*kW). Backward kernels own a whole plane of ``gx``, so their
 scatter-adds never race.
+
+Every kernel works a whole output row at a time: for each window offset
+(i, j) it updates all the outputs of the row whose window has that pixel
+inside the input, so the innermost loop is a branch-free pass along the row
+that LLVM vectorises. Visiting the offsets in row-major order keeps torch's
+rule for ties in max pooling (the first maximum wins).
 """
 
 import numpy as np
-from ._jit import kernel, kernel_exact
+
+from ._jit import helper, kernel, kernel_exact
+
+
+@helper
+def _row_span(ow_count, w, sw, pw, j):
+    """The outputs [lo, hi) of a row whose window offset j lands inside the input: 0 <= ow*sw - pw + j < w."""
+    lo = max(0, -((j - pw) // sw)) if j < pw else 0
+    hi = min(ow_count, (w - 1 + pw - j) // sw + 1)
+    return lo, hi
+
+
+@helper
+def _max_row(x, n, c, ih0, kh, kw, sh, sw, ph, pw, m, arg):
+    """m[ow], arg[ow] = the max of window ow of the output row whose top input row is ih0, and its flat index."""
+    h, w = x.shape[2], x.shape[3]
+    wo = m.shape[0]
+    m[:] = -np.inf
+    for ow in range(wo):
+        # torch starts at the window's first pixel inside the input.
+        arg[ow] = max(ih0, 0) * w + max(ow * sw - pw, 0)
+    for i in range(kh):
+        ih = ih0 + i
+        if ih < 0 or ih >= h:
+            continue
+        xrow = x[n, c, ih]
+        for j in range(kw):
+            lo, hi = _row_span(wo, w, sw, pw, j)
+            for ow in range(lo, hi):
+                iw = ow * sw - pw + j
+                v = xrow[iw]
+                take = v > m[ow] or v != v  # a strictly larger value, or NaN, as in torch
+                m[ow] = v if take else m[ow]
+                arg[ow] = ih * w + iw if take else arg[ow]
 
 
 @kernel_exact
 def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, first, last):
     """y[n,c,oh,ow] = max over the window at (oh*sh - ph, ow*sw - pw); NaN wins, as in torch."""
-    ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    ch = x.shape[1]
     ho, wo = y.shape[2], y.shape[3]
+    m = np.empty(wo, np.float32)
+    arg = np.empty(wo, np.int64)
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         for oh in range(ho):
-            h0 = oh * sh - ph
-            for ow in range(wo):
-                w0 = ow * sw - pw
-                m = -np.inf
-                for i in range(max(h0, 0), min(h0 + kh, h)):
-                    for j in range(max(w0, 0), min(w0 + kw, w)):
-                        v = x[n, c, i, j]
-                        if v > m or np.isnan(v):
-                            m = v
-                y[n, c, oh, ow] = m
+            _max_row(x, n, c, oh * sh - ph, kh, kw, sh, sw, ph, pw, m, arg)
+            y[n, c, oh, :] = m
 
 
 @kernel_exact
 def max_pool_backward(x, gy, kh, kw, sh, sw, ph, pw, gx, first, last):
     """gx[argmax of each window] += gy; ties go to the first maximum in row-major order."""
-    ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    ch, w = x.shape[1], x.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
+    m = np.empty(wo, np.float32)
+    arg = np.empty(wo, np.int64)
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         gx[n, c, :, :] = 0.0
         for oh in range(ho):
-            h0 = oh * sh - ph
+            _max_row(x, n, c, oh * sh - ph, kh, kw, sh, sw, ph, pw, m, arg)
             for ow in range(wo):
-                w0 = ow * sw - pw
-                # Same scan and tie rule as torch's CPU kernel: start at the
-                # window's first pixel, move on a strictly larger value or NaN.
-                m = -np.inf
-                bi = max(h0, 0)
-                bj = max(w0, 0)
-                for i in range(max(h0, 0), min(h0 + kh, h)):
-                    for j in range(max(w0, 0), min(w0 + kw, w)):
-                        v = x[n, c, i, j]
-                        if v > m or np.isnan(v):
-                            m = v
-                            bi = i
-                            bj = j
-                gx[n, c, bi, bj] += gy[n, c, oh, ow]
+                gx[n, c, arg[ow] // w, arg[ow] % w] += gy[n, c, oh, ow]
 
 
 @kernel
@@ -65,18 +87,23 @@ def avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y, first, last):
     ch, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
     inv = np.float32(1.0 / (kh * kw))
+    s = np.empty(wo, np.float32)
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         for oh in range(ho):
-            h0 = oh * sh - ph
+            s[:] = 0.0
+            for i in range(kh):
+                ih = oh * sh - ph + i
+                if ih < 0 or ih >= h:
+                    continue
+                xrow = x[n, c, ih]
+                for j in range(kw):
+                    lo, hi = _row_span(wo, w, sw, pw, j)
+                    for ow in range(lo, hi):
+                        s[ow] += xrow[ow * sw - pw + j]
             for ow in range(wo):
-                w0 = ow * sw - pw
-                s = np.float32(0.0)
-                for i in range(max(h0, 0), min(h0 + kh, h)):
-                    for j in range(max(w0, 0), min(w0 + kw, w)):
-                        s += x[n, c, i, j]
-                y[n, c, oh, ow] = s * inv
+                y[n, c, oh, ow] = s[ow] * inv
 
 
 @kernel
@@ -90,10 +117,13 @@ def avg_pool_backward(gy, kh, kw, sh, sw, ph, pw, gx, first, last):
         c = plane % ch
         gx[n, c, :, :] = 0.0
         for oh in range(ho):
-            h0 = oh * sh - ph
-            for ow in range(wo):
-                w0 = ow * sw - pw
-                g = gy[n, c, oh, ow] * inv
-                for i in range(max(h0, 0), min(h0 + kh, h)):
-                    for j in range(max(w0, 0), min(w0 + kw, w)):
-                        gx[n, c, i, j] += g
+            grow = gy[n, c, oh]
+            for i in range(kh):
+                ih = oh * sh - ph + i
+                if ih < 0 or ih >= h:
+                    continue
+                xrow = gx[n, c, ih]
+                for j in range(kw):
+                    lo, hi = _row_span(wo, w, sw, pw, j)
+                    for ow in range(lo, hi):
+                        xrow[ow * sw - pw + j] += grow[ow] * inv
