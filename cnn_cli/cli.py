@@ -291,8 +291,8 @@ def info(
     from rich.markup import escape
     from rich.table import Table
 
-    from .filterbank import BankError, resolve_file
-    from .pipeline import load_pipeline, receptive_fields
+    from .filterbank import BankError
+    from .pipeline import load_pipeline
 
     channels = ["gray"] if color is Color.gray else ["R", "G", "B"]
     notes = []
@@ -407,7 +407,7 @@ def train(
 
     from .data import DatasetError
     from .filterbank import BankError
-    from .train import Interrupted, TrainConfig, TrainingError, checkpoint_path, fit, prepare
+    from .train import Interrupted, TrainConfig, TrainingError, fit, prepare
 
     if out.exists() and not force and resume is None:
         fail(f"{out} exists; use --force to replace it, or -o to choose another file")

@@ -207,12 +207,15 @@ def builtin_dir():
 _NETWORK_TYPES = {"linear", "flatten", "dropout", "batchnorm", "residual", "netvlad"}
 
 
-def kind_of(doc):
-    """"bank", "pipeline" or "architecture": the ``kind`` key, else guessed from the content."""
+def kind_of(doc, default="bank"):
+    """"bank", "pipeline" or "architecture": the ``kind`` key, else guessed from
+    the content; ``default`` when there is nothing to go by."""
     if "kind" in doc:
         return doc["kind"]
     if "kernel" in doc or "weights" in doc:
         return "bank"
+    if "layer" not in doc:
+        return default
     layers = doc.get("layer") if isinstance(doc.get("layer"), list) else []
     learned = any(isinstance(t, dict) and (t.get("type") in _NETWORK_TYPES or "out_channels" in t) for t in layers)
     return "architecture" if learned else "pipeline"
@@ -227,7 +230,7 @@ def resolve_file(spec, kind):
     """A path for ``spec``: a file of that kind, or the name of a shipped one."""
     path = Path(spec)
     if path.suffix and path.is_file():
-        found = kind_of(_read_toml(path))
+        found = kind_of(_read_toml(path), default=kind)
         if found != kind:
             raise BankError(f"{path}: is a file of kind '{found}', but a {kind} is needed here")
         return path

@@ -289,10 +289,17 @@ def _batched_matmul(a, b, out):
     """
     parts = min(config.THREADS, b.shape[0])
     if parts < 2:
-        np.matmul(a, b, out=out)
+        _matmul(a, b, out)
     else:
-        _split(lambda lo, hi: np.matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi]),
+        _split(lambda lo, hi: _matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi]),
                b.shape[0], parts)
+
+
+def _matmul(a, b, out):
+    # NaN and inf propagate, as in torch, without numpy's warnings (whose
+    # state is per thread, so it is set here, on the thread that multiplies).
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.matmul(a, b, out=out)
 
 
 def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):

@@ -10,27 +10,12 @@ import numpy as np
 import pytest
 import typer.main
 from PIL import Image
-from typer.testing import CliRunner
 
 from cnn_cli.cli import app
+from clirunner import cnn
 
-# This typer's CliRunner takes no mix_stderr: ``result.output`` interleaves stdout
-# and stderr, ``result.stderr`` holds stderr alone. A wide terminal keeps rich
-# tables from wrapping names.
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 
 H, W = 48, 64
-
-
-def cnn(*args):
-    """Run ``cnn args...``; fail on a crash (CliRunner turns those into exit code 1)."""
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        pytest.fail(f"cnn {' '.join(map(str, args))} crashed:\n{tb}\n{result.output}")
-    return result
 
 
 def _image(path, seed=0, shape=(H, W), constant=None):

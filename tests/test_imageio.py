@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from cnn_cli import imageio
 from cnn_cli.imageio import ImageError, find_images, read_image
 
 H, W = 48, 64

@@ -22,25 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from cnn_cli import viz
-from cnn_cli.cli import app
+from clirunner import cnn
 from cnn_cli.modelfile import load_model
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-
-
-def cnn(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        pytest.fail(f"cnn {' '.join(map(str, args))} crashed:\n{tb}\n{result.output}")
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def _image(path, seed=0, shape=(40, 40)):

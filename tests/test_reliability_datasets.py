@@ -5,11 +5,9 @@ The README's "What happens when..." table is the spec. Training runs use
 `--epochs 1` on tiny 12x12 images so each takes about a second.
 """
 
-import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import threading
@@ -19,40 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from cnn_cli.cli import app
+from clirunner import cnn
 from cnn_cli.data import DatasetError, find_dataset
-
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-@contextlib.contextmanager
-def time_limit(seconds):
-    """Raise TimeoutError in the main thread if the block runs longer than ``seconds``."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s (a hang?)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def cnn(*args, timeout=60):
-    """Run ``cnn args...`` in-process (main thread, as train sets signal handlers), with a time limit."""
-    with time_limit(timeout):
-        result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        pytest.fail(f"cnn {' '.join(map(str, args))} crashed:\n{tb}\n{result.output}")
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def _image(path, seed=0, size=12):

@@ -18,24 +18,10 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from cnn_cli.cli import app
+from clirunner import cnn
 from cnn_cli.filterbank import BankError, load_bank
 from cnn_cli.modelfile import ModelError, build_network, load_model, save_model
-
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
-
-
-def cnn(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        pytest.fail(f"cnn {' '.join(map(str, args))} crashed:\n{tb}\n{result.output}")
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def _one_error_line(result):

@@ -16,25 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from cnn_cli.cli import app
+from clirunner import cnn
 from cnn_cli.imageio import ImageError, read_image
 
-runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def cnn(*args):
-    """Run ``cnn args...`` in-process; fail the test on a crash (an exception other than exit)."""
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        import traceback
-
-        tb = "".join(traceback.format_exception(*result.exc_info))
-        pytest.fail(f"cnn {' '.join(map(str, args))} crashed:\n{tb}\n{result.output}")
-    assert "Traceback" not in result.output, result.output
-    return result
 
 
 def _error_lines(result):

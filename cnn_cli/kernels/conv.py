@@ -19,12 +19,11 @@ ROW_TILE = 256
 def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y, first, last):
     """y[n,co,oh,ow] = bias[co] + sum_{ci,i,j} w[co,ci,i,j] * xp[n, g*Cg+ci, oh*sh+i*dh, ow*sw+j*dw].
 
-    One task per tile of an output row (n, group, oh, tile): it computes the
-    tile for every filter of the group, so each input row is read once for
-    all filters. Sums go to a task-local buffer, which LLVM knows aliases
-    nothing, so the innermost loop along the row is vectorised.
+    Task t is a tile of an output row, t = ((n*groups + g)*H_out + oh)*tiles + tile:
+    it computes the tile for every filter of the group, so each input row is
+    read once for all filters. Sums go to a task-local buffer, which LLVM
+    knows aliases nothing, so the innermost loop along the row is vectorised.
     """
-    n_img = xp.shape[0]
     c_out, cin_g, kh, kw = w.shape
     ho, wo = y.shape[2], y.shape[3]
     cout_g = c_out // groups
@@ -101,8 +100,9 @@ def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col, first, last):
 
     Lays out every receptive field as a column, so a convolution becomes one
     matrix product (filters x depth) @ (depth x pixels) that BLAS runs near peak.
+    Task t fills row t % depth for image t // depth.
     """
-    nb, depth = col.shape[0], col.shape[1]
+    depth = col.shape[1]
     for task in range(first, last):
         b = task // depth
         r = task % depth
@@ -152,8 +152,8 @@ def conv_grad_weight_small(xp, gy_wide, dh, dw, groups, gw, first, last):
 def conv_grad_weight_direct(xp, gy, sh, sw, dh, dw, groups, gw, first, last):
     """gw[co,ci,i,j] = sum_{n,oh,ow} gy[n,co,oh,ow] * xp[n, g*Cg+ci, oh*sh+i*dh, ow*sw+j*dw].
 
-    One task per (filter, input channel) pair, so each task owns its own slice
-    of ``gw``. Row dot products run in float32 (short, vectorised); the sum of
+    Task t is the pair (co, ci) = divmod(t, C_in/groups), so each task owns its
+    own slice of ``gw``. Row dot products run in float32 (short, vectorised); the sum of
     rows is kept in float64 so millions of pixels do not lose precision.
     """
     n_img = xp.shape[0]
