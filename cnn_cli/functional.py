@@ -411,7 +411,7 @@ def conv2d(
     padding_mode : "zeros", "reflect", "replicate" or "circular"
     algorithm : "auto", "direct", "im2col" or "fft"
         Force a code path. "auto" picks direct loops for few channels, im2col
-        with BLAS for deep layers and FFT for kernels of 11x11 and larger.
+        with BLAS for deep layers and FFT for kernels of 14x14 and larger.
 
     Returns
     -------
