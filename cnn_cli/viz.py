@@ -20,6 +20,7 @@ NORMALIZATIONS = ("per-map", "per-layer", "none")
 #: Tiles in a grid are scaled so that their longer side lies in this range.
 GRID_TILE_MIN, GRID_TILE_MAX = 64, 256
 LABEL_HEIGHT, GAP = 16, 4
+LABEL_MAX_WIDTH = 240
 
 #: A map is drawn as signed only if its smaller side exceeds this fraction of its larger one.
 SIGN_TOLERANCE = 1e-4
@@ -131,14 +132,17 @@ def grid(tiles, labels, *, background=(32, 32, 32)):
     tiles = [thumbnail(t) for t in tiles]
     count = len(tiles)
     tw, th = tiles[0].size
-    cell_w = max(tw, 96)
+    font = _font()
+    # Cells are wide enough for the longest label, up to LABEL_MAX_WIDTH;
+    # longer names are shortened in the middle.
+    longest = max(font.getlength(label) for label in labels)
+    cell_w = max(tw, min(LABEL_MAX_WIDTH, math.ceil(longest) + 2))
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
     width = cols * cell_w + (cols + 1) * GAP
     height = rows * (th + LABEL_HEIGHT) + (rows + 1) * GAP
     canvas = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(canvas)
-    font = _font()
     for i, (tile, label) in enumerate(zip(tiles, labels)):
         r, c = divmod(i, cols)
         x = GAP + c * (cell_w + GAP)
