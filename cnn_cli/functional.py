@@ -568,12 +568,13 @@ class _Pool:
         return int(np.prod(self.y_shape)) * self.kernel[0] * self.kernel[1]
 
 
-def _pool_forward(kernel, x, kernel_size, stride, padding):
+def _pool_forward(kernel, x, kernel_size, stride, padding, *extra):
     x = _as_float32("x", x, 4)
     spec = _Pool(x.shape, kernel_size, stride, padding)
     y = np.empty(spec.y_shape, np.float32)
-    _run(kernel, x, *spec.args, y, tasks=x.shape[0] * x.shape[1], work=spec.work)
-    return y
+    outputs = [np.empty(spec.y_shape, dtype) for dtype in extra]
+    _run(kernel, x, *spec.args, y, *outputs, tasks=x.shape[0] * x.shape[1], work=spec.work)
+    return (y, *outputs) if extra else y
 
 
 def _pool_backward_args(x, grad_y, kernel_size, stride, padding):
@@ -593,13 +594,32 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     ``stride`` defaults to ``kernel_size``; padding is at most half the kernel.
     Output size: ``(H + 2*padding - kernel_size) // stride + 1`` (floor mode).
     """
-    return _pool_forward(pool_kernels.max_pool_forward, x, kernel_size, stride, padding)
+    return max_pool2d_with_argmax(x, kernel_size, stride, padding)[0]
+
+
+def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0):
+    """``max_pool2d`` and, for each output, where its maximum lies in its plane (ih*W + iw, int64).
+
+    A layer keeps the argmax from its forward pass, so its backward pass is a
+    scatter (``max_pool2d_backward_from_argmax``) instead of a second search.
+    """
+    return _pool_forward(pool_kernels.max_pool_forward, x, kernel_size, stride, padding, np.int64)
 
 
 def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``max_pool2d``: each window's gradient goes to its first maximum."""
-    x, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    _run(pool_kernels.max_pool_backward, x, gy, *spec.args, gx, tasks=x.shape[0] * x.shape[1], work=spec.work)
+    x, gy, _, _ = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
+    _, argmax = max_pool2d_with_argmax(x, kernel_size, stride, padding)
+    return max_pool2d_backward_from_argmax(x.shape, gy, argmax)
+
+
+def max_pool2d_backward_from_argmax(x_shape, grad_y, argmax):
+    """Gradient of ``max_pool2d`` from the argmax its forward pass returned: grad_x of shape ``x_shape``."""
+    gy = _as_float32("grad_y", grad_y, 4)
+    if gy.shape != argmax.shape:
+        raise ValueError(f"grad_y must have the shape of the pooling output {argmax.shape}, but has {gy.shape}")
+    gx = np.empty(x_shape, np.float32)
+    _run(pool_kernels.max_pool_backward, gy, argmax, gx, tasks=x_shape[0] * x_shape[1], work=gy.size)
     return gx
 
 

@@ -96,19 +96,24 @@ class Pool(Layer):
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
-        if kind == "maxpool":
-            self._forward, self._backward = F.max_pool2d, F.max_pool2d_backward
-        else:
-            self._forward, self._backward = F.avg_pool2d, F.avg_pool2d_backward
         F._Pool((1, 1, 10**6, 10**6), kernel_size, self.stride, padding)  # validate arguments now
 
     def forward(self, x, train=False):
-        if train:
-            self._x = x
-        return self._forward(x, self.kernel_size, self.stride, self.padding)
+        args = (self.kernel_size, self.stride, self.padding)
+        if self.kind == "avgpool":
+            self._x = x if train else None
+            return F.avg_pool2d(x, *args)
+        if not train:
+            return F.max_pool2d(x, *args)
+        # Keep where each maximum was: the backward pass is then a scatter.
+        y, self._argmax = F.max_pool2d_with_argmax(x, *args)
+        self._x_shape = x.shape
+        return y
 
     def backward(self, grad):
-        return self._backward(self._x, grad, self.kernel_size, self.stride, self.padding)
+        if self.kind == "avgpool":
+            return F.avg_pool2d_backward(self._x, grad, self.kernel_size, self.stride, self.padding)
+        return F.max_pool2d_backward_from_argmax(self._x_shape, grad, self._argmax)
 
     def build(self, shape, rng):
         if len(shape) != 3:

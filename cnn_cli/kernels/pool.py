@@ -50,8 +50,12 @@ def _max_row(x, n, c, ih0, kh, kw, sh, sw, ph, pw, m, arg):
 
 
 @kernel_exact
-def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, first, last):
-    """y[n,c,oh,ow] = max over the window at (oh*sh - ph, ow*sw - pw); NaN wins, as in torch."""
+def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax, first, last):
+    """y[n,c,oh,ow] = max over the window at (oh*sh - ph, ow*sw - pw); NaN wins, as in torch.
+
+    argmax[n,c,oh,ow] = where in the plane it is (ih*W + iw): ties go to the
+    first maximum in row-major order, as in torch's CPU kernel.
+    """
     ch = x.shape[1]
     ho, wo = y.shape[2], y.shape[3]
     m = np.empty(wo, np.float32)
@@ -62,23 +66,22 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, first, last):
         for oh in range(ho):
             _max_row(x, n, c, oh * sh - ph, kh, kw, sh, sw, ph, pw, m, arg)
             y[n, c, oh, :] = m
+            argmax[n, c, oh, :] = arg
 
 
 @kernel_exact
-def max_pool_backward(x, gy, kh, kw, sh, sw, ph, pw, gx, first, last):
-    """gx[argmax of each window] += gy; ties go to the first maximum in row-major order."""
-    ch, w = x.shape[1], x.shape[3]
+def max_pool_backward(gy, argmax, gx, first, last):
+    """gx[n, c, argmax] += gy: each window's gradient goes to the pixel that won it."""
+    ch, w = gx.shape[1], gx.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
-    m = np.empty(wo, np.float32)
-    arg = np.empty(wo, np.int64)
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         gx[n, c, :, :] = 0.0
         for oh in range(ho):
-            _max_row(x, n, c, oh * sh - ph, kh, kw, sh, sw, ph, pw, m, arg)
             for ow in range(wo):
-                gx[n, c, arg[ow] // w, arg[ow] % w] += gy[n, c, oh, ow]
+                a = argmax[n, c, oh, ow]
+                gx[n, c, a // w, a % w] += gy[n, c, oh, ow]
 
 
 @kernel
