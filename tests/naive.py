@@ -375,80 +375,63 @@ def _argmax_window(plane, rows, cols):
     return best, best_at
 
 
-def naive_max_pool2d(x, kernel_size, stride=None, padding=0):
-    a = pool_args(_shape(x), kernel_size, stride, padding)
-    x = _f64(x)
-    xl = x.tolist()
+def _pool_windows(a, h, w):
+    """Every output position (b, ch, oh, ow) of a pooling call with its in-bounds source rows and cols."""
     n, c, h_out, w_out = a.out_shape
-    h, w = x.shape[2:]
-    y = np.zeros(a.out_shape, dtype=np.float64)
     for b in range(n):
         for ch in range(c):
             for oh in range(h_out):
                 rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
                 for ow in range(w_out):
                     cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
-                    y[b, ch, oh, ow] = _argmax_window(xl[b][ch], rows, cols)[0]
+                    yield (b, ch, oh, ow), rows, cols
+
+
+def _pool_grad_args(x, grad_y, kernel_size, stride, padding):
+    a = pool_args(_shape(x), kernel_size, stride, padding)
+    if _shape(grad_y) != a.out_shape:
+        raise InvalidArguments(f"grad_y must have shape {a.out_shape}")
+    return a, _f64(grad_y)
+
+
+def naive_max_pool2d(x, kernel_size, stride=None, padding=0):
+    a = pool_args(_shape(x), kernel_size, stride, padding)
+    xl = _f64(x).tolist()
+    y = np.zeros(a.out_shape, dtype=np.float64)
+    for (b, ch, oh, ow), rows, cols in _pool_windows(a, *_shape(x)[2:]):
+        y[b, ch, oh, ow] = _argmax_window(xl[b][ch], rows, cols)[0]
     return y
 
 
 def naive_max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
-    a = pool_args(_shape(x), kernel_size, stride, padding)
-    if _shape(grad_y) != a.out_shape:
-        raise InvalidArguments(f"grad_y must have shape {a.out_shape}")
-    x, grad_y = _f64(x), _f64(grad_y)
-    xl = x.tolist()
-    n, c, h_out, w_out = a.out_shape
-    h, w = x.shape[2:]
-    gx = np.zeros(x.shape, dtype=np.float64)
-    for b in range(n):
-        for ch in range(c):
-            for oh in range(h_out):
-                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
-                for ow in range(w_out):
-                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
-                    i, j = _argmax_window(xl[b][ch], rows, cols)[1]
-                    gx[b, ch, i, j] += grad_y[b, ch, oh, ow]
+    a, grad_y = _pool_grad_args(x, grad_y, kernel_size, stride, padding)
+    xl = _f64(x).tolist()
+    gx = np.zeros(_shape(x), dtype=np.float64)
+    for (b, ch, oh, ow), rows, cols in _pool_windows(a, *_shape(x)[2:]):
+        i, j = _argmax_window(xl[b][ch], rows, cols)[1]
+        gx[b, ch, i, j] += grad_y[b, ch, oh, ow]
     return gx
 
 
 def naive_avg_pool2d(x, kernel_size, stride=None, padding=0):
     """count_include_pad=True: the divisor is always kH * kW."""
     a = pool_args(_shape(x), kernel_size, stride, padding)
-    x = _f64(x)
-    xl = x.tolist()
-    n, c, h_out, w_out = a.out_shape
-    h, w = x.shape[2:]
+    xl = _f64(x).tolist()
     div = a.kernel_size[0] * a.kernel_size[1]
     y = np.zeros(a.out_shape, dtype=np.float64)
-    for b in range(n):
-        for ch in range(c):
-            for oh in range(h_out):
-                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
-                for ow in range(w_out):
-                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
-                    y[b, ch, oh, ow] = sum(xl[b][ch][i][j] for i in rows for j in cols) / div
+    for (b, ch, oh, ow), rows, cols in _pool_windows(a, *_shape(x)[2:]):
+        y[b, ch, oh, ow] = sum(xl[b][ch][i][j] for i in rows for j in cols) / div
     return y
 
 
 def naive_avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
-    a = pool_args(_shape(x), kernel_size, stride, padding)
-    if _shape(grad_y) != a.out_shape:
-        raise InvalidArguments(f"grad_y must have shape {a.out_shape}")
-    grad_y = _f64(grad_y)
-    n, c, h_out, w_out = a.out_shape
-    h, w = _shape(x)[2:]
+    a, grad_y = _pool_grad_args(x, grad_y, kernel_size, stride, padding)
     div = a.kernel_size[0] * a.kernel_size[1]
     gx = np.zeros(_shape(x), dtype=np.float64)
-    for b in range(n):
-        for ch in range(c):
-            for oh in range(h_out):
-                rows = _window(oh, a.stride[0], a.padding[0], a.kernel_size[0], h)
-                for ow in range(w_out):
-                    cols = _window(ow, a.stride[1], a.padding[1], a.kernel_size[1], w)
-                    for i in rows:
-                        for j in cols:
-                            gx[b, ch, i, j] += grad_y[b, ch, oh, ow] / div
+    for (b, ch, oh, ow), rows, cols in _pool_windows(a, *_shape(x)[2:]):
+        for i in rows:
+            for j in cols:
+                gx[b, ch, i, j] += grad_y[b, ch, oh, ow] / div
     return gx
 
 
