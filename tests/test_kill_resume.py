@@ -129,38 +129,34 @@ def _resume_and_compare(work, data, names, reference):
     _check_files_after_kill(work)
 
 
-@pytest.mark.parametrize("fraction", FRACTIONS)
-def test_sigkill_at_a_random_moment_then_resume(tmp_path, data, reference, fraction):
+def _kill_and_resume(tmp_path, data, reference, wait):
+    """Start a run, wait for its first checkpoint, then ``wait(proc, work)``, SIGKILL it,
+    check what it left, resume, and compare with the uninterrupted run."""
     work = tmp_path / "run"
     proc = _start(work, data, *SETTINGS)
     try:
         assert _wait_until(proc, lambda: (work / "m.ckpt.npz").exists()), proc.communicate()[1]
-        time.sleep(fraction * reference.rest)
+        wait(proc, work)
         proc.kill()
     finally:
         proc.kill()
         proc.communicate()
     names = _check_files_after_kill(work)
     _resume_and_compare(work, data, names, reference)
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS)
+def test_sigkill_at_a_random_moment_then_resume(tmp_path, data, reference, fraction):
+    _kill_and_resume(tmp_path, data, reference, lambda proc, work: time.sleep(fraction * reference.rest))
 
 
 def test_sigkill_while_a_checkpoint_is_being_written(tmp_path, data, reference):
     """Kill the moment a temporary checkpoint file shows up (i.e. mid-write, if we are quick enough)."""
-    work = tmp_path / "run"
-    proc = _start(work, data, *SETTINGS)
-
-    def writing():
+    def writing(work):
         return any(n.startswith(".m.ckpt.npz.") for n in os.listdir(work)) if work.exists() else False
 
-    try:
-        assert _wait_until(proc, lambda: (work / "m.ckpt.npz").exists()), proc.communicate()[1]
-        _wait_until(proc, writing)  # the second checkpoint
-        proc.kill()
-    finally:
-        proc.kill()
-        proc.communicate()
-    names = _check_files_after_kill(work)
-    _resume_and_compare(work, data, names, reference)
+    # The second checkpoint.
+    _kill_and_resume(tmp_path, data, reference, lambda proc, work: _wait_until(proc, lambda: writing(work)))
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130)])
