@@ -585,7 +585,7 @@ def _pool_backward_args(x, grad_y, kernel_size, stride, padding):
         raise ValueError(
             f"grad_y must have the shape of the pooling output {spec.y_shape}, but has {gy.shape}"
         )
-    return x, gy, spec, np.empty_like(x)
+    return x, gy, spec
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
@@ -608,9 +608,9 @@ def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0):
 
 def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``max_pool2d``: each window's gradient goes to its first maximum."""
-    x, gy, _, _ = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    _, argmax = max_pool2d_with_argmax(x, kernel_size, stride, padding)
-    return max_pool2d_backward_from_argmax(x.shape, gy, argmax)
+    x, gy, spec = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
+    _, argmax = _pool_forward(pool_kernels.max_pool_forward, x, kernel_size, stride, padding, np.int64)
+    return _max_pool_scatter(x.shape, gy, argmax)
 
 
 def max_pool2d_backward_from_argmax(x_shape, grad_y, argmax):
@@ -618,6 +618,10 @@ def max_pool2d_backward_from_argmax(x_shape, grad_y, argmax):
     gy = _as_float32("grad_y", grad_y, 4)
     if gy.shape != argmax.shape:
         raise ValueError(f"grad_y must have the shape of the pooling output {argmax.shape}, but has {gy.shape}")
+    return _max_pool_scatter(x_shape, gy, argmax)
+
+
+def _max_pool_scatter(x_shape, gy, argmax):
     gx = np.empty(x_shape, np.float32)
     _run(pool_kernels.max_pool_backward, gy, argmax, gx, tasks=x_shape[0] * x_shape[1], work=gy.size)
     return gx
@@ -633,6 +637,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 
 def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``avg_pool2d``: each window spreads grad/(kH*kW) over its pixels."""
-    _, gy, spec, gx = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
+    x, gy, spec = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
+    gx = np.empty_like(x)
     _run(pool_kernels.avg_pool_backward, gy, *spec.args, gx, tasks=gx.shape[0] * gx.shape[1], work=spec.work)
     return gx

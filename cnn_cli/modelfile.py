@@ -144,11 +144,12 @@ def feature_pipeline(network, meta, name):
 
 
 def image_transform(meta):
-    """A function from a decoded image (C, H, W) in [0, 1] to the network's input (C, S, S)."""
+    """A function from a decoded image (C, H, W) in [0, 1], read in the model's
+    colour, to the network's input (C, S, S): resized, then normalised."""
+    from .data import normalize
     from .imageio import resize
 
     pre = meta["preprocessing"]
     size = pre["image_size"]
-    mean = np.array(pre["mean"], np.float32)[:, None, None]
-    std = np.array(pre["std"], np.float32)[:, None, None]
-    return lambda img: ((resize(img, size, size) - mean) / std).astype(np.float32)
+    mean, std = np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32)
+    return lambda img: normalize(resize(img, size, size)[None], mean, std)[0]
