@@ -115,8 +115,7 @@ def check_conv_options(*, stride=1, padding=0, dilation=1, padding_mode="zeros")
     """Validate conv options that do not depend on array shapes (raises ValueError)."""
     s = _pair("stride", stride, 1)
     _conv_padding(padding, (1, 1), _pair("dilation", dilation, 1), s)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got {padding_mode!r}")
+    _check_padding_mode(padding_mode, (0, 0, 0, 0), 1, 1)
 
 
 def _out_size(padded, kernel, stride, dilation, axis):
