@@ -156,8 +156,10 @@ def apply(
     for r in results:
         if r.error:
             typer.echo(f"Error: {r.error}", err=True)
-    maps = sum(r.maps for r in done)
-    typer.echo(f"{len(done)} image(s), {maps} maps written to {out}/; {len(failed)} failed", err=True)
+    if len(results) + len(problems) > 1 or done:
+        # A batch ends with a summary; a single failed input has said all in its one line.
+        maps = sum(r.maps for r in done)
+        typer.echo(f"{len(done)} image(s), {maps} maps written to {out}/; {len(failed)} failed", err=True)
     if failed:
         raise typer.Exit(EXIT_PARTIAL if done else EXIT_FAILED)
 
