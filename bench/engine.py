@@ -38,15 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-# Run BLAS as the `cnn` command does, on one thread: the engine runs its own
-# threads (see cnn_cli/cli.py). This must happen before numpy is imported.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-
 BENCH_DIR = Path(__file__).resolve().parent
 # _timing sits beside this file; cnn_cli is imported from the work tree, uninstalled.
 sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+
+# Run as the `cnn` command does (BLAS on one thread, memory reuse), before numpy.
+from cnn_cli import config  # noqa: E402
+
+config.tune_process()
+
+import numpy as np  # noqa: E402
 
 from _timing import interleaved_medians, rounds_for, time_once  # noqa: E402
 
@@ -277,14 +278,17 @@ def conv_block(x, weight, bias):
     """conv 3x3 pad 1, ReLU, max-pool 2; returns the output and what the backward pass needs."""
     pre = cnn.conv2d(x, weight, bias, padding=1)
     post = relu(pre)
-    return cnn.max_pool2d(post, 2), (x, pre, post)
+    # Keep where each window's maximum was, as torch's max-pool does, so
+    # that the backward pass is a scatter rather than a second search.
+    pooled, argmax = cnn.max_pool2d_with_argmax(post, 2)
+    return pooled, (x, pre, argmax)
 
 
 def conv_block_backward(weight, saved, grad_y, input_grad=True):
     """-> (grad_x, grad_weight, grad_bias) of conv_block; grad_x is None without ``input_grad``
     (the first block's input is the data, which needs no gradient, as in torch)."""
-    x, pre, post = saved
-    grad_post = cnn.max_pool2d_backward(post, grad_y, 2)
+    x, pre, argmax = saved
+    grad_post = cnn.max_pool2d_backward_from_argmax(pre.shape, grad_y, argmax)
     return cnn.conv2d_backward(x, weight, relu_backward(pre, grad_post), padding=1, input_grad=input_grad)
 
 

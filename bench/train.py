@@ -12,20 +12,21 @@ optional (without it only our time is printed).
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-# Run as the `cnn` command does: BLAS on one thread (see cnn_cli/cli.py).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Run as the `cnn` command does (BLAS on one thread, memory reuse), before numpy.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from cnn_cli import config  # noqa: E402
+
+config.tune_process()
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import time_once  # noqa: E402
 
 

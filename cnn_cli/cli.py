@@ -10,7 +10,6 @@ Exit codes: 0 success; 1 the tool refused or failed; 2 a usage error;
 from __future__ import annotations
 
 import math
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,14 +17,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from . import __version__
+from . import __version__, config
 
-# The engine runs its own threads (Numba kernels, and the im2col products split
-# across threads). BLAS's thread pool would spin between calls and take the
-# cores from them, so the command runs BLAS on one thread unless told otherwise.
-# This must happen before numpy is first imported.
-for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+# BLAS on one thread, and an allocator that reuses freed memory: see
+# config.tune_process. This must happen before numpy is first imported.
+config.tune_process()
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

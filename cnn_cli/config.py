@@ -22,9 +22,13 @@ FFT_MIN_TAPS = 196
 IM2COL_MIN_DEPTH = 64
 IM2COL_MIN_OUT_CHANNELS = 16
 
-#: Direct convolution with stride 1 treats a whole map as one row when the
-#: output is narrower than this (see kernels.conv.conv_direct_small).
+#: Direct convolution with stride 1 stacks the batch into one tall plane per
+#: channel when the output is narrower than this (see
+#: kernels.conv.conv_direct_stacked), and works it in tiles of about
+#: STACKED_TILE pixels: long enough for vectorised loops, short enough that
+#: a tile's sums for 16 filters stay in the first-level cache.
 NARROW_MAP = 64
+STACKED_TILE = 512
 
 #: Upper bound on the im2col buffer; larger batches are processed in chunks.
 IM2COL_MAX_BYTES = 64 * 2**20
@@ -51,3 +55,38 @@ THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 #: mistake, refused with a ValueError before anything is allocated.
 MAX_SIDE = 2**20
 MAX_ARRAY_BYTES = 8 * 2**30
+
+#: glibc's allocator hands arrays above a dynamic threshold (from 128 KiB)
+#: straight to the kernel and gives freed memory back once 2x that sits free.
+#: A training step makes and drops tens of megabytes of temporaries, so every
+#: step paid for about 3,000 fresh pages (zeroed by the kernel: 8 of a LeNet
+#: step's 22 ms). Below MMAP_THRESHOLD, freed blocks are reused instead; the
+#: heap is returned to the system once TRIM_THRESHOLD of it is free. Arrays
+#: above the threshold (a large photo's maps) still come and go directly, so
+#: peak memory does not grow.
+MALLOC_MMAP_THRESHOLD = 32 * 2**20
+MALLOC_TRIM_THRESHOLD = 64 * 2**20
+
+
+def tune_process():
+    """Set up this process as the ``cnn`` command runs: call before numpy is imported.
+
+    BLAS runs one thread: the engine runs its own (Numba kernels, and the
+    im2col products split across threads), and BLAS's thread pool would spin
+    between calls and take the cores from them. On glibc, the allocator keeps
+    freed memory for reuse (see MALLOC_MMAP_THRESHOLD).
+    """
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
+    mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)

@@ -214,6 +214,8 @@ def _choose_algorithm(cin_g, cout_g, kh, kw, stride):
     """The fastest path for a shape, by the thresholds in ``cnn_cli.config``."""
     if kh * kw >= config.FFT_MIN_TAPS and stride == (1, 1):
         return "fft"
+    if kw == 3 and stride == (1, 1):
+        return "direct"  # the filter-blocked kernel beats BLAS here at every depth measured
     if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH and cout_g >= config.IM2COL_MIN_OUT_CHANNELS:
         return "im2col"
     return "direct"
@@ -230,23 +232,41 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     y = np.empty((n, c_out, *out_hw), np.float32)
     if algorithm == "direct":
         b = bias if bias is not None else np.zeros(c_out, np.float32)
-        if stride == (1, 1) and out_hw[1] < config.NARROW_MAP:
-            _run(conv_kernels.conv_direct_small, xp, w, b, *dilation, groups, y,
-                 tasks=n * groups, work=y.size * w[0].size)
+        if stride == (1, 1) and (kw == 3 or out_hw[1] < config.NARROW_MAP):
+            _correlate_stacked(xp, w, b, dilation, groups, y)
             return y
         tiles = -(-out_hw[1] // conv_kernels.ROW_TILE)
         _run(conv_kernels.conv_direct, xp, w, b, *stride, *dilation, groups, y,
              tasks=n * groups * out_hw[0] * tiles, work=y.size * w[0].size)
         return y
-    y_pixels = y.reshape(n, c_out, -1)  # a view: y is contiguous
     cout_g = c_out // groups
     for n0, g, col in _im2col_chunks(xp, w.shape, stride, dilation, groups, out_hw):
         rows = slice(g * cout_g, (g + 1) * cout_g)
-        out = y_pixels[n0:n0 + col.shape[0], rows]
+        nb = col.shape[0]
+        out = np.empty((nb, cout_g, col.shape[2]), np.float32)
         _batched_matmul(w[rows].reshape(cout_g, -1), col, out)
+        # Drop the garbage columns of a wide layout (none otherwise).
+        y[n0:n0 + nb, rows] = out.reshape(nb, cout_g, out_hw[0], -1)[..., :out_hw[1]]
     if bias is not None:
         y += bias[None, :, None, None]
     return y
+
+
+def _correlate_stacked(xp, w, b, dilation, groups, y):
+    """Stride-1 direct correlation on the batch stacked per channel (see ``kernels.conv.conv_direct_stacked``)."""
+    n, _, hp, wp = xp.shape
+    c_out, cin_g, kh, kw = w.shape
+    xs = np.ascontiguousarray(xp.transpose(1, 0, 2, 3))  # no copy for one image
+    rows = max(1, config.STACKED_TILE // wp)
+    tasks = groups * -(-n * hp // rows)
+    work = y.size * w[0].size
+    if kw == 3:
+        cout_g = c_out // groups
+        wq = np.zeros((groups, -(-cout_g // 4) * 4, cin_g, kh, 3), np.float32)
+        wq[:, :cout_g] = w.reshape(groups, cout_g, cin_g, kh, 3)
+        _run(conv_kernels.conv3_stacked, xs, wq, b, *dilation, groups, rows, y, tasks=tasks, work=work)
+    else:
+        _run(conv_kernels.conv_direct_stacked, xs, w, b, *dilation, groups, rows, y, tasks=tasks, work=work)
 
 
 _pool = None
@@ -304,12 +324,16 @@ def _matmul(a, b, out):
 def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
     """Yield (first image, group, columns) for chunks of images that fit the buffer limit.
 
-    ``columns`` is (images, C_in/groups * kH * kW, H_out * W_out) and is reused
+    ``columns`` is (images, C_in/groups * kH * kW, H_out * width) and is reused
     between chunks, so consumers must use it before asking for the next one.
+    With stride 1 it is laid out W_p wide (``width`` = padded width; see
+    ``kernels.conv.im2col_wide``), whole planes being far faster to copy than
+    short rows; otherwise ``width`` = W_out.
     """
     n = xp.shape[0]
     _, cin_g, kh, kw = w_shape
-    depth, pixels = cin_g * kh * kw, out_hw[0] * out_hw[1]
+    wide = stride == (1, 1)
+    depth, pixels = cin_g * kh * kw, out_hw[0] * (xp.shape[3] if wide else out_hw[1])
     per_image = depth * pixels * 4
     batch = int(max(1, min(n, config.IM2COL_MAX_BYTES // per_image)))
     buffer = np.empty((batch, depth, pixels), np.float32)
@@ -317,9 +341,26 @@ def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
         nb = min(batch, n - n0)
         for g in range(groups):
             col = buffer[:nb]
-            _run(conv_kernels.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
-                 tasks=nb * depth, work=col.size)
+            if wide:
+                _run(conv_kernels.im2col_wide, xp, n0, g * cin_g, kh, kw, *dilation, col,
+                     tasks=nb * depth, work=col.size)
+            else:
+                _run(conv_kernels.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
+                     tasks=nb * depth, work=col.size)
             yield n0, g, col
+
+
+def _widen(gy, width):
+    """gy (N, C, H, W) padded with zeros on the right to ``width`` columns (gy itself if W = width).
+
+    grad_y in the W_p-wide layout of ``im2col_wide`` and ``conv_grad_weight_small``:
+    the zeros cancel the garbage columns in sums over pixels.
+    """
+    if gy.shape[3] == width:
+        return gy
+    wide = np.zeros((*gy.shape[:3], width), np.float32)
+    wide[..., :gy.shape[3]] = gy
+    return wide
 
 
 def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
@@ -409,8 +450,9 @@ def conv2d(
         ``groups = C_in = C_out`` is a depthwise bank.
     padding_mode : "zeros", "reflect", "replicate" or "circular"
     algorithm : "auto", "direct", "im2col" or "fft"
-        Force a code path. "auto" picks direct loops for few channels, im2col
-        with BLAS for deep layers and FFT for kernels of 14x14 and larger.
+        Force a code path. "auto" picks FFT for kernels of 14x14 and larger,
+        direct loops for kernels 3 wide at stride 1 and for few channels, and
+        im2col with BLAS for other deep layers.
 
     Returns
     -------
@@ -459,8 +501,8 @@ def conv2d_backward(
     flipped filters with in/out channels swapped. It therefore runs on the same
     algorithms as the forward pass (``algorithm`` picks one, as in ``conv2d``).
     grad_weight uses im2col + BLAS when ``algorithm`` is "im2col" (or "auto"
-    and C_in/groups * kH * kW is at least ``config.IM2COL_MIN_DEPTH``), and
-    direct loops otherwise.
+    and one image's columns fit ``config.IM2COL_MAX_BYTES``), and direct
+    loops otherwise.
     """
     x = _as_float32("x", x, 4)
     w = _as_float32("weight", weight, 4)
@@ -474,9 +516,11 @@ def conv2d_backward(
     g = spec.groups
     algorithm = spec.algorithm
     if algorithm == "auto":
-        # grad_weight sums over every pixel of every image: as one matrix
-        # product it pays off from a smaller depth than the forward pass does.
-        algorithm = "im2col" if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH else "direct"
+        # grad_weight sums over every pixel of every image. As matrix products
+        # it beat the direct loops at every shape measured (2x at depth 9,
+        # 5x at depth 288), as long as one image's columns fit the buffer.
+        columns = cin_g * kh * kw * spec.out_hw[0] * spec.padded[1] * 4
+        algorithm = "im2col" if columns <= config.IM2COL_MAX_BYTES else "direct"
 
     grad_bias = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
 
@@ -485,17 +529,18 @@ def conv2d_backward(
     if algorithm == "im2col":
         acc = np.zeros((c_out, cin_g * kh * kw), np.float64)
         cout_g = c_out // g
+        gy_cols = None
         for n0, group, col in _im2col_chunks(xp, w.shape, spec.stride, spec.dilation, g, spec.out_hw):
+            if gy_cols is None:  # grad_y laid out as wide as the columns
+                gy_cols = _widen(gy, col.shape[2] // spec.out_hw[0]).reshape(*gy.shape[:2], -1)
             rows = slice(group * cout_g, (group + 1) * cout_g)
-            gyc = gy[n0:n0 + col.shape[0], rows].reshape(col.shape[0], cout_g, -1)
+            gyc = gy_cols[n0:n0 + col.shape[0], rows]
             products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
             _batched_matmul(gyc, col.transpose(0, 2, 1), products)
             acc[rows] += products.sum(axis=0, dtype=np.float64)
         grad_w[...] = acc.reshape(w.shape)
     elif spec.stride == (1, 1) and spec.out_hw[1] < config.NARROW_MAP:
-        gy_wide = np.zeros((*gy.shape[:3], xp.shape[3]), np.float32)
-        gy_wide[..., :gy.shape[3]] = gy
-        _run(conv_kernels.conv_grad_weight_small, xp, gy_wide, *spec.dilation, g, grad_w,
+        _run(conv_kernels.conv_grad_weight_small, xp, _widen(gy, xp.shape[3]), *spec.dilation, g, grad_w,
              tasks=c_out * cin_g, work=gy.size * w[0].size)
     else:
         _run(conv_kernels.conv_grad_weight_direct, xp, gy, *spec.stride, *spec.dilation, g, grad_w,

@@ -47,6 +47,13 @@ CASES = {
     "batch3": ((3, 2, 5, 5), (2, 2, 3, 3), True, dict(padding=1, stride=2)),
     "11x11-fft-size": ((1, 2, 14, 13), (2, 2, 11, 11), True, dict(padding=2)),
     "11x11-same": ((1, 1, 12, 12), (1, 1, 11, 11), False, dict(padding="same")),
+    # Stride-1 direct loops stack the batch and work it in tiles of padded
+    # rows (config.STACKED_TILE): these make several tiles that straddle
+    # images, and filter counts that leave a partial block of four.
+    "stacked-3x3-tiles": ((3, 2, 23, 20), (5, 2, 3, 3), True, dict(padding=1)),
+    "stacked-3x3-groups-dil": ((2, 4, 21, 22), (6, 2, 3, 3), True, dict(groups=2, padding=2, dilation=2)),
+    "stacked-5x5-tiles": ((3, 2, 23, 20), (3, 2, 5, 5), True, dict(padding=2)),
+    "stacked-3x3-wide-map": ((2, 2, 5, 70), (3, 2, 3, 3), True, dict(padding=1, dilation=(1, 2))),
 }
 for _mode in MODES[1:]:
     CASES.update({

@@ -56,7 +56,7 @@ def test_pool_forward_backward(kind, case):
     assert_close(fwd(x, kernel_size=k, stride=s, padding=p), y, "forward (keywords)")
 
 
-@pytest.mark.parametrize("k, s, p", [(2, 1, 0), (2, 1, 1), (3, 1, 1), (3, 2, 1), ((2, 3), 1, (1, 1))])
+@pytest.mark.parametrize("k, s, p", [(2, None, 0), (2, 1, 0), (2, 1, 1), (3, 1, 1), (3, 2, 1), ((2, 3), 1, (1, 1))])
 def test_max_pool_ties_gradient_goes_to_first_max(k, s, p):
     """Constant input: every window is a tie, and only its first pixel (row-major) gets the gradient."""
     x = np.full((1, 2, 5, 6), 3.0, np.float32)
@@ -114,6 +114,25 @@ def test_max_pool_nan_gradient_like_torch(torch_ref):
         gy = np.arange(1, np.prod(y_shape) + 1, dtype=np.float32).reshape(y_shape)
         _, t_gx = torch_ref.pool("max", x, k, s, p, gy)
         assert_close(F.max_pool2d_backward(x, gy, k, s, p), t_gx, "grad_x")
+
+
+@pytest.mark.parametrize("stride", [2, 1, (1, 2)])
+def test_max_pool_2x2_ties_and_nans(stride, torch_ref):
+    """2x2 windows without padding take their own unrolled loop: it must keep the
+    row-major rules (first maximum wins a tie; a NaN wins, the last NaN of a window most)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 3, (2, 3, 9, 10)).astype(np.float32)  # many ties
+    x[0, 0, 0, 0] = x[0, 0, 1, 1] = np.nan                     # two NaNs in one window
+    x[1, 2, 4, 5] = np.nan
+    x[0, 1] = -5.0                                              # a whole plane of ties
+    y, argmax = F.max_pool2d_with_argmax(x, 2, stride)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_close(y, naive.naive_max_pool2d(x, 2, stride), "forward")
+    gx = F.max_pool2d_backward_from_argmax(x.shape, gy, argmax)
+    assert_close(gx, naive.naive_max_pool2d_backward(x, gy, 2, stride), "grad_x")
+    t_y, t_gx = torch_ref.pool("max", x, 2, stride, 0, gy)
+    assert_close(y, t_y, "forward vs torch")
+    assert_close(gx, t_gx, "grad_x vs torch")
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_, np.float64])

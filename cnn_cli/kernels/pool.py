@@ -5,11 +5,11 @@ average pooling with zeros (torch's ``count_include_pad=True``, so the divisor
 is always kH*kW). Backward kernels own a whole plane of ``gx``, so their
 scatter-adds never race.
 
-Every kernel works a whole output row at a time: for each window offset
-(i, j) it updates all the outputs of the row whose window has that pixel
-inside the input, so the innermost loop is a branch-free pass along the row
-that LLVM vectorises. Visiting the offsets in row-major order keeps torch's
-rule for ties in max pooling (the first maximum wins).
+Max pooling visits each window's pixels in row-major order, which keeps
+torch's rule for ties (the first maximum wins). Average pooling works a
+whole output row at a time: for each window offset (i, j) it adds the pixel
+to every output of the row whose window has it inside the input, so the
+innermost loop is a branch-free pass along the row that LLVM vectorises.
 """
 
 import numpy as np
@@ -26,27 +26,16 @@ def _row_span(ow_count, w, sw, pw, j):
 
 
 @helper
-def _max_row(x, n, c, ih0, kh, kw, sh, sw, ph, pw, m, arg):
-    """m[ow], arg[ow] = the max of window ow of the output row whose top input row is ih0, and its flat index."""
-    h, w = x.shape[2], x.shape[3]
-    wo = m.shape[0]
-    m[:] = -np.inf
-    for ow in range(wo):
-        # torch starts at the window's first pixel inside the input.
-        arg[ow] = max(ih0, 0) * w + max(ow * sw - pw, 0)
-    for i in range(kh):
-        ih = ih0 + i
-        if ih < 0 or ih >= h:
-            continue
-        xrow = x[n, c, ih]
-        for j in range(kw):
-            lo, hi = _row_span(wo, w, sw, pw, j)
-            for ow in range(lo, hi):
-                iw = ow * sw - pw + j
-                v = xrow[iw]
-                take = v > m[ow] or v != v  # a strictly larger value, or NaN, as in torch
-                m[ow] = v if take else m[ow]
-                arg[ow] = ih * w + iw if take else arg[ow]
+def _winner(src, i, j):
+    """Index i, or j when src[j] beats src[i]: strictly larger, or NaN (torch's rule).
+
+    Only the index is chosen, which is an integer select, so it compiles to a
+    conditional move (see _jit.py); a float select becomes a branch on x86,
+    which random data mispredicts half the time. Bitwise ``|`` keeps the test
+    itself free of a short-circuit branch.
+    """
+    u = src[j]
+    return j if (u > src[i]) | (u != u) else i
 
 
 @kernel_exact
@@ -55,33 +44,50 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax, first, last):
 
     argmax[n,c,oh,ow] = where in the plane it is (ih*W + iw): ties go to the
     first maximum in row-major order, as in torch's CPU kernel.
+
+    2x2 windows without padding (every pooling layer we ship) are unrolled
+    as a tree of three comparisons: the rule above is associative, so the
+    tree picks the same pixel as a row-major scan, and a loop with a run-time
+    trip count of two would cost several times more.
     """
-    ch = x.shape[1]
+    ch, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
-    m = np.empty(wo, np.float32)
-    arg = np.empty(wo, np.int64)
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
+        src = x[n, c].reshape(h * w)
+        out = y[n, c]
+        arg = argmax[n, c]
         for oh in range(ho):
-            _max_row(x, n, c, oh * sh - ph, kh, kw, sh, sw, ph, pw, m, arg)
-            y[n, c, oh, :] = m
-            argmax[n, c, oh, :] = arg
+            i_lo, i_hi = max(oh * sh - ph, 0), min(oh * sh - ph + kh, h)
+            for ow in range(wo):
+                j_lo, j_hi = max(ow * sw - pw, 0), min(ow * sw - pw + kw, w)
+                # torch starts at the window's first pixel inside the input.
+                best = i_lo * w + j_lo
+                if kh == 2 and kw == 2 and ph == 0 and pw == 0:
+                    best = _winner(src, _winner(src, best, best + 1), _winner(src, best + w, best + w + 1))
+                else:
+                    for ih in range(i_lo, i_hi):
+                        for iw in range(j_lo, j_hi):
+                            best = _winner(src, best, ih * w + iw)
+                out[oh, ow] = src[best]
+                arg[oh, ow] = best
 
 
 @kernel_exact
 def max_pool_backward(gy, argmax, gx, first, last):
     """gx[n, c, argmax] += gy: each window's gradient goes to the pixel that won it."""
-    ch, w = gx.shape[1], gx.shape[3]
+    ch, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
-        gx[n, c, :, :] = 0.0
-        for oh in range(ho):
-            for ow in range(wo):
-                a = argmax[n, c, oh, ow]
-                gx[n, c, a // w, a % w] += gy[n, c, oh, ow]
+        out = gx[n, c].reshape(h * w)  # flat, so the scatter needs no division per pixel
+        out[:] = 0.0
+        g = gy[n, c].reshape(ho * wo)
+        a = argmax[n, c].reshape(ho * wo)
+        for k in range(ho * wo):
+            out[a[k]] += g[k]
 
 
 @kernel
