@@ -15,9 +15,33 @@ sleeping threads serves the kernels and the matrix products alike.
 """
 
 import platform
+import sys
 
 import llvmlite.binding as llvm
 from numba import njit
+
+
+def _register_numpy_support_without_scipy_blas():
+    """Import Numba's numpy support with SciPy's BLAS hidden from it.
+
+    At import, ``numba.np.arraymath`` checks for BLAS (for ``np.dot`` in
+    compiled code) by importing ``scipy.linalg.cython_blas``, which imports
+    all of ``scipy.linalg``: 0.18 s of every ``cnn`` run that computes, a
+    tenth of a cached ``cnn apply``. No kernel here calls BLAS from compiled
+    code, so we let that check fail, then put the module table back.
+    """
+    name = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" in sys.modules or name in sys.modules:
+        return
+    sys.modules[name] = None  # makes "import scipy.linalg.cython_blas" raise ImportError
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        del sys.modules[name]
+
+
+
+_register_numpy_support_without_scipy_blas()
 
 # On x86, LLVM turns some conditional moves back into branches, betting they
 # are predictable. In max pooling on real data they are not: the branch

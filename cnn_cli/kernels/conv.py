@@ -14,6 +14,10 @@ from ._jit import helper, kernel
 #: filters stay in L1 (16 x 256 x 4 bytes = 16 KiB).
 ROW_TILE = 256
 
+#: Pixels per tile of ``conv3_grad_weight_stacked``, summed in float32 (the
+#: tiles are then summed in float64, so large images keep their precision).
+GRAD_TILE = 4096
+
 
 @kernel
 def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y, first, last):
@@ -142,6 +146,51 @@ def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, first, last):
                         a2[k] += w20 * x0 + w21 * x1 + w22 * x2
                         a3[k] += w30 * x0 + w31 * x1 + w32 * x2
         _store_stacked(acc, y, q0, hp, wp, g * cout_g, cout_g)
+
+
+@kernel
+def conv3_grad_weight_stacked(xs, gys, dh, dw, groups, rows, partial, first, last):
+    """Per tile of the stack, partial[t, co, ci, i, j] = sum_k gys[co, k] * xs[c, k + i*dh*W_p + j*dw],
+    for kernels 3 wide at stride 1; grad_weight is the sum over tiles.
+
+    Both are stacked as in ``conv_direct_stacked``: ``xs`` (C_in, N, H_p, W_p)
+    and grad_y ``gys`` (groups * C_out/groups rounded up to even, N, H_p, W_p),
+    zero at the garbage positions and for the filter past C_out/groups.
+    Tile t is ``rows`` padded rows of the stack. One pass over a tile makes
+    six dot products (two filters x three taps of a kernel row) in registers,
+    with no stores; more would spill registers. Task t is (group, pair of
+    filters, tile), tile fastest.
+    """
+    tiles, cin_g, kh = partial.shape[0], partial.shape[2], partial.shape[3]
+    cout_pad = gys.shape[0] // groups
+    wp = gys.shape[3]
+    total = gys.shape[1] * gys.shape[2] * wp
+    for task in range(first, last):
+        tile = task % tiles
+        co = task // tiles * 2  # first filter of the pair, over all groups
+        k0 = tile * rows * wp
+        for ci in range(cin_g):
+            run = xs[co // cout_pad * cin_g + ci].reshape(total)
+            for i in range(kh):
+                off = i * dh * wp
+                # Past total - off - 2*dw, gys is zero (garbage positions) and xs would run out.
+                k1 = max(k0, min(k0 + rows * wp, total - off - 2 * dw))
+                g0 = gys[co].reshape(total)[k0:k1]
+                g1 = gys[co + 1].reshape(total)[k0:k1]
+                x0 = run[off + k0:off + k1]
+                x1 = run[off + dw + k0:off + dw + k1]
+                x2 = run[off + 2 * dw + k0:off + 2 * dw + k1]
+                s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
+                for k in range(k1 - k0):
+                    s00 += g0[k] * x0[k]
+                    s01 += g0[k] * x1[k]
+                    s02 += g0[k] * x2[k]
+                    s10 += g1[k] * x0[k]
+                    s11 += g1[k] * x1[k]
+                    s12 += g1[k] * x2[k]
+                part = partial[tile, co:co + 2, ci, i]
+                part[0, 0], part[0, 1], part[0, 2] = s00, s01, s02
+                part[1, 0], part[1, 1], part[1, 2] = s10, s11, s12
 
 
 @helper

@@ -56,22 +56,27 @@ def max_pool_forward(x, kh, kw, sh, sw, ph, pw, y, argmax, first, last):
         n = plane // ch
         c = plane % ch
         src = x[n, c].reshape(h * w)
-        out = y[n, c]
-        arg = argmax[n, c]
+        out = y[n, c].reshape(ho * wo)
+        arg = argmax[n, c].reshape(ho * wo)
+        if kh == 2 and kw == 2 and ph == 0 and pw == 0:
+            for oh in range(ho):
+                for ow in range(wo):
+                    k = oh * sh * w + ow * sw
+                    best = _winner(src, _winner(src, k, k + 1), _winner(src, k + w, k + w + 1))
+                    out[oh * wo + ow] = src[best]
+                    arg[oh * wo + ow] = best
+            continue
         for oh in range(ho):
             i_lo, i_hi = max(oh * sh - ph, 0), min(oh * sh - ph + kh, h)
             for ow in range(wo):
                 j_lo, j_hi = max(ow * sw - pw, 0), min(ow * sw - pw + kw, w)
                 # torch starts at the window's first pixel inside the input.
                 best = i_lo * w + j_lo
-                if kh == 2 and kw == 2 and ph == 0 and pw == 0:
-                    best = _winner(src, _winner(src, best, best + 1), _winner(src, best + w, best + w + 1))
-                else:
-                    for ih in range(i_lo, i_hi):
-                        for iw in range(j_lo, j_hi):
-                            best = _winner(src, best, ih * w + iw)
-                out[oh, ow] = src[best]
-                arg[oh, ow] = best
+                for ih in range(i_lo, i_hi):
+                    for iw in range(j_lo, j_hi):
+                        best = _winner(src, best, ih * w + iw)
+                out[oh * wo + ow] = src[best]
+                arg[oh * wo + ow] = best
 
 
 @kernel_exact
