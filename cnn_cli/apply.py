@@ -151,19 +151,23 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options):
     """Write one image's folder (see the module docstring); returns the number of maps.
 
     PNGs are encoded on two threads (Pillow releases the GIL) while the next
-    maps are prepared; only small grid thumbnails are kept, so memory holds
-    one layer's pictures at most.
+    maps are prepared, and the raw maps are written on a third; only small
+    grid thumbnails are kept, so memory holds one layer's pictures at most.
     """
+    for i, (maps, layer) in enumerate(zip(layer_maps, pipeline.layers)):
+        if not np.all(np.isfinite(maps)):
+            raise ValueError(f"layer {i} ({layer.kind}) produced NaN or inf values")
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        manifest_layers, arrays = [], {}
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        manifest_layers = []
+        arrays = {f"layer{i}": np.ascontiguousarray(maps, dtype=np.float32) for i, maps in enumerate(layer_maps)}
+        # Two threads encode PNGs; a third writes the raw maps meanwhile (file
+        # writes and zip's checksums release the GIL).
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            raw = pool.submit(save_npz_atomic, staging / "features.npz", arrays)
             pending = []
             for i, (maps, layer, channels) in enumerate(zip(layer_maps, pipeline.layers, pipeline.channels)):
-                if not np.all(np.isfinite(maps)):
-                    raise ValueError(f"layer {i} ({layer.kind}) produced NaN or inf values")
                 key = f"layer{i}"
-                arrays[key] = np.ascontiguousarray(maps, dtype=np.float32)
                 (staging / key).mkdir()
                 layer_range = viz.value_range(maps)
                 entries, tiles = [], []
@@ -190,7 +194,7 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options):
                 for job in pending:
                     job.result()
                 pending.clear()
-        save_npz_atomic(staging / "features.npz", arrays)
+            raw.result()
         manifest = {
             "cnn_version": __version__,
             "input": str(path),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .layers import Layer, LayerError
+from .layers import Activation, Layer, LayerError, Pool
 
 
 #: Limits that catch typos in architecture files before memory is allocated.
@@ -456,15 +456,16 @@ class Network:
             self.shapes.append(tuple(shape))
         if isinstance(self.layers[0], Conv2d):
             self.layers[0].input_grad = False
+        self._order = _pool_before_relu(self.layers)
 
     def forward(self, x, train=False):
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        for i in self._order:
+            x = self.layers[i].forward(x, train)
         return x
 
     def backward(self, grad):
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+        for i in reversed(self._order):
+            grad = self.layers[i].backward(grad)
         return grad
 
     def trainable(self):
@@ -505,3 +506,25 @@ class Network:
     @property
     def num_params(self):
         return sum(layer.num_params for layer in self.trainable())
+
+
+def _pool_before_relu(layers):
+    """The order to run ``layers`` in: each ReLU followed by a max pooling swapped with it.
+
+    Max pooling then ReLU computes exactly what ReLU then max pooling does:
+    ReLU keeps the order of values, so each window keeps its value, and its
+    gradient reaches the same pixel (or is zero either way, where the
+    window's maximum is not positive). The swapped order runs the ReLU and
+    its gradient on a quarter of the pixels of a 2x2 pooling.
+    """
+    order = list(range(len(layers)))
+    i = 0
+    while i + 1 < len(order):
+        first, second = layers[order[i]], layers[order[i + 1]]
+        if isinstance(first, Activation) and first.kind == "relu" and isinstance(second, Pool) \
+                and second.kind == "maxpool":
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 2
+        else:
+            i += 1
+    return order

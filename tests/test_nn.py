@@ -465,3 +465,37 @@ def test_network_gradients(arch):
     gx = gx.astype(np.float64)
     d = (gx / np.linalg.norm(gx)).astype(np.float32)
     assert _numeric(loss, x, d, eps) == pytest.approx(np.linalg.norm(gx), rel=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["lenet", "alexnet", "netvlad"])
+def test_network_runs_max_pool_before_relu_with_identical_results(arch):
+    """The network swaps each ReLU -> max-pool pair; outputs and every gradient must be
+    exactly those of running the layers in their declared order, ties included."""
+    rng = np.random.default_rng(23)
+    net = _network(arch)
+    assert net._order != list(range(len(net.layers))), "expected a ReLU -> max-pool pair to swap"
+    net.layers[0].input_grad = True
+    # Negative biases make many windows all-negative (all zero after ReLU: ties).
+    for name, p, _ in net.parameters():
+        if name.endswith("bias"):
+            p[...] = -np.abs(rng.standard_normal(p.shape)) * 0.5
+    x = rng.standard_normal((3, 1, 16, 16)).astype(np.float32)
+    x[0, 0, :4, :4] = 0.0
+    grad_out = rng.standard_normal((3, 3)).astype(np.float32)
+
+    net.zero_grad()
+    swapped_y = net.forward(x, train=True)
+    swapped_gx = net.backward(grad_out)
+    swapped_grads = {name: g.copy() for name, _, g in net.parameters()}
+
+    net.zero_grad()
+    y = x
+    for layer in net.layers:
+        y = layer.forward(y, True)
+    g = grad_out
+    for layer in reversed(net.layers):
+        g = layer.backward(g)
+    np.testing.assert_array_equal(swapped_y, y)
+    np.testing.assert_array_equal(swapped_gx, g)
+    for name, _, grad in net.parameters():
+        np.testing.assert_array_equal(swapped_grads[name], grad, err_msg=name)
