@@ -181,6 +181,12 @@ class _Conv:
         mode = _NUMPY_PAD_MODE[self.padding_mode]
         return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=mode)
 
+    def stack(self, x):
+        """x padded as ``pad`` pads it, in the stacked layout (C_in, N, H_p, W_p) of the stride-1 direct kernels."""
+        if self.padding_mode == "zeros":
+            return _stack(x, self.pads[0], self.pads[2], self.padded)
+        return _stack(self.pad(x), 0, 0, self.padded)
+
     def unpad_grad(self, gxp):
         """Fold the gradient of the padded input back onto the input pixels.
 
@@ -236,8 +242,8 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     y = np.empty((n, c_out, *out_hw), np.float32)
     if algorithm == "direct":
         b = bias if bias is not None else np.zeros(c_out, np.float32)
-        if stride == (1, 1) and (kw == 3 or out_hw[1] < config.NARROW_MAP):
-            _correlate_stacked(xp, w, b, dilation, groups, y)
+        if _stacked_path(algorithm, stride, kw, out_hw):
+            _correlate_stacked(_stack(xp, 0, 0, xp.shape[2:]), w, b, dilation, groups, y)
             return y
         tiles = -(-out_hw[1] // conv_kernels.ROW_TILE)
         _run(conv_kernels.conv_direct, xp, w, b, *stride, *dilation, groups, y,
@@ -256,11 +262,35 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     return y
 
 
-def _correlate_stacked(xp, w, b, dilation, groups, y):
-    """Stride-1 direct correlation on the batch stacked per channel (see ``kernels.conv.conv_direct_stacked``)."""
-    n, _, hp, wp = xp.shape
+def _stacked_path(algorithm, stride, kw, out_hw):
+    """Does a resolved ``algorithm`` run on the stacked layout (``kernels.conv.conv_direct_stacked``)?"""
+    return algorithm == "direct" and stride == (1, 1) and (kw == 3 or out_hw[1] < config.NARROW_MAP)
+
+
+def _stack(a, top, left, shape_hw, groups=1, per_group=None):
+    """``a`` (N, C, H, W) in the stacked layout of the stride-1 direct kernels: (C, N, *shape_hw),
+    each plane placed at (top, left) in zeros.
+
+    With ``per_group``, each of the ``groups`` groups of channels is followed
+    by zero planes up to ``per_group`` channels (whole blocks of filters for
+    ``kernels.conv.conv3_grad_weight_stacked``). Padding and transposing in
+    one copy saves a pass over the input; with nothing to pad, one image or
+    one channel needs no copy at all.
+    """
+    n, c, h, w = a.shape
+    per_in = c // groups
+    per_out = per_in if per_group is None else per_group
+    if (top, left, *shape_hw) == (0, 0, h, w) and per_out == per_in:
+        return np.ascontiguousarray(a.transpose(1, 0, 2, 3))
+    out = np.zeros((groups, per_out, n, *shape_hw), np.float32)
+    out[:, :per_in, :, top:top + h, left:left + w] = a.reshape(n, groups, per_in, h, w).transpose(1, 2, 0, 3, 4)
+    return out.reshape(groups * per_out, n, *shape_hw)
+
+
+def _correlate_stacked(xs, w, b, dilation, groups, y):
+    """Stride-1 direct correlation of the stacked padded input ``xs`` (C_in, N, H_p, W_p) into ``y``."""
+    n, hp, wp = xs.shape[1:]
     c_out, cin_g, kh, kw = w.shape
-    xs = np.ascontiguousarray(xp.transpose(1, 0, 2, 3))  # no copy for one image
     rows = max(1, config.STACKED_TILE // wp)
     tasks = groups * -(-n * hp // rows)
     work = y.size * w[0].size
@@ -481,9 +511,16 @@ def conv2d(
     w = _as_float32("weight", weight, 4)
     b = _check_bias(bias, w.shape[0])
     spec = _Conv(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
-    return _correlate_valid(
-        spec.pad(x), w, b, spec.stride, spec.dilation, spec.groups, spec.out_hw, spec.algorithm
-    )
+    c_out, cin_g, kh, kw = w.shape
+    if algorithm == "auto":
+        algorithm = _choose_algorithm(cin_g, c_out // spec.groups, kh, kw, spec.stride)
+    if _stacked_path(algorithm, spec.stride, kw, spec.out_hw):
+        # Pad straight into the stacked layout: one pass over x, not two.
+        y = np.empty(spec.y_shape, np.float32)
+        _correlate_stacked(spec.stack(x), w, b if b is not None else np.zeros(c_out, np.float32),
+                           spec.dilation, spec.groups, y)
+        return y
+    return _correlate_valid(spec.pad(x), w, b, spec.stride, spec.dilation, spec.groups, spec.out_hw, algorithm)
 
 
 def conv2d_backward(
@@ -542,8 +579,8 @@ def conv2d_backward(
     plane_sums = gy.reshape(*gy.shape[:2], -1).sum(axis=2)
     grad_bias = plane_sums.sum(axis=0, dtype=np.float64).astype(np.float32)
 
-    xp = spec.pad(x)
     grad_w = np.empty_like(w)
+    xp = spec.pad(x) if algorithm == "im2col" or spec.stride != (1, 1) or kw != 3 else None
     if algorithm == "im2col":
         acc = np.zeros((c_out, cin_g * kh * kw), np.float64)
         cout_g = c_out // g
@@ -558,7 +595,7 @@ def conv2d_backward(
             acc[rows] += products.sum(axis=0, dtype=np.float64)
         grad_w[...] = acc.reshape(w.shape)
     elif spec.stride == (1, 1) and kw == 3:
-        _grad_weight_stacked(xp, gy, spec.dilation, g, grad_w)
+        _grad_weight_stacked(spec.stack(x), gy, spec.dilation, g, grad_w)
     elif spec.stride == (1, 1) and spec.out_hw[1] < config.NARROW_MAP:
         _run(conv_kernels.conv_grad_weight_small, xp, _widen(gy, xp.shape[3]), *spec.dilation, g, grad_w,
              tasks=c_out * cin_g, work=gy.size * w[0].size)
@@ -578,21 +615,20 @@ def conv2d_backward(
     return spec.unpad_grad(grad_xp), grad_w, grad_bias
 
 
-def _grad_weight_stacked(xp, gy, dilation, groups, grad_w):
-    """grad_weight of a stride-1 conv 3 wide, on stacked layouts (see ``kernels.conv.conv3_grad_weight_stacked``)."""
-    n, c_out, ho, wo = gy.shape
-    _, _, hp, wp = xp.shape
+def _grad_weight_stacked(xs, gy, dilation, groups, grad_w):
+    """grad_weight of a stride-1 conv 3 wide from the stacked padded input ``xs`` (see
+    ``kernels.conv.conv3_grad_weight_stacked``)."""
+    n, c_out = gy.shape[:2]
+    hp, wp = xs.shape[2:]
     cin_g, kh = grad_w.shape[1], grad_w.shape[2]
     cout_g = c_out // groups
     cout_pad = cout_g + cout_g % 2
-    xs = np.ascontiguousarray(xp.transpose(1, 0, 2, 3))
-    gys = np.zeros((groups, cout_pad, n, hp, wp), np.float32)
-    gys[:, :cout_g, :, :ho, :wo] = gy.reshape(n, groups, cout_g, ho, wo).transpose(1, 2, 0, 3, 4)
+    gys = _stack(gy, 0, 0, (hp, wp), groups, cout_pad)
     rows = max(1, conv_kernels.GRAD_TILE // wp)
     tiles = -(-n * hp // rows)
     partial = np.empty((tiles, groups * cout_pad, cin_g, kh, 3), np.float32)
-    _run(conv_kernels.conv3_grad_weight_stacked, xs, gys.reshape(groups * cout_pad, n, hp, wp),
-         *dilation, groups, rows, partial, tasks=groups * cout_pad // 2 * tiles, work=gy.size * grad_w[0].size)
+    _run(conv_kernels.conv3_grad_weight_stacked, xs, gys, *dilation, groups, rows, partial,
+         tasks=groups * cout_pad // 2 * tiles, work=gy.size * grad_w[0].size)
     total = partial.sum(axis=0, dtype=np.float64).reshape(groups, cout_pad, cin_g, kh, 3)
     grad_w[...] = total[:, :cout_g].reshape(grad_w.shape)
 
