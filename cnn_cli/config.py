@@ -22,6 +22,17 @@ FFT_MIN_TAPS = 196
 IM2COL_MIN_DEPTH = 64
 IM2COL_MIN_OUT_CHANNELS = 16
 
+#: Kernels 3 wide at stride 1 have a filter-blocked direct kernel, which
+#: beats matrix products except on deep layers over batches of larger maps.
+#: Measured here (ratio im2col/direct): 0.59 for 16x64x32x32 -> 128, 0.78
+#: for 32x32x64x64 -> 64, 0.98 for 4x64x16x16 -> 64, 1.15 for 32x32x16x16
+#: -> 64, 1.5 for one 32x128x128 image -> 32, and 4x on LeNet's layers.
+#: im2col is used from this depth (C_in/groups * 9), filters per group,
+#: output pixels per map and images in the batch (at least one per thread).
+ROWS_MIN_DEPTH = 256
+ROWS_MIN_OUT_CHANNELS = 64
+ROWS_MIN_PIXELS = 1024
+
 #: Direct convolution with stride 1 stacks the batch into one tall plane per
 #: channel when the output is narrower than this (see
 #: kernels.conv.conv_direct_stacked), and works it in tiles of about

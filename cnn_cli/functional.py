@@ -220,12 +220,16 @@ def _fold_axis(g, axis, before, after, mode):
 # --------------------------------------------------------------------------- convolution
 
 
-def _choose_algorithm(cin_g, cout_g, kh, kw, stride):
+def _choose_algorithm(n, cin_g, cout_g, kh, kw, stride, out_hw):
     """The fastest path for a shape, by the thresholds in ``cnn_cli.config``."""
     if kh * kw >= config.FFT_MIN_TAPS and stride == (1, 1):
         return "fft"
     if kw == 3 and stride == (1, 1):
-        return "direct"  # the filter-blocked kernel beats BLAS here at every depth measured
+        # The filter-blocked direct kernel, unless the layer is deep, wide and
+        # batched enough for the matrix products of row im2col to win.
+        deep = cin_g * kh * kw >= config.ROWS_MIN_DEPTH and cout_g >= config.ROWS_MIN_OUT_CHANNELS
+        large = out_hw[0] * out_hw[1] >= config.ROWS_MIN_PIXELS and n >= config.THREADS
+        return "im2col" if deep and large else "direct"
     if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH and cout_g >= config.IM2COL_MIN_OUT_CHANNELS:
         return "im2col"
     return "direct"
@@ -236,7 +240,7 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
     n = xp.shape[0]
     c_out, cin_g, kh, kw = w.shape
     if algorithm == "auto":
-        algorithm = _choose_algorithm(cin_g, c_out // groups, kh, kw, stride)
+        algorithm = _choose_algorithm(n, cin_g, c_out // groups, kh, kw, stride, out_hw)
     if algorithm == "fft":
         return _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw)
     y = np.empty((n, c_out, *out_hw), np.float32)
@@ -250,16 +254,43 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
              tasks=n * groups * out_hw[0] * tiles, work=y.size * w[0].size)
         return y
     cout_g = c_out // groups
-    for n0, g, col in _im2col_chunks(xp, w.shape, stride, dilation, groups, out_hw):
-        rows = slice(g * cout_g, (g + 1) * cout_g)
-        nb = col.shape[0]
-        out = np.empty((nb, cout_g, col.shape[2]), np.float32)
-        _batched_matmul(w[rows].reshape(cout_g, -1), col, out)
-        # Drop the garbage columns of a wide layout (none otherwise).
-        y[n0:n0 + nb, rows] = out.reshape(nb, cout_g, out_hw[0], -1)[..., :out_hw[1]]
+    if stride == (1, 1):
+        _correlate_rows(xp, w, dilation, groups, y)
+    else:
+        for n0, g, col in _im2col_chunks(xp, w.shape, stride, dilation, groups, out_hw):
+            rows = slice(g * cout_g, (g + 1) * cout_g)
+            _batched_matmul(w[rows].reshape(cout_g, -1), col, y[n0:n0 + col.shape[0], rows].reshape(
+                col.shape[0], cout_g, -1))
     if bias is not None:
         y += bias[None, :, None, None]
     return y
+
+
+def _correlate_rows(xp, w, dilation, groups, y):
+    """Stride-1 im2col: one matrix product per kernel row, over shifted views of that image's row columns.
+
+    Each thread takes whole images and builds their columns (``kernels.conv.im2col_rows``)
+    in its own buffer, which stays in its core's cache for the products that read it.
+    """
+    n, _, hp, wp = xp.shape
+    c_out, cin_g, kh, kw = w.shape
+    cout_g = c_out // groups
+    ho, wo = y.shape[2:]
+    w_rows = [[np.ascontiguousarray(w[g * cout_g:(g + 1) * cout_g, :, i].reshape(cout_g, -1)) for i in range(kh)]
+              for g in range(groups)]
+    shifts = [i * dilation[0] * wp for i in range(kh)]
+
+    def images(lo, hi):
+        col = np.empty((1, cin_g * kw, hp * wp), np.float32)
+        out = np.empty((1, cout_g, ho * wp), np.float32)
+        for image in range(lo, hi):
+            for g in range(groups):
+                conv_kernels.im2col_rows(xp, image, g * cin_g, kw, dilation[1], col, 0, cin_g * kw)
+                _sum_of_products(w_rows[g], col, shifts, out)
+                # Drop the garbage columns of the wide layout.
+                y[image, g * cout_g:(g + 1) * cout_g] = out.reshape(cout_g, ho, wp)[..., :wo]
+
+    _split_batch(images, n)
 
 
 def _stacked_path(algorithm, stride, kw, out_hw):
@@ -346,12 +377,16 @@ def _batched_matmul(a, b, out):
     thread, as the ``cnn`` command sets it: BLAS's own thread pool spins
     between calls and fights the engine's threads on a small machine.
     """
-    parts = min(config.THREADS, b.shape[0])
+    _split_batch(lambda lo, hi: _matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi]), b.shape[0])
+
+
+def _split_batch(call, n):
+    """``call(lo, hi)`` over a batch of ``n`` items, split between the threads when there are several."""
+    parts = min(config.THREADS, n)
     if parts < 2:
-        _matmul(a, b, out)
+        call(0, n)
     else:
-        _split(lambda lo, hi: _matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi]),
-               b.shape[0], parts)
+        _split(call, n, parts)
 
 
 def _matmul(a, b, out):
@@ -364,36 +399,56 @@ def _matmul(a, b, out):
 def _im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
     """Yield (first image, group, columns) for chunks of images that fit the buffer limit.
 
-    ``columns`` is (images, C_in/groups * kH * kW, H_out * width) and is reused
+    ``columns`` is (images, C_in/groups * kH * kW, H_out * W_out) and is reused
     between chunks, so consumers must use it before asking for the next one.
-    With stride 1 it is laid out W_p wide (``width`` = padded width; see
-    ``kernels.conv.im2col_wide``), whole planes being far faster to copy than
-    short rows; otherwise ``width`` = W_out.
     """
-    n = xp.shape[0]
     _, cin_g, kh, kw = w_shape
-    wide = stride == (1, 1)
-    depth, pixels = cin_g * kh * kw, out_hw[0] * (xp.shape[3] if wide else out_hw[1])
-    per_image = depth * pixels * 4
-    batch = int(max(1, min(n, config.IM2COL_MAX_BYTES // per_image)))
+    depth = cin_g * kh * kw
+    for n0, g, col in _column_chunks(xp.shape[0], groups, depth, out_hw[0] * out_hw[1]):
+        _run(conv_kernels.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
+             tasks=col.shape[0] * depth, work=col.size)
+        yield n0, g, col
+
+
+def _row_columns(xp, w_shape, dw, groups):
+    """``_im2col_chunks`` for stride 1: columns for one kernel row, (images, C_in/groups * kW, H_p * W_p).
+
+    Kernel row i reads them shifted by i*dh*W_p (see ``kernels.conv.im2col_rows``).
+    """
+    _, cin_g, _, kw = w_shape
+    depth = cin_g * kw
+    for n0, g, col in _column_chunks(xp.shape[0], groups, depth, xp.shape[2] * xp.shape[3]):
+        _run(conv_kernels.im2col_rows, xp, n0, g * cin_g, kw, dw, col, tasks=col.shape[0] * depth, work=col.size)
+        yield n0, g, col
+
+
+def _column_chunks(n, groups, depth, pixels):
+    """Yield (first image, group, buffer) over chunks of images whose columns fit ``config.IM2COL_MAX_BYTES``.
+
+    The buffer is (images, depth, pixels), reused from chunk to chunk.
+    """
+    batch = int(max(1, min(n, config.IM2COL_MAX_BYTES // (depth * pixels * 4))))
     buffer = np.empty((batch, depth, pixels), np.float32)
     for n0 in range(0, n, batch):
-        nb = min(batch, n - n0)
         for g in range(groups):
-            col = buffer[:nb]
-            if wide:
-                _run(conv_kernels.im2col_wide, xp, n0, g * cin_g, kh, kw, *dilation, col,
-                     tasks=nb * depth, work=col.size)
-            else:
-                _run(conv_kernels.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
-                     tasks=nb * depth, work=col.size)
-            yield n0, g, col
+            yield n0, g, buffer[:min(batch, n - n0)]
+
+
+def _sum_of_products(mats, col, shifts, out):
+    """out[b] = sum over i of mats[i] @ col[b][:, shifts[i]:shifts[i] + L], L = out.shape[2]."""
+    length = out.shape[2]
+    part = np.empty_like(out) if len(mats) > 1 else None
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf propagate (see _matmul)
+        np.matmul(mats[0], col[:, :, shifts[0]:shifts[0] + length], out=out)
+        for mat, shift in zip(mats[1:], shifts[1:]):
+            np.matmul(mat, col[:, :, shift:shift + length], out=part)
+            out += part
 
 
 def _widen(gy, width):
     """gy (N, C, H, W) padded with zeros on the right to ``width`` columns (gy itself if W = width).
 
-    grad_y in the W_p-wide layout of ``im2col_wide`` and ``conv_grad_weight_small``:
+    grad_y in the W_p-wide layout of ``im2col_rows`` and ``conv_grad_weight_small``:
     the zeros cancel the garbage columns in sums over pixels.
     """
     if gy.shape[3] == width:
@@ -490,9 +545,10 @@ def conv2d(
         ``groups = C_in = C_out`` is a depthwise bank.
     padding_mode : "zeros", "reflect", "replicate" or "circular"
     algorithm : "auto", "direct", "im2col" or "fft"
-        Force a code path. "auto" picks FFT for kernels of 14x14 and larger,
-        direct loops for kernels 3 wide at stride 1 and for few channels, and
-        im2col with BLAS for other deep layers.
+        Force a code path. "auto" picks FFT for kernels of 14x14 and larger;
+        for kernels 3 wide at stride 1, direct loops, or im2col with BLAS for
+        deep layers on batches of larger maps; otherwise direct loops for few
+        channels and im2col for deep layers.
 
     Returns
     -------
@@ -513,7 +569,7 @@ def conv2d(
     spec = _Conv(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
     c_out, cin_g, kh, kw = w.shape
     if algorithm == "auto":
-        algorithm = _choose_algorithm(cin_g, c_out // spec.groups, kh, kw, spec.stride)
+        algorithm = _choose_algorithm(x.shape[0], cin_g, c_out // spec.groups, kh, kw, spec.stride, spec.out_hw)
     if _stacked_path(algorithm, spec.stride, kw, spec.out_hw):
         # Pad straight into the stacked layout: one pass over x, not two.
         y = np.empty(spec.y_shape, np.float32)
@@ -582,18 +638,7 @@ def conv2d_backward(
     grad_w = np.empty_like(w)
     xp = spec.pad(x) if algorithm == "im2col" or spec.stride != (1, 1) or kw != 3 else None
     if algorithm == "im2col":
-        acc = np.zeros((c_out, cin_g * kh * kw), np.float64)
-        cout_g = c_out // g
-        gy_cols = None
-        for n0, group, col in _im2col_chunks(xp, w.shape, spec.stride, spec.dilation, g, spec.out_hw):
-            if gy_cols is None:  # grad_y laid out as wide as the columns
-                gy_cols = _widen(gy, col.shape[2] // spec.out_hw[0]).reshape(*gy.shape[:2], -1)
-            rows = slice(group * cout_g, (group + 1) * cout_g)
-            gyc = gy_cols[n0:n0 + col.shape[0], rows]
-            products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
-            _batched_matmul(gyc, col.transpose(0, 2, 1), products)
-            acc[rows] += products.sum(axis=0, dtype=np.float64)
-        grad_w[...] = acc.reshape(w.shape)
+        _grad_weight_columns(xp, gy, spec, grad_w)
     elif spec.stride == (1, 1) and kw == 3:
         _grad_weight_stacked(spec.stack(x), gy, spec.dilation, g, grad_w)
     elif spec.stride == (1, 1) and spec.out_hw[1] < config.NARROW_MAP:
@@ -613,6 +658,35 @@ def conv2d_backward(
         return _grad_padded_input(gy, w, spec, spec.algorithm, rows, cols), grad_w, grad_bias
     grad_xp = _grad_padded_input(gy, w, spec, spec.algorithm, (0, spec.padded[0]), (0, spec.padded[1]))
     return spec.unpad_grad(grad_xp), grad_w, grad_bias
+
+
+def _grad_weight_columns(xp, gy, spec, grad_w):
+    """grad_weight as matrix products of grad_y with the im2col columns, summed over images in float64."""
+    n, c_out, ho, wo = gy.shape
+    _, cin_g, kh, kw = grad_w.shape
+    cout_g = c_out // spec.groups
+    acc = np.zeros((c_out, cin_g, kh, kw), np.float64)
+    if spec.stride == (1, 1):
+        # Kernel row i pairs grad_y (W_p wide, zeros in the garbage columns)
+        # with the row columns shifted by i*dh*W_p.
+        wp = xp.shape[3]
+        gy_rows = _widen(gy, wp).reshape(n, c_out, ho * wp)
+        for n0, g, col in _row_columns(xp, grad_w.shape, spec.dilation[1], spec.groups):
+            rows = slice(g * cout_g, (g + 1) * cout_g)
+            gyc = gy_rows[n0:n0 + col.shape[0], rows]
+            for i in range(kh):
+                shift = i * spec.dilation[0] * wp
+                products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
+                _batched_matmul(gyc, col[:, :, shift:shift + ho * wp].transpose(0, 2, 1), products)
+                acc[rows, :, i] += products.sum(axis=0, dtype=np.float64).reshape(cout_g, cin_g, kw)
+    else:
+        gy_cols = gy.reshape(n, c_out, ho * wo)
+        for n0, g, col in _im2col_chunks(xp, grad_w.shape, spec.stride, spec.dilation, spec.groups, spec.out_hw):
+            rows = slice(g * cout_g, (g + 1) * cout_g)
+            products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
+            _batched_matmul(gy_cols[n0:n0 + col.shape[0], rows], col.transpose(0, 2, 1), products)
+            acc[rows] += products.sum(axis=0, dtype=np.float64).reshape(cout_g, cin_g, kh, kw)
+    grad_w[...] = acc
 
 
 def _grad_weight_stacked(xs, gy, dilation, groups, grad_w):

@@ -239,22 +239,23 @@ def im2col(xp, n0, c0, kh, kw, sh, sw, dh, dw, ho, wo, col, first, last):
 
 
 @kernel
-def im2col_wide(xp, n0, c0, kh, kw, dh, dw, col, first, last):
-    """``im2col`` for stride 1, laid out W_p wide: col[b, (ci*kH + i)*kW + j, k] = plane[k + i*dh*W_p + j*dw].
+def im2col_rows(xp, n0, c0, kw, dw, col, first, last):
+    """Columns for one kernel row, stride 1: col[b, ci*kW + j, k] = plane[k + j*dw], zero past the plane's end.
 
-    ``plane`` is xp[n0+b, c0+ci] flattened, and column k is output pixel
-    (k // W_p, k % W_p), as in ``conv_direct_stacked``: each row of ``col`` is one
-    contiguous copy of the plane, not H_out short ones. The columns with
-    k % W_p >= W_out are garbage for the caller to drop (or to multiply by
-    zeros); the few that would read past the plane's end are zeroed.
-    Task t fills row t % depth for image t // depth.
+    ``plane`` is xp[n0+b, c0+ci] flattened (H_p*W_p). With stride 1, output
+    pixel k of the W_p-wide layout (row k // W_p, column k % W_p) reads the
+    plane at k + i*dh*W_p + j*dw, so kernel row i sees these columns shifted
+    by i*dh*W_p: every kernel row shares one matrix, kH times smaller than
+    the full im2col, and each of its rows is one contiguous copy. Columns
+    with k % W_p >= W_out are garbage for the caller to drop (or to multiply
+    by zeros). Task t fills row t % depth for image t // depth.
     """
     depth, length = col.shape[1], col.shape[2]
     hp, wp = xp.shape[2], xp.shape[3]
     for task in range(first, last):
-        b, r, ci, i, j = _column_row(task, depth, kh, kw)
-        plane = xp[n0 + b, c0 + ci].reshape(hp * wp)
-        off = i * dh * wp + j * dw
+        b, r = task // depth, task % depth
+        plane = xp[n0 + b, c0 + r // kw].reshape(hp * wp)
+        off = (r % kw) * dw
         span = min(length, hp * wp - off)
         col[b, r, :span] = plane[off:off + span]
         col[b, r, span:] = 0.0
@@ -265,7 +266,7 @@ def conv_grad_weight_small(xp, gy_wide, dh, dw, groups, gw, first, last):
     """``conv_grad_weight_direct`` for stride 1 and narrow maps; task t is the pair (co, ci) = divmod(t, C_in/groups).
 
     ``gy_wide`` is grad_y laid out Wp wide with zeros past each row's end
-    (see ``im2col_wide``), so every tap is one long dot product per image.
+    (see ``im2col_rows``), so every tap is one long dot product per image.
     """
     n_img = xp.shape[0]
     c_out, cin_g, kh, kw = gw.shape
