@@ -10,6 +10,7 @@ Exit codes: 0 success; 1 the tool refused or failed; 2 a usage error;
 from __future__ import annotations
 
 import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -647,7 +648,26 @@ def _network_rows(network):
 
 
 def main():
-    app()
+    """The ``cnn`` command: run it, then end the process without the interpreter's teardown.
+
+    Every command has written and closed its outputs when it returns, and
+    the teardown only frees memory: mostly Numba's and LLVM's, which takes
+    0.15 s, a tenth of a cached ``cnn apply``. Exceptions other than the
+    command's own exit propagate as usual.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = EXIT_FAILED
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
