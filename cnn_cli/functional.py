@@ -15,6 +15,8 @@ shape and calls the Numba kernels in ``cnn_cli.kernels``. Bad arguments raise
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from . import config
@@ -269,8 +271,9 @@ def _correlate_valid(xp, w, bias, stride, dilation, groups, out_hw, algorithm):
 def _correlate_rows(xp, w, dilation, groups, y):
     """Stride-1 im2col: one matrix product per kernel row, over shifted views of that image's row columns.
 
-    Each thread takes whole images and builds their columns (``kernels.conv.im2col_rows``)
-    in its own buffer, which stays in its core's cache for the products that read it.
+    Each thread takes whole images, the next one whenever it is free, and
+    builds their columns (``kernels.conv.im2col_rows``) in its own buffer,
+    which stays in its core's cache for the products that read it.
     """
     n, _, hp, wp = xp.shape
     c_out, cin_g, kh, kw = w.shape
@@ -280,17 +283,17 @@ def _correlate_rows(xp, w, dilation, groups, y):
               for g in range(groups)]
     shifts = [i * dilation[0] * wp for i in range(kh)]
 
-    def images(lo, hi):
+    def images(next_image):
         col = np.empty((1, cin_g * kw, hp * wp), np.float32)
         out = np.empty((1, cout_g, ho * wp), np.float32)
-        for image in range(lo, hi):
+        while (image := next_image()) is not None:
             for g in range(groups):
                 conv_kernels.im2col_rows(xp, image, g * cin_g, kw, dilation[1], col, 0, cin_g * kw)
                 _sum_of_products(w_rows[g], col, shifts, out)
                 # Drop the garbage columns of the wide layout.
                 y[image, g * cout_g:(g + 1) * cout_g] = out.reshape(cout_g, ho, wp)[..., :wo]
 
-    _split_batch(images, n)
+    _share(images, n)
 
 
 def _stacked_path(algorithm, stride, kw, out_hw):
@@ -368,6 +371,26 @@ def _run(kernel, *args, tasks, work):
         kernel(*args, 0, tasks)
     else:
         _split(lambda first, last: kernel(*args, first, last), tasks, parts)
+
+
+def _share(worker, n):
+    """Run ``worker(next_item)`` on every thread at once, sharing items 0..n-1 between them.
+
+    ``next_item()`` returns the next item nobody has taken, or None when all
+    are taken, so a thread slowed down by the rest of a busy machine simply
+    takes fewer items, where halves fixed in advance would wait for it.
+    """
+    taken = itertools.count()  # next() on it is atomic under the GIL
+
+    def next_item():
+        item = next(taken)
+        return item if item < n else None
+
+    parts = min(config.THREADS, n)
+    if parts < 2:
+        worker(next_item)
+    else:
+        _split(lambda first, last: worker(next_item), parts, parts)
 
 
 def _batched_matmul(a, b, out):
@@ -458,8 +481,9 @@ def _widen(gy, width):
     return wide
 
 
-def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
-    """Valid cross-correlation by FFT, for large kernels.
+def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 0, 0, 0)):
+    """Valid cross-correlation by FFT, for large kernels, of ``xp`` with ``zero_pads`` (top, bottom,
+    left, right) of zeros around it: they go straight into the transform's own zero padding.
 
     Correlation is a product with the conjugate spectrum of the kernel. A
     transform length of at least the padded input is enough: the circular
@@ -472,7 +496,9 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
     """
     import scipy.fft
 
-    n, c_in, hp, wp = xp.shape
+    n, c_in, h, w_in = xp.shape
+    top, bottom, left, right = zero_pads
+    hp, wp = h + top + bottom, w_in + left + right
     c_out, cin_g, kh, kw = w.shape
     dh, dw = dilation
     sample = xp.ravel()[::17]  # a subsample is plenty to judge mean against spread
@@ -482,7 +508,11 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw):
     wd[:, :, ::dh, ::dw] = w
     shape = (scipy.fft.next_fast_len(hp, real=True), scipy.fft.next_fast_len(wp, real=True))
     workers = config.FFT_WORKERS
-    xf = scipy.fft.rfft2(xp.astype(dtype, copy=False), s=shape, workers=workers)
+    # The input, padded and zero-filled to the transform size in one copy.
+    buf = np.zeros((n, c_in, *shape), dtype)
+    buf[:, :, top:top + h, left:left + w_in] = xp
+    xf = scipy.fft.rfft2(buf, workers=workers, overwrite_x=True)
+    del buf
     cout_g = c_out // groups
     sh, sw = stride
     rows, cols = slice(0, (out_hw[0] - 1) * sh + 1, sh), slice(0, (out_hw[1] - 1) * sw + 1, sw)
@@ -570,6 +600,8 @@ def conv2d(
     c_out, cin_g, kh, kw = w.shape
     if algorithm == "auto":
         algorithm = _choose_algorithm(x.shape[0], cin_g, c_out // spec.groups, kh, kw, spec.stride, spec.out_hw)
+    if algorithm == "fft" and spec.padding_mode == "zeros":
+        return _correlate_fft(x, w, b, spec.stride, spec.dilation, spec.groups, spec.out_hw, spec.pads)
     if _stacked_path(algorithm, spec.stride, kw, spec.out_hw):
         # Pad straight into the stacked layout: one pass over x, not two.
         y = np.empty(spec.y_shape, np.float32)
