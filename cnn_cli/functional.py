@@ -347,20 +347,38 @@ def _split(call, total, parts):
     sleeping threads; the calls release the GIL (Numba ``nogil`` kernels,
     numpy's matmul).
     """
-    global _pool
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(max_workers=max(1, config.THREADS - 1), thread_name_prefix="cnn-engine")
     bounds = [total * i // parts for i in range(parts + 1)]
+    if _in_pool():  # a job already on the pool (see conv2d_backward) must not wait on it
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            call(lo, hi)
+        return
     # The first slice runs here: this thread would only wait otherwise, and
     # waking one thread fewer saves tens of microseconds a call.
-    jobs = [_pool.submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:]) if hi > lo]
+    jobs = [_submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:]) if hi > lo]
     try:
         call(bounds[0], bounds[1])
     finally:
         for job in jobs:
             job.result()
+
+
+_POOL_PREFIX = "cnn-engine"
+
+
+def _submit(call, *args):
+    """Run ``call(*args)`` on the shared pool of ``config.THREADS - 1`` sleeping threads; returns its future."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=max(1, config.THREADS - 1), thread_name_prefix=_POOL_PREFIX)
+    return _pool.submit(call, *args)
+
+
+def _in_pool():
+    import threading
+
+    return threading.current_thread().name.startswith(_POOL_PREFIX)
 
 
 def _run(kernel, *args, tasks, work):
@@ -648,7 +666,6 @@ def conv2d_backward(
             f"grad_y must have the shape of conv2d's output {spec.y_shape}, but has {gy.shape}"
         )
     c_out, cin_g, kh, kw = w.shape
-    g = spec.groups
     algorithm = spec.algorithm
     if algorithm == "auto":
         # grad_weight sums over every pixel of every image. Kernels 3 wide at
@@ -662,11 +679,34 @@ def conv2d_backward(
         else:
             algorithm = "im2col"
 
+    # A layer too small to split its kernels between threads computes grad_x
+    # on another thread meanwhile: the two need only x, weight and grad_y.
+    grad_x_job = None
+    if input_grad and config.THREADS > 1 and gy.size * w[0].size < config.PARALLEL_MIN_WORK and not _in_pool():
+        grad_x_job = _submit(_grad_input, gy, w, spec)
+
     # Each plane in float32 (numpy sums a contiguous row pairwise, so it stays
     # accurate, and faster than converting every pixel), the planes in float64.
     plane_sums = gy.reshape(*gy.shape[:2], -1).sum(axis=2)
     grad_bias = plane_sums.sum(axis=0, dtype=np.float64).astype(np.float32)
 
+    try:
+        grad_w = _grad_weight(x, gy, w, spec, algorithm)
+    except BaseException:
+        if grad_x_job is not None:  # leave nothing running behind the error
+            grad_x_job.cancel()
+            grad_x_job.exception()
+        raise
+    if not input_grad:
+        return None, grad_w, grad_bias
+    grad_x = grad_x_job.result() if grad_x_job is not None else _grad_input(gy, w, spec)
+    return grad_x, grad_w, grad_bias
+
+
+def _grad_weight(x, gy, w, spec, algorithm):
+    """grad_weight of a conv2d call, by the resolved ``algorithm`` ("im2col" or "direct")."""
+    c_out, cin_g, kh, kw = w.shape
+    g = spec.groups
     grad_w = np.empty_like(w)
     xp = spec.pad(x) if algorithm == "im2col" or spec.stride != (1, 1) or kw != 3 else None
     if algorithm == "im2col":
@@ -679,17 +719,18 @@ def conv2d_backward(
     else:
         _run(conv_kernels.conv_grad_weight_direct, xp, gy, *spec.stride, *spec.dilation, g, grad_w,
              tasks=c_out * cin_g, work=gy.size * w[0].size)
+    return grad_w
 
-    if not input_grad:
-        return None, grad_w, grad_bias
-    # grad_x is a correlation with swapped channels; "auto" decides afresh for that shape.
+
+def _grad_input(gy, w, spec):
+    """grad_x of a conv2d call: a correlation with swapped channels; "auto" decides afresh for that shape."""
     top, bottom, left, right = spec.pads
     if spec.padding_mode == "zeros":
         # The border's gradient would be dropped: compute the input's pixels only.
         rows, cols = (top, spec.padded[0] - bottom), (left, spec.padded[1] - right)
-        return _grad_padded_input(gy, w, spec, spec.algorithm, rows, cols), grad_w, grad_bias
+        return _grad_padded_input(gy, w, spec, spec.algorithm, rows, cols)
     grad_xp = _grad_padded_input(gy, w, spec, spec.algorithm, (0, spec.padded[0]), (0, spec.padded[1]))
-    return spec.unpad_grad(grad_xp), grad_w, grad_bias
+    return spec.unpad_grad(grad_xp)
 
 
 def _grad_weight_columns(xp, gy, spec, grad_w):
