@@ -152,3 +152,19 @@ def test_pool_backward_rejects_grad_y_of_wrong_shape(kind, gy_shape):
     _, bwd = POOL_FUNCS[kind]
     with pytest.raises(ValueError, match=r"grad_y"):
         bwd(X, _arr(*gy_shape), 2)
+
+
+def test_engine_work_inside_the_engine_pool_finishes(monkeypatch):
+    """conv2d_backward may run grad_x as a job on the engine's pool; a call that big
+    enough to split its kernels, made from such a job, must run there serially
+    instead of waiting on a pool that is busy running it (a deadlock)."""
+    from cnn_cli import config
+
+    monkeypatch.setattr(config, "THREADS", 2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 16, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    assert x.shape[0] * w.shape[0] * 64 * 64 * w[0].size >= config.PARALLEL_MIN_WORK
+    expected = F.conv2d(x, w, padding=1)
+    job = F._submit(lambda: F.conv2d(x, w, padding=1))
+    np.testing.assert_array_equal(job.result(timeout=120), expected)
