@@ -34,14 +34,17 @@ ROWS_MIN_OUT_CHANNELS = 64
 ROWS_MIN_PIXELS = 1024
 
 #: Direct convolution with stride 1 stacks the batch into one tall plane per
-#: channel when the output is narrower than this (see
-#: kernels.conv.conv_direct_stacked), and works it in tiles of about
-#: STACKED_TILE pixels: long enough for vectorised loops, short enough that
-#: a tile's sums for 16 filters stay in the first-level cache.
+#: channel for kernels 3 wide, and for other kernels when the output is
+#: narrower than NARROW_MAP (see kernels.conv.conv_direct_stacked). It works
+#: the stack in tiles of about STACKED_TILE pixels: long enough for
+#: vectorised loops, short enough that a tile's sums for 16 filters stay in
+#: the first-level cache.
 NARROW_MAP = 64
 STACKED_TILE = 512
 
-#: Upper bound on the im2col buffer; larger batches are processed in chunks.
+#: Upper bound on the im2col buffers: larger batches are processed in chunks
+#: of images, and the stride-1 row im2col shares a batch between only as
+#: many threads as have room (a single image may still need more).
 IM2COL_MAX_BYTES = 64 * 2**20
 
 #: Threads for scipy.fft in the FFT path (-1: all cores).
@@ -77,8 +80,9 @@ MAX_ARRAY_BYTES = 8 * 2**30
 #: step paid for about 3,000 fresh pages (zeroed by the kernel: 8 of a LeNet
 #: step's 22 ms). Below MMAP_THRESHOLD, freed blocks are reused instead; the
 #: heap is returned to the system once TRIM_THRESHOLD of it is free. Arrays
-#: above the threshold (a large photo's maps) still come and go directly, so
-#: peak memory does not grow.
+#: above the threshold (a large photo's maps) still come and go directly.
+#: Each thread's heap may keep up to TRIM_THRESHOLD free; the 4096x4096
+#: default-pipeline apply peaks at 1.5x its raw maps.
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_TRIM_THRESHOLD = 64 * 2**20
 

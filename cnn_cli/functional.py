@@ -273,7 +273,9 @@ def _correlate_rows(xp, w, dilation, groups, y):
 
     Each thread takes whole images, the next one whenever it is free, and
     builds their columns (``kernels.conv.im2col_rows``) in its own buffer,
-    which stays in its core's cache for the products that read it.
+    which, for maps of moderate size, stays in its core's cache for the
+    products that read it. Threads share the work only while their buffers
+    together fit ``config.IM2COL_MAX_BYTES``.
     """
     n, _, hp, wp = xp.shape
     c_out, cin_g, kh, kw = w.shape
@@ -284,16 +286,21 @@ def _correlate_rows(xp, w, dilation, groups, y):
     shifts = [i * dilation[0] * wp for i in range(kh)]
 
     def images(next_image):
+        image = next_image()
+        if image is None:
+            return
         col = np.empty((1, cin_g * kw, hp * wp), np.float32)
         out = np.empty((1, cout_g, ho * wp), np.float32)
-        while (image := next_image()) is not None:
+        while image is not None:
             for g in range(groups):
                 conv_kernels.im2col_rows(xp, image, g * cin_g, kw, dilation[1], col, 0, cin_g * kw)
                 _sum_of_products(w_rows[g], col, shifts, out)
                 # Drop the garbage columns of the wide layout.
                 y[image, g * cout_g:(g + 1) * cout_g] = out.reshape(cout_g, ho, wp)[..., :wo]
+            image = next_image()
 
-    _share(images, n)
+    buffers = 4 * (cin_g * kw * hp * wp + 2 * cout_g * ho * wp)  # columns, products and their sum
+    _share(images, n, max(1, config.IM2COL_MAX_BYTES // buffers))
 
 
 def _stacked_path(algorithm, stride, kw, out_hw):
@@ -391,8 +398,8 @@ def _run(kernel, *args, tasks, work):
         _split(lambda first, last: kernel(*args, first, last), tasks, parts)
 
 
-def _share(worker, n):
-    """Run ``worker(next_item)`` on every thread at once, sharing items 0..n-1 between them.
+def _share(worker, n, most=None):
+    """Run ``worker(next_item)`` on every thread (or ``most`` of them) at once, sharing items 0..n-1.
 
     ``next_item()`` returns the next item nobody has taken, or None when all
     are taken, so a thread slowed down by the rest of a busy machine simply
@@ -404,7 +411,7 @@ def _share(worker, n):
         item = next(taken)
         return item if item < n else None
 
-    parts = min(config.THREADS, n)
+    parts = min(config.THREADS, n, most or n)
     if parts < 2:
         worker(next_item)
     else:
@@ -655,7 +662,8 @@ def conv2d_backward(
     algorithms as the forward pass (``algorithm`` picks one, as in ``conv2d``).
     grad_weight uses im2col + BLAS when ``algorithm`` is "im2col", or "auto"
     for a kernel that is not 3 wide at stride 1 and whose columns for one
-    image fit ``config.IM2COL_MAX_BYTES``; direct loops otherwise.
+    image fit ``config.IM2COL_MAX_BYTES``; direct loops otherwise (and, at
+    stride 1, for an input that is not all finite: see ``_grad_weight``).
     """
     x = _as_float32("x", x, 4)
     w = _as_float32("weight", weight, 4)
@@ -673,7 +681,10 @@ def conv2d_backward(
         # every shape measured; for the others, matrix products beat the
         # direct loops (2x at depth 9, 5x at depth 288), as long as one
         # image's columns fit the buffer.
-        columns = cin_g * kh * kw * spec.out_hw[0] * spec.padded[1] * 4
+        if spec.stride == (1, 1):  # row im2col: one kernel row's columns over the padded plane
+            columns = cin_g * kw * spec.padded[0] * spec.padded[1] * 4
+        else:
+            columns = cin_g * kh * kw * spec.out_hw[0] * spec.out_hw[1] * 4
         if (kw == 3 and spec.stride == (1, 1)) or columns > config.IM2COL_MAX_BYTES:
             algorithm = "direct"
         else:
@@ -693,9 +704,10 @@ def conv2d_backward(
     try:
         grad_w = _grad_weight(x, gy, w, spec, algorithm)
     except BaseException:
-        if grad_x_job is not None:  # leave nothing running behind the error
-            grad_x_job.cancel()
-            grad_x_job.exception()
+        if grad_x_job is not None and not grad_x_job.cancel():  # leave nothing running behind the error
+            from concurrent.futures import wait
+
+            wait([grad_x_job])
         raise
     if not input_grad:
         return None, grad_w, grad_bias
@@ -704,20 +716,27 @@ def conv2d_backward(
 
 
 def _grad_weight(x, gy, w, spec, algorithm):
-    """grad_weight of a conv2d call, by the resolved ``algorithm`` ("im2col" or "direct")."""
+    """grad_weight of a conv2d call, by the resolved ``algorithm`` ("im2col" or "direct").
+
+    The W_p-wide layouts of stride 1 pair the zero grad_y of their garbage
+    columns with input pixels wrapped round from the next row. That is
+    harmless unless such a pixel is inf or NaN (0 * inf is NaN, where torch
+    never touches it), so an input that is not all finite takes the exact loops.
+    """
     c_out, cin_g, kh, kw = w.shape
     g = spec.groups
     grad_w = np.empty_like(w)
-    xp = spec.pad(x) if algorithm == "im2col" or spec.stride != (1, 1) or kw != 3 else None
-    if algorithm == "im2col":
-        _grad_weight_columns(xp, gy, spec, grad_w)
-    elif spec.stride == (1, 1) and kw == 3:
+    wide = spec.stride == (1, 1) and bool(np.isfinite(x).all())
+    if algorithm == "im2col" and (wide or spec.stride != (1, 1)):
+        _grad_weight_columns(spec.pad(x), gy, spec, grad_w)
+    elif wide and kw == 3:
         _grad_weight_stacked(spec.stack(x), gy, spec.dilation, g, grad_w)
-    elif spec.stride == (1, 1) and spec.out_hw[1] < config.NARROW_MAP:
+    elif wide and spec.out_hw[1] < config.NARROW_MAP:
+        xp = spec.pad(x)
         _run(conv_kernels.conv_grad_weight_small, xp, _widen(gy, xp.shape[3]), *spec.dilation, g, grad_w,
              tasks=c_out * cin_g, work=gy.size * w[0].size)
     else:
-        _run(conv_kernels.conv_grad_weight_direct, xp, gy, *spec.stride, *spec.dilation, g, grad_w,
+        _run(conv_kernels.conv_grad_weight_direct, spec.pad(x), gy, *spec.stride, *spec.dilation, g, grad_w,
              tasks=c_out * cin_g, work=gy.size * w[0].size)
     return grad_w
 
@@ -765,19 +784,13 @@ def _grad_weight_columns(xp, gy, spec, grad_w):
 def _grad_weight_stacked(xs, gy, dilation, groups, grad_w):
     """grad_weight of a stride-1 conv 3 wide from the stacked padded input ``xs`` (see
     ``kernels.conv.conv3_grad_weight_stacked``)."""
-    n, c_out = gy.shape[:2]
     hp, wp = xs.shape[2:]
-    cin_g, kh = grad_w.shape[1], grad_w.shape[2]
-    cout_g = c_out // groups
+    cout_g = gy.shape[1] // groups
     cout_pad = cout_g + cout_g % 2
     gys = _stack(gy, 0, 0, (hp, wp), groups, cout_pad)
     rows = max(1, conv_kernels.GRAD_TILE // wp)
-    tiles = -(-n * hp // rows)
-    partial = np.empty((tiles, groups * cout_pad, cin_g, kh, 3), np.float32)
-    _run(conv_kernels.conv3_grad_weight_stacked, xs, gys, *dilation, groups, rows, partial,
-         tasks=groups * cout_pad // 2 * tiles, work=gy.size * grad_w[0].size)
-    total = partial.sum(axis=0, dtype=np.float64).reshape(groups, cout_pad, cin_g, kh, 3)
-    grad_w[...] = total[:, :cout_g].reshape(grad_w.shape)
+    _run(conv_kernels.conv3_grad_weight_stacked, xs, gys, *dilation, groups, rows, grad_w,
+         tasks=groups * cout_pad // 2, work=gy.size * grad_w[0].size)
 
 
 def _grad_padded_input(gy, w, spec, algorithm, rows, cols):
@@ -910,8 +923,13 @@ def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
 def max_pool2d_backward_from_argmax(x_shape, grad_y, argmax):
     """Gradient of ``max_pool2d`` from the argmax its forward pass returned: grad_x of shape ``x_shape``."""
     gy = _as_float32("grad_y", grad_y, 4)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
     if gy.shape != argmax.shape:
         raise ValueError(f"grad_y must have the shape of the pooling output {argmax.shape}, but has {gy.shape}")
+    plane = int(x_shape[2]) * int(x_shape[3])
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
+        raise ValueError(f"argmax must hold indices into a plane of {plane} pixels (0 to {plane - 1}), "
+                         "as max_pool2d_with_argmax returns them")
     return _max_pool_scatter(x_shape, gy, argmax)
 
 

@@ -270,3 +270,28 @@ def test_31x31_kernel(algorithm, padding):
     x, w, b, y, gy, grads = _large_kernel_case(padding)
     assert_close(F.conv2d(x, w, b, padding=padding, algorithm=algorithm), y, "forward")
     _check_backward(x, w, gy, dict(padding=padding), grads, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("w_shape, kwargs", [
+    ((3, 2, 3, 3), dict(padding=1)),                       # 3 wide: the stacked kernel
+    ((3, 2, 5, 5), dict(padding=2)),                       # row im2col
+    ((3, 2, 2, 2), dict(padding=1)),                       # narrow maps: the whole-plane kernel
+    ((3, 2, 3, 3), dict(padding=1, stride=2)),             # strided
+])
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_weight_gradient_with_non_finite_input_matches_naive(algorithm, w_shape, kwargs, bad):
+    """Stride-1 weight gradients work on W_p-wide layouts whose garbage columns meet input
+    pixels from the next row; an inf or NaN there must not leak into weights it never touches."""
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 2, 6, 7)).astype(np.float32)
+    x[0, 1, 2, 0] = bad  # the first column: the pixel a garbage column of the row above meets
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    out_shape = naive.conv_args(x.shape, w_shape, **kwargs).out_shape
+    gy = rng.standard_normal(out_shape).astype(np.float32)
+    _, grad_w, _ = F.conv2d_backward(x, w, gy, algorithm=algorithm, **kwargs)
+    expected = naive.naive_conv2d_backward(x, w, gy, **kwargs)[1]
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(grad_w), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(grad_w[finite], expected[finite], rtol=1e-4, atol=1e-4)

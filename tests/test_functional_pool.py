@@ -175,3 +175,19 @@ def test_pool_gradient_matches_finite_differences(kind):
     analytic = float(np.sum(grad * d))
     assert abs(numeric - analytic) <= 1e-4 * max(1.0, float(np.sum(np.abs(grad * d)))), (
         f"grad_x: directional derivative {numeric:.6g} (finite differences) != {analytic:.6g} (engine)")
+
+
+def test_max_pool_backward_from_argmax_checks_the_argmax():
+    x = np.random.default_rng(2).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    y, argmax = F.max_pool2d_with_argmax(x, 2)
+    gy = np.ones(y.shape, np.float32)
+    expected = F.max_pool2d_backward_from_argmax(x.shape, gy, argmax)
+    # A non-contiguous copy of the same indices is accepted.
+    strided = np.zeros((2, 3, 3, 6), np.int64)[..., ::2]
+    strided[...] = argmax
+    np.testing.assert_array_equal(F.max_pool2d_backward_from_argmax(x.shape, gy, strided), expected)
+    for bad in (-1, 36):
+        wrong = argmax.copy()
+        wrong[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="argmax"):
+            F.max_pool2d_backward_from_argmax(x.shape, gy, wrong)

@@ -149,48 +149,58 @@ def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, first, last):
 
 
 @kernel
-def conv3_grad_weight_stacked(xs, gys, dh, dw, groups, rows, partial, first, last):
-    """Per tile of the stack, partial[t, co, ci, i, j] = sum_k gys[co, k] * xs[c, k + i*dh*W_p + j*dw],
-    for kernels 3 wide at stride 1; grad_weight is the sum over tiles.
+def conv3_grad_weight_stacked(xs, gys, dh, dw, groups, rows, gw, first, last):
+    """gw[co, ci, i, j] = sum_k gys[co', k] * xs[c, k + i*dh*W_p + j*dw] for kernels 3 wide at stride 1.
 
     Both are stacked as in ``conv_direct_stacked``: ``xs`` (C_in, N, H_p, W_p)
     and grad_y ``gys`` (groups * C_out/groups rounded up to even, N, H_p, W_p),
-    zero at the garbage positions and for the filter past C_out/groups.
-    Tile t is ``rows`` padded rows of the stack. One pass over a tile makes
-    six dot products (two filters x three taps of a kernel row) in registers,
-    with no stores; more would spill registers. Task t is (group, pair of
-    filters, tile), tile fastest.
+    zero at the garbage positions and for the filter past C_out/groups. One
+    pass over a tile of ``rows`` padded rows makes six dot products (two
+    filters x three taps of a kernel row) in registers, with no stores; more
+    would spill registers. Each tile is summed in float32 and the tiles in
+    float64, so millions of pixels do not lose precision. Task t is the pair
+    of filters (2t, 2t+1) of the padded layout, over all groups.
     """
-    tiles, cin_g, kh = partial.shape[0], partial.shape[2], partial.shape[3]
+    c_out, cin_g, kh = gw.shape[0], gw.shape[1], gw.shape[2]
+    cout_g = c_out // groups
     cout_pad = gys.shape[0] // groups
     wp = gys.shape[3]
     total = gys.shape[1] * gys.shape[2] * wp
+    sums = np.empty((2, cin_g, kh, 3), np.float64)
     for task in range(first, last):
-        tile = task % tiles
-        co = task // tiles * 2  # first filter of the pair, over all groups
-        k0 = tile * rows * wp
-        for ci in range(cin_g):
-            run = xs[co // cout_pad * cin_g + ci].reshape(total)
-            for i in range(kh):
-                off = i * dh * wp
-                # Past total - off - 2*dw, gys is zero (garbage positions) and xs would run out.
-                k1 = max(k0, min(k0 + rows * wp, total - off - 2 * dw))
-                g0 = gys[co].reshape(total)[k0:k1]
-                g1 = gys[co + 1].reshape(total)[k0:k1]
-                x0 = run[off + k0:off + k1]
-                x1 = run[off + dw + k0:off + dw + k1]
-                x2 = run[off + 2 * dw + k0:off + 2 * dw + k1]
-                s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
-                for k in range(k1 - k0):
-                    s00 += g0[k] * x0[k]
-                    s01 += g0[k] * x1[k]
-                    s02 += g0[k] * x2[k]
-                    s10 += g1[k] * x0[k]
-                    s11 += g1[k] * x1[k]
-                    s12 += g1[k] * x2[k]
-                part = partial[tile, co:co + 2, ci, i]
-                part[0, 0], part[0, 1], part[0, 2] = s00, s01, s02
-                part[1, 0], part[1, 1], part[1, 2] = s10, s11, s12
+        co = task * 2  # first filter of the pair in the padded layout
+        g0 = gys[co].reshape(total)
+        g1 = gys[co + 1].reshape(total)
+        sums[:] = 0.0
+        for k0 in range(0, total, rows * wp):
+            for ci in range(cin_g):
+                run = xs[co // cout_pad * cin_g + ci].reshape(total)
+                for i in range(kh):
+                    off = i * dh * wp
+                    # Past total - off - 2*dw, gys is zero (garbage positions) and xs would run out.
+                    k1 = max(k0, min(k0 + rows * wp, total - off - 2 * dw))
+                    a, b = g0[k0:k1], g1[k0:k1]
+                    x0 = run[off + k0:off + k1]
+                    x1 = run[off + dw + k0:off + dw + k1]
+                    x2 = run[off + 2 * dw + k0:off + 2 * dw + k1]
+                    s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
+                    for k in range(k1 - k0):
+                        s00 += a[k] * x0[k]
+                        s01 += a[k] * x1[k]
+                        s02 += a[k] * x2[k]
+                        s10 += b[k] * x0[k]
+                        s11 += b[k] * x1[k]
+                        s12 += b[k] * x2[k]
+                    sums[0, ci, i, 0] += s00
+                    sums[0, ci, i, 1] += s01
+                    sums[0, ci, i, 2] += s02
+                    sums[1, ci, i, 0] += s10
+                    sums[1, ci, i, 1] += s11
+                    sums[1, ci, i, 2] += s12
+        for p in range(2):
+            f = (co + p) % cout_pad
+            if f < cout_g:
+                gw[(co + p) // cout_pad * cout_g + f] = sums[p]
 
 
 @helper
