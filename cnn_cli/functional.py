@@ -425,16 +425,12 @@ def _batched_matmul(a, b, out):
     thread, as the ``cnn`` command sets it: BLAS's own thread pool spins
     between calls and fights the engine's threads on a small machine.
     """
-    _split_batch(lambda lo, hi: _matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi]), b.shape[0])
-
-
-def _split_batch(call, n):
-    """``call(lo, hi)`` over a batch of ``n`` items, split between the threads when there are several."""
-    parts = min(config.THREADS, n)
+    parts = min(config.THREADS, b.shape[0])
     if parts < 2:
-        call(0, n)
+        _matmul(a, b, out)
     else:
-        _split(call, n, parts)
+        _split(lambda lo, hi: _matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi]),
+               b.shape[0], parts)
 
 
 def _matmul(a, b, out):
