@@ -48,6 +48,12 @@ def _error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("Error:")]
 
 
+def _usage_error_naming(result, option):
+    """A usage error (exit 2) whose message names ``option``."""
+    assert result.exit_code == 2, result.output
+    assert f"'{option}'" in result.output, result.output
+
+
 def _tree(folder):
     """{relative path: bytes} of every file, and the set of folders, under ``folder``."""
     folder = Path(folder)
@@ -79,17 +85,13 @@ APPLY = ("--bank", "edges:sobel_*")  # one small layer keeps these runs fast
 def test_train_bad_option_value_is_a_usage_error_naming_it(tmp_path, option, value):
     data = _dataset(tmp_path / "data")
     model = tmp_path / "m.npz"
-    result = cnn("train", data, "-o", model, option, value)
-    assert result.exit_code == 2, result.output
-    assert f"'{option}'" in result.output, result.output
+    _usage_error_naming(cnn("train", data, "-o", model, option, value), option)
     assert not model.exists() and not (tmp_path / "m.ckpt.npz").exists()
 
 
 def test_negative_seed_is_a_usage_error(tmp_path):
     data = _dataset(tmp_path / "data")
-    result = cnn("train", data, "-o", tmp_path / "m.npz", "--seed", "-1")
-    assert result.exit_code == 2, result.output
-    assert "'--seed'" in result.output, result.output
+    _usage_error_naming(cnn("train", data, "-o", tmp_path / "m.npz", "--seed", "-1"), "--seed")
 
 
 @pytest.mark.parametrize("option, value", [
@@ -99,18 +101,14 @@ def test_negative_seed_is_a_usage_error(tmp_path):
 def test_apply_bad_option_value_is_a_usage_error_naming_it(tmp_path, option, value):
     img = _image(tmp_path / "img.png")
     out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, option, value)
-    assert result.exit_code == 2, result.output
-    assert f"'{option}'" in result.output, result.output
+    _usage_error_naming(cnn("apply", img, "-o", out, option, value), option)
     assert not (out / "img").exists()
 
 
 def test_predict_and_info_bad_option_values(tmp_path):
     img = _image(tmp_path / "img.png")
-    result = cnn("predict", img, "--model", tmp_path / "m.npz", "--top-k", "0")
-    assert result.exit_code == 2 and "'--top-k'" in result.output, result.output
-    result = cnn("info", "default", "--size", "0")
-    assert result.exit_code == 2 and "'--size'" in result.output, result.output
+    _usage_error_naming(cnn("predict", img, "--model", tmp_path / "m.npz", "--top-k", "0"), "--top-k")
+    _usage_error_naming(cnn("info", "default", "--size", "0"), "--size")
 
 
 # ----------------------------------------------------------------- missing inputs

@@ -33,6 +33,16 @@ def _one_error_line(result):
     return lines[0]
 
 
+def _refused_naming(tmp_path, img, option, path, expected):
+    """``cnn apply img OPTION PATH`` refuses with one line naming the file and each of ``expected``, writing nothing."""
+    out = tmp_path / "out"
+    line = _one_error_line(cnn("apply", img, option, path, "-o", out))
+    assert str(path) in line, line
+    for part in expected:
+        assert part in line, (part, line)
+    assert not (out / "img").exists()
+
+
 @pytest.fixture
 def img(tmp_path):
     path = tmp_path / "img.png"
@@ -91,12 +101,7 @@ BAD_BANKS = {
 def test_bad_bank_file_gives_one_line_naming_file_kernel_and_field(tmp_path, img, case):
     text, expected = BAD_BANKS[case]
     bank = _write(tmp_path, "bad.toml", text)
-    out = tmp_path / "out"
-    line = _one_error_line(cnn("apply", img, "--bank", bank, "-o", out))
-    assert str(bank) in line, line
-    for part in expected:
-        assert part in line, (part, line)
-    assert not (out / "img").exists()
+    _refused_naming(tmp_path, img, "--bank", bank, expected)
 
 
 def test_three_dimensional_kernel_with_the_wrong_channel_count(tmp_path, img):
@@ -203,12 +208,7 @@ def test_bad_pipeline_file_gives_one_line_naming_file_and_layer(tmp_path, img, c
     text, expected = BAD_PIPELINES[case]
     _write(tmp_path, "inner.toml", K + "values = [[1, nan]]\n")
     pipe = _write(tmp_path, "bad_pipe.toml", text)
-    out = tmp_path / "out"
-    line = _one_error_line(cnn("apply", img, "--pipeline", pipe, "-o", out))
-    assert str(pipe) in line, line
-    for part in expected:
-        assert part in line, (part, line)
-    assert not (out / "img").exists()
+    _refused_naming(tmp_path, img, "--pipeline", pipe, expected)
 
 
 @pytest.mark.parametrize("field", ["stride = 0", 'padding = "bogus"', 'padding_mode = "bogus"',
