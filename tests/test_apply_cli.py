@@ -96,13 +96,21 @@ def _check_folder(folder, input_path):
 # ----------------------------------------------------------------- cnn apply
 
 
-def test_apply_default_pipeline_writes_the_contract(tmp_path):
+def _apply_image(tmp_path, *options):
+    """``cnn apply`` of a fresh test image TMP/img.png into TMP/out with ``options``: it must
+    succeed and write the contract, one folder only. Returns (manifest, arrays, its folder)."""
     img = _image(tmp_path / "img.png")
     out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out)
+    result = cnn("apply", img, "-o", out, *options)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["img"]
     manifest, arrays = _check_folder(out / "img", img)
+    return manifest, arrays, out / "img"
+
+
+
+def test_apply_default_pipeline_writes_the_contract(tmp_path):
+    manifest, arrays, _ = _apply_image(tmp_path)
     layers = manifest["layers"]
     assert len(layers) >= 3, "the default pipeline has several layers"
 
@@ -112,7 +120,7 @@ def test_apply_default_pipeline_writes_the_contract(tmp_path):
     pipe = load_pipeline(DEFAULT_PIPELINE).bind(["gray"])
     assert [layer["kind"] for layer in layers] == [layer.kind for layer in pipe.layers]
     assert [[m["filter"] for m in layer["maps"]] for layer in layers] == pipe.channels
-    expected = pipe.forward(read_image(img)[None])
+    expected = pipe.forward(read_image(tmp_path / "img.png")[None])
     for i, e in enumerate(expected):
         np.testing.assert_allclose(arrays[f"layer{i}"], e[0], rtol=1e-5, atol=1e-5)
     assert manifest["input_shape"] == [1, H, W]
@@ -134,43 +142,27 @@ def test_map_png_shows_its_map(tmp_path):
 
 
 def test_apply_bank_gives_one_layer_of_eleven_maps(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, "--bank", "edges")
-    assert result.exit_code == 0, result.output
-    manifest, arrays = _check_folder(out / "img", img)
+    manifest, arrays, folder = _apply_image(tmp_path, "--bank", "edges")
     (layer,) = manifest["layers"]
     assert layer["kind"] == "conv" and layer["shape"] == [11, H, W]
     assert [m["filter"] for m in layer["maps"]][:2] == ["sobel_x", "sobel_y"]
-    assert len(list((out / "img").rglob("*.png"))) == 12
+    assert len(list(folder.rglob("*.png"))) == 12
 
 
 def test_apply_two_banks_and_a_pattern(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, "--bank", "edges:sobel_*", "--bank", "textures:laws_E5*")
-    assert result.exit_code == 0, result.output
-    manifest, _ = _check_folder(out / "img", img)
+    manifest, _, _ = _apply_image(tmp_path, "--bank", "edges:sobel_*", "--bank", "textures:laws_E5*")
     filters = [m["filter"] for m in manifest["layers"][0]["maps"]]
     assert filters == ["sobel_x", "sobel_y", "laws_E5L5", "laws_E5E5", "laws_E5S5", "laws_E5R5", "laws_E5W5"]
 
 
 def test_apply_harris_pipeline(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, "--pipeline", "harris")
-    assert result.exit_code == 0, result.output
-    manifest, _ = _check_folder(out / "img", img)
+    manifest, _, _ = _apply_image(tmp_path, "--pipeline", "harris")
     assert [layer["kind"] for layer in manifest["layers"]] == ["conv", "products", "conv", "corner_response"]
     assert manifest["layers"][-1]["shape"] == [1, H, W]
 
 
 def test_normalize_per_layer_is_recorded(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, "--bank", "edges", "--normalize", "per-layer")
-    assert result.exit_code == 0, result.output
-    manifest, arrays = _check_folder(out / "img", img)
+    manifest, arrays, _ = _apply_image(tmp_path, "--bank", "edges", "--normalize", "per-layer")
     assert manifest["normalization"] == "per-layer"
     entries = manifest["layers"][0]["maps"]
     assert {e["normalization"]["method"] for e in entries} == {"per-layer"}
@@ -181,27 +173,20 @@ def test_normalize_per_layer_is_recorded(tmp_path):
 
 
 def test_normalize_per_map_is_the_default(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    assert cnn("apply", img, "-o", out, "--bank", "edges").exit_code == 0
-    manifest, _ = _check_folder(out / "img", img)
+    manifest, _, _ = _apply_image(tmp_path, "--bank", "edges")
     assert manifest["normalization"] == "per-map"
     scales = {(e["normalization"]["low"], e["normalization"]["high"]) for e in manifest["layers"][0]["maps"]}
     assert len(scales) > 1
 
 
 def test_normalize_none_and_a_colormap(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, "--bank", "smoothing:box_3", "--normalize", "none",
-                 "--cmap", "viridis")
-    assert result.exit_code == 0, result.output
-    manifest, arrays = _check_folder(out / "img", img)
+    manifest, arrays, folder = _apply_image(tmp_path, "--bank", "smoothing:box_3", "--normalize", "none",
+                                            "--cmap", "viridis")
     (entry,) = manifest["layers"][0]["maps"]
     assert entry["normalization"]["method"] == "none"
     assert (entry["normalization"]["low"], entry["normalization"]["high"]) == (0.0, 1.0)
     assert entry["normalization"]["colormap"] == "viridis" and manifest["colormap"] == "viridis"
-    with Image.open(out / "img" / entry["png"]) as im:
+    with Image.open(folder / entry["png"]) as im:
         assert im.mode == "RGB"
 
 
@@ -387,11 +372,7 @@ def test_no_input_is_a_usage_error():
 
 
 def test_max_size_downscales(tmp_path):
-    img = _image(tmp_path / "img.png")
-    out = tmp_path / "out"
-    result = cnn("apply", img, "-o", out, "--bank", "edges:sobel_x", "--max-size", "32")
-    assert result.exit_code == 0, result.output
-    manifest, _ = _check_folder(out / "img", img)
+    manifest, _, _ = _apply_image(tmp_path, "--bank", "edges:sobel_x", "--max-size", "32")
     assert manifest["input_shape"] == [1, 24, 32]
     assert manifest["layers"][0]["shape"] == [1, 24, 32]
 
