@@ -35,13 +35,19 @@ FORMATS = {
 }
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
-def test_every_format_reads_grey(tmp_path, fmt):
+def _saved(tmp_path, fmt, pixels, mode):
+    """``pixels`` saved as an image of format ``fmt``: (its FORMATS entry, path); skips WebP without support."""
     if fmt == "webp" and not features.check("webp"):
         pytest.skip("Pillow built without WebP")
     spec = FORMATS[fmt]
     path = tmp_path / f"img.{spec['ext']}"
-    Image.fromarray(_gradient(), mode="L").save(path, **spec["kw"])
+    Image.fromarray(pixels, mode=mode).save(path, **spec["kw"])
+    return spec, path
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_format_reads_grey(tmp_path, fmt):
+    spec, path = _saved(tmp_path, fmt, _gradient(), "L")
     img = read_image(path)
     assert img.dtype == np.float32 and img.shape == (1, H, W)
     assert img.min() >= 0 and img.max() <= 1
@@ -52,11 +58,7 @@ def test_every_format_reads_grey(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "bmp", "tiff", "webp", "gif"])
 def test_every_format_reads_rgb(tmp_path, fmt):
-    if fmt == "webp" and not features.check("webp"):
-        pytest.skip("Pillow built without WebP")
-    spec = FORMATS[fmt]
-    path = tmp_path / f"img.{spec['ext']}"
-    Image.fromarray(_color(), mode="RGB").save(path, **spec["kw"])
+    spec, path = _saved(tmp_path, fmt, _color(), "RGB")
     rgb = read_image(path, color="rgb")
     assert rgb.shape == (3, H, W)
     expected = np.moveaxis(_color(), -1, 0) / 255.0
