@@ -275,21 +275,24 @@ def sgd_update(params, grads, lr):
 
 
 def conv_block(x, weight, bias):
-    """conv 3x3 pad 1, ReLU, max-pool 2; returns the output and what the backward pass needs."""
-    pre = cnn.conv2d(x, weight, bias, padding=1)
-    post = relu(pre)
-    # Keep where each window's maximum was, as torch's max-pool does, so
-    # that the backward pass is a scatter rather than a second search.
-    pooled, argmax = cnn.max_pool2d_with_argmax(post, 2)
-    return pooled, (x, pre, argmax)
+    """conv 3x3 pad 1, ReLU, max-pool 2; returns the output and what the backward pass needs.
+
+    Max pooling runs before the ReLU, fused with the convolution: the same
+    result (ReLU keeps the order of values), with the ReLU on a quarter of the
+    pixels. The pooling keeps where each window's maximum was, as torch's
+    max-pool does, so that the backward pass is a scatter, not a second search.
+    """
+    pooled, argmax = cnn.conv2d_max_pool2d(x, weight, bias, padding=1)
+    return relu(pooled), (x, pooled, argmax)
 
 
 def conv_block_backward(weight, saved, grad_y, input_grad=True):
     """-> (grad_x, grad_weight, grad_bias) of conv_block; grad_x is None without ``input_grad``
     (the first block's input is the data, which needs no gradient, as in torch)."""
-    x, pre, argmax = saved
-    grad_post = cnn.max_pool2d_backward_from_argmax(pre.shape, grad_y, argmax)
-    return cnn.conv2d_backward(x, weight, relu_backward(pre, grad_post), padding=1, input_grad=input_grad)
+    x, pooled, argmax = saved
+    conv_shape = (x.shape[0], weight.shape[0], *x.shape[2:])  # padding 1 keeps H and W
+    grad_conv = cnn.max_pool2d_backward_from_argmax(conv_shape, relu_backward(pooled, grad_y), argmax)
+    return cnn.conv2d_backward(x, weight, grad_conv, padding=1, input_grad=input_grad)
 
 
 def lenet_step(params, x, labels, lr):

@@ -457,15 +457,16 @@ class Network:
         if isinstance(self.layers[0], Conv2d):
             self.layers[0].input_grad = False
         self._order = _pool_before_relu(self.layers)
+        self._steps = _fuse_conv_pool([self.layers[i] for i in self._order])
 
     def forward(self, x, train=False):
-        for i in self._order:
-            x = self.layers[i].forward(x, train)
+        for step in self._steps:
+            x = step.forward(x, train)
         return x
 
     def backward(self, grad):
-        for i in reversed(self._order):
-            grad = self.layers[i].backward(grad)
+        for step in reversed(self._steps):
+            grad = step.backward(grad)
         return grad
 
     def trainable(self):
@@ -528,3 +529,41 @@ def _pool_before_relu(layers):
         else:
             i += 1
     return order
+
+
+class _ConvPool:
+    """A Conv2d and the max pooling after it, run as one step by ``F.conv2d_max_pool2d``.
+
+    The fused kernel pools each tile of sums while it is in cache and never
+    writes the conv output, four times the size of the pooled one. The
+    values are exactly those of the two layers; the backward pass is theirs.
+    """
+
+    def __init__(self, conv, pool):
+        self.conv, self.pool = conv, pool
+
+    def forward(self, x, train=False):
+        weight = self.conv.params["weight"]
+        y, argmax = F.conv2d_max_pool2d(x, weight, self.conv.params.get("bias"), pool=self.pool.kernel_size,
+                                        **self.conv.options)
+        if train:
+            self.conv._x = x
+            self.pool._argmax = argmax
+            self.pool._x_shape = (x.shape[0], weight.shape[0], *self.conv.out_hw(*x.shape[2:]))
+        return y
+
+    def backward(self, grad):
+        return self.conv.backward(self.pool.backward(grad))
+
+
+def _fuse_conv_pool(layers):
+    """``layers`` with each Conv2d followed by a max pooling of stride = kernel_size, no padding, fused."""
+    steps = []
+    for layer in layers:
+        if steps and isinstance(steps[-1], Conv2d) and isinstance(layer, Pool) and layer.kind == "maxpool" \
+                and F._pair("stride", layer.stride, 1) == F._pair("kernel_size", layer.kernel_size, 1) \
+                and F._pair("padding", layer.padding, 0) == (0, 0):
+            steps[-1] = _ConvPool(steps[-1], layer)
+        else:
+            steps.append(layer)
+    return steps

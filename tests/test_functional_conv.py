@@ -272,6 +272,31 @@ def test_31x31_kernel(algorithm, padding):
     _check_backward(x, w, gy, dict(padding=padding), grads, algorithm)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((2, 2, 300, 140), (3, 2, 5, 5), dict(padding=2)),                     # tiles down, one across
+    ((1, 2, 310, 296), (2, 1, 3, 5), dict(padding="same", dilation=(2, 3), groups=2)),
+    ((1, 1, 305, 301), (2, 1, 7, 7), dict(padding=3, padding_mode="reflect")),
+    ((1, 1, 290, 300), (1, 1, 9, 9), dict()),                              # valid; a part tile at the end
+])
+def test_fft_in_tiles_matches_direct_loops(x_shape, w_shape, kwargs):
+    """Images large enough that the FFT path cuts them into overlapping tiles (overlap-save):
+    every output, at tile seams and in the last, partly filled tiles, against the direct loops
+    (themselves checked against the naive loops above), forward and backward."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    spec = F._Conv(x_shape, w_shape, 1, kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                   kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"), "fft")
+    reach = (spec.dilation[0] * (w_shape[2] - 1), spec.dilation[1] * (w_shape[3] - 1))
+    assert [F._fft_tiles(spec.padded[i], reach[i], True)[2] for i in (0, 1)] >= [2, 1], "the case should tile"
+    y = F.conv2d(x, w, b, algorithm="fft", **kwargs)
+    assert_close(y, F.conv2d(x, w, b, algorithm="direct", **kwargs), "forward")
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    expected = F.conv2d_backward(x, w, gy, algorithm="direct", **kwargs)
+    _check_backward(x, w, gy, kwargs, expected, "fft")
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("w_shape, kwargs", [
     ((3, 2, 3, 3), dict(padding=1)),                       # 3 wide: the stacked kernel

@@ -191,3 +191,77 @@ def test_max_pool_backward_from_argmax_checks_the_argmax():
         wrong[0, 0, 0, 0] = bad
         with pytest.raises(ValueError, match="argmax"):
             F.max_pool2d_backward_from_argmax(x.shape, gy, wrong)
+
+
+# ----------------------------------------------------------------- conv fused with max pooling
+
+FUSED_CASES = {
+    # x shape, w shape, conv kwargs; the first three take the fused path
+    "3x3-pad1-lenet": ((3, 2, 8, 10), (5, 2, 3, 3), dict(padding=1)),
+    "3x3-valid-odd-out": ((2, 3, 9, 11), (6, 3, 3, 3), dict()),              # H_out 7, W_out 9: floor mode
+    "2x2-narrow-groups": ((2, 4, 6, 7), (6, 2, 2, 2), dict(padding=1, groups=2)),  # conv_direct_stacked
+    "3x3-dilation2": ((2, 2, 12, 12), (4, 2, 3, 3), dict(padding=2, dilation=2)),
+    "odd-padded-height": ((2, 2, 9, 8), (3, 2, 3, 3), dict(padding=1)),       # falls back: H_p odd
+    "strided": ((2, 2, 12, 10), (3, 2, 3, 3), dict(padding=1, stride=2)),     # falls back: stride 2
+}
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_conv2d_max_pool2d_matches_conv_then_pool(name, with_bias):
+    """Pooled maps and argmax exactly as the two calls give them, with ties and NaN in play,
+    and both as the naive loops give them."""
+    x_shape, w_shape, kwargs = FUSED_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    x = rng.integers(-2, 3, x_shape).astype(np.float32)  # small integers: many exact ties
+    x[0, 0, 1, 1] = np.nan
+    w = rng.integers(-1, 2, w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if with_bias else None
+    y, argmax = F.conv2d_max_pool2d(x, w, b, **kwargs)
+    conv = F.conv2d(x, w, b, **kwargs)
+    expected_y, expected_argmax = F.max_pool2d_with_argmax(conv, 2)
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    assert argmax.dtype == np.int64 and y.dtype == np.float32 and y.flags.c_contiguous
+    assert np.isnan(y).any(), "the case should hold NaN"
+    h, w_out = 2 * y.shape[2], 2 * y.shape[3]
+    windows = conv[:, :, :h, :w_out].reshape(*y.shape[:3], 2, y.shape[3], 2)
+    ties = (windows == windows.max(axis=(3, 5), keepdims=True)).sum(axis=(3, 5)) > 1
+    assert with_bias or ties.any(), "the case should hold tied maxima"
+    # The naive pooling sees our float32 sums: float64 ones would break some ties differently.
+    assert_close(conv, naive.naive_conv2d(x, w, b, **kwargs), "conv vs naive")
+    assert_close(y, naive.naive_max_pool2d(conv, 2), "forward vs naive")
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    assert_close(F.max_pool2d_backward_from_argmax(conv.shape, gy, argmax),
+                 naive.naive_max_pool2d_backward(conv, gy, 2), "pool grad vs naive")
+
+
+def test_conv2d_max_pool2d_other_pool_sizes_and_errors():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    for pool in (3, (2, 3), 1):  # not 2x2: the two calls, one after the other
+        y, argmax = F.conv2d_max_pool2d(x, w, padding=1, pool=pool)
+        expected = F.max_pool2d_with_argmax(F.conv2d(x, w, padding=1), pool)
+        np.testing.assert_array_equal(y, expected[0])
+        np.testing.assert_array_equal(argmax, expected[1])
+    with pytest.raises(ValueError, match="pool"):
+        F.conv2d_max_pool2d(x, w, pool=0)
+    with pytest.raises(ValueError, match="pool"):
+        F.conv2d_max_pool2d(x[:, :, :3], w, pool=2)  # a conv output 1 high
+    with pytest.raises(ValueError, match="groups"):
+        F.conv2d_max_pool2d(x, w, groups=2)
+
+
+def test_conv2d_max_pool2d_matches_torch(torch_ref):
+    torch = torch_ref.torch
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    y, argmax = F.conv2d_max_pool2d(x, w, b, padding=1)
+    t_y, t_argmax = torch.nn.functional.max_pool2d(
+        torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), padding=1),
+        2, return_indices=True)
+    assert_close(y, t_y.numpy(), "forward vs torch")
+    np.testing.assert_array_equal(argmax, t_argmax.numpy())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cnn_cli.layers import ACTIVATIONS, Activation, GlobalPool, Pool
+from cnn_cli import nn
 from cnn_cli.nn import (
     BatchNorm2d,
     Conv2d,
@@ -469,11 +470,13 @@ def test_network_gradients(arch):
 
 @pytest.mark.parametrize("arch", ["lenet", "alexnet", "netvlad"])
 def test_network_runs_max_pool_before_relu_with_identical_results(arch):
-    """The network swaps each ReLU -> max-pool pair; outputs and every gradient must be
-    exactly those of running the layers in their declared order, ties included."""
+    """The network swaps each ReLU -> max-pool pair and fuses each conv -> max-pool pair then
+    formed; outputs and every gradient must be exactly those of running the layers in their
+    declared order, ties included."""
     rng = np.random.default_rng(23)
     net = _network(arch)
     assert net._order != list(range(len(net.layers))), "expected a ReLU -> max-pool pair to swap"
+    assert any(isinstance(step, nn._ConvPool) for step in net._steps), "expected a conv -> max-pool pair to fuse"
     net.layers[0].input_grad = True
     # Negative biases make many windows all-negative (all zero after ReLU: ties).
     for name, p, _ in net.parameters():

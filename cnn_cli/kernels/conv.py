@@ -8,6 +8,7 @@ All kernels work on an input ``xp`` that is already padded, so they only know
 
 import numpy as np
 from ._jit import helper, kernel
+from .pool import max_pool_2x2_row
 
 
 #: Output pixels per task of ``conv_direct``: one tile's accumulators for 16
@@ -63,7 +64,7 @@ def conv_direct(xp, w, bias, sh, sw, dh, dw, groups, y, first, last):
 
 
 @kernel
-def conv_direct_stacked(xs, w, bias, dh, dw, groups, rows, y, first, last):
+def conv_direct_stacked(xs, w, bias, dh, dw, groups, rows, y, argmax, first, last):
     """``conv_direct`` for stride 1, on the batch stacked into one tall plane per channel.
 
     ``xs`` is the padded input as (C_in, N, H_p, W_p): channel c of every
@@ -76,6 +77,9 @@ def conv_direct_stacked(xs, w, bias, dh, dw, groups, rows, y, first, last):
     and rows (k % W_p >= W_out, or a row past H_out within its image) are
     garbage, computed and dropped.
     Task t is tile t % tiles of group t // tiles.
+
+    With an ``argmax`` array, ``y`` is the output max-pooled 2x2 instead (see
+    ``_store_tile``); ``rows`` and H_p must then be even.
     """
     c_out, cin_g, kh, kw = w.shape
     n_img, hp, wp = xs.shape[1], xs.shape[2], xs.shape[3]
@@ -99,11 +103,11 @@ def conv_direct_stacked(xs, w, bias, dh, dw, groups, rows, y, first, last):
                         a = acc[co]
                         for k in range(span):
                             a[k] += wv * seg[k]
-        _store_stacked(acc, y, q0, hp, wp, g * cout_g, cout_g)
+        _store_tile(acc, y, argmax, q0, hp, wp, hp - dh * (kh - 1), wp - dw * (kw - 1), g * cout_g, cout_g)
 
 
 @kernel
-def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, first, last):
+def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, argmax, first, last):
     """``conv_direct_stacked`` for kernels 3 wide, blocked over filters.
 
     The streaming loop above loads and stores a sum for every tap of every
@@ -112,7 +116,8 @@ def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, first, last):
     all three taps: twelve multiply-adds per sum stored, so the loop runs at
     two to three times the speed. ``wq`` is the weight as (groups,
     C_out/groups rounded up to 4, C_in/groups, kH, 3), zero past the real
-    filters, whose extra sums are computed and never stored.
+    filters, whose extra sums are computed and never stored. ``argmax`` as
+    in ``conv_direct_stacked``.
     """
     cout_pad, cin_g, kh = wq.shape[1], wq.shape[2], wq.shape[3]
     n_img, hp, wp = xs.shape[1], xs.shape[2], xs.shape[3]
@@ -145,7 +150,7 @@ def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, first, last):
                         a1[k] += w10 * x0 + w11 * x1 + w12 * x2
                         a2[k] += w20 * x0 + w21 * x1 + w22 * x2
                         a3[k] += w30 * x0 + w31 * x1 + w32 * x2
-        _store_stacked(acc, y, q0, hp, wp, g * cout_g, cout_g)
+        _store_tile(acc, y, argmax, q0, hp, wp, hp - dh * (kh - 1), wp - 2 * dw, g * cout_g, cout_g)
 
 
 @kernel
@@ -211,15 +216,34 @@ def _fill_bias(acc, bias, c0, count):
 
 
 @helper
-def _store_stacked(acc, y, q0, hp, wp, c0, count):
-    """Copy a stacked tile's sums (rows W_p long, from stacked row q0) to y[:, c0:c0+count], dropping garbage."""
-    n_img, ho, wo = y.shape[0], y.shape[2], y.shape[3]
-    for r in range(min(acc.shape[1] // wp, n_img * hp - q0)):
+def _store_tile(acc, y, argmax, q0, hp, wp, ho, wo, c0, count):
+    """Store a stacked tile's sums (rows W_p long, from stacked row q0) for filters c0 .. c0+count-1.
+
+    Without ``argmax``, they go to y[:, c0:c0+count], garbage dropped. With
+    it, each 2x2 block of the H_out x W_out output goes through max pooling
+    (floor mode) straight from the tile, while it is in cache: ``y`` gets the
+    winner and ``argmax`` its index oh*W_out + ow in the unpooled plane, by
+    ``kernels.pool.max_pool_2x2_row``. The 4x larger
+    unpooled output is never written. Each pair of rows (oh, oh+1) must lie
+    in one tile: q0 and H_p even, the tile an even number of rows.
+    """
+    n_img = y.shape[0]
+    height = min(acc.shape[1] // wp, n_img * hp - q0)
+    if argmax is None:
+        for r in range(height):
+            n = (q0 + r) // hp
+            oh = (q0 + r) % hp
+            if oh < ho:
+                for co in range(count):
+                    y[n, c0 + co, oh, :] = acc[co, r * wp:r * wp + wo]
+        return
+    for r in range(0, height, 2):
         n = (q0 + r) // hp
-        oh = (q0 + r) % hp
-        if oh < ho:
+        oh = (q0 + r) % hp  # even
+        if oh + 1 < ho:
             for co in range(count):
-                y[n, c0 + co, oh, :] = acc[co, r * wp:r * wp + wo]
+                max_pool_2x2_row(acc[co, r * wp:(r + 2) * wp], wp, 2, y[n, c0 + co, oh // 2],
+                                 argmax[n, c0 + co, oh // 2], oh * wo, wo)
 
 
 @helper
