@@ -221,11 +221,11 @@ def _store_tile(acc, y, argmax, q0, hp, wp, ho, wo, c0, count):
 
     Without ``argmax``, they go to y[:, c0:c0+count], garbage dropped. With
     it, each 2x2 block of the H_out x W_out output goes through max pooling
-    (floor mode) straight from the tile, while it is in cache: ``y`` gets the
-    winner and ``argmax`` its index oh*W_out + ow in the unpooled plane, by
-    ``kernels.pool.max_pool_2x2_row``. The 4x larger
-    unpooled output is never written. Each pair of rows (oh, oh+1) must lie
-    in one tile: q0 and H_p even, the tile an even number of rows.
+    (floor mode, ``kernels.pool.max_pool_2x2_row``) straight from the tile,
+    while it is in cache: ``y`` gets the winner and ``argmax`` its index
+    oh*W_out + ow in the unpooled plane, which is never written. Each pair of
+    rows (oh, oh+1) must lie in one tile: q0 and H_p even, the tile an even
+    number of rows.
     """
     n_img = y.shape[0]
     height = min(acc.shape[1] // wp, n_img * hp - q0)
