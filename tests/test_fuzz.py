@@ -21,7 +21,8 @@ from PIL import Image
 from cnn_cli import functional as F
 from cnn_cli.filterbank import MAX_KERNEL_SIDE, BankError, load_bank
 from cnn_cli.imageio import ImageError, read_image
-from cnn_cli.modelfile import ModelError, build_network, load_model, save_model
+from cnn_cli.modelfile import ModelError, load_model
+from tinymodel import save_tiny_model
 
 FUZZ = settings(max_examples=80, deadline=3000,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -251,22 +252,9 @@ def test_generated_bank_loads_finite_kernels_or_raises_bank_error(tmp_path, kern
 
 # ----------------------------------------------------------------- model files
 
-META = {
-    "architecture": {"name": "tiny", "description": "", "layers": [
-        {"type": "conv", "out_channels": 2, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel_size": 2}, {"type": "flatten"},
-        {"type": "linear", "out_features": "classes"}]},
-    "classes": ["a", "b"],
-    "preprocessing": {"image_size": 6, "color": "gray", "channels": 1, "mean": [0.5], "std": [0.25]},
-    "training": {},
-}
-
-
 @pytest.fixture(scope="module")
 def model_bytes(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fuzzmodel") / "m.npz"
-    save_model(path, build_network(META, seed=0), META)
-    return path.read_bytes()
+    return save_tiny_model(tmp_path_factory.mktemp("fuzzmodel") / "m.npz").read_bytes()
 
 
 @pytest.fixture(scope="module")

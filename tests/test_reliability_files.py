@@ -21,7 +21,8 @@ from PIL import Image
 
 from clirunner import cnn
 from cnn_cli.filterbank import BankError, load_bank
-from cnn_cli.modelfile import ModelError, build_network, load_model, save_model
+from cnn_cli.modelfile import ModelError, load_model
+from tinymodel import META, save_tiny_model
 
 
 def _one_error_line(result):
@@ -238,22 +239,9 @@ def test_info_on_a_bad_pipeline_name_is_one_line(tmp_path):
 
 # ----------------------------------------------------------------- model files
 
-META = {
-    "architecture": {"name": "tiny", "description": "", "layers": [
-        {"type": "conv", "out_channels": 2, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-        {"type": "maxpool", "kernel_size": 2}, {"type": "flatten"},
-        {"type": "linear", "out_features": "classes"}]},
-    "classes": ["cat", "dog"],
-    "preprocessing": {"image_size": 8, "color": "gray", "channels": 1, "mean": [0.5], "std": [0.25]},
-    "training": {},
-}
-
-
 @pytest.fixture(scope="module")
 def good_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "good.npz"
-    save_model(path, build_network(META, seed=0), META)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "good.npz")
 
 
 def _arrays(path):
