@@ -675,8 +675,11 @@ def conv2d(
     array([[ 8., 12.],
            [20., 24.]], dtype=float32)
     """
-    x, w, b, spec, algorithm = _conv_arguments(x, weight, bias, stride, padding, dilation, groups, padding_mode,
-                                               algorithm)
+    return _conv2d(*_conv_arguments(x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm))
+
+
+def _conv2d(x, w, b, spec, algorithm):
+    """conv2d of arguments already validated, with the algorithm resolved."""
     if algorithm == "fft" and spec.padding_mode == "zeros":
         return _correlate_fft(x, w, b, spec.stride, spec.dilation, spec.groups, spec.out_hw, spec.pads)
     if _stacked_path(algorithm, spec.stride, w.shape[3], spec.out_hw):
@@ -742,9 +745,7 @@ def conv2d_max_pool2d(
         argmax = np.empty(pooling.y_shape, np.int64)
         _correlate_stacked(spec.stack(x), w, _bias_or_zeros(b, w), spec.dilation, spec.groups, y, argmax)
         return y, argmax
-    conv = conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  padding_mode=padding_mode, algorithm=algorithm)
-    return max_pool2d_with_argmax(conv, pool)
+    return max_pool2d_with_argmax(_conv2d(x, w, b, spec, resolved), pool)
 
 
 def conv2d_backward(
