@@ -52,26 +52,26 @@ def n_elements(shape):
     return count
 
 
-def _pair(name, value, minimum):
+def pair(name, value, minimum):
     """An int or a pair of ints -> (int, int), each at least ``minimum``."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
+        result = (int(value), int(value))
     elif (
         isinstance(value, (tuple, list))
         and len(value) == 2
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
     ):
-        pair = (int(value[0]), int(value[1]))
+        result = (int(value[0]), int(value[1]))
     else:
         raise ValueError(f"{name} must be an int or a pair of ints, but got {value!r}")
-    if min(pair) < minimum:
+    if min(result) < minimum:
         raise ValueError(f"{name} must be at least {minimum}, but got {value!r}")
-    if max(pair) > config.MAX_SIDE:
+    if max(result) > config.MAX_SIDE:
         raise ValueError(f"{name} must be at most {config.MAX_SIDE}, but got {value!r}")
-    return pair
+    return result
 
 
-def _conv_padding(padding, kernel, dilation, stride):
+def conv_padding(padding, kernel, dilation, stride):
     """Resolve ``padding`` to (top, bottom, left, right).
 
     ``"same"`` pads a total of dilation*(k-1) per axis and, like torch, puts the
@@ -92,7 +92,7 @@ def _conv_padding(padding, kernel, dilation, stride):
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
         raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', but got {padding!r}")
-    ph, pw = _pair("padding", padding, 0)
+    ph, pw = pair("padding", padding, 0)
     return (ph, ph, pw, pw)
 
 
@@ -115,12 +115,12 @@ def _check_padding_mode(padding_mode, pads, h, w):
 
 def check_conv_options(*, stride=1, padding=0, dilation=1, padding_mode="zeros"):
     """Validate conv options that do not depend on array shapes (raises ValueError)."""
-    s = _pair("stride", stride, 1)
-    _conv_padding(padding, (1, 1), _pair("dilation", dilation, 1), s)
+    s = pair("stride", stride, 1)
+    conv_padding(padding, (1, 1), pair("dilation", dilation, 1), s)
     _check_padding_mode(padding_mode, (0, 0, 0, 0), 1, 1)
 
 
-def _out_size(padded, kernel, stride, dilation, axis):
+def out_size(padded, kernel, stride, dilation, axis):
     effective = dilation * (kernel - 1) + 1
     if effective > padded:
         raise ValueError(
@@ -130,7 +130,7 @@ def _out_size(padded, kernel, stride, dilation, axis):
     return (padded - effective) // stride + 1
 
 
-class _Conv:
+class ConvSpec:
     """Validated, normalised arguments of one convolution call."""
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, padding_mode, algorithm):
@@ -152,16 +152,16 @@ class _Conv:
             )
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
-        self.stride = _pair("stride", stride, 1)
-        self.dilation = _pair("dilation", dilation, 1)
-        self.pads = _conv_padding(padding, (kh, kw), self.dilation, self.stride)
+        self.stride = pair("stride", stride, 1)
+        self.dilation = pair("dilation", dilation, 1)
+        self.pads = conv_padding(padding, (kh, kw), self.dilation, self.stride)
         _check_padding_mode(padding_mode, self.pads, h, w)
         self.padding_mode = padding_mode
         self.groups = int(groups)
         self.padded = (h + self.pads[0] + self.pads[1], w + self.pads[2] + self.pads[3])
         self.out_hw = (
-            _out_size(self.padded[0], kh, self.stride[0], self.dilation[0], "height"),
-            _out_size(self.padded[1], kw, self.stride[1], self.dilation[1], "width"),
+            out_size(self.padded[0], kh, self.stride[0], self.dilation[0], "height"),
+            out_size(self.padded[1], kw, self.stride[1], self.dilation[1], "width"),
         )
         self.y_shape = (n, c_out, *self.out_hw)
         self.algorithm = algorithm
@@ -695,7 +695,7 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, padding_
     x = _as_float32("x", x, 4)
     w = _as_float32("weight", weight, 4)
     b = _check_bias(bias, w.shape[0])
-    spec = _Conv(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
+    spec = ConvSpec(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
     c_out, cin_g, kh, kw = w.shape
     if algorithm == "auto":
         algorithm = _choose_algorithm(x.shape[0], cin_g, c_out // spec.groups, kh, kw, spec.stride, spec.out_hw)
@@ -736,7 +736,7 @@ def conv2d_max_pool2d(
     x, w, b, spec, resolved = _conv_arguments(x, weight, bias, stride, padding, dilation, groups, padding_mode,
                                               algorithm)
     try:
-        pooling = _Pool(spec.y_shape, pool, None, 0)
+        pooling = PoolSpec(spec.y_shape, pool, None, 0)
     except ValueError as exc:
         raise ValueError(f"pool: {exc}") from None
     if pooling.kernel == (2, 2) and spec.padded[0] % 2 == 0 \
@@ -780,7 +780,7 @@ def conv2d_backward(
     x = _as_float32("x", x, 4)
     w = _as_float32("weight", weight, 4)
     gy = _as_float32("grad_y", grad_y, 4)
-    spec = _Conv(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
+    spec = ConvSpec(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
     if gy.shape != spec.y_shape:
         raise ValueError(
             f"grad_y must have the shape of conv2d's output {spec.y_shape}, but has {gy.shape}"
@@ -953,19 +953,28 @@ def _spread_slices(count, step, offset, size):
 # --------------------------------------------------------------------------- pooling
 
 
-class _Pool:
+def check_pool_options(kernel_size, stride=None, padding=0):
+    """Validate pooling options that do not depend on the input's shape.
+
+    Returns (kernel, stride, padding) as pairs; raises ValueError.
+    """
+    kernel = pair("kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else pair("stride", stride, 1)
+    pads = pair("padding", padding, 0)
+    for k, p in zip(kernel, pads):
+        if 2 * p > k:
+            raise ValueError(
+                f"padding must be at most half of kernel_size, but got padding={padding!r} "
+                f"for kernel_size={kernel_size!r}"
+            )
+    return kernel, stride, pads
+
+
+class PoolSpec:
     """Validated, normalised arguments of one pooling call (torch's rules)."""
 
     def __init__(self, x_shape, kernel_size, stride, padding):
-        self.kernel = _pair("kernel_size", kernel_size, 1)
-        self.stride = self.kernel if stride is None else _pair("stride", stride, 1)
-        self.padding = _pair("padding", padding, 0)
-        for k, p in zip(self.kernel, self.padding):
-            if 2 * p > k:
-                raise ValueError(
-                    f"padding must be at most half of kernel_size, but got padding={padding!r} "
-                    f"for kernel_size={kernel_size!r}"
-                )
+        self.kernel, self.stride, self.padding = check_pool_options(kernel_size, stride, padding)
         n, c, h, w = x_shape
         out = []
         for size, k, s, p, axis in zip((h, w), self.kernel, self.stride, self.padding, ("height", "width")):
@@ -989,7 +998,7 @@ class _Pool:
 
 def _pool_forward(kernel, x, kernel_size, stride, padding, *extra):
     x = _as_float32("x", x, 4)
-    spec = _Pool(x.shape, kernel_size, stride, padding)
+    spec = PoolSpec(x.shape, kernel_size, stride, padding)
     y = np.empty(spec.y_shape, np.float32)
     outputs = [np.empty(spec.y_shape, dtype) for dtype in extra]
     _run(kernel, x, *spec.args, y, *outputs, tasks=x.shape[0] * x.shape[1], work=spec.work)
@@ -999,7 +1008,7 @@ def _pool_forward(kernel, x, kernel_size, stride, padding, *extra):
 def _pool_backward_args(x, grad_y, kernel_size, stride, padding):
     x = _as_float32("x", x, 4)
     gy = _as_float32("grad_y", grad_y, 4)
-    spec = _Pool(x.shape, kernel_size, stride, padding)
+    spec = PoolSpec(x.shape, kernel_size, stride, padding)
     if gy.shape != spec.y_shape:
         raise ValueError(
             f"grad_y must have the shape of the pooling output {spec.y_shape}, but has {gy.shape}"

@@ -96,7 +96,7 @@ class Pool(Layer):
         self.kernel_size = kernel_size
         self.stride = kernel_size if stride is None else stride
         self.padding = padding
-        F._Pool((1, 1, 10**6, 10**6), kernel_size, self.stride, padding)  # validate arguments now
+        F.check_pool_options(kernel_size, self.stride, padding)
 
     def forward(self, x, train=False):
         args = (self.kernel_size, self.stride, self.padding)
@@ -122,12 +122,12 @@ class Pool(Layer):
 
     def out_hw(self, h, w):
         try:
-            return F._Pool((1, 1, h, w), self.kernel_size, self.stride, self.padding).y_shape[2:]
+            return F.PoolSpec((1, 1, h, w), self.kernel_size, self.stride, self.padding).y_shape[2:]
         except ValueError as exc:
             raise LayerError(str(exc)) from None
 
     def window(self):
-        k, s = F._pair("kernel_size", self.kernel_size, 1), F._pair("stride", self.stride, 1)
+        k, s = F.pair("kernel_size", self.kernel_size, 1), F.pair("stride", self.stride, 1)
         return (k[0], s[0]), (k[1], s[1])
 
     def describe(self):
@@ -323,11 +323,11 @@ class BankConv(Layer):
         return maps[0] if len(maps) == 1 else np.concatenate(maps, axis=1)
 
     def _padding_pairs(self):
-        stride = F._pair("stride", self.options["stride"], 1)
-        dilation = F._pair("dilation", self.options["dilation"], 1)
+        stride = F.pair("stride", self.options["stride"], 1)
+        dilation = F.pair("dilation", self.options["dilation"], 1)
         out = []
         for w, _, _ in self.filters:
-            pads = F._conv_padding(self.options["padding"], w.shape[2:], dilation, stride)
+            pads = F.conv_padding(self.options["padding"], w.shape[2:], dilation, stride)
             out.append((pads, w.shape[2:]))
         return stride, dilation, out
 
@@ -337,8 +337,8 @@ class BankConv(Layer):
         for (top, bottom, left, right), (kh, kw) in pads:
             try:
                 sizes.add((
-                    F._out_size(h + top + bottom, kh, stride[0], dilation[0], "height"),
-                    F._out_size(w + left + right, kw, stride[1], dilation[1], "width"),
+                    F.out_size(h + top + bottom, kh, stride[0], dilation[0], "height"),
+                    F.out_size(w + left + right, kw, stride[1], dilation[1], "width"),
                 ))
             except ValueError as exc:
                 raise LayerError(str(exc)) from None

@@ -60,7 +60,7 @@ class Conv2d(Param):
     def __init__(self, out_channels, kernel_size=3, *, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros"):
         self.out_channels = _count("out_channels", out_channels, MAX_CHANNELS)
-        self.kernel_size = F._pair("kernel_size", kernel_size, 1)
+        self.kernel_size = F.pair("kernel_size", kernel_size, 1)
         _count("kernel_size", max(self.kernel_size), MAX_KERNEL)
         self.use_bias = bias
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -77,7 +77,7 @@ class Conv2d(Param):
         if self.use_bias:
             self.params["bias"] = np.zeros(self.out_channels, np.float32)
         self.zero_grad()
-        spec = F._Conv((1, c_in, h, w), self.params["weight"].shape, algorithm="auto", **self.options)
+        spec = F.ConvSpec((1, c_in, h, w), self.params["weight"].shape, algorithm="auto", **self.options)
         return (self.out_channels, *spec.out_hw)
 
     def forward(self, x, train=False):
@@ -100,12 +100,12 @@ class Conv2d(Param):
         return [f"filter{c}" for c in range(self.out_channels)]
 
     def out_hw(self, h, w):
-        return F._Conv((1, self.params["weight"].shape[1] * self.options["groups"], h, w),
+        return F.ConvSpec((1, self.params["weight"].shape[1] * self.options["groups"], h, w),
                        self.params["weight"].shape, algorithm="auto", **self.options).out_hw
 
     def window(self):
-        s = F._pair("stride", self.options["stride"], 1)
-        d = F._pair("dilation", self.options["dilation"], 1)
+        s = F.pair("stride", self.options["stride"], 1)
+        d = F.pair("dilation", self.options["dilation"], 1)
         k = self.kernel_size
         return (d[0] * (k[0] - 1) + 1, s[0]), (d[1] * (k[1] - 1) + 1, s[1])
 
@@ -561,8 +561,8 @@ def _fuse_conv_pool(layers):
     steps = []
     for layer in layers:
         if steps and isinstance(steps[-1], Conv2d) and isinstance(layer, Pool) and layer.kind == "maxpool" \
-                and F._pair("stride", layer.stride, 1) == F._pair("kernel_size", layer.kernel_size, 1) \
-                and F._pair("padding", layer.padding, 0) == (0, 0):
+                and F.pair("stride", layer.stride, 1) == F.pair("kernel_size", layer.kernel_size, 1) \
+                and F.pair("padding", layer.padding, 0) == (0, 0):
             steps[-1] = _ConvPool(steps[-1], layer)
         else:
             steps.append(layer)

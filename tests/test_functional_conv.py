@@ -286,7 +286,7 @@ def test_fft_in_tiles_matches_direct_loops(x_shape, w_shape, kwargs):
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
-    spec = F._Conv(x_shape, w_shape, 1, kwargs.get("padding", 0), kwargs.get("dilation", 1),
+    spec = F.ConvSpec(x_shape, w_shape, 1, kwargs.get("padding", 0), kwargs.get("dilation", 1),
                    kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"), "fft")
     reach = (spec.dilation[0] * (w_shape[2] - 1), spec.dilation[1] * (w_shape[3] - 1))
     assert [F._fft_tiles(spec.padded[i], reach[i], True)[2] for i in (0, 1)] >= [2, 1], "the case should tile"
