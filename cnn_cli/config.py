@@ -1,9 +1,11 @@
 """Tunables for the engine, in one place.
 
-The thresholds pick the convolution algorithm for a shape (see
-``cnn_cli.functional._choose_algorithm``). They were set from ``bench/engine.py``
-on a 2-core AMD EPYC (Zen 3, AVX2) machine; any value gives correct results,
-only speed moves.
+The thresholds pick the convolution path for a shape (see
+``cnn_cli.functional.dispatch``: ``forward_path`` and ``weight_grad_path``).
+They were set from ``bench/engine.py`` on a 2-core AMD EPYC (Zen 3, AVX2)
+machine. Here stand the reasons and the shapes where a choice flips; timings,
+which go stale, live in README's benchmark table. Any value gives correct
+results, only speed moves.
 """
 
 import os
@@ -12,7 +14,8 @@ import os
 #: and the stride is 1. Measured here, direct loops and FFT break even at
 #: 13x13 on a 512x512 image, and FFT wins from 15x15 (OpenCV switches at
 #: about 11x11). Staying direct up to 13x13 also spares a one-off run of the
-#: default pipeline the 0.25 s it takes to import scipy.fft.
+#: default pipeline the import of scipy.fft, which takes longer than its
+#: convolutions.
 FFT_MIN_TAPS = 196
 
 #: Use im2col + BLAS when one output pixel needs at least this many
@@ -24,9 +27,9 @@ IM2COL_MIN_OUT_CHANNELS = 16
 
 #: Kernels 3 wide at stride 1 have a filter-blocked direct kernel, which
 #: beats matrix products except on deep layers over batches of larger maps.
-#: Measured here (ratio im2col/direct): 0.59 for 16x64x32x32 -> 128, 0.78
-#: for 32x32x64x64 -> 64, 0.98 for 4x64x16x16 -> 64, 1.15 for 32x32x16x16
-#: -> 64, 1.5 for one 32x128x128 image -> 32, and 4x on LeNet's layers.
+#: Measured here, im2col won on 16x64x32x32 -> 128 and 32x32x64x64 -> 64,
+#: the two tied on 4x64x16x16 -> 64, and direct won on 32x32x16x16 -> 64,
+#: on one 32x128x128 image -> 32, and by far on LeNet's layers.
 #: im2col is used from this depth (C_in/groups * 9), filters per group,
 #: output pixels per map and images in the batch (at least one per thread).
 ROWS_MIN_DEPTH = 256
@@ -44,7 +47,9 @@ STACKED_TILE = 512
 
 #: Upper bound on the im2col buffers: larger batches are processed in chunks
 #: of images, and the stride-1 row im2col shares a batch between only as
-#: many threads as have room (a single image may still need more).
+#: many threads as have room (a single image may still need more). The
+#: weight gradient's "auto" takes matrix products only while one image's
+#: columns fit.
 IM2COL_MAX_BYTES = 64 * 2**20
 
 #: Threads for scipy.fft in the FFT path (-1: all cores).
@@ -52,21 +57,42 @@ FFT_WORKERS = -1
 
 #: The FFT path works in float64 when |mean| of the input exceeds this many
 #: standard deviations; float32 rounding would then swamp a zero-mean
-#: kernel's small response (see functional._correlate_fft).
+#: kernel's small response (see cnn_cli.functional.fft).
 FFT_FLOAT64_MEAN_RATIO = 4.0
 
+#: At stride 1 the FFT path cuts the input into overlapping tiles
+#: (overlap-save) when that is cheaper than one transform of the whole
+#: padded input (see cnn_cli.functional.fft.fft_tiles). A transform of
+#: length L is estimated at L * (log2 L + FFT_COST_PER_POINT) per tile: the
+#: log is the transform's work per point, the constant the products and
+#: copies around it. Tiles are tried from FFT_TILE_MIN_LENGTH points and
+#: FFT_TILE_MIN_REACHES kernel sizes up, so the overlap (one kernel reach)
+#: stays a small part of each tile; they replace the whole transform only
+#: when their estimate is under FFT_TILES_MAX_COST of its, which keeps one
+#: transform where the two were measured close. Shorter transforms stay in
+#: cache: measured here, tiles won clearly on 1024x1024 with a 31x31 kernel
+#: (4x4 tiles of 288 against one transform of 1080) and on 4096x4096 with
+#: 15x15 (tiles of 128).
+FFT_COST_PER_POINT = 4
+FFT_TILE_MIN_LENGTH = 64
+FFT_TILE_MIN_REACHES = 4
+FFT_TILES_MAX_COST = 0.95
+
 #: Kernels run on the calling thread below this much work (about one
-#: multiply-add per unit). Handing work to another thread costs tens of
-#: microseconds, and its core finds the data cold: the previous layer left
-#: it in this core's cache. Measured here, a LeNet training step and epoch
-#: ran 6% and 20% faster with every layer (up to 24M multiply-adds) on one
-#: thread than split in two, although a single such call repeated alone
-#: runs faster split; a bank over a photo (100M and up) gains 1.5-2x.
+#: multiply-add per unit). Handing work to another thread costs a wake-up,
+#: and its core finds the data cold: the previous layer left it in this
+#: core's cache. Measured here, a LeNet training step and epoch
+#: ran faster with every layer (up to 24M multiply-adds) on one thread than
+#: split in two, although a single such call repeated alone runs faster
+#: split; a bank over a photo (100M and up) gains clearly from the split.
 PARALLEL_MIN_WORK = 2**25
 
 #: Threads that share a large kernel call or matrix product: the cores this
-#: process may use.
-THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+#: process may use, or NUMBA_NUM_THREADS when it is set (a Dask worker runs
+#: one engine thread per worker thread, and the engine's own pool must agree).
+THREADS = int(os.environ.get("NUMBA_NUM_THREADS") or 0) or (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+)
 
 #: Upper bounds on arguments and arrays the engine will make: a side, stride,
 #: padding or dilation above MAX_SIDE, or an array over MAX_ARRAY_BYTES, is a
@@ -77,11 +103,11 @@ MAX_ARRAY_BYTES = 8 * 2**30
 #: glibc's allocator hands arrays above a dynamic threshold (from 128 KiB)
 #: straight to the kernel and gives freed memory back once 2x that sits free.
 #: A training step makes and drops tens of megabytes of temporaries, so every
-#: step paid for about 3,000 fresh pages (zeroed by the kernel: 8 of a LeNet
-#: step's 22 ms). Below MMAP_THRESHOLD, freed blocks are reused instead; the
-#: heap is returned to the system once TRIM_THRESHOLD of it is free. Arrays
-#: above the threshold (a large photo's maps) still come and go directly.
-#: Each thread's heap may keep up to TRIM_THRESHOLD free; the 4096x4096
+#: step paid for about 3,000 fresh pages (zeroed by the kernel: over a third
+#: of a LeNet step's time). Below MMAP_THRESHOLD, freed blocks are reused
+#: instead; the heap is returned to the system once TRIM_THRESHOLD of it is
+#: free. Arrays above the threshold (a large photo's maps) still come and go
+#: directly. Each thread's heap may keep up to TRIM_THRESHOLD free; the 4096x4096
 #: default-pipeline apply peaks at 1.5x its raw maps.
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
 MALLOC_TRIM_THRESHOLD = 64 * 2**20

@@ -464,3 +464,37 @@ def assert_close(actual, expected, what, rtol=1e-4):
     assert err[worst] <= rtol * scale, (
         f"{what}: max abs error {err[worst]:.3g} > {rtol:g} * {scale:.3g} "
         f"(got {a[worst]!r}, expected {e[worst]!r} at flat index {worst} of the finite values)")
+
+
+def directional_derivative(f, point, direction, h=1e-3):
+    """The derivative of ``f`` at ``point`` along ``direction``, by central differences.
+
+    ``f`` takes an array shaped like ``point``. The steps are rounded to
+    ``point``'s dtype, and the derivative divides by the step actually taken,
+    which matters for float32 points and small ``h``.
+    """
+    point = np.asarray(point)
+    d = np.asarray(direction, dtype=np.float64)
+    plus = (point + h * d).astype(point.dtype)
+    minus = (point - h * d).astype(point.dtype)
+    taken = np.vdot((plus - minus).astype(np.float64), d) / np.vdot(d, d)
+    return (f(plus) - f(minus)) / taken
+
+
+def in_place(f, arr):
+    """``f()`` (which reads ``arr``) as a function of ``arr``'s values, for ``directional_derivative``.
+
+    Each call writes its argument into ``arr`` first; the caller restores it.
+    """
+    def at(values):
+        arr[...] = values
+        return f()
+    return at
+
+
+def assert_directional_derivative(numeric, grad, direction, what):
+    """``grad . direction`` equals the finite-difference ``numeric``, to 1e-4 of the terms' size."""
+    terms = np.asarray(grad, dtype=np.float64) * direction
+    analytic = float(np.sum(terms))
+    assert abs(numeric - analytic) <= 1e-4 * max(1.0, float(np.sum(np.abs(terms)))), (
+        f"{what}: directional derivative {numeric:.6g} (finite differences) != {analytic:.6g} (engine)")

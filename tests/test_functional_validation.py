@@ -159,6 +159,7 @@ def test_engine_work_inside_the_engine_pool_finishes(monkeypatch):
     enough to split its kernels, made from such a job, must run there serially
     instead of waiting on a pool that is busy running it (a deadlock)."""
     from cnn_cli import config
+    from cnn_cli.functional import threads
 
     monkeypatch.setattr(config, "THREADS", 2)
     rng = np.random.default_rng(5)
@@ -166,5 +167,5 @@ def test_engine_work_inside_the_engine_pool_finishes(monkeypatch):
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     assert x.shape[0] * w.shape[0] * 64 * 64 * w[0].size >= config.PARALLEL_MIN_WORK
     expected = F.conv2d(x, w, padding=1)
-    job = F._submit(lambda: F.conv2d(x, w, padding=1))
+    job = threads.submit(lambda: F.conv2d(x, w, padding=1))
     np.testing.assert_array_equal(job.result(timeout=120), expected)

@@ -2,16 +2,16 @@
 
 Every kernel is a serial loop over a range of independent tasks
 ``[first, last)`` (an output row tile, an image plane, a filter), compiled with
-``nogil=True``. ``cnn_cli.functional`` runs a call on the calling thread when
-it is small, or splits the task range between a few Python threads, which run
-the compiled loop at once because it releases the GIL. No two tasks write the
-same memory.
+``nogil=True``. ``cnn_cli.functional.threads`` runs a call on the calling
+thread when it is small, or splits the task range between a few Python
+threads, which run the compiled loop at once because it releases the GIL. No
+two tasks write the same memory.
 
 Why threads and not ``prange``: a ``parallel=True`` kernel takes several
-times longer to compile, the first one costs about half a second to start in
-every process (more than a whole ``cnn apply`` of a photo), and Numba's and
-BLAS's worker pools spin and fight over a small machine's cores. One pool of
-sleeping threads serves the kernels and the matrix products alike.
+times longer to compile, the first one costs a start-up in every process
+longer than a whole ``cnn apply`` of a photo, and Numba's and BLAS's worker
+pools spin and fight over a small machine's cores. One pool of sleeping
+threads serves the kernels and the matrix products alike.
 """
 
 import platform
@@ -26,11 +26,12 @@ def _register_numpy_support_without_scipy_blas():
 
     At import, ``numba.np.arraymath`` checks for BLAS (for ``np.dot`` in
     compiled code) by importing ``scipy.linalg.cython_blas``, which imports
-    all of ``scipy.linalg``: about 0.15 s of every ``cnn`` run that computes,
-    a tenth of a cached ``cnn apply``. No kernel here calls BLAS from compiled
-    code, so we let that check fail, then put the module table back. For
-    the rest of the process, Numba-compiled ``np.convolve``/``np.correlate``
-    use a plain loop instead of BLAS; ``np.dot`` is unaffected.
+    all of ``scipy.linalg``: a noticeable share of every ``cnn`` run that
+    computes, and of a cached ``cnn apply`` above all. No kernel here calls
+    BLAS from compiled code, so we let that check fail, then put the module
+    table back. For the rest of the process, Numba-compiled
+    ``np.convolve``/``np.correlate`` use a plain loop instead of BLAS;
+    ``np.dot`` is unaffected.
     """
     name = "scipy.linalg.cython_blas"
     if "numba.np.arraymath" in sys.modules or name in sys.modules:
@@ -47,9 +48,9 @@ _register_numpy_support_without_scipy_blas()
 
 # On x86, LLVM turns some conditional moves back into branches, betting they
 # are predictable. In max pooling on real data they are not: the branch
-# mispredicts about half the time and made a LeNet max-pool 3x slower. This
-# only steers instruction choice, never results, and x86-64 has always had
-# cmov. It applies to what is compiled from here on, so it is set before any
+# mispredicts about half the time and made a LeNet max-pool several times
+# slower. This only steers instruction choice, never results, and x86-64 has
+# always had cmov. It applies to what is compiled from here on, so it is set before any
 # kernel is defined.
 if platform.machine().lower() in ("x86_64", "amd64"):
     llvm.set_option("", "-x86-cmov-converter=false")

@@ -2,7 +2,7 @@
 
 All kernels work on an input ``xp`` that is already padded, so they only know
 "valid" correlation with stride and dilation; padding modes live in
-``cnn_cli.functional``. Notation: x is (N, C_in, H, W), w is
+``cnn_cli.functional.specs``. Notation: x is (N, C_in, H, W), w is
 (C_out, C_in/groups, kH, kW), y is (N, C_out, H_out, W_out).
 """
 

@@ -57,7 +57,7 @@ def max_pool_2x2_row(pair, pitch, sw, out, arg, base, width):
     offsets are selected (conditional moves; see ``_winner``): selecting the
     values compiled to a branch. Each read is at q*sw plus an offset of 0,
     1, pitch or pitch + 1, where three ``_winner`` calls on flat indices paid
-    for a negative-index check on every read (2.5x slower on a tile in cache).
+    for a negative-index check on every read (measurably slower on a tile in cache).
     """
     for q in range(out.shape[0]):
         k = q * sw

@@ -1,0 +1,95 @@
+"""Which path runs a convolution: the forward dispatcher and the weight-gradient dispatcher.
+
+Every choice of path lives here, and every threshold comes from
+``cnn_cli.config``. grad_x needs no dispatcher of its own: it is a forward
+correlation (see ``conv.conv2d_backward``), so ``forward_path`` picks its path
+afresh for that shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import config
+from . import paths, weight_grad
+from .fft import fft
+from .paths import BLOCKED_WIDTH
+
+
+def forward_path(spec):
+    """The forward path of ``paths`` (or ``fft``) for a call: ``spec.algorithm``, with "auto" resolved.
+
+    "fft" is the FFT path; "im2col" is row im2col at stride 1 (``paths.rows``)
+    and im2col at other strides; "direct" is the stacked loops at stride 1 for
+    kernels 3 wide or narrow maps, and the row-tile loops otherwise.
+    """
+    algorithm = spec.algorithm
+    if algorithm == "auto":
+        algorithm = _choose_algorithm(spec)
+    if algorithm == "fft":
+        return fft
+    stride_1 = spec.stride == (1, 1)
+    if algorithm == "im2col":
+        return paths.rows if stride_1 else paths.im2col
+    if stride_1 and (spec.w_shape[3] == BLOCKED_WIDTH or spec.out_hw[1] < config.NARROW_MAP):
+        return paths.stacked
+    return paths.direct
+
+
+def fused_max_pool_path(path, spec, pooling):
+    """``paths.stacked_max_pool`` if a forward ``path`` followed by max pooling by ``pooling`` (a ``PoolSpec``)
+    can run as one pass, else None: a 2x2 pool on the stacked path with an even padded height."""
+    if path is paths.stacked and pooling.kernel == (2, 2) and spec.padded[0] % 2 == 0:
+        return paths.stacked_max_pool
+    return None
+
+
+def _choose_algorithm(spec):
+    """"auto" for a shape: "fft", "im2col" or "direct", by the thresholds in ``cnn_cli.config``."""
+    n = spec.x_shape[0]
+    c_out, cin_g, kh, kw = spec.w_shape
+    cout_g = c_out // spec.groups
+    stride_1 = spec.stride == (1, 1)
+    if kh * kw >= config.FFT_MIN_TAPS and stride_1:
+        return "fft"
+    if kw == BLOCKED_WIDTH and stride_1:
+        # The filter-blocked direct kernel, unless the layer is deep, wide and
+        # batched enough for the matrix products of row im2col to win.
+        deep = cin_g * kh * kw >= config.ROWS_MIN_DEPTH and cout_g >= config.ROWS_MIN_OUT_CHANNELS
+        large = spec.out_hw[0] * spec.out_hw[1] >= config.ROWS_MIN_PIXELS and n >= config.THREADS
+        return "im2col" if deep and large else "direct"
+    if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH and cout_g >= config.IM2COL_MIN_OUT_CHANNELS:
+        return "im2col"
+    return "direct"
+
+
+def weight_grad_path(x, spec):
+    """The path of ``weight_grad`` for a call on input ``x``: ``spec.algorithm``, with "auto" resolved.
+
+    "im2col" runs matrix products (``weight_grad.columns``), "direct" the
+    direct loops; "fft" has no weight-gradient path of its own and runs
+    "direct". "auto" takes the register-blocked loop for kernels 3 wide at
+    stride 1, which beats BLAS there; for the others, matrix products beat
+    the direct loops (more so the deeper the layer), as long as one image's
+    columns fit ``config.IM2COL_MAX_BYTES``. The W_p-wide layouts of stride 1
+    need an input that is all finite (see ``weight_grad``); any other takes
+    the exact loops.
+    """
+    c_out, cin_g, kh, kw = spec.w_shape
+    stride_1 = spec.stride == (1, 1)
+    algorithm = spec.algorithm
+    if algorithm == "auto":
+        if stride_1:  # row im2col: one kernel row's columns over the padded plane
+            columns = cin_g * kw * spec.padded[0] * spec.padded[1] * 4
+        else:
+            columns = cin_g * kh * kw * spec.out_hw[0] * spec.out_hw[1] * 4
+        blocked = kw == BLOCKED_WIDTH and stride_1
+        algorithm = "direct" if blocked or columns > config.IM2COL_MAX_BYTES else "im2col"
+    wide = stride_1 and bool(np.isfinite(x).all())
+    if algorithm == "im2col" and (wide or not stride_1):
+        return weight_grad.columns
+    if wide and kw == BLOCKED_WIDTH:
+        return weight_grad.stacked
+    if wide and spec.out_hw[1] < config.NARROW_MAP:
+        return weight_grad.small
+    return weight_grad.direct

@@ -1,0 +1,108 @@
+"""The engine's thread pool: ``config.THREADS - 1`` sleeping threads, shared by every call.
+
+The Numba kernels release the GIL (``nogil``), and so does numpy's matmul,
+so Python threads run them at once (see ``cnn_cli.kernels._jit`` for why
+threads and not ``prange``). A call too small to repay waking another thread
+runs on the calling thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+
+from .. import config
+
+_pool = None
+_POOL_PREFIX = "cnn-engine"
+
+
+def submit(call, *args):
+    """Run ``call(*args)`` on the shared pool of ``config.THREADS - 1`` sleeping threads; returns its future."""
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=max(1, config.THREADS - 1), thread_name_prefix=_POOL_PREFIX)
+    return _pool.submit(call, *args)
+
+
+def in_pool():
+    """Is this thread one of the pool's?"""
+    return threading.current_thread().name.startswith(_POOL_PREFIX)
+
+
+def split(call, total, parts):
+    """Run ``call(first, last)`` over ``parts`` slices of range(total) at once and wait.
+
+    The first slice runs on this thread and the others on the pool.
+    """
+    bounds = [total * i // parts for i in range(parts + 1)]
+    if in_pool():  # a job already on the pool (see conv2d_backward) must not wait on it
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            call(lo, hi)
+        return
+    # The first slice runs here: this thread would only wait otherwise, and
+    # waking one thread fewer saves a thread's wake-up a call.
+    jobs = [submit(call, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:]) if hi > lo]
+    try:
+        call(bounds[0], bounds[1])
+    finally:
+        for job in jobs:
+            job.result()
+
+
+def run(kernel, *args, tasks, work):
+    """Run a kernel over its tasks: on this thread when ``work`` (about one
+    multiply-add a unit) is too small to repay waking others, else split."""
+    parts = min(config.THREADS, tasks)
+    if work < config.PARALLEL_MIN_WORK or parts < 2:
+        kernel(*args, 0, tasks)
+    else:
+        split(lambda first, last: kernel(*args, first, last), tasks, parts)
+
+
+def share(worker, n, most=None):
+    """Run ``worker(next_item)`` on every thread (or ``most`` of them) at once, sharing items 0..n-1.
+
+    ``next_item()`` returns the next item nobody has taken, or None when all
+    are taken, so a thread slowed down by the rest of a busy machine simply
+    takes fewer items, where halves fixed in advance would wait for it.
+    """
+    taken = itertools.count()  # next() on it is atomic under the GIL
+
+    def next_item():
+        item = next(taken)
+        return item if item < n else None
+
+    parts = min(config.THREADS, n, most or n)
+    if parts < 2:
+        worker(next_item)
+    else:
+        split(lambda first, last: worker(next_item), parts, parts)
+
+
+def batched_matmul(a, b, out):
+    """out[i] = a[i] @ b[i] (``a`` may be one matrix), the batch split between threads.
+
+    This parallelises the matrix products even when BLAS itself runs one
+    thread, as the ``cnn`` command sets it: BLAS's own thread pool spins
+    between calls and fights the engine's threads on a small machine.
+    """
+    parts = min(config.THREADS, b.shape[0])
+    if parts < 2:
+        matmul(a, b, out)
+    else:
+        split(lambda lo, hi: matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out[lo:hi]), b.shape[0], parts)
+
+
+def matmul(a, b, out):
+    """``np.matmul(a, b, out=out)``, letting NaN and inf propagate as in torch.
+
+    Without numpy's warnings, whose state is per thread, so it is set here,
+    on the thread that multiplies.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.matmul(a, b, out=out)

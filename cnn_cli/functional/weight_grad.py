@@ -1,0 +1,103 @@
+"""The weight-gradient paths of a convolution.
+
+Every path has one signature, ``path(x, gy, spec) -> grad_w``: ``x`` is the
+unpadded float32 input (N, C_in, H, W), ``gy`` = dL/dy (N, C_out, H_out, W_out),
+``spec`` the call's ``ConvSpec``; ``grad_w`` is a new float32 array of
+``spec.w_shape``. grad_weight sums over every pixel of every image.
+``dispatch.weight_grad_path`` says which runs.
+
+The W_p-wide layouts of stride 1 (``columns`` at stride 1, ``stacked``,
+``small``) pair the zero grad_y of their garbage columns with input pixels
+wrapped round from the next row: harmless unless such a pixel is inf or NaN
+(0 * inf is NaN, where torch never touches it), so the dispatcher gives
+them only inputs that are all finite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import conv as conv_kernels
+from . import threads
+from .paths import im2col_chunks, row_columns
+from .specs import n_elements, stack
+
+
+def columns(x, gy, spec):
+    """Matrix products of grad_y with the im2col columns, summed over images in float64."""
+    xp = spec.pad(x)
+    n, c_out, ho, wo = gy.shape
+    _, cin_g, kh, kw = spec.w_shape
+    cout_g = c_out // spec.groups
+    acc = np.zeros(spec.w_shape, np.float64)
+    if spec.stride == (1, 1):
+        # Kernel row i pairs grad_y (W_p wide, zeros in the garbage columns)
+        # with the row columns shifted by i*dh*W_p.
+        wp = xp.shape[3]
+        gy_rows = _widen(gy, wp).reshape(n, c_out, ho * wp)
+        for n0, g, col in row_columns(xp, spec.w_shape, spec.dilation[1], spec.groups):
+            rows = slice(g * cout_g, (g + 1) * cout_g)
+            gyc = gy_rows[n0:n0 + col.shape[0], rows]
+            for i in range(kh):
+                shift = i * spec.dilation[0] * wp
+                products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
+                threads.batched_matmul(gyc, col[:, :, shift:shift + ho * wp].transpose(0, 2, 1), products)
+                acc[rows, :, i] += products.sum(axis=0, dtype=np.float64).reshape(cout_g, cin_g, kw)
+    else:
+        gy_cols = gy.reshape(n, c_out, ho * wo)
+        for n0, g, col in im2col_chunks(xp, spec.w_shape, spec.stride, spec.dilation, spec.groups, spec.out_hw):
+            rows = slice(g * cout_g, (g + 1) * cout_g)
+            products = np.empty((col.shape[0], cout_g, col.shape[1]), np.float32)
+            threads.batched_matmul(gy_cols[n0:n0 + col.shape[0], rows], col.transpose(0, 2, 1), products)
+            acc[rows] += products.sum(axis=0, dtype=np.float64).reshape(cout_g, cin_g, kh, kw)
+    grad_w = np.empty(spec.w_shape, np.float32)
+    grad_w[...] = acc
+    return grad_w
+
+
+def stacked(x, gy, spec):
+    """Stride 1, kernels 3 wide: register-blocked loops over the stacked padded input
+    (``kernels.conv.conv3_grad_weight_stacked``)."""
+    xs = spec.stack(x)
+    hp, wp = xs.shape[2:]
+    groups = spec.groups
+    cout_g = gy.shape[1] // groups
+    cout_pad = cout_g + cout_g % 2
+    gys = stack(gy, 0, 0, (hp, wp), groups, cout_pad)
+    tile_rows = max(1, conv_kernels.GRAD_TILE // wp)
+    grad_w = np.empty(spec.w_shape, np.float32)
+    threads.run(conv_kernels.conv3_grad_weight_stacked, xs, gys, *spec.dilation, groups, tile_rows, grad_w,
+                tasks=groups * cout_pad // 2, work=gy.size * n_elements(spec.w_shape[1:]))
+    return grad_w
+
+
+def small(x, gy, spec):
+    """Stride 1, narrow maps: direct loops over whole W_p-wide planes (``kernels.conv.conv_grad_weight_small``)."""
+    xp = spec.pad(x)
+    grad_w = np.empty(spec.w_shape, np.float32)
+    c_out, cin_g = spec.w_shape[:2]
+    threads.run(conv_kernels.conv_grad_weight_small, xp, _widen(gy, xp.shape[3]), *spec.dilation, spec.groups,
+                grad_w, tasks=c_out * cin_g, work=gy.size * n_elements(spec.w_shape[1:]))
+    return grad_w
+
+
+def direct(x, gy, spec):
+    """Direct loops, exact at any stride and for any input (``kernels.conv.conv_grad_weight_direct``)."""
+    grad_w = np.empty(spec.w_shape, np.float32)
+    c_out, cin_g = spec.w_shape[:2]
+    threads.run(conv_kernels.conv_grad_weight_direct, spec.pad(x), gy, *spec.stride, *spec.dilation, spec.groups,
+                grad_w, tasks=c_out * cin_g, work=gy.size * n_elements(spec.w_shape[1:]))
+    return grad_w
+
+
+def _widen(gy, width):
+    """gy (N, C, H, W) padded with zeros on the right to ``width`` columns (gy itself if W = width).
+
+    grad_y in the W_p-wide layout of ``im2col_rows`` and ``conv_grad_weight_small``:
+    the zeros cancel the garbage columns in sums over pixels.
+    """
+    if gy.shape[3] == width:
+        return gy
+    wide = np.zeros((*gy.shape[:3], width), np.float32)
+    wide[..., :gy.shape[3]] = gy
+    return wide
