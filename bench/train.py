@@ -83,7 +83,7 @@ def main(argv=None):
 
         torch.set_num_threads(2)
         torch.manual_seed(0)
-        model = torch_lenet(torch, len(prep.meta["classes"]))
+        model = torch_lenet(torch, len(prep.meta.classes))
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x = torch.from_numpy(prep.x_train)
         y = torch.from_numpy(prep.y_train)

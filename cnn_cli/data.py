@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .choices import AUGMENTATIONS
 from .imageio import EXTENSIONS, FORMATS, LUMA, MAX_PIXELS, ImageError, read_image, resize
 
 
@@ -42,26 +43,26 @@ def _hidden(name):
     return name.startswith(".") or name.startswith("._")
 
 
-def scan_classes(root, follow_links=False):
+def scan_classes(root):
     """Class names and (path, label) items under ``root``."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
     classes = sorted(e.name for e in os.scandir(root)
-                     if not _hidden(e.name) and e.is_dir(follow_symlinks=follow_links))
+                     if not _hidden(e.name) and e.is_dir(follow_symlinks=False))
     if len(classes) < 2:
         raise DatasetError(f"{root}: found {len(classes)} class folder(s); a classifier needs at least 2 "
                            "(one subfolder of images per class)")
     paths, labels = [], []
     for label, name in enumerate(classes):
         found = []
-        for folder, dirs, files in os.walk(root / name, followlinks=follow_links):
+        for folder, dirs, files in os.walk(root / name):
             dirs[:] = sorted(d for d in dirs if not _hidden(d))
             for f in sorted(files):
                 p = Path(folder) / f
                 if _hidden(f) or p.suffix.lower() not in EXTENSIONS:
                     continue
-                if (p.is_symlink() and not follow_links) or not p.is_file():
+                if p.is_symlink() or not p.is_file():
                     continue
                 found.append(p)
         if not found:
@@ -88,17 +89,17 @@ def stratified_split(labels, fraction, seed):
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-def find_dataset(root, val_split, seed, follow_links=False):
+def find_dataset(root, val_split, seed):
     """The dataset with its split: ``train``/``val`` folders if present, else stratified."""
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        classes, tp, tl = scan_classes(root / "train", follow_links)
-        val_classes, vp, vl = scan_classes(root / "val", follow_links)
+        classes, tp, tl = scan_classes(root / "train")
+        val_classes, vp, vl = scan_classes(root / "val")
         if val_classes != classes:
             raise DatasetError(f"{root}: train/ and val/ must have the same class folders "
                                f"({classes} vs {val_classes})")
         return Dataset(classes, Split(tp, tl), Split(vp, vl), "folders train/ and val/")
-    classes, paths, labels = scan_classes(root, follow_links)
+    classes, paths, labels = scan_classes(root)
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     pick = lambda idx: Split([paths[i] for i in idx], labels[idx])  # noqa: E731
     rule = f"stratified {val_split:g} of each class to validation, seed {seed}"
@@ -125,7 +126,7 @@ def default_image_size(paths):
     return int(np.clip(4 * round(np.median(sides) / 4), 16, 128))
 
 
-def load_images(paths, size, on_progress=None, max_pixels=MAX_PIXELS):
+def load_images(paths, size, max_pixels=MAX_PIXELS):
     """Decode and resize every image to (3, size, size) in [0, 1].
 
     Returns (images, ok, is_gray, problems): the float32 array of the images
@@ -142,8 +143,6 @@ def load_images(paths, size, on_progress=None, max_pixels=MAX_PIXELS):
         except ImageError as exc:
             problems.append((p, str(exc)))
             ok.append(False)
-        if on_progress:
-            on_progress()
     arr = np.stack(images) if images else np.zeros((0, 3, size, size), np.float32)
     return arr, np.array(ok, dtype=bool), np.array(gray, dtype=bool), problems
 
@@ -166,9 +165,6 @@ def normalize(images, mean, std):
     return ((images - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
 
 
-AUGMENTATIONS = ("shift", "flip", "rotate")
-
-
 def augment(batch, kinds, rng):
     """Randomly transform a normalised batch (N, C, H, W), one draw per image.
 
@@ -178,6 +174,9 @@ def augment(batch, kinds, rng):
     """
     if not kinds:
         return batch
+    unknown = [k for k in kinds if k not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"augmentations must be among {AUGMENTATIONS}, but got {unknown}")
     out = batch.copy()
     n, _, h, w = out.shape
     for i in range(n):

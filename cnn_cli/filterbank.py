@@ -39,12 +39,17 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+# Reading, naming and the error type are shared with pipeline and architecture
+# files; the names stay importable from here, where they began.
+from .specfile import SpecFileError, builtin_dir, builtin_names, kind_of, read_spec, read_weights, resolve_file  # noqa: F401  (re-exported)
+
+#: The error every bank problem raises (``SpecFileError``, under the name it had first).
+BankError = SpecFileError
 
 #: Largest kernel side and count a bank may declare; larger is surely a mistake.
 MAX_KERNEL_SIDE = 255
@@ -62,10 +67,6 @@ LAWS_VECTORS = {
 }
 
 
-class BankError(ValueError):
-    """A bank or pipeline file is wrong; the message says where and what to fix."""
-
-
 # --------------------------------------------------------------------------- kernel builders
 
 
@@ -74,15 +75,15 @@ def _half_size(size, extent):
     reach of its envelope; checked against MAX_KERNEL_SIDE before anything is built."""
     if size is None:
         if not extent * 2 + 1 <= MAX_KERNEL_SIDE:  # also false for inf and NaN
-            raise BankError(f"the kernel would be over the limit of {MAX_KERNEL_SIDE} pixels wide; "
+            raise SpecFileError(f"the kernel would be over the limit of {MAX_KERNEL_SIDE} pixels wide; "
                             "use a smaller sigma or size (or a higher frequency)")
         half = max(1, math.ceil(extent))
     elif size < 1 or size % 2 == 0:
-        raise BankError(f"size must be a positive odd number, but got {size}")
+        raise SpecFileError(f"size must be a positive odd number, but got {size}")
     else:
         half = size // 2
     if 2 * half + 1 > MAX_KERNEL_SIDE:
-        raise BankError(f"the kernel would be {2 * half + 1} pixels wide, over the limit of {MAX_KERNEL_SIDE}; "
+        raise SpecFileError(f"the kernel would be {2 * half + 1} pixels wide, over the limit of {MAX_KERNEL_SIDE}; "
                         "use a smaller sigma or size (or a higher frequency)")
     return half
 
@@ -148,7 +149,7 @@ def laws_kernel(name):
     """Laws' 5x5 mask ``name`` such as "E5L5": outer(E5, L5), E5 down the rows, L5 along them."""
     a, b = name[:2].upper(), name[2:].upper()
     if len(name) != 4 or a not in LAWS_VECTORS or b not in LAWS_VECTORS:
-        raise BankError(
+        raise SpecFileError(
             f"laws must name two of {', '.join(LAWS_VECTORS)} such as 'E5L5', but got {name!r}"
         )
     return np.outer(LAWS_VECTORS[a], LAWS_VECTORS[b]).astype(np.float64)
@@ -187,70 +188,8 @@ class Bank:
         kept = tuple(k for k in self.kernels if fnmatch.fnmatchcase(k.name, pattern))
         if not kept:
             names = ", ".join(k.name for k in self.kernels)
-            raise BankError(f"no kernel of bank '{self.name}' matches '{pattern}'; it has: {names}")
+            raise SpecFileError(f"no kernel of bank '{self.name}' matches '{pattern}'; it has: {names}")
         return Bank(f"{self.name}:{pattern}", self.description, kept, self.source)
-
-
-def builtin_dir():
-    """The folder of shipped bank and pipeline files.
-
-    Installed, it is the ``cnn_cli.filters`` package data; in a source checkout
-    (tests run from the repository root) it is ``filters/`` beside ``cnn_cli/``.
-    """
-    try:
-        return Path(str(resources.files("cnn_cli.filters")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "filters"
-
-
-#: Layer types that only networks have; a file using them is an architecture.
-_NETWORK_TYPES = {"linear", "flatten", "dropout", "batchnorm", "residual", "netvlad"}
-
-
-def kind_of(doc, default="bank"):
-    """"bank", "pipeline" or "architecture": the ``kind`` key, else guessed from
-    the content; ``default`` when there is nothing to go by."""
-    if "kind" in doc:
-        return doc["kind"]
-    if "kernel" in doc or "weights" in doc:
-        return "bank"
-    if "layer" not in doc:
-        return default
-    layers = doc.get("layer") if isinstance(doc.get("layer"), list) else []
-    learned = any(isinstance(t, dict) and (t.get("type") in _NETWORK_TYPES or "out_channels" in t) for t in layers)
-    return "architecture" if learned else "pipeline"
-
-
-def builtin_names(kind):
-    """Names of the shipped files of ``kind``, sorted."""
-    return [p.stem for p in sorted(builtin_dir().glob("*.toml")) if kind_of(_read_toml(p)) == kind]
-
-
-def resolve_file(spec, kind):
-    """A path for ``spec``: a file of that kind, or the name of a shipped one."""
-    path = Path(spec)
-    if path.suffix and path.is_file():
-        found = kind_of(_read_toml(path), default=kind)
-        if found != kind:
-            raise BankError(f"{path}: is a file of kind '{found}', but a {kind} is needed here")
-        return path
-    shipped = builtin_dir() / f"{spec}.toml"
-    if shipped.is_file() and kind_of(_read_toml(shipped)) == kind:
-        return shipped
-    choices = ", ".join(builtin_names(kind))
-    raise BankError(f"no {kind} named '{spec}': give a file path or one of: {choices}")
-
-
-def _read_toml(path):
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise BankError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise BankError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise BankError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def load_bank(spec):
@@ -258,8 +197,8 @@ def load_bank(spec):
     name, _, pattern = str(spec).partition(":")
     if pattern and len(name) == 1:  # a Windows drive letter, not a selector
         name, pattern = str(spec), ""
-    path = resolve_file(name, "bank")
-    bank = parse_bank(_read_toml(path), path)
+    path, doc = read_spec(name, "bank")
+    bank = parse_bank(doc, path)
     return bank.select(pattern) if pattern else bank
 
 
@@ -272,17 +211,17 @@ def parse_bank(doc, path):
     else:
         entries = doc.get("kernel")
         if not isinstance(entries, list) or not entries:
-            raise BankError(f"{where}: a bank needs [[kernel]] entries or a [weights] table")
+            raise SpecFileError(f"{where}: a bank needs [[kernel]] entries or a [weights] table")
         kernels = [_parse_kernel(entry, i, where) for i, entry in enumerate(entries)]
     if len(kernels) > MAX_KERNELS:
-        raise BankError(f"{where}: {len(kernels)} kernels is more than the limit of {MAX_KERNELS}")
+        raise SpecFileError(f"{where}: {len(kernels)} kernels is more than the limit of {MAX_KERNELS}")
     names = [k.name for k in kernels]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise BankError(f"{where}: kernel names must be unique, but these repeat: {duplicates}")
+        raise SpecFileError(f"{where}: kernel names must be unique, but these repeat: {duplicates}")
     description = doc.get("description", "")
     if not isinstance(description, str):
-        raise BankError(f"{where}: description must be a string")
+        raise SpecFileError(f"{where}: description must be a string")
     return Bank(path.stem, description, tuple(kernels), where)
 
 
@@ -291,27 +230,27 @@ _SOURCES = ("values", "outer", "gaussian", "log", "gabor", "laws")
 
 def _parse_kernel(entry, index, where):
     if not isinstance(entry, dict):
-        raise BankError(f"{where}: kernel {index + 1} must be a table")
+        raise SpecFileError(f"{where}: kernel {index + 1} must be a table")
     name = entry.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name:
-        raise BankError(f"{where}: kernel {index + 1} needs a 'name' without slashes")
+        raise SpecFileError(f"{where}: kernel {index + 1} needs a 'name' without slashes")
     label = f"{where}: kernel '{name}'"
     given = [key for key in _SOURCES if key in entry]
     if len(given) != 1:
-        raise BankError(f"{label}: give exactly one of {', '.join(_SOURCES)}, not {given or 'none'}")
+        raise SpecFileError(f"{label}: give exactly one of {', '.join(_SOURCES)}, not {given or 'none'}")
     unknown = set(entry) - {"name", "scale", "zero_mean", "bias", *_SOURCES}
     if unknown:
-        raise BankError(f"{label}: unknown field(s) {sorted(unknown)}")
+        raise SpecFileError(f"{label}: unknown field(s) {sorted(unknown)}")
     try:
         with np.errstate(all="ignore"):  # degenerate numbers are caught by check_kernel_array
             weights = _build(given[0], entry[given[0]])
-    except BankError as exc:
-        raise BankError(f"{label}, field '{given[0]}': {exc}") from None
+    except SpecFileError as exc:
+        raise SpecFileError(f"{label}, field '{given[0]}': {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:
-        raise BankError(f"{label}, field '{given[0]}': {exc}") from None
+        raise SpecFileError(f"{label}, field '{given[0]}': {exc}") from None
     zero_mean = entry.get("zero_mean", False)
     if not isinstance(zero_mean, bool):
-        raise BankError(f"{label}, field 'zero_mean': must be true or false, not {zero_mean!r}")
+        raise SpecFileError(f"{label}, field 'zero_mean': must be true or false, not {zero_mean!r}")
     if zero_mean:
         weights = weights - weights.mean(axis=(-2, -1), keepdims=True)
     scale = _number(entry.get("scale", 1.0), f"{label}, field 'scale'")
@@ -323,16 +262,16 @@ def _parse_kernel(entry, index, where):
 
 def _number(value, label):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BankError(f"{label} must be a finite number, but got {value!r}")
+        raise SpecFileError(f"{label} must be a finite number, but got {value!r}")
     return float(value)
 
 
 def _params(table, allowed):
     if not isinstance(table, dict):
-        raise BankError("must be a table such as {sigma = 1.0}")
+        raise SpecFileError("must be a table such as {sigma = 1.0}")
     unknown = set(table) - set(allowed)
     if unknown:
-        raise BankError(f"unknown parameter(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+        raise SpecFileError(f"unknown parameter(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
     out = {}
     for key, value in table.items():
         if key == "phase":
@@ -341,12 +280,12 @@ def _params(table, allowed):
         out[key] = _number(value, key)
         if key == "size":
             if isinstance(value, float) and not value.is_integer():
-                raise BankError(f"size must be a whole odd number, but got {value!r}")
+                raise SpecFileError(f"size must be a whole odd number, but got {value!r}")
             out[key] = int(value)
         elif key != "theta" and out[key] <= 0:
-            raise BankError(f"{key} must be positive, but got {value!r}")
+            raise SpecFileError(f"{key} must be positive, but got {value!r}")
         elif key == "bandwidth" and out[key] > 8:
-            raise BankError(f"bandwidth is in octaves and must be at most 8, but got {value!r}")
+            raise SpecFileError(f"bandwidth is in octaves and must be at most 8, but got {value!r}")
     return out
 
 
@@ -355,31 +294,31 @@ def _build(kind, spec):
     if kind == "values":
         arr = np.asarray(spec, dtype=np.float64)
         if arr.ndim not in (2, 3):
-            raise BankError(f"must be a 2-D (kH, kW) or 3-D (C_in, kH, kW) list, not {arr.ndim}-D")
+            raise SpecFileError(f"must be a 2-D (kH, kW) or 3-D (C_in, kH, kW) list, not {arr.ndim}-D")
         return arr
     if kind == "outer":
         if not (isinstance(spec, list) and len(spec) == 2):
-            raise BankError("must be [column, row], two lists of numbers")
+            raise SpecFileError("must be [column, row], two lists of numbers")
         col, row = (np.asarray(v, dtype=np.float64) for v in spec)
         if col.ndim != 1 or row.ndim != 1:
-            raise BankError("must be [column, row], two lists of numbers")
+            raise SpecFileError("must be [column, row], two lists of numbers")
         return np.outer(col, row)
     if kind == "laws":
         if not isinstance(spec, str):
-            raise BankError("must be a string such as 'E5L5'")
+            raise SpecFileError("must be a string such as 'E5L5'")
         return laws_kernel(spec)
     if kind in ("gaussian", "log"):
         p = _params(spec, ("sigma", "size"))
         if "sigma" not in p:
-            raise BankError("needs a sigma (the Gaussian's standard deviation in pixels)")
+            raise SpecFileError("needs a sigma (the Gaussian's standard deviation in pixels)")
         build = gaussian_kernel if kind == "gaussian" else log_kernel
         return build(p["sigma"], size=p.get("size"))
     p = _params(spec, ("frequency", "theta", "sigma_x", "sigma_y", "bandwidth", "size", "phase"))
     phase = p.pop("phase", "even")
     if phase not in ("even", "odd"):
-        raise BankError(f"phase must be 'even' or 'odd', but got {phase!r}")
+        raise SpecFileError(f"phase must be 'even' or 'odd', but got {phase!r}")
     if "frequency" not in p:
-        raise BankError("needs a frequency (cycles per pixel)")
+        raise SpecFileError("needs a frequency (cycles per pixel)")
     theta = math.radians(p.pop("theta", 0.0))
     g = gabor_kernel(p.pop("frequency"), theta, **p)
     return g.real if phase == "even" else g.imag
@@ -388,33 +327,24 @@ def _build(kind, spec):
 def check_kernel_array(arr, label):
     """Reject kernels that cannot be right: non-finite, empty, or absurdly large."""
     if arr.ndim not in (2, 3) or 0 in arr.shape:
-        raise BankError(f"{label}: kernel must be a non-empty (kH, kW) or (C_in, kH, kW) array, not {arr.shape}")
+        raise SpecFileError(f"{label}: kernel must be a non-empty (kH, kW) or (C_in, kH, kW) array, not {arr.shape}")
     if max(arr.shape[-2:]) > MAX_KERNEL_SIDE:
-        raise BankError(f"{label}: kernel side {max(arr.shape[-2:])} is over the limit of {MAX_KERNEL_SIDE}")
+        raise SpecFileError(f"{label}: kernel side {max(arr.shape[-2:])} is over the limit of {MAX_KERNEL_SIDE}")
     if not np.all(np.isfinite(arr)):
-        raise BankError(f"{label}: kernel values must be finite numbers (found NaN or inf)")
+        raise SpecFileError(f"{label}: kernel values must be finite numbers (found NaN or inf)")
     return arr
 
 
 def _kernels_from_npz(table, path):
     where = str(path)
-    if not isinstance(table, dict) or not isinstance(table.get("file"), str) or not isinstance(table.get("key"), str):
-        raise BankError(f"{where}: [weights] needs file = \"...npz\" and key = \"...\"")
-    from .fileio import NpzError, load_npz_arrays
-
-    npz_path = (path.parent / table["file"]).resolve()
-    try:
-        arrays = load_npz_arrays(npz_path, keys=[table["key"]])
-    except NpzError as exc:
-        raise BankError(f"{where}: [weights]: {exc}") from None
-    arr = arrays[table["key"]].astype(np.float64)
+    arr = read_weights(table, path).astype(np.float64)
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4:
-        raise BankError(f"{where}: [weights] key must hold (C_out, C_in, kH, kW) weights, not {arr.shape}")
+        raise SpecFileError(f"{where}: [weights] key must hold (C_out, C_in, kH, kW) weights, not {arr.shape}")
     names = table.get("names") or [f"{table['key']}[{i}]" for i in range(arr.shape[0])]
     if len(names) != arr.shape[0]:
-        raise BankError(f"{where}: [weights] names has {len(names)} entries for {arr.shape[0]} filters")
+        raise SpecFileError(f"{where}: [weights] names has {len(names)} entries for {arr.shape[0]} filters")
     kernels = []
     for name, w in zip(names, arr):
         label = f"{where}: kernel '{name}'"

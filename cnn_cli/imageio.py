@@ -19,21 +19,19 @@ and no format that runs external programs (EPS, PDF) is ever opened.
 
 from __future__ import annotations
 
-import glob
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .inputs import EXTENSIONS, find_inputs  # noqa: F401  (EXTENSIONS: re-exported)
+
 #: Formats we decode (Pillow's format names), as far as this Pillow has them;
 #: MPO is a phone-camera JPEG that older Pillows keep apart.
 Image.init()
 FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP", "GIF", "PPM") if f in Image.OPEN)
 
-#: File endings walked in folders and globs; content decides the real format.
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
 
 #: Refuse images with more pixels than this before decoding (a decompression
 #: bomb declares huge dimensions in a tiny file). ``cnn apply --max-pixels``.
@@ -93,6 +91,27 @@ def read_image(path, *, color="gray", max_size=None, max_pixels=MAX_PIXELS):
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
+def image_shape(path, *, color="gray", max_size=None):
+    """The (C, H, W) that ``read_image`` would return, from the header alone (OSError or
+    ImageError when the header cannot be read; ``read_image`` then says why)."""
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path, formats=FORMATS) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that turn the image
+                    w, h = h, w
+    except (Image.UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{path}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    if max_size and max(h, w) > max_size:
+        scale = max_size / max(h, w)
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    return (1 if color == "gray" else 3, h, w)
+
+
 def _to_float(im):
     """Pillow image -> (1 or 3, H, W) float32 in [0, 1]; alpha composited onto BACKGROUND."""
     mode = im.mode
@@ -137,55 +156,11 @@ def resize(img, height, width):
     ])
 
 
-def _is_hidden(name):
-    return name.startswith(".") or name.startswith("._")
-
-
 def find_images(inputs, *, follow_links=False, exclude=()):
     """Expand files, folders (recursively, hidden entries skipped) and globs.
 
-    Folders and globs keep files with image endings only, and skip the
-    folders in ``exclude`` (the output folder, so a rerun does not read its
-    own maps). Returns (found, problems): image paths in a stable order
-    without duplicates, and one message per input that matched nothing.
+    Returns (paths, problems); see ``cnn_cli.inputs.iter_inputs``, which
+    streams them with their output names.
     """
-    found, problems, seen = [], [], set()
-    excluded = {os.path.realpath(e) for e in exclude}
-
-    def add(p):
-        key = os.path.realpath(p)
-        if key not in seen:
-            seen.add(key)
-            found.append(Path(p))
-
-    for item in inputs:
-        item = str(item)
-        path = Path(item)
-        if path.is_dir():
-            before = len(found)
-            for root, dirs, files in os.walk(path, followlinks=follow_links):
-                dirs[:] = sorted(d for d in dirs if not _is_hidden(d)
-                                 and os.path.realpath(os.path.join(root, d)) not in excluded)
-                for name in sorted(files):
-                    full = Path(root) / name
-                    if _is_hidden(name) or full.suffix.lower() not in EXTENSIONS:
-                        continue
-                    if full.is_symlink() and not follow_links:
-                        continue
-                    if full.is_file():
-                        add(full)
-            if len(found) == before:
-                problems.append(f"{item}: folder holds no images ({', '.join(sorted(EXTENSIONS))})")
-        elif path.is_file():
-            add(path)
-        elif glob.has_magic(item):
-            matches = sorted(m for m in glob.glob(item, recursive=True)
-                             if Path(m).is_file() and Path(m).suffix.lower() in EXTENSIONS
-                             and not any(os.path.realpath(m).startswith(e + os.sep) for e in excluded))
-            if not matches:
-                problems.append(f"{item}: the pattern matches no files")
-            for m in matches:
-                add(m)
-        else:
-            problems.append(f"{item}: no such file or folder")
-    return found, problems
+    found, problems = find_inputs(inputs, follow_links=follow_links, exclude=exclude)
+    return [item.path for item in found], problems

@@ -1,8 +1,11 @@
 """Layers: the vocabulary shared by pipelines (fixed banks) and networks.
 
-Each layer is a plain object with ``bind`` (check the incoming channels and
-name the outgoing ones), ``forward`` on a batch (N, C, H, W), ``out_hw`` and
-``window`` (for output shapes and receptive fields). Layers never print.
+Every layer, here and in ``cnn_cli.nn``, follows one protocol (``Layer``):
+``build(in_shape, rng=None) -> out_shape`` sizes it, ``forward`` and
+``backward`` run it on a batch, ``window`` gives its receptive field,
+``channel_names`` names its output maps, and ``describe`` and ``num_params``
+say what it is. Which layer types exist, and where each may be used, is
+``cnn_cli.registry``. Layers never print.
 """
 
 from __future__ import annotations
@@ -30,27 +33,60 @@ class LayerError(ValueError):
     """A layer cannot take the input it is given; the message says what to change."""
 
 
+def maps_shape(shape, kind):
+    """``shape`` if it is maps (C, H, W), else a LayerError that says where the layer belongs."""
+    if len(shape) != 3:
+        raise LayerError(f"{kind} needs maps (C, H, W), but its input is flat {tuple(shape)}; "
+                         "move it before flatten")
+    return tuple(shape)
+
+
+def maps_out(channels, h, w, out_hw):
+    """(channels, *out_hw(h, w)), or (channels, None, None) while the input size is unknown."""
+    if h is None or w is None:
+        return channels, None, None
+    return (channels, *out_hw(h, w))
+
+
 class Layer:
     """Base layer: no parameters, shape-preserving, identity receptive field.
 
-    ``forward(x, train=False)`` computes the output; with ``train=True`` it
-    also keeps what ``backward(grad_y) -> grad_x`` needs. Layers with
-    parameters keep them in ``params`` and their gradients in ``grads``
-    (same names), and running statistics in ``buffers``.
+    The protocol every layer follows:
+
+    - ``build(in_shape, rng=None) -> out_shape`` checks the input and sizes the
+      layer. Shapes are per example: (C, H, W) for maps, (F,) for features; H
+      and W may be None when not known yet (a pipeline is bound before it sees
+      an image), and are then None in the output too. Layers with parameters
+      create them from ``rng``; with ``rng=None`` they keep the ones they have,
+      which must fit. Building again with the same shape changes nothing.
+    - ``forward(x, train=False)`` computes the output of a batch (N, *in_shape);
+      with ``train=True`` it keeps what ``backward(grad_y) -> grad_x`` needs,
+      through ``save_for_backward``, in ``saved``.
+    - ``channel_names(names)``: the output maps' names, given the input's.
+    - ``window()``, ``describe()`` and ``num_params``: receptive field, summary line, size.
+
+    Layers with parameters keep them in ``params`` and their gradients in
+    ``grads`` (same names), and running statistics in ``buffers``. ``kind`` is
+    the layer's type name in ``cnn_cli.registry``.
     """
 
     kind = "layer"
     params: dict = {}
     buffers: dict = {}
-    #: False for layers that only make sense in a trained network (learned weights, flatten).
-    in_pipelines = True
+    #: What the last ``forward(x, train=True)`` kept for ``backward`` (see ``save_for_backward``).
+    saved: tuple = ()
 
-    def bind(self, channels):
-        """Check the input channel names and return the output channel names."""
-        return list(channels)
+    def build(self, in_shape, rng=None):
+        """Check ``in_shape`` and return the output shape (see the class docstring)."""
+        return tuple(in_shape)
 
-    def out_hw(self, h, w):
-        return h, w
+    def channel_names(self, names):
+        """Names of the output maps, given the input maps' ``names`` (after ``build``)."""
+        return list(names)
+
+    def save_for_backward(self, *values):
+        """Keep ``values`` in ``saved`` for ``backward``; each layer's docstring says what they are."""
+        self.saved = values
 
     def window(self):
         """((kernel extent, stride) for rows, for columns), or None for a global layer."""
@@ -65,31 +101,38 @@ class Layer:
 
 
 class Activation(Layer):
+    """An element-wise function from ``ACTIVATIONS``; saves its input and output (x, y)."""
+
     def __init__(self, kind, slope=0.01):
         if kind not in ACTIVATIONS:
             raise LayerError(f"unknown activation {kind!r}; use one of {', '.join(ACTIVATIONS)}")
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
+            raise LayerError(f"slope must be a number, but got {slope!r}")
         self.kind = kind
         self.slope = slope
 
     def forward(self, x, train=False):
         y = ACTIVATIONS[self.kind][0](x, self.slope)
         if train:
-            self._saved = (x, y)
+            self.save_for_backward(x, y)
         return y
 
     def backward(self, grad):
-        x, y = self._saved
+        x, y = self.saved
         return (grad * ACTIVATIONS[self.kind][1](x, y, self.slope)).astype(np.float32)
-
-    def build(self, shape, rng):
-        return shape
 
     def describe(self):
         return f"leaky_relu {self.slope}" if self.kind == "leaky_relu" else self.kind
 
 
 class Pool(Layer):
-    """Max or average pooling (torch's defaults: stride = kernel, floor mode)."""
+    """Max or average pooling (torch's defaults: stride = kernel, floor mode).
+
+    Saved for backward: max pooling keeps (input shape, argmax), where each
+    maximum was, so its backward pass is a scatter; average pooling keeps
+    (input,). ``save_for_backward`` is public so that a fused conv + pool
+    step (``nn.Network``) can save what it computed in one go.
+    """
 
     def __init__(self, kind, kernel_size=2, stride=None, padding=0):
         self.kind = kind  # "maxpool" or "avgpool"
@@ -101,26 +144,25 @@ class Pool(Layer):
     def forward(self, x, train=False):
         args = (self.kernel_size, self.stride, self.padding)
         if self.kind == "avgpool":
-            self._x = x if train else None
+            if train:
+                self.save_for_backward(x)
             return F.avg_pool2d(x, *args)
         if not train:
             return F.max_pool2d(x, *args)
-        # Keep where each maximum was: the backward pass is then a scatter.
-        y, self._argmax = F.max_pool2d_with_argmax(x, *args)
-        self._x_shape = x.shape
+        y, argmax = F.max_pool2d_with_argmax(x, *args)
+        self.save_for_backward(x.shape, argmax)
         return y
 
     def backward(self, grad):
         if self.kind == "avgpool":
-            return F.avg_pool2d_backward(self._x, grad, self.kernel_size, self.stride, self.padding)
-        return F.max_pool2d_backward_from_argmax(self._x_shape, grad, self._argmax)
+            return F.avg_pool2d_backward(*self.saved, grad, self.kernel_size, self.stride, self.padding)
+        x_shape, argmax = self.saved
+        return F.max_pool2d_backward_from_argmax(x_shape, grad, argmax)
 
-    def build(self, shape, rng):
-        if len(shape) != 3:
-            raise LayerError(f"{self.kind} needs maps (C, H, W), but its input is flat {shape}")
-        return (shape[0], *self.out_hw(*shape[1:]))
+    def build(self, in_shape, rng=None):
+        return maps_out(*maps_shape(in_shape, self.kind), self._out_hw)
 
-    def out_hw(self, h, w):
+    def _out_hw(self, h, w):
         try:
             return F.PoolSpec((1, 1, h, w), self.kernel_size, self.stride, self.padding).y_shape[2:]
         except ValueError as exc:
@@ -135,19 +177,19 @@ class Pool(Layer):
 
 
 class GlobalPool(Layer):
-    """Mean or max over each whole map: (N, C, H, W) -> (N, C, 1, 1)."""
+    """Mean or max over each whole map: (N, C, H, W) -> (N, C, 1, 1). Saves its input (x,)."""
 
     def __init__(self, kind):
         self.kind = kind  # "globalavgpool" or "globalmaxpool"
 
     def forward(self, x, train=False):
         if train:
-            self._x = x
+            self.save_for_backward(x)
         reduce = np.mean if self.kind == "globalavgpool" else np.max
         return reduce(x, axis=(2, 3), keepdims=True).astype(np.float32)
 
     def backward(self, grad):
-        x = self._x
+        (x,) = self.saved
         if self.kind == "globalavgpool":
             return np.broadcast_to(grad / np.float32(x.shape[2] * x.shape[3]), x.shape).astype(np.float32)
         # All of each map's gradient goes to its first maximum.
@@ -157,13 +199,8 @@ class GlobalPool(Layer):
         gx[np.arange(n * c), flat.argmax(axis=1)] = grad.reshape(n * c)
         return gx.reshape(x.shape)
 
-    def out_hw(self, h, w):
-        return 1, 1
-
-    def build(self, shape, rng):
-        if len(shape) != 3:
-            raise LayerError(f"{self.kind} needs maps (C, H, W), but its input is flat {shape}")
-        return (shape[0], 1, 1)
+    def build(self, in_shape, rng=None):
+        return maps_shape(in_shape, self.kind)[0], 1, 1
 
     def window(self):
         return None
@@ -174,11 +211,15 @@ class Products(Layer):
 
     kind = "products"
 
-    def bind(self, channels):
-        if len(channels) > 16:
-            raise LayerError(f"products takes at most 16 channels, but gets {len(channels)}")
-        self.pairs = [(i, j) for i in range(len(channels)) for j in range(i, len(channels))]
-        return [f"{channels[i]}*{channels[j]}" for i, j in self.pairs]
+    def build(self, in_shape, rng=None):
+        c = in_shape[0]
+        if c > 16:
+            raise LayerError(f"products takes at most 16 channels, but gets {c}")
+        self.pairs = [(i, j) for i in range(c) for j in range(i, c)]
+        return (len(self.pairs), *in_shape[1:])
+
+    def channel_names(self, names):
+        return [f"{names[i]}*{names[j]}" for i, j in self.pairs]
 
     def forward(self, x, train=False):
         return np.stack([x[:, i] * x[:, j] for i, j in self.pairs], axis=1)
@@ -199,12 +240,15 @@ class CornerResponse(Layer):
             raise LayerError(f"corner_response method must be 'harris' or 'shi_tomasi', not {method!r}")
         self.method, self.k = method, k
 
-    def bind(self, channels):
-        if len(channels) != 3:
+    def build(self, in_shape, rng=None):
+        if in_shape[0] != 3:
             raise LayerError(
                 "corner_response needs the 3 channels Sxx, Sxy, Syy (a products layer over "
-                f"x and y derivatives, then smoothing), but gets {len(channels)}"
+                f"x and y derivatives, then smoothing), but gets {in_shape[0]}"
             )
+        return (1, *in_shape[1:])
+
+    def channel_names(self, names):
         return [self.method]
 
     def forward(self, x, train=False):
@@ -267,28 +311,38 @@ class BankConv(Layer):
         self.banks, self.mode = list(banks), mode
         self.options = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
         F.check_conv_options(**self.options)  # bad values are the file's fault: say so when it loads
-        self.filters = []  # (weight, bias, groups) per bank, filled by bind()
+        self.filters = []  # (weight, bias, groups) per bank, filled by build()
 
-    def bind(self, channels):
-        c_in = len(channels)
-        self.filters, names = [], []
+    def _per_channel(self, bank):
+        """True when every kernel of ``bank`` runs on each input channel alone (depthwise, 2-D kernels)."""
+        return self.mode == "depthwise" and all(k.channels is None for k in bank.kernels)
+
+    def build(self, in_shape, rng=None):
+        c_in, h, w = maps_shape(in_shape, self.kind)
+        self.filters = []
         for bank in self.banks:
             side_h = max(k.size[0] for k in bank.kernels)
             side_w = max(k.size[1] for k in bank.kernels)
             per_kernel = [self._filter(k, c_in, side_h, side_w) for k in bank.kernels]
-            if self.mode == "depthwise" and all(k.channels is None for k in bank.kernels):
+            if self._per_channel(bank):
                 # (C_in * M, 1, kH, kW), output o = c*M + m reads input channel c.
                 base = np.stack([p[0, 0] for p in per_kernel])
-                w = np.tile(base, (c_in, 1, 1)).reshape(-1, 1, side_h, side_w)
-                bias = np.tile([k.bias for k in bank.kernels], c_in)
-                names += [f"{k.name}@{c}" for c in channels for k in bank.kernels]
-                self.filters.append((w, bias, c_in))
+                weight = np.tile(base, (c_in, 1, 1)).reshape(-1, 1, side_h, side_w)
+                self.filters.append((weight, np.tile([k.bias for k in bank.kernels], c_in), c_in))
             else:
-                w = np.stack([p[0] for p in per_kernel])
-                names += [k.name for k in bank.kernels]
-                self.filters.append((w, np.array([k.bias for k in bank.kernels]), 1))
+                weight = np.stack([p[0] for p in per_kernel])
+                self.filters.append((weight, np.array([k.bias for k in bank.kernels]), 1))
         self.filters = [(w.astype(np.float32), b.astype(np.float32), g) for w, b, g in self.filters]
-        return names
+        return maps_out(sum(len(b) for _, b, _ in self.filters), h, w, self._out_hw)
+
+    def channel_names(self, names):
+        out = []
+        for bank in self.banks:
+            if self._per_channel(bank):
+                out += [f"{k.name}@{c}" for c in names for k in bank.kernels]
+            else:
+                out += [k.name for k in bank.kernels]
+        return out
 
     def _filter(self, kernel, c_in, side_h, side_w):
         """Weights (1 or C_in, C_in or 1, side_h, side_w) for one kernel, centred."""
@@ -331,7 +385,7 @@ class BankConv(Layer):
             out.append((pads, w.shape[2:]))
         return stride, dilation, out
 
-    def out_hw(self, h, w):
+    def _out_hw(self, h, w):
         stride, dilation, pads = self._padding_pairs()
         sizes = set()
         for (top, bottom, left, right), (kh, kw) in pads:

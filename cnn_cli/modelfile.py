@@ -6,7 +6,8 @@ Arrays:
   in PyTorch's layouts, so ``torch_module.load_state_dict`` takes them as they are;
 - ``__meta__``: UTF-8 JSON as uint8 bytes: format and version, the architecture
   (its layer tables), the class names, the preprocessing (input size, colour,
-  per-channel mean and std) and the training metadata;
+  per-channel mean and std) and the training metadata, read into and written
+  from a ``meta.ModelMeta``;
 - in checkpoints only, ``state.*``: the optimizer's state and the best weights
   so far, for ``--resume``.
 """
@@ -17,28 +18,20 @@ import json
 
 import numpy as np
 
-from . import __version__
 from .fileio import NpzError, load_npz_arrays, save_npz_atomic
-from .nn import Network
+from .meta import ModelError, ModelMeta
+from .nn import Conv2d, Network
 from .pipeline import build_layers
 
-FORMAT = "cnn-model"
-FORMAT_VERSION = 1
 META_KEY = "__meta__"
 STATE_PREFIX = "state."
 
 
-class ModelError(ValueError):
-    """A model file cannot be used; the message says why."""
-
-
 def build_network(meta, seed=0):
-    """A fresh network for the architecture and input shape recorded in ``meta``."""
-    arch = meta["architecture"]
-    layers = build_layers(arch["layers"], f"architecture '{arch['name']}'",
-                          substitutions={"classes": len(meta["classes"])})
-    pre = meta["preprocessing"]
-    return Network(layers, (pre["channels"], pre["image_size"], pre["image_size"]), seed=seed)
+    """A fresh network for the architecture and input shape recorded in ``meta`` (a ``ModelMeta``)."""
+    arch, pre = meta.architecture, meta.preprocessing
+    layers = build_layers(arch.layers, f"architecture '{arch.name}'", substitutions={"classes": len(meta.classes)})
+    return Network(layers, (pre.channels, pre.image_size, pre.image_size), seed=seed)
 
 
 def save_model(path, network, meta, extra_state=None):
@@ -51,15 +44,14 @@ def save_model(path, network, meta, extra_state=None):
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ModelError(f"weight '{name}' is not finite; refusing to save it")
         arrays[name] = arr
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "cnn_version": __version__, **meta}
-    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta.to_json()).encode("utf-8"), dtype=np.uint8)
     for name, arr in (extra_state or {}).items():
         arrays[STATE_PREFIX + name] = arr
     save_npz_atomic(path, arrays)
 
 
 def load_model(path):
-    """(network, meta, extra_state) from a model or checkpoint file; never unpickles."""
+    """(network, ModelMeta, extra_state) from a model or checkpoint file; never unpickles."""
     try:
         arrays = load_npz_arrays(path)
     except NpzError as exc:
@@ -67,18 +59,11 @@ def load_model(path):
     if META_KEY not in arrays:
         raise ModelError(f"{path}: not a cnn model file (no {META_KEY} entry)")
     try:
-        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+        meta = ModelMeta.from_json(json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8")))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: damaged metadata: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a cnn model file")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: model format version {meta.get('format_version')!r} is not supported "
-                         f"(this cnn reads version {FORMAT_VERSION}); use the cnn version that wrote it")
-    for key in ("architecture", "classes", "preprocessing"):
-        if key not in meta:
-            raise ModelError(f"{path}: metadata has no '{key}'")
-    _check_preprocessing(path, meta)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     extra = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
     for name, arr in weights.items():
@@ -97,38 +82,26 @@ def load_model(path):
     return network, meta, extra
 
 
-def _check_preprocessing(path, meta):
-    """Refuse preprocessing metadata that could not have come from cnn train."""
-    pre = meta["preprocessing"]
-    try:
-        color, channels, size = pre["color"], pre["channels"], pre["image_size"]
-        mean, std = np.asarray(pre["mean"], dtype=np.float64), np.asarray(pre["std"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: damaged preprocessing metadata ({exc})") from None
-    problems = []
-    if (color, channels) not in (("gray", 1), ("rgb", 3)):
-        problems.append(f"color {color!r} with {channels!r} channels")
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 4096:
-        problems.append(f"image_size {size!r}")
-    if not isinstance(channels, int) or mean.shape != (channels,) or std.shape != (channels,):
-        problems.append(f"mean/std of shapes {mean.shape}/{std.shape}")
-    elif not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
-        problems.append("mean/std that are not finite, or std <= 0")
-    if problems:
-        raise ModelError(f"{path}: impossible preprocessing: {'; '.join(problems)}")
+def _mean_std(pre):
+    return np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
 
 
 def preprocess(images, meta):
     """(N, 3, H, W) images in [0, 1], already resized -> the network's normalised input."""
     from .data import normalize, to_color
 
-    pre = meta["preprocessing"]
-    x = to_color(images, pre["color"])
-    return normalize(x, np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32))
+    return normalize(to_color(images, meta.preprocessing.color), *_mean_std(meta.preprocessing))
 
 
-def input_channel_names(meta):
-    return ["gray"] if meta["preprocessing"]["color"] == "gray" else ["R", "G", "B"]
+def image_transform(meta):
+    """A function from a decoded image (C, H, W) in [0, 1], read in the model's
+    colour, to the network's input (C, S, S): resized, then normalised."""
+    from .data import normalize
+    from .imageio import resize
+
+    size = meta.preprocessing.image_size
+    mean, std = _mean_std(meta.preprocessing)
+    return lambda img: normalize(resize(img, size, size)[None], mean, std)[0]
 
 
 def feature_pipeline(network, meta, name):
@@ -140,16 +113,9 @@ def feature_pipeline(network, meta, name):
     if count == 0:
         raise ModelError(f"{name}: the model has no layers that output feature maps")
     pipe = Pipeline(network.layers[:count], name, "learned layers of a trained model", name)
-    return pipe.bind(input_channel_names(meta))
+    return pipe.bind(meta.preprocessing.channel_names)
 
 
-def image_transform(meta):
-    """A function from a decoded image (C, H, W) in [0, 1], read in the model's
-    colour, to the network's input (C, S, S): resized, then normalised."""
-    from .data import normalize
-    from .imageio import resize
-
-    pre = meta["preprocessing"]
-    size = pre["image_size"]
-    mean, std = np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32)
-    return lambda img: normalize(resize(img, size, size)[None], mean, std)[0]
+def first_conv(network):
+    """The network's first ``Conv2d`` layer, or None."""
+    return next((layer for layer in network.layers if isinstance(layer, Conv2d)), None)

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from .choices import OPTIMIZERS, SCHEDULES
+
 
 class Optimizer:
     """Base: ``step(params)`` updates every (name, param, grad) in place."""
@@ -74,8 +76,13 @@ class Adam(Optimizer):
         p -= np.float32(step) * m / denom
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
-SCHEDULES = ("constant", "step", "cosine")
+def make_optimizer(name, lr, *, momentum=0.9, weight_decay=0.0):
+    """The optimizer ``name`` (one of ``choices.OPTIMIZERS``); ``momentum`` applies to sgd only."""
+    if name == "sgd":
+        return SGD(lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return Adam(lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {name!r}")
 
 
 def learning_rate(base, schedule, epoch, epochs, step_size=None, gamma=0.1):

@@ -15,98 +15,43 @@ A pipeline file lists ``[[layer]]`` tables, each with a ``type``::
     dilation = 1
 
     [[layer]]
-    type = "abs"                     # relu, leaky_relu (slope), abs, square, tanh, sigmoid
+    type = "abs"                     # an activation: a name in layers.ACTIVATIONS
 
     [[layer]]
     type = "maxpool"                 # or avgpool: kernel_size, stride, padding
     kernel_size = 2
 
-Other types: ``globalavgpool``, ``globalmaxpool``, ``products`` (pairwise
-channel products), ``corner_response`` (method = "harris" or "shi_tomasi",
-k), ``normalize`` (method = "l2" across channels or "standardize" per map).
+Every type, the fields it takes and whether pipelines may use it are in
+``cnn_cli.registry``; the file is read as ``cnn_cli.specfile`` describes.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import filterbank
-from .filterbank import BankError
-from .layers import (
-    ACTIVATIONS,
-    Activation,
-    BankConv,
-    CornerResponse,
-    GlobalPool,
-    LayerError,
-    Normalize,
-    Pool,
-    Products,
-)
+from . import filterbank, registry
+from .layers import BankConv, LayerError
+from .specfile import SpecFileError, read_spec
 
 #: The pipeline ``cnn apply`` runs when no bank, pipeline or model is given.
 DEFAULT_PIPELINE = "default"
 
-#: Fields each layer type accepts besides ``type``. A conv layer either takes
-#: ``banks`` (fixed filters) or ``out_channels`` (learned filters, in networks).
-_LEARNED_CONV = {"out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode"}
-_FIELDS = {
-    "conv": {"banks", "mode", "stride", "padding", "dilation", "padding_mode"} | _LEARNED_CONV,
-    "linear": {"out_features", "bias"},
-    "flatten": set(),
-    "dropout": {"p"},
-    "batchnorm": set(),
-    "residual": {"out_channels", "stride"},
-    "netvlad": {"clusters"},
-    "maxpool": {"kernel_size", "stride", "padding"},
-    "avgpool": {"kernel_size", "stride", "padding"},
-    "globalavgpool": set(),
-    "globalmaxpool": set(),
-    "products": set(),
-    "corner_response": {"method", "k"},
-    "normalize": {"method"},
-    **{name: ({"slope"} if name == "leaky_relu" else set()) for name in ACTIVATIONS},
-}
 
-
-def _build_layer(table, base_dir):
-    kind = table.get("type")
-    if kind not in _FIELDS:
-        raise BankError(f"type must be one of {', '.join(_FIELDS)}, but got {kind!r}")
-    unknown = set(table) - _FIELDS[kind] - {"type"}
-    if unknown:
-        raise BankError(f"unknown field(s) {sorted(unknown)} for type '{kind}'; allowed: {sorted(_FIELDS[kind])}")
+def _layer(table, base_dir):
+    """One layer from its ``[[layer]]`` table (checked against the registry)."""
+    entry = registry.find(table)
     options = {k: (list(v) if isinstance(v, list) else v) for k, v in table.items() if k != "type"}
-    if "slope" in options and (isinstance(options["slope"], bool) or not isinstance(options["slope"], (int, float))):
-        raise BankError(f"slope must be a number, but got {options['slope']!r}")
-    if kind in _LEARNABLE or (kind == "conv" and "out_channels" in options):
-        from . import nn
-
-        if kind == "conv" and "banks" in options:
-            raise BankError("a conv layer takes banks (fixed filters) or out_channels (learned), not both")
-        return getattr(nn, _LEARNABLE.get(kind, "Conv2d"))(**options)
-    if kind == "conv":
-        banks = options.pop("banks", None)
-        if not isinstance(banks, list) or not banks or not all(isinstance(b, str) for b in banks):
-            raise BankError("conv needs banks = [\"name\", ...], a non-empty list of bank names or files")
-        loaded = [filterbank.load_bank(_relative(b, base_dir)) for b in banks]
-        return BankConv(loaded, **options)
-    if kind in ("maxpool", "avgpool"):
-        return Pool(kind, **options)
-    if kind in ("globalavgpool", "globalmaxpool"):
-        return GlobalPool(kind)
-    if kind == "products":
-        return Products()
-    if kind == "corner_response":
-        return CornerResponse(**options)
-    if kind == "normalize":
-        return Normalize(**options)
-    return Activation(kind, **options)
+    if "banks" in entry.fields:
+        options["banks"] = _load_banks(options.get("banks"), base_dir)
+    return entry.make(options)
 
 
-_LEARNABLE = {"linear": "Linear", "flatten": "Flatten", "dropout": "Dropout", "batchnorm": "BatchNorm2d",
-              "residual": "Residual", "netvlad": "NetVLAD"}
+def _load_banks(specs, base_dir):
+    if not isinstance(specs, list) or not specs or not all(isinstance(b, str) for b in specs):
+        raise LayerError("conv needs banks = [\"name\", ...], a non-empty list of bank names or files")
+    return [filterbank.load_bank(_relative(b, base_dir)) for b in specs]
 
 
 def _relative(bank_spec, base_dir):
@@ -133,19 +78,27 @@ class Pipeline:
     def __init__(self, layers, name, description="", source=""):
         self.layers = list(layers)
         self.name, self.description, self.source = name, description, source
+        self.input_channels = []  # after bind()
         self.channels = []  # output channel names per layer, after bind()
 
     def bind(self, input_channels):
-        """Check every layer against the one before it; name every map."""
-        self.channels = []
-        channels = list(input_channels)
+        """Build every layer for the one before it, at any image size; name every map."""
+        self.input_channels, self.channels = list(input_channels), []
+        shape, channels = (len(self.input_channels), None, None), self.input_channels
         for i, layer in enumerate(self.layers):
-            try:
-                channels = layer.bind(channels)
-            except (LayerError, BankError, ValueError) as exc:
-                raise BankError(f"{self.source or self.name}: layer {i} ({layer.kind}): {exc}") from None
+            with self._blame(i, layer):
+                shape = layer.build(shape)
+                channels = layer.channel_names(channels)
             self.channels.append(channels)
         return self
+
+    @contextmanager
+    def _blame(self, i, layer):
+        """Turn a layer's refusal into a SpecFileError that names the pipeline and the layer."""
+        try:
+            yield
+        except (LayerError, ValueError) as exc:
+            raise SpecFileError(f"{self.source or self.name}: layer {i} ({layer.kind}): {exc}") from None
 
     def forward(self, x):
         """Run the batch ``x`` (N, C, H, W) through all layers; return every layer's output."""
@@ -157,14 +110,12 @@ class Pipeline:
 
     def summary(self, height, width):
         """Output shape and receptive field of every layer for an input of height x width."""
-        rows, h, w = [], height, width
-        fields = receptive_fields(self.layers)
+        rows, fields = [], receptive_fields(self.layers)
+        shape = (len(self.input_channels), height, width)
         for i, (layer, channels) in enumerate(zip(self.layers, self.channels)):
-            try:
-                h, w = layer.out_hw(h, w)
-            except (LayerError, ValueError) as exc:
-                raise BankError(f"{self.source or self.name}: layer {i} ({layer.kind}): {exc}") from None
-            rows.append(LayerInfo(i, layer, channels, (len(channels), h, w), fields[i]))
+            with self._blame(i, layer):
+                shape = layer.build(shape)
+            rows.append(LayerInfo(i, layer, channels, shape, fields[i]))
         return rows
 
 
@@ -193,36 +144,34 @@ def build_layers(tables, where, base_dir=Path("."), substitutions=None):
     ``substitutions`` replaces string values such as ``out_features = "classes"``.
     """
     if not isinstance(tables, list) or not tables:
-        raise BankError(f"{where}: needs [[layer]] entries")
+        raise SpecFileError(f"{where}: needs [[layer]] entries")
     layers = []
     for i, table in enumerate(tables):
         if not isinstance(table, dict):
-            raise BankError(f"{where}: layer {i}: must be a table")
+            raise SpecFileError(f"{where}: layer {i}: must be a table")
         table = {k: (substitutions.get(v, v) if substitutions and isinstance(v, str) else v)
                  for k, v in table.items()}
         try:
-            layers.append(_build_layer(table, base_dir))
-        except (BankError, LayerError, TypeError, ValueError) as exc:
-            raise BankError(f"{where}: layer {i}: {exc}") from None
+            layers.append(_layer(table, base_dir))
+        except (TypeError, ValueError) as exc:  # LayerError and SpecFileError are ValueErrors
+            raise SpecFileError(f"{where}: layer {i}: {exc}") from None
     return layers
 
 
 def load_pipeline(spec):
     """A ``Pipeline`` from a shipped name or a file path (not yet bound)."""
-    path = filterbank.resolve_file(spec, "pipeline")
-    doc = filterbank._read_toml(path)
+    path, doc = read_spec(spec, "pipeline")
     layers = build_layers(doc.get("layer"), path, path.parent)
     for i, layer in enumerate(layers):
-        if not layer.in_pipelines:
-            raise BankError(f"{path}: layer {i}: '{layer.kind}' needs learned weights; "
-                            "use it in an architecture for cnn train (--arch)")
+        if not registry.allows(layer, registry.PIPELINE):
+            raise SpecFileError(f"{path}: layer {i}: '{layer.kind}' needs learned weights; "
+                                "use it in an architecture for cnn train (--arch)")
     return Pipeline(layers, path.stem, doc.get("description", ""), str(path))
 
 
 def load_architecture(spec):
     """(name, description, layer tables) of a shipped or user architecture file."""
-    path = filterbank.resolve_file(spec, "architecture")
-    doc = filterbank._read_toml(path)
+    path, doc = read_spec(spec, "architecture")
     tables = doc.get("layer")
     build_layers(tables, path, path.parent, {"classes": 2})  # check it now, with a stand-in class count
     return path.stem, doc.get("description", ""), tables

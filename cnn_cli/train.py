@@ -8,40 +8,21 @@ any batch and resume to exactly the weights of an uninterrupted run.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import data as D
-from .imageio import MAX_PIXELS
-from .modelfile import build_network, load_model, save_model
+from .inference import predict_batches
+from .meta import (RESIZE_NOTE, SCALE_NOTE, Architecture, Checkpoint, ModelMeta, Preprocessing, TrainConfig,
+                   Training, TrainingResult)
+from .modelfile import build_network, first_conv, load_model, save_model
 from .nn import Dropout, softmax_cross_entropy
-from .optim import OPTIMIZERS, learning_rate
+from .optim import learning_rate, make_optimizer
 from .pipeline import load_architecture
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
-
-
-@dataclass
-class TrainConfig:
-    arch: str = "lenet"
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float | None = None          # None: DEFAULT_LR of the optimizer
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    val_split: float = 0.2
-    seed: int = 0
-    image_size: int | None = None    # None: from the data (data.default_image_size)
-    color: str | None = None         # None: gray if every training image is grey
-    augment: list = field(default_factory=list)
-    patience: int | None = None      # early stopping on validation loss
-    init_bank: str | None = None
-    follow_links: bool = False
-    max_pixels: int = MAX_PIXELS     # refuse larger images (decompression bombs)
 
 
 class TrainingError(ValueError):
@@ -66,10 +47,11 @@ class Prepared:
     y_val: np.ndarray
     network: object
     optimizer: object
-    meta: dict
+    meta: ModelMeta
     config: TrainConfig
     skipped: list
-    progress: dict = field(default_factory=dict)  # resume point and history
+    progress: Checkpoint = field(default_factory=Checkpoint)  # resume point and history
+    best: dict = field(default_factory=dict)  # weights of the lowest validation loss so far
 
 
 def checkpoint_path(model_path):
@@ -83,29 +65,31 @@ def sibling(model_path, suffix):
     return p.with_name(p.stem + suffix)
 
 
-def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, resume=None):
+def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
     """Scan, check and load the dataset; build (or restore) the network and optimizer.
 
     ``report`` receives one-line messages worth showing (image size chosen,
-    files skipped, class imbalance); ``on_image`` is called per decoded image.
+    files skipped, class imbalance).
     """
     extra = {}
     if resume is not None:
         network, meta, extra = load_model(resume)
-        if "checkpoint" not in meta:
+        if meta.checkpoint is None:
             raise TrainingError(f"{resume}: is a finished model, not a checkpoint (*.ckpt.npz)")
-        config = TrainConfig(**meta["training"]["config"])
+        if meta.training is None or not isinstance(meta.training.config, TrainConfig):
+            raise TrainingError(f"{resume}: the checkpoint does not record its training settings")
+        config = meta.training.config
     if resume is None:
         arch = load_architecture(config.arch)  # a bad --arch fails before any image is decoded
-    dataset = D.find_dataset(dataset_root, config.val_split, config.seed, config.follow_links)
-    if resume is not None and dataset.classes != meta["classes"]:
-        raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta['classes']}")
+    dataset = D.find_dataset(dataset_root, config.val_split, config.seed)
+    if resume is not None and dataset.classes != meta.classes:
+        raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta.classes}")
     size = config.image_size or D.default_image_size(dataset.train.paths)
     if config.image_size is None:
         report(f"image size {size}x{size} (median of the images' shorter sides; set --image-size to change)")
         config.image_size = size
-    x_tr, ok_tr, gray_tr, bad_tr = D.load_images(dataset.train.paths, size, on_image, config.max_pixels)
-    x_va, ok_va, gray_va, bad_va = D.load_images(dataset.val.paths, size, on_image, config.max_pixels)
+    x_tr, ok_tr, gray_tr, bad_tr = D.load_images(dataset.train.paths, size, config.max_pixels)
+    x_va, ok_va, gray_va, bad_va = D.load_images(dataset.val.paths, size, config.max_pixels)
     skipped = bad_tr + bad_va
     for path, reason in skipped:
         report(f"skipped {reason}")
@@ -123,49 +107,34 @@ def prepare(dataset_root, config, *, report=lambda msg: None, on_image=None, res
         report(f"colour: {config.color} (detected; set --color to change)")
     x_tr, x_va = D.to_color(x_tr, config.color), D.to_color(x_va, config.color)
     if resume is not None:
-        pre = meta["preprocessing"]
-        mean, std = np.array(pre["mean"], np.float32), np.array(pre["std"], np.float32)
+        pre = meta.preprocessing
+        mean, std = np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
     else:
         mean, std = D.channel_stats(x_tr)
         name, description, tables = arch
         if config.lr is None:
             config.lr = DEFAULT_LR[config.optimizer]
-        meta = {
-            "architecture": {"name": name, "description": description, "layers": tables},
-            "classes": dataset.classes,
-            "preprocessing": {
-                "image_size": size, "color": config.color, "channels": x_tr.shape[1],
-                "mean": mean.tolist(), "std": std.tolist(),
-                "resize": "Lanczos to image_size x image_size (aspect not kept)",
-                "scale": "pixel values in [0, 1], then (x - mean) / std per channel",
-            },
-            "training": {"config": asdict(config), "split": dataset.split_rule,
-                         "train_images": int(len(y_tr)), "val_images": int(len(y_va))},
-        }
+        meta = ModelMeta(
+            Architecture(name, tables, description), dataset.classes,
+            Preprocessing(size, config.color, x_tr.shape[1], mean.tolist(), std.tolist(), RESIZE_NOTE, SCALE_NOTE),
+            Training(config, dataset.split_rule, int(len(y_tr)), int(len(y_va))))
         network = build_network(meta, seed=config.seed)
         if config.init_bank:
             _init_from_bank(network, config.init_bank)
-    optimizer = _make_optimizer(config)
+    optimizer = make_optimizer(config.optimizer, config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
     if extra:
         optimizer.load_state_dict({k[len("optim."):]: v for k, v in extra.items() if k.startswith("optim.")})
-    progress = meta.get("checkpoint", {"epoch": 0, "batch": 0, "history": [], "sums": [0.0, 0, 0]})
-    progress["best"] = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")}
+    best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")}
     return Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
-                    network, optimizer, meta, config, skipped, progress)
-
-
-def _make_optimizer(config):
-    if config.optimizer == "sgd":
-        return OPTIMIZERS["sgd"](config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return OPTIMIZERS["adam"](config.lr, weight_decay=config.weight_decay)
+                    network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best)
 
 
 def _init_from_bank(network, bank_name):
     """Start the first conv layer from a bank's kernels (centred, averaged over input channels)."""
     from .filterbank import load_bank
-    from .nn import Conv2d
 
-    conv = next((l for l in network.layers if isinstance(l, Conv2d)), None)
+    conv = first_conv(network)
     if conv is None:
         raise TrainingError("--init-bank needs a conv layer in the architecture")
     w = conv.params["weight"]
@@ -180,17 +149,6 @@ def _init_from_bank(network, bank_name):
         top, left = (kh - 1) // 2 - (h - 1) // 2, (kw - 1) // 2 - (ww - 1) // 2
         w[o] = 0
         w[o, :, top:top + h, left:left + ww] = k.weights / c_in
-
-
-def predict_batches(network, x, batch_size=256):
-    """Class probabilities (N, classes) in eval mode."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        logits = network.forward(x[i:i + batch_size], train=False)
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        out.append(e / e.sum(axis=1, keepdims=True))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def evaluate_arrays(network, x, y, batch_size=256):
@@ -260,20 +218,17 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
     checkpoint at that point and raises ``Interrupted``. Returns the history.
     """
     net, progress = prep.network, prep.progress
-    history = progress["history"]
-    best = progress.get("best") or {}
-    best_loss = progress.get("best_loss")
-    best_loss = float("inf") if best_loss is None else best_loss
-    bad_epochs = progress.get("bad_epochs", 0)
-    start_batch = progress["batch"]
-    for epoch in range(progress["epoch"], prep.config.epochs):
+    history, best = progress.history, prep.best
+    best_loss = float("inf") if progress.best_loss is None else progress.best_loss
+    bad_epochs = progress.bad_epochs
+    start_batch = progress.batch
+    for epoch in range(progress.epoch, prep.config.epochs):
         t0 = time.perf_counter()
         sums, stopped_at = run_epoch(prep, epoch, start_batch=start_batch,
-                                     sums=progress["sums"] if start_batch else (0.0, 0, 0),
+                                     sums=progress.sums if start_batch else (0.0, 0, 0),
                                      on_batch=on_batch, should_stop=should_stop)
         if stopped_at is not None:
-            state = {"epoch": epoch, "batch": stopped_at, "history": history, "sums": list(sums),
-                     "best_loss": _finite_or_none(best_loss), "bad_epochs": bad_epochs}
+            state = Checkpoint(epoch, stopped_at, history, list(sums), _finite_or_none(best_loss), bad_epochs)
             _save_checkpoint(prep, model_path, state, best)
             raise Interrupted(checkpoint_path(model_path))
         start_batch = 0
@@ -294,8 +249,7 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
             else:
                 bad_epochs += 1
                 stop_early = bad_epochs >= prep.config.patience
-        state = {"epoch": epoch + 1, "batch": 0, "history": history, "sums": [0.0, 0, 0],
-                 "best_loss": _finite_or_none(best_loss), "bad_epochs": bad_epochs}
+        state = Checkpoint(epoch + 1, 0, history, [0.0, 0, 0], _finite_or_none(best_loss), bad_epochs)
         _save_checkpoint(prep, model_path, state, best)
         if on_epoch:
             on_epoch(history[-1])
@@ -317,9 +271,7 @@ def _finite_or_none(value):
 def _save_checkpoint(prep, model_path, state, best):
     extra = {f"optim.{k}": v for k, v in prep.optimizer.state_dict().items()}
     extra.update({f"best.{k}": v for k, v in best.items()})
-    meta = {**prep.meta, "checkpoint": state}
-    meta["training"]["config"] = asdict(prep.config)
-    save_model(checkpoint_path(model_path), prep.network, meta, extra)
+    save_model(checkpoint_path(model_path), prep.network, replace(prep.meta, checkpoint=state), extra)
 
 
 def finish(prep, model_path, history):
@@ -330,15 +282,13 @@ def finish(prep, model_path, history):
     from .fileio import write_bytes_atomic
     from .plots import confusion_png, learning_curves_png
 
-    meta = {k: v for k, v in prep.meta.items() if k != "checkpoint"}
     val_loss, val_acc, probs = evaluate_arrays(prep.network, prep.x_val, prep.y_val)
-    meta["training"] = {**meta["training"], "config": asdict(prep.config), "epochs_run": len(history),
-                        "history": history, "final_val_loss": val_loss, "final_val_accuracy": val_acc,
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    result = TrainingResult(len(history), history, val_loss, val_acc, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    meta = replace(prep.meta, checkpoint=None, training=replace(prep.meta.training, result=result))
     save_model(model_path, prep.network, meta)
     checkpoint_path(model_path).unlink(missing_ok=True)  # the run is complete; the model supersedes it
     write_bytes_atomic(sibling(model_path, ".metrics.json"), json.dumps(history, indent=2).encode())
     write_bytes_atomic(sibling(model_path, ".curves.png"), learning_curves_png(history))
     if len(prep.y_val):
-        matrix = confusion_matrix(prep.y_val, probs.argmax(axis=1), len(prep.meta["classes"]))
-        write_bytes_atomic(sibling(model_path, ".confusion.png"), confusion_png(matrix, prep.meta["classes"]))
+        matrix = confusion_matrix(prep.y_val, probs.argmax(axis=1), len(prep.meta.classes))
+        write_bytes_atomic(sibling(model_path, ".confusion.png"), confusion_png(matrix, prep.meta.classes))

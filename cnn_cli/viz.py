@@ -14,8 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-COLORMAPS = ("gray", "viridis", "magma", "coolwarm")
-NORMALIZATIONS = ("per-map", "per-layer", "none")
+from .choices import COLORMAPS
 
 #: Tiles in a grid are scaled so that their longer side lies in this range.
 GRID_TILE_MIN, GRID_TILE_MAX = 64, 256

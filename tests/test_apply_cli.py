@@ -255,11 +255,12 @@ def test_same_file_name_in_two_folders_goes_to_two_folders(tmp_path):
     assert not np.array_equal(npz[0], npz[1])
 
 
-def test_output_names_differ_ignoring_case():
-    from cnn_cli.apply import output_names
+def test_output_names_differ_ignoring_case(tmp_path):
+    from cnn_cli.inputs import find_inputs
 
-    names = output_names([Path("a/Photo.png"), Path("b/photo.png")])
-    assert len({n.casefold() for n in names.values()}) == 2
+    a, b = _image(tmp_path / "a" / "Photo.png"), _image(tmp_path / "b" / "photo.png")
+    found, _ = find_inputs([a, b])
+    assert len({item.name.casefold() for item in found}) == 2
 
 
 def test_folder_with_a_corrupt_file_exits_3(tmp_path):
@@ -273,8 +274,9 @@ def test_folder_with_a_corrupt_file_exits_3(tmp_path):
     assert "broken.png" in result.stderr
     assert len(_error_lines(result)) == 1, result.stderr
     assert "Traceback" not in result.output
+    # The folder is mirrored: set/sub/two.png writes out/sub/two/.
     for path in good:
-        _check_folder(out / path.stem, path)
+        _check_folder(out / path.relative_to(folder).with_suffix(""), path)
     assert not (out / "broken").exists()
     _no_leftovers(out)
 

@@ -8,7 +8,8 @@ import pytest
 import skimage.filters
 
 from cnn_cli import filterbank
-from cnn_cli.filterbank import BankError, gabor_kernel, gaussian_kernel, load_bank, log_kernel
+from cnn_cli.filterbank import gabor_kernel, gaussian_kernel, load_bank, log_kernel
+from cnn_cli.specfile import SpecFileError
 
 SHIPPED_BANKS = ["corners", "edges", "smoothing", "textures"]
 
@@ -29,6 +30,10 @@ def _write(tmp_path, text, name="bank.toml"):
 
 
 # ----------------------------------------------------------------- the shipped banks
+
+
+def test_bank_error_is_the_spec_file_error_under_its_first_name():
+    assert filterbank.BankError is SpecFileError
 
 
 def test_every_shipped_bank_is_listed():
@@ -154,7 +159,7 @@ def test_laws_masks_are_outer_products():
     e5l5 = filterbank.laws_kernel("E5L5")
     np.testing.assert_array_equal(e5l5[:, 2], 6 * np.array(LAWS["E5"]))
     np.testing.assert_array_equal(e5l5[1], -2 * np.array(LAWS["L5"]))
-    with pytest.raises(BankError, match="X5L5"):
+    with pytest.raises(SpecFileError, match="X5L5"):
         filterbank.laws_kernel("X5L5")
 
 
@@ -170,7 +175,7 @@ def test_gaussian_kernel_is_normalised_and_symmetric(sigma):
     # the ratio of neighbouring taps is the Gaussian's
     assert k[half, half + 1] / k[half, half] == pytest.approx(math.exp(-1 / (2 * sigma**2)))
     assert gaussian_kernel(sigma, size=5).shape == (5, 5)
-    with pytest.raises(BankError):
+    with pytest.raises(SpecFileError):
         gaussian_kernel(sigma, size=4)
 
 
@@ -267,7 +272,7 @@ def test_selection_by_file_path_and_pattern(tmp_path):
 
 
 def test_pattern_matching_nothing_names_the_bank():
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_bank("edges:nothing_*")
     message = str(info.value)
     assert "edges" in message and "nothing_*" in message
@@ -275,7 +280,7 @@ def test_pattern_matching_nothing_names_the_bank():
 
 
 def test_unknown_bank_lists_the_shipped_ones():
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_bank("nosuchbank")
     message = str(info.value)
     assert "nosuchbank" in message
@@ -284,7 +289,7 @@ def test_unknown_bank_lists_the_shipped_ones():
 
 
 def test_a_pipeline_name_is_not_a_bank():
-    with pytest.raises(BankError, match="no bank named 'default'"):
+    with pytest.raises(SpecFileError, match="no bank named 'default'"):
         load_bank("default")
 
 
@@ -415,7 +420,7 @@ BAD_BANKS = {
 def test_bad_bank_file_raises_bank_error_naming_file_and_kernel(tmp_path, case):
     text, expected = BAD_BANKS[case]
     path = _write(tmp_path, text)
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_bank(str(path))
     message = str(info.value)
     assert str(path) in message, message
@@ -431,7 +436,7 @@ def test_invalid_toml_reports_the_line(tmp_path):
         values = [[1, 2], [3, 4]]
         scale = = 2
     """)
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_bank(str(path))
     message = str(info.value)
     assert str(path) in message and "TOML" in message
@@ -439,14 +444,14 @@ def test_invalid_toml_reports_the_line(tmp_path):
 
 
 def test_bank_file_that_is_missing(tmp_path):
-    with pytest.raises(BankError, match="no bank named"):
+    with pytest.raises(SpecFileError, match="no bank named"):
         load_bank(str(tmp_path / "missing.toml"))
 
 
 def test_bank_file_that_is_not_utf8(tmp_path):
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(BankError, match="binary.toml"):
+    with pytest.raises(SpecFileError, match="binary.toml"):
         load_bank(str(binary))
 
 
@@ -456,7 +461,7 @@ def test_absurd_sigma_is_refused_before_building(tmp_path):
         name = "huge"
         gaussian = { sigma = 1e6 }
     """)
-    with pytest.raises(BankError, match="255"):
+    with pytest.raises(SpecFileError, match="255"):
         load_bank(str(path))
 
 
@@ -545,7 +550,7 @@ def test_weights_npz_errors(tmp_path, table, expected):
     np.savez(tmp_path / "obj.npz", o=np.array([{"x": 1}, None], dtype=object))
     (tmp_path / "notzip.npz").write_text("not a zip file")
     path = _write(tmp_path, "[weights]\n" + table + "\n")
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_bank(str(path))
     message = str(info.value)
     assert str(path) in message, message
@@ -558,5 +563,5 @@ def test_weights_npz_with_nonfinite_values_is_refused(tmp_path):
     w[1, 0, 1, 1] = np.nan
     np.savez(tmp_path / "w.npz", a=w)
     path = _write(tmp_path, '[weights]\nfile = "w.npz"\nkey = "a"\nnames = ["ok", "broken"]\n')
-    with pytest.raises(BankError, match="broken"):
+    with pytest.raises(SpecFileError, match="broken"):
         load_bank(str(path))

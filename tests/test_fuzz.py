@@ -1,7 +1,7 @@
 """Property-based fuzzing of every parser and of the engine's argument checks.
 
 Each property allows exactly two outcomes: a well-formed result, or the
-module's own error type (``ImageError``, ``BankError``, ``ModelError``,
+module's own error type (``ImageError``, ``SpecFileError``, ``ModelError``,
 ``ValueError``). Anything else, a crash of another type, a non-finite or
 out-of-range result, or a hang, is a bug.
 """
@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnn_cli import functional as F
-from cnn_cli.filterbank import MAX_KERNEL_SIDE, BankError, load_bank
+from cnn_cli.filterbank import MAX_KERNEL_SIDE, load_bank
 from cnn_cli.imageio import ImageError, read_image
-from cnn_cli.modelfile import ModelError, load_model
+from cnn_cli.modelfile import ModelError, ModelMeta, load_model
+from cnn_cli.specfile import SpecFileError
 from tinymodel import save_tiny_model
 
 FUZZ = settings(max_examples=80, deadline=3000,
@@ -182,14 +183,14 @@ def _check_bank(bank):
 
 @FUZZ
 @given(text=mutated_text(BANK_SEED))
-def test_mutated_bank_loads_finite_kernels_or_raises_bank_error(tmp_path, text):
+def test_mutated_bank_loads_finite_kernels_or_raises_spec_file_error(tmp_path, text):
     path = tmp_path / "fuzz_bank.toml"
     path.write_text(text, encoding="utf-8")
     try:
         bank = load_bank(str(path))
-    except BankError as exc:
+    except SpecFileError as exc:
         assert str(path) in str(exc) or "no bank named" in str(exc), str(exc)
-        event("BankError")
+        event("SpecFileError")
         return
     _check_bank(bank)
 
@@ -235,7 +236,7 @@ def kernel_tables(draw):
 
 @FUZZ
 @given(kernels=st.lists(kernel_tables(), min_size=1, max_size=3))
-def test_generated_bank_loads_finite_kernels_or_raises_bank_error(tmp_path, kernels):
+def test_generated_bank_loads_finite_kernels_or_raises_spec_file_error(tmp_path, kernels):
     lines = []
     for table in kernels:
         lines.append("[[kernel]]")
@@ -244,8 +245,8 @@ def test_generated_bank_loads_finite_kernels_or_raises_bank_error(tmp_path, kern
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     try:
         bank = load_bank(str(path))
-    except BankError:
-        event("BankError")
+    except SpecFileError:
+        event("SpecFileError")
         return
     _check_bank(bank)
 
@@ -271,7 +272,7 @@ def _check_load(path):
         event("ModelError")
         return
     event("loaded")
-    assert isinstance(meta, dict)
+    assert isinstance(meta, ModelMeta)
     for name, arr in network.state_dict().items():
         assert np.all(np.isfinite(arr)), name
 

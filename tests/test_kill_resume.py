@@ -104,10 +104,10 @@ def _check_files_after_kill(work):
     assert stray == [], f"unexpected files after the kill: {stray}"
     if "m.ckpt.npz" in names:
         _, meta, _ = load_model(work / "m.ckpt.npz")
-        assert "checkpoint" in meta
+        assert meta.checkpoint is not None
     if "m.npz" in names:
         _, meta, _ = load_model(work / "m.npz")
-        assert "checkpoint" not in meta
+        assert meta.checkpoint is None
     if "m.metrics.json" in names:
         json.loads((work / "m.metrics.json").read_text())
     for png in ("m.curves.png", "m.confusion.png"):
@@ -178,6 +178,6 @@ def test_sigint_saves_a_checkpoint_and_resume_gives_the_same_weights(tmp_path, d
     names = _check_files_after_kill(work)
     assert "m.npz" not in names
     _, meta, _ = load_model(work / "m.ckpt.npz")
-    assert 1 <= meta["checkpoint"]["epoch"] < 4
+    assert 1 <= meta.checkpoint.epoch < 4
     _resume_and_compare(work, data, names, reference)
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from cnn_cli.cli import app
 from cnn_cli.data import load_images
 from cnn_cli.modelfile import load_model, preprocess
-from cnn_cli.train import predict_batches
+from cnn_cli.inference import predict_batches
 
 from digits import PATTERNS, write_patterns
 
@@ -80,8 +80,8 @@ def test_train_writes_the_model_and_its_companions(model):
     assert "epoch 2/2" in result.output
     assert "saved" in result.output
     _, meta, _ = load_model(out)
-    assert meta["classes"] == CLASSES
-    assert meta["training"]["config"]["epochs"] == 2
+    assert meta.classes == CLASSES
+    assert meta.training.config.epochs == 2
 
 
 def test_train_refuses_to_overwrite_without_force(model, dataset):
@@ -272,9 +272,9 @@ def test_predict_matches_the_library_on_a_resized_colour_image(model, image):
     answers = json.loads(invoke("predict", image, "--model", out, "--top-k", 3, "--json").stdout)
     got = {p["class"]: p["probability"] for p in answers[0]["predictions"]}
     network, meta, _ = load_model(out)
-    images, ok, _, _ = load_images([image], meta["preprocessing"]["image_size"])
+    images, ok, _, _ = load_images([image], meta.preprocessing.image_size)
     expected = predict_batches(network, preprocess(images, meta))[0]
-    for i, name in enumerate(meta["classes"]):
+    for i, name in enumerate(meta.classes):
         assert got[name] == pytest.approx(float(expected[i]), abs=1e-4), name
 
 
@@ -356,7 +356,7 @@ def test_apply_with_a_model_writes_the_conv_layers_maps(model, image, tmp_path):
             for m in entry["maps"]:
                 assert (folder / m["png"]).is_file()
         # The maps are the trained network's own activations on the preprocessed image.
-        images, _, _, _ = load_images([image], meta["preprocessing"]["image_size"])
+        images, _, _, _ = load_images([image], meta.preprocessing.image_size)
         x = preprocess(images, meta)
         for i, layer in enumerate(network.layers[:flat_at]):
             x = layer.forward(x)
@@ -381,7 +381,7 @@ def test_every_architecture_trains_and_the_model_commands_take_it(arch, dataset,
     result = invoke("train", dataset, "-o", out, "--arch", arch, "--epochs", 1, "--batch-size", 16)
     assert result.exit_code == 0, result.output
     _, meta, _ = load_model(out)
-    assert meta["architecture"]["name"] == arch
+    assert meta.architecture.name == arch
     info = invoke("info", out)
     assert info.exit_code == 0, info.output
     assert arch in info.stdout
@@ -402,11 +402,11 @@ def test_image_size_and_color_options_are_recorded(dataset, tmp_path):
                     "--optimizer", "sgd", "--lr", "0.01", "--schedule", "cosine", "--seed", 9)
     assert result.exit_code == 0, result.output
     _, meta, _ = load_model(out)
-    pre = meta["preprocessing"]
-    assert (pre["image_size"], pre["color"], pre["channels"]) == (12, "rgb", 3)
-    assert len(pre["mean"]) == len(pre["std"]) == 3
-    config = meta["training"]["config"]
-    assert (config["optimizer"], config["lr"], config["schedule"], config["seed"]) == ("sgd", 0.01, "cosine", 9)
+    pre = meta.preprocessing
+    assert (pre.image_size, pre.color, pre.channels) == (12, "rgb", 3)
+    assert len(pre.mean) == len(pre.std) == 3
+    config = meta.training.config
+    assert (config.optimizer, config.lr, config.schedule, config.seed) == ("sgd", 0.01, "cosine", 9)
 
 
 def test_resume_from_a_finished_model_is_refused(model, dataset, tmp_path):
@@ -471,8 +471,8 @@ def test_a_signal_saves_a_checkpoint_and_exits_128_plus_signal(bigger_dataset, t
     assert not out.exists(), "an interrupted run writes no model"
     assert "--resume" in stderr and str(ckpt) in stderr, stderr
     network, meta, extra = load_model(ckpt)
-    assert 1 <= meta["checkpoint"]["epoch"] < EPOCHS
-    assert len(meta["checkpoint"]["history"]) == meta["checkpoint"]["epoch"]
+    assert 1 <= meta.checkpoint.epoch < EPOCHS
+    assert len(meta.checkpoint.history) == meta.checkpoint.epoch
     assert any(k.startswith("optim.") for k in extra)
     if signum == signal.SIGINT:
         # The advice in the message works: resume and finish the run.
@@ -480,4 +480,4 @@ def test_a_signal_saves_a_checkpoint_and_exits_128_plus_signal(bigger_dataset, t
         assert result.exit_code == 0, result.output
         assert out.is_file() and not ckpt.exists()
         _, meta, _ = load_model(out)
-        assert meta["training"]["epochs_run"] == EPOCHS
+        assert meta.training.result.epochs_run == EPOCHS

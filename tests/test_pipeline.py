@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from cnn_cli import filterbank
-from cnn_cli.filterbank import BankError, load_bank
+from cnn_cli import filterbank, registry
+from cnn_cli.filterbank import load_bank
 from cnn_cli.layers import BankConv
 from cnn_cli.pipeline import bank_pipeline, load_pipeline
+from cnn_cli.specfile import SpecFileError
 
 SHIPPED_PIPELINES = ["default", "harris", "shi_tomasi", "laws_energy"]
 
@@ -153,13 +154,14 @@ def test_harris_is_negative_on_edges():
 def test_depthwise_mode_runs_every_kernel_on_every_channel_alone():
     bank = load_bank("edges:sobel_*")
     layer = BankConv([bank], mode="depthwise")
-    names = layer.bind(["R", "G", "B"])
+    assert layer.build((3, 24, 30)) == (6, 24, 30)
+    names = layer.channel_names(["R", "G", "B"])
     assert names == ["sobel_x@R", "sobel_y@R", "sobel_x@G", "sobel_y@G", "sobel_x@B", "sobel_y@B"]
     x = _rng_image((2, 3, 24, 30), seed=1)
     y = layer.forward(x)
     assert y.shape == (2, 6, 24, 30)
     alone = BankConv([bank], mode="mean")
-    alone.bind(["gray"])
+    alone.build((1, None, None))
     for c in range(3):
         np.testing.assert_allclose(y[:, 2 * c:2 * c + 2], alone.forward(x[:, c:c + 1]), rtol=1e-5, atol=1e-5)
 
@@ -167,14 +169,15 @@ def test_depthwise_mode_runs_every_kernel_on_every_channel_alone():
 def test_depthwise_mode_with_two_banks_of_different_sizes():
     banks = [load_bank("edges:sobel_x"), load_bank("smoothing:gaussian_s1")]
     layer = BankConv(banks, mode="depthwise")
-    names = layer.bind(["a", "b"])
+    assert layer.build((2, None, None)) == (4, None, None)
+    names = layer.channel_names(["a", "b"])
     assert names == ["sobel_x@a", "sobel_x@b", "gaussian_s1@a", "gaussian_s1@b"]
     x = _rng_image((1, 2, 20, 26), seed=2)
     y = layer.forward(x)
     assert y.shape == (1, 4, 20, 26)
     for i, bank in enumerate(banks):
         alone = BankConv([bank])
-        alone.bind(["gray"])
+        alone.build((1, None, None))
         for c in range(2):
             np.testing.assert_allclose(y[:, 2 * i + c], alone.forward(x[:, c:c + 1])[:, 0], rtol=1e-5, atol=1e-5)
 
@@ -182,9 +185,10 @@ def test_depthwise_mode_with_two_banks_of_different_sizes():
 def test_mean_mode_on_rgb_equals_conv_of_the_channel_mean():
     bank = load_bank("edges")
     rgb = BankConv([bank], mode="mean")
-    assert rgb.bind(["R", "G", "B"]) == [k.name for k in bank.kernels]
+    assert rgb.build((3, 28, 36)) == (len(bank.kernels), 28, 36)
+    assert rgb.channel_names(["R", "G", "B"]) == [k.name for k in bank.kernels]
     gray = BankConv([bank], mode="mean")
-    gray.bind(["gray"])
+    gray.build((1, 28, 36))
     x = _rng_image((1, 3, 28, 36), seed=3)
     np.testing.assert_allclose(rgb.forward(x), gray.forward(x.mean(axis=1, keepdims=True)),
                                rtol=1e-4, atol=1e-5)
@@ -200,7 +204,7 @@ def test_kernels_of_different_sizes_in_one_bank_are_centred(tmp_path):
         values = [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
     """)
     layer = BankConv([load_bank(str(path))])
-    layer.bind(["gray"])
+    layer.build((1, None, None))
     x = _rng_image((1, 1, 12, 14), seed=4)
     y = layer.forward(x)
     np.testing.assert_allclose(y[0, 1], x[0, 0], atol=1e-6)
@@ -230,7 +234,7 @@ RGB_BANK = """
 
 def test_multichannel_bank_over_gray_suggests_color_rgb(tmp_path):
     path = _write(tmp_path / "rgb.toml", RGB_BANK)
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         bank_pipeline([str(path)]).bind(["gray"])
     message = str(info.value)
     assert "--color rgb" in message and "redness" in message and "3" in message
@@ -247,7 +251,7 @@ def test_multichannel_bank_over_rgb_is_used_as_written(tmp_path):
 
 def test_multichannel_bank_cannot_run_depthwise(tmp_path):
     path = _write(tmp_path / "rgb.toml", RGB_BANK)
-    with pytest.raises(BankError, match="depthwise"):
+    with pytest.raises(SpecFileError, match="depthwise"):
         bank_pipeline([str(path)], mode="depthwise").bind(["R", "G", "B"])
 
 
@@ -264,7 +268,7 @@ def test_corner_response_with_wrong_channels_names_the_layer(tmp_path):
         type = "corner_response"
     """)
     pipe = load_pipeline(str(path))
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         pipe.bind(["gray"])
     message = str(info.value)
     assert str(path) in message
@@ -322,7 +326,7 @@ PIPELINE_ERRORS = {
 def test_bad_pipeline_file(tmp_path, case):
     text, expected = PIPELINE_ERRORS[case]
     path = _write(tmp_path / "p.toml", text)
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_pipeline(str(path))
     message = str(info.value)
     assert str(path) in message, message
@@ -331,17 +335,17 @@ def test_bad_pipeline_file(tmp_path, case):
 
 
 def test_unknown_pipeline_name_lists_the_shipped_ones():
-    with pytest.raises(BankError) as info:
+    with pytest.raises(SpecFileError) as info:
         load_pipeline("nosuchpipeline")
     for name in SHIPPED_PIPELINES:
         assert name in str(info.value)
-    with pytest.raises(BankError, match="no pipeline named 'edges'"):
+    with pytest.raises(SpecFileError, match="no pipeline named 'edges'"):
         load_pipeline("edges")
 
 
 def test_image_smaller_than_the_output_window_is_an_error():
     pipe = load_pipeline("default").bind(["gray"])
-    with pytest.raises(BankError, match="layer"):
+    with pytest.raises(SpecFileError, match="layer"):
         pipe.summary(1, 1)
 
 
@@ -392,3 +396,37 @@ def test_activation_products_and_normalize_layers(tmp_path):
     np.testing.assert_allclose(prod[0, 1], leaky[0, 0] * leaky[0, 1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(norm.mean(axis=(2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(norm.std(axis=(2, 3)), 1, atol=1e-3)
+
+
+# ----------------------------------------------------------------- the layer registry
+
+#: Fields some types cannot do without, by field name.
+REQUIRED_FIELDS = {"banks": lambda: [load_bank("edges")], "out_channels": lambda: 2, "out_features": lambda: 2}
+
+
+@pytest.mark.parametrize("entry", registry.LAYER_TYPES, ids=lambda t: f"{t.name}-{t.cls.__name__}")
+def test_every_registered_type_follows_the_shape_protocol(entry):
+    """Each entry makes a layer that knows its entry, and whose ``build`` gives the shape ``forward`` gives."""
+    layer = entry.make({f: make() for f, make in REQUIRED_FIELDS.items() if f in entry.fields})
+    assert layer.kind == entry.name and registry.type_of(layer) is entry
+    in_shape = (12,) if entry.name == "linear" else (3, 12, 10)
+    out_shape = layer.build(in_shape, np.random.default_rng(0))
+    y = layer.forward(_rng_image((2, *in_shape)))
+    assert y.shape == (2, *out_shape)
+    params = dict(layer.params)
+    assert layer.build(in_shape) == out_shape, "building again without an rng changes nothing"
+    assert all(layer.params[k] is v for k, v in params.items())
+    if len(in_shape) == 3:
+        unknown = layer.build((3, None, None))
+        assert len(unknown) == len(out_shape) and all(u in (None, o) for u, o in zip(unknown, out_shape))
+
+
+def test_registry_is_where_types_are_used():
+    assert registry.names()[0] == "conv" and len(registry.names()) == len(set(registry.names()))
+    pipeline_only = {t.name for t in registry.LAYER_TYPES if t.where == registry.PIPELINE_ONLY}
+    assert {"products", "corner_response", "normalize"} <= pipeline_only
+    assert registry.network_only({"type": "conv", "out_channels": 4})
+    assert not registry.network_only({"type": "conv", "banks": ["edges"]})
+    assert not registry.network_only({"type": "relu"})
+    with pytest.raises(ValueError, match=r"\['groups'\] are for a conv layer with out_channels"):
+        registry.find({"type": "conv", "banks": ["edges"], "groups": 2})

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 F = torch.nn.functional
 
-from cnn_cli.modelfile import META_KEY, build_network, load_model, save_model  # noqa: E402
+from cnn_cli.modelfile import META_KEY, ModelMeta, build_network, load_model, save_model  # noqa: E402
 from cnn_cli.nn import Dropout, Network, softmax_cross_entropy  # noqa: E402
 from cnn_cli.optim import SGD, Adam, learning_rate  # noqa: E402
 from cnn_cli.pipeline import build_layers, load_architecture  # noqa: E402
@@ -221,9 +221,9 @@ def test_model_file_loads_into_torch(tmp_path):
             "preprocessing": {"image_size": SIZE, "color": "rgb", "channels": 3,
                               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
             "training": {}}
-    net = build_network(meta, seed=3)
+    net = build_network(ModelMeta.from_parts(meta), seed=3)
     net.forward(batch(arch)[0], train=True)  # non-trivial running statistics
-    save_model(tmp_path / "m.npz", net, meta)
+    save_model(tmp_path / "m.npz", net, ModelMeta.from_parts(meta))
     with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     assert json.loads(arrays.pop(META_KEY).tobytes())["classes"] == meta["classes"]

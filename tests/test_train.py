@@ -173,7 +173,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, patterns, st
         assert not model_b.exists(), "an interrupted run must not write the model"
         _, meta, extra = load_model(checkpoint_path(model_b))
         # Stopped after that batch: a mid-epoch checkpoint, or the end-of-epoch one.
-        assert (meta["checkpoint"]["epoch"], meta["checkpoint"]["batch"]) == \
+        assert (meta.checkpoint.epoch, meta.checkpoint.batch) == \
             ((epoch - 1, batch) if batch is not None else (epoch, 0))
         assert any(k.startswith("optim.") for k in extra)
         prep = prepare(patterns, TrainConfig(), resume=checkpoint_path(model_b))
@@ -244,8 +244,8 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert not np.array_equal(snapshots[best]["0.weight"], snapshots[-1]["0.weight"])
     saved, meta, _ = load_model(tmp_path / "m.npz")
     assert_same_weights(weights_of(saved), snapshots[best])
-    assert meta["training"]["epochs_run"] == len(history)
-    assert meta["training"]["final_val_loss"] == pytest.approx(val[best], rel=1e-6)
+    assert meta.training.result.epochs_run == len(history)
+    assert meta.training.result.final_val_loss == pytest.approx(val[best], rel=1e-6)
 
 
 # --------------------------------------------------------------------------- divergence
@@ -309,7 +309,7 @@ def test_prepare_uses_a_stratified_seeded_split(tmp_path):
     assert np.bincount(a.y_train).tolist() == [6, 6, 6]
     assert np.array_equal(a.x_val, b.x_val)
     assert not np.array_equal(a.x_val, c.x_val)
-    assert "seed 7" in a.meta["training"]["split"]
+    assert "seed 7" in a.meta.training.split
 
 
 def test_train_and_val_folders_are_the_split(tmp_path):
@@ -319,8 +319,8 @@ def test_train_and_val_folders_are_the_split(tmp_path):
     prep = prepare(root, TrainConfig(val_split=0.5))
     assert np.bincount(prep.y_train).tolist() == [5, 5, 5]
     assert np.bincount(prep.y_val).tolist() == [2, 2, 2]
-    assert prep.meta["classes"] == sorted(PATTERNS)
-    assert "train/" in prep.meta["training"]["split"]
+    assert prep.meta.classes == sorted(PATTERNS)
+    assert "train/" in prep.meta.training.split
 
 
 def test_train_and_val_folders_must_have_the_same_classes(tmp_path):
@@ -387,7 +387,7 @@ def test_hidden_files_and_appledouble_files_are_skipped(tmp_path):
     (root / "blob" / ".ipynb_checkpoints" / "000-checkpoint.png").write_bytes(good)
     messages = []
     prep = prepare(root, TrainConfig(val_split=0.34), report=messages.append)
-    assert prep.meta["classes"] == ["blob", "vertical"]
+    assert prep.meta.classes == ["blob", "vertical"]
     assert len(prep.y_train) + len(prep.y_val) == 6
     assert prep.skipped == []
     assert not any("skipped" in m for m in messages), messages
@@ -405,7 +405,7 @@ def test_symbolic_links_are_not_followed(tmp_path):
     except (OSError, NotImplementedError):
         pytest.skip("cannot make symbolic links here")
     prep = prepare(root, TrainConfig(val_split=0.34))
-    assert prep.meta["classes"] == ["blob", "vertical"]
+    assert prep.meta.classes == ["blob", "vertical"]
     assert len(prep.y_train) + len(prep.y_val) == 6
 
 
@@ -433,7 +433,7 @@ def test_rgb_images_are_detected_and_kept_in_colour(tmp_path):
     prep = prepare(root, TrainConfig())
     assert prep.config.color == "rgb"
     assert prep.x_train.shape[1] == 3
-    assert prep.meta["preprocessing"]["channels"] == 3
+    assert prep.meta.preprocessing.channels == 3
 
 
 # --------------------------------------------------------------------------- what a run writes

@@ -1,6 +1,6 @@
 """A tiny model file for the tests that damage, mutate or inspect model files."""
 
-from cnn_cli.modelfile import build_network, save_model
+from cnn_cli.modelfile import ModelMeta, build_network, save_model
 
 #: conv 3x3 (2 filters), ReLU, max-pool 2, linear: 8x8 grey images of two classes.
 META = {
@@ -16,5 +16,6 @@ META = {
 
 def save_tiny_model(path):
     """Write the model of ``META`` (weights drawn with seed 0) to ``path``; returns ``path``."""
-    save_model(path, build_network(META, seed=0), META)
+    meta = ModelMeta.from_parts(META)
+    save_model(path, build_network(meta, seed=0), meta)
     return path

@@ -1,0 +1,181 @@
+"""Blocks made of several operations, with their own backward passes: the
+ResNet basic block and NetVLAD aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import maps_shape
+from .trainable import MAX_CHANNELS, BatchNorm2d, Conv2d, Param, he_normal, whole_number
+
+
+class Residual(Param):
+    """ResNet basic block (He et al., 2016): relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+
+    The shortcut is the identity, or a 1x1 strided conv + batch norm
+    (``downsample``, as in torchvision) when the shape changes. Saves where
+    the two ReLUs let the gradient through (bool masks).
+    """
+
+    kind = "residual"
+
+    def __init__(self, out_channels, stride=1):
+        self.out_channels = whole_number("out_channels", out_channels, MAX_CHANNELS)
+        self.stride = whole_number("stride", stride, 8)
+        self.parts = {}
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        c_in = maps_shape(in_shape, self.kind)[0]
+        c = self.out_channels
+        fresh = self._fresh(rng)
+        if fresh:
+            self.parts = {
+                "conv1": Conv2d(c, 3, stride=self.stride, padding=1, bias=False),
+                "bn1": BatchNorm2d(),
+                "conv2": Conv2d(c, 3, padding=1, bias=False),
+                "bn2": BatchNorm2d(),
+            }
+            if self.stride != 1 or c_in != c:
+                self.parts["downsample.0"] = Conv2d(c, 1, stride=self.stride, bias=False)
+                self.parts["downsample.1"] = BatchNorm2d()
+        out = in_shape
+        for name in ("conv1", "bn1", "conv2", "bn2"):
+            out = self.parts[name].build(out, rng)
+        if "downsample.0" in self.parts:
+            self.parts["downsample.1"].build(self.parts["downsample.0"].build(in_shape, rng), rng)
+        if fresh:
+            self._collect()
+        return out
+
+    def _collect(self):
+        """Expose the parts' arrays under dotted names (views, not copies)."""
+        self.params = {f"{n}.{k}": v for n, p in self.parts.items() for k, v in p.params.items()}
+        self.buffers = {f"{n}.{k}": v for n, p in self.parts.items() for k, v in p.buffers.items()}
+        self.grads = {f"{n}.{k}": v for n, p in self.parts.items() for k, v in p.grads.items()}
+
+    def zero_grad(self):
+        for p in self.parts.values():
+            p.zero_grad()
+        self._collect()
+
+    def forward(self, x, train=False):
+        p = self.parts
+        h = p["bn1"].forward(p["conv1"].forward(x, train), train)
+        h1_open = h > 0
+        h = np.maximum(h, 0)
+        h = p["bn2"].forward(p["conv2"].forward(h, train), train)
+        if "downsample.0" in p:
+            short = p["downsample.1"].forward(p["downsample.0"].forward(x, train), train)
+        else:
+            short = x
+        y = h + short
+        if train:
+            self.save_for_backward(h1_open, y > 0)
+        return np.maximum(y, 0)
+
+    def backward(self, grad):
+        p = self.parts
+        h1_open, out_open = self.saved
+        grad = grad * out_open
+        g = p["conv2"].backward(p["bn2"].backward(grad))
+        gx = p["conv1"].backward(p["bn1"].backward(g * h1_open))
+        if "downsample.0" in p:
+            gx = gx + p["downsample.0"].backward(p["downsample.1"].backward(grad))
+        else:
+            gx = gx + grad
+        return gx
+
+    def channel_names(self, names):
+        return [f"filter{c}" for c in range(self.out_channels)]
+
+    def window(self):
+        # Two 3x3 convs, the first strided: extent 3 + 2*stride, stride `stride`.
+        return (3 + 2 * self.stride, self.stride), (3 + 2 * self.stride, self.stride)
+
+    def describe(self):
+        return f"residual {self.out_channels}, stride {self.stride}"
+
+
+def _l2_normalize(v, axis, eps=1e-12):
+    """v / max(||v||, eps) along ``axis``, as ``torch.nn.functional.normalize``; returns (y, norm)."""
+    norm = np.maximum(np.sqrt(np.sum(v * v, axis=axis, keepdims=True)), eps)
+    return v / norm, norm
+
+
+def _l2_normalize_backward(grad, y, norm, axis):
+    return (grad - y * np.sum(y * grad, axis=axis, keepdims=True)) / norm
+
+
+class NetVLAD(Param):
+    """NetVLAD aggregation (Arandjelović et al., 2016): local descriptors -> one global descriptor.
+
+    With x (N, D, H, W) L2-normalised over D at each pixel, K cluster centres
+    c_k and a 1x1 conv (w_k, b_k): a_k = softmax_k(w_k·x + b_k) softly assigns
+    each pixel, V_k = Σ_pixels a_k (x - c_k) sums the residuals, each V_k is
+    L2-normalised (intra-normalisation), then the flat (K*D,) vector is.
+    Parameters: ``conv.weight`` (K, D, 1, 1), ``conv.bias`` (K,), ``centroids`` (K, D).
+    Saves the intermediate values of the forward pass that its backward pass reuses.
+    """
+
+    kind = "netvlad"
+
+    def __init__(self, clusters=8):
+        self.clusters = whole_number("clusters", clusters, 1024)
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        d = maps_shape(in_shape, self.kind)[0]
+        k = self.clusters
+        if self._fresh(rng):
+            self.params = {
+                "conv.weight": he_normal(rng, (k, d, 1, 1), d),
+                "conv.bias": np.zeros(k, np.float32),
+                "centroids": rng.random((k, d)).astype(np.float32),
+            }
+            self.zero_grad()
+        self._fits(self.params["centroids"].shape[1], d)
+        return (k * d,)
+
+    def forward(self, x, train=False):
+        n, d, h, w = x.shape
+        k = self.clusters
+        xs, xnorm = _l2_normalize(x.reshape(n, d, h * w).astype(np.float32), axis=1)
+        wc = self.params["conv.weight"].reshape(k, d)
+        s = np.einsum("kd,ndp->nkp", wc, xs) + self.params["conv.bias"][None, :, None]
+        s = s - s.max(axis=1, keepdims=True)
+        a = np.exp(s)
+        a /= a.sum(axis=1, keepdims=True)
+        c = self.params["centroids"]
+        v = np.einsum("nkp,ndp->nkd", a, xs) - c[None] * a.sum(axis=2)[:, :, None]
+        vn, vnorm = _l2_normalize(v, axis=2)
+        flat = vn.reshape(n, k * d)
+        out, onorm = _l2_normalize(flat, axis=1)
+        if train:
+            self.save_for_backward(x.shape, xs, xnorm, a, vn, vnorm, out, onorm)
+        return out.astype(np.float32)
+
+    def backward(self, grad):
+        shape, xs, xnorm, a, vn, vnorm, out, onorm = self.saved
+        n, d, h, w = shape
+        k = self.clusters
+        g_flat = _l2_normalize_backward(grad, out, onorm, axis=1)
+        g_v = _l2_normalize_backward(g_flat.reshape(n, k, d), vn, vnorm, axis=2)
+        c = self.params["centroids"]
+        self.grads["centroids"] += -np.einsum("nkd,nk->kd", g_v, a.sum(axis=2))
+        # V = a·x^T - c·Σa: gradients to the assignments and to x.
+        g_a = np.einsum("nkd,ndp->nkp", g_v, xs) - np.einsum("nkd,kd->nk", g_v, c)[:, :, None]
+        g_xs = np.einsum("nkd,nkp->ndp", g_v, a)
+        g_s = a * (g_a - np.sum(a * g_a, axis=1, keepdims=True))  # softmax over clusters
+        wc = self.params["conv.weight"].reshape(k, d)
+        self.grads["conv.weight"] += np.einsum("nkp,ndp->kd", g_s, xs).reshape(k, d, 1, 1)
+        self.grads["conv.bias"] += g_s.sum(axis=(0, 2))
+        g_xs += np.einsum("kd,nkp->ndp", wc, g_s)
+        g_x = _l2_normalize_backward(g_xs, xs, xnorm, axis=1)
+        return g_x.reshape(shape).astype(np.float32)
+
+    def window(self):
+        return None
+
+    def describe(self):
+        return f"netvlad {self.clusters} clusters"

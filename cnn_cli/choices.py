@@ -1,0 +1,36 @@
+"""The fixed choices that options accept, as tuples of names.
+
+The library checks its arguments against these tuples, and the CLI builds its
+option enums from them, so a choice is listed once. This module imports
+nothing, so ``cnn --help`` can read it without loading numpy or Numba.
+"""
+
+#: How images are read: luminance, or the R, G and B channels.
+COLORS = ("gray", "rgb")
+
+#: The input channels' names of each colour, as pipelines bind them.
+CHANNEL_NAMES = {"gray": ("gray",), "rgb": ("R", "G", "B")}
+
+#: How feature maps are scaled to PNG brightness (see ``viz.scale_for``).
+NORMALIZATIONS = ("per-map", "per-layer", "none")
+
+#: Colour maps of the PNGs; ``coolwarm`` is diverging.
+COLORMAPS = ("gray", "viridis", "magma", "coolwarm")
+
+#: Optimizers of ``cnn train`` (``optim.OPTIMIZER_CLASSES`` maps each to its class).
+OPTIMIZERS = ("sgd", "adam")
+
+#: Learning-rate schedules over the epochs (``optim.learning_rate``).
+SCHEDULES = ("constant", "step", "cosine")
+
+#: Random augmentations of training images (``data.augment``).
+AUGMENTATIONS = ("shift", "flip", "rotate")
+
+#: Types of the raw maps that ``cnn apply`` and ``cnn embed`` write; float16 halves them.
+DTYPES = ("float32", "float16")
+
+#: What ``cnn apply --save`` may write besides the manifest: a PNG per map, a grid per layer, features.npz.
+SAVE = ("maps", "grids", "raw")
+
+#: How ``cnn embed`` pools a layer's maps into one vector (``embedding.pool_maps``).
+POOLINGS = ("gap", "gmp", "gem", "stats")

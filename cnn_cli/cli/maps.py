@@ -1,0 +1,203 @@
+"""Commands that write feature maps and describe pipelines: apply, banks, info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .common import (
+    rich_table, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, app, banks_app, Color, Normalize, RawDtype, Colormap, MaxPixels, fail, check_one_source, open_cluster, close_cluster, load_model_or_fail,
+)
+
+@app.command()
+def apply(
+    inputs: Annotated[List[str], typer.Argument(help="Image files, folders (walked recursively) or globs.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; each image gets OUT/<name>/, mirroring folder inputs.")] = Path("cnn-out"),
+    bank: Annotated[Optional[List[str]], typer.Option("--bank", help="Apply this bank (name, file, or NAME:PATTERN) as one layer. Repeatable.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="Run this pipeline (name or file) instead of the default.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Show what a trained model's layers see (its own size and colour).")] = None,
+    save: Annotated[str, typer.Option(help="What to write besides manifest.json: any of maps (a PNG per map), grids, raw (features.npz), comma-separated.")] = "maps,grids,raw",
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Write only these layers: indices, 'last', or a layer kind, comma-separated (e.g. 0,2).")] = None,
+    dtype: Annotated[RawDtype, typer.Option(help="Type of the raw maps in features.npz; float16 halves them.")] = RawDtype.float32,
+    color: Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels.")] = Color.gray,
+    normalize: Annotated[Normalize, typer.Option(help="How PNG brightness is scaled: per map, per layer, or raw values in [0, 1].")] = Normalize.per_map,
+    cmap: Annotated[Colormap, typer.Option(help="Colour map of the PNGs (coolwarm is diverging).")] = Colormap.gray,
+    max_size: Annotated[Optional[int], typer.Option(min=1, help="Downscale images so the longer side is at most this many pixels.")] = None,
+    max_pixels: MaxPixels = 100_000_000,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep inputs whose output folder exists (a finished image) and do the rest: resumes a stopped run.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing output folders.")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster (ADDRESS of its scheduler, e.g. tcp://host:8786).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run's summary as one JSON object on stdout.")] = False,
+):
+    """Write every feature map of every layer as PNGs, grids, raw arrays and a manifest.
+
+    With no --bank or --pipeline, the default pipeline runs: edges and Gabor
+    textures, |x|, max-pool, local energy (Gaussian), max-pool.
+
+    Examples:
+
+      cnn apply photo.png
+
+      cnn apply photos/ -o maps --pipeline harris --skip-existing
+
+      cnn apply 'scans/*.tif' --bank edges --bank 'textures:laws_*' --force
+
+      cnn apply photos/ -o feats --save raw --layers last --dtype float16 --workers 2
+    """
+    from ..apply import ApplyOptions, parse_save, run, select_layers
+    from ..sources import load_source
+
+    if force and skip_existing:
+        fail("give only one of --force and --skip-existing", EXIT_USAGE)
+    if workers and scheduler:
+        fail("give only one of --workers and --scheduler", EXIT_USAGE)
+    check_one_source(bank, pipeline, model)
+    try:
+        chosen = parse_save(save)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    cluster = open_cluster(workers, scheduler)
+    try:
+        source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value)
+        options = ApplyOptions(color=source.color, max_size=max_size, max_pixels=max_pixels,
+                               normalize=normalize.value, cmap=cmap.value, force=force,
+                               skip_existing=skip_existing, save=chosen, dtype=dtype.value,
+                               prepare=source.prepare)
+        if layers is not None:
+            options.layers = select_layers(source.pipeline, layers)
+    except ValueError as exc:
+        close_cluster(cluster)
+        fail(str(exc))
+    from ..terminal import ProgressDisplay
+
+    try:
+        with ProgressDisplay("apply") as progress:
+            summary = run(inputs, out, source.pipeline, options, progress=progress, cluster=cluster)
+    except ValueError as exc:  # OUT cannot be created, or another run holds it
+        fail(str(exc))
+    finally:
+        close_cluster(cluster)
+    _report_batch(summary, out, json_out)
+
+
+@banks_app.callback()
+def banks_list(ctx: typer.Context):
+    """List the shipped banks (kernel count, sizes, description), pipelines and architectures."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+
+    from ..summary import catalog
+
+    console = Console()
+    for title, header, rows in catalog():
+        console.print(rich_table(header, rows, title=title))
+
+
+@banks_app.command("show")
+def banks_show(
+    bank: Annotated[Optional[str], typer.Argument(help="A bank name, file, or NAME:PATTERN.", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="PNG file to write.")] = Path("kernels.png"),
+    model: Annotated[Optional[Path], typer.Option("--model", help="Draw the learned first-layer kernels of this model instead.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+):
+    """Draw a bank's kernels, labelled, on a diverging scale (zero is mid-grey).
+
+    A multichannel kernel shows its channels side by side.
+
+    Examples:
+
+      cnn banks show 'textures:gabor_*' -o gabor.png
+
+      cnn banks show --model model.npz -o learned.png
+    """
+    from ..fileio import write_bytes_atomic
+    from ..filterbank import BankError, load_bank
+    from ..viz import grid, kernel_tiles, png_bytes
+
+    if (bank is None) == (model is None):
+        fail("give a bank, or --model, to draw", EXIT_USAGE)
+    if out.exists() and not force:
+        fail(f"{out} exists; use --force to replace it")
+    if model is not None:
+        from ..modelfile import first_conv
+
+        network, _, _ = load_model_or_fail(model)
+        conv = first_conv(network)
+        if conv is None:
+            fail(f"{model}: the model has no conv layer to draw")
+        weights = conv.params["weight"]
+        kernels, labels = list(weights), [f"filter{i}" for i in range(len(weights))]
+    else:
+        try:
+            loaded = load_bank(bank)
+        except BankError as exc:
+            fail(str(exc))
+        kernels, labels = [k.weights for k in loaded.kernels], [k.name for k in loaded.kernels]
+    image = grid(kernel_tiles(kernels), labels)
+    try:
+        write_bytes_atomic(out, png_bytes(image))
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
+    typer.echo(f"{len(kernels)} kernels drawn to {out}", err=True)
+
+
+@app.command()
+def info(
+    target: Annotated[str, typer.Argument(help="A model file (.npz), or a pipeline or architecture name or file.", show_default=False)],
+    size: Annotated[int, typer.Option(min=1, help="Input height and width, for pipelines and architectures.")] = 512,
+    color: Annotated[Color, typer.Option(help="Input channels, for pipelines and architectures: gray (1) or rgb (3).")] = Color.gray,
+):
+    """Show each layer: output shape, parameters and receptive field.
+
+    For a model, also its classes and preprocessing.
+
+    Examples:
+
+      cnn info default --size 256
+
+      cnn info model.npz
+
+      cnn info resnet --size 32
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..summary import summarize
+
+    try:
+        summary = summarize(target, color=color.value, size=size)
+    except ValueError as exc:  # ModelError, SpecFileError
+        fail(str(exc))
+    rows = [(r.index, r.layer, r.shape, r.params, r.receptive_field) for r in summary.rows]
+    console = Console()
+    console.print(rich_table(("#", "layer", "output shape", "params", "receptive field"), rows, summary.title))
+    for note in summary.notes:
+        console.print(escape(note), highlight=False)
+
+
+def _report_batch(summary, out, json_out):
+    """Print a batch's failures and summary; exit 3 when some inputs failed, 1 when all did."""
+    for _, message in summary.failed:
+        typer.echo(f"Error: {message}", err=True)
+    total = summary.done + summary.skipped + len(summary.failed)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({
+            "written": summary.done, "skipped": summary.skipped, "maps": summary.maps, "bytes": summary.bytes,
+            "seconds": round(summary.seconds, 3), "output": str(out),
+            "failed": [{"input": path, "error": message} for path, message in summary.failed],
+        }))
+    elif total > 1 or summary.done or summary.skipped:
+        # A batch ends with a summary; a single failed input has said all in its one line.
+        rate = summary.done / summary.seconds if summary.seconds else 0.0
+        skipped = f", {summary.skipped} skipped (output exists)" if summary.skipped else ""
+        typer.echo(f"{summary.done} image(s), {summary.maps} maps, {summary.bytes / 2**20:.1f} MB written to "
+                   f"{out}/ in {summary.seconds:.1f} s ({rate:.1f} images/s){skipped}; "
+                   f"{len(summary.failed)} failed", err=True)
+    if summary.failed:
+        raise typer.Exit(EXIT_PARTIAL if summary.done or summary.skipped else EXIT_FAILED)

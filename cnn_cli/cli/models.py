@@ -1,0 +1,255 @@
+"""Commands that train and use models: train, evaluate, predict."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .. import choices
+from .common import (
+    rich_table, EXIT_FAILED, EXIT_PARTIAL, app, Color, Optimizer, Schedule, MaxPixels, fail, load_model_or_fail,
+)
+from ..terminal import stderr_console
+
+def _positive_float(value):
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number above 0, not {value}")
+    return value
+
+
+def _fraction(value):
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise typer.BadParameter(f"must be at least 0 and below 1, not {value}")
+    return value
+
+
+def _non_negative(value):
+    if not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a finite number of at least 0, not {value}")
+    return value
+
+
+def _augmentations(value):
+    kinds = [v.strip() for v in (value or "").split(",") if v.strip()]
+    unknown = [k for k in kinds if k not in choices.AUGMENTATIONS]
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(choices.AUGMENTATIONS)}, comma-separated")
+    return value
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Folder with one subfolder of images per class.", show_default=False)],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Model file to write (.npz).")] = Path("model.npz"),
+    arch: Annotated[str, typer.Option(help="Architecture: lenet, alexnet, resnet, netvlad, or a file.")] = "lenet",
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient step.")] = 32,
+    lr: Annotated[Optional[float], typer.Option(callback=_positive_float, help="Learning rate [default: 0.001 for adam, 0.05 for sgd].")] = None,
+    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with momentum.")] = Optimizer.adam,
+    momentum: Annotated[float, typer.Option(callback=_fraction, help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(callback=_non_negative, help="L2 penalty added to the gradients.")] = 0.0,
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the epochs.")] = Schedule.constant,
+    val_split: Annotated[float, typer.Option(callback=_fraction, help="Fraction of each class held out for validation (ignored when DATASET has train/ and val/).")] = 0.2,
+    seed: Annotated[int, typer.Option(min=0, help="Seed for the split, initial weights, shuffling, augmentation and dropout.")] = 0,
+    image_size: Annotated[Optional[int], typer.Option(min=4, max=1024, help="Resize every image to N x N [default: from the data].")] = None,
+    color: Annotated[Optional[Color], typer.Option(help="gray or rgb [default: detected].")] = None,
+    augment: Annotated[str, typer.Option(callback=_augmentations, help="Random augmentations, comma-separated: shift, flip, rotate.")] = "",
+    patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many epochs without a lower validation loss, and keep the best weights.")] = None,
+    init_bank: Annotated[Optional[str], typer.Option(help="Start the first conv layer from this bank's kernels.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue from a checkpoint (MODEL.ckpt.npz) with its settings.")] = None,
+    max_pixels: MaxPixels = 100_000_000,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
+):
+    """Train a CNN by backpropagation on DATASET/<class>/<images>.
+
+    Writes the model, MODEL.metrics.json, MODEL.curves.png and
+    MODEL.confusion.png, and keeps a checkpoint MODEL.ckpt.npz while training.
+    Ctrl-C (or SIGTERM) saves the checkpoint and exits 130 (143).
+
+    Examples:
+
+      cnn train digits/ -o digits.npz
+
+      cnn train photos/ --arch resnet --epochs 30 --augment shift,flip --optimizer sgd --lr 0.05
+
+      cnn train photos/ -o m.npz --resume m.ckpt.npz
+    """
+    import signal
+    import warnings
+
+    from ..data import DatasetError
+    from ..filterbank import BankError
+    from ..train import Interrupted, TrainConfig, TrainingError, fit, prepare
+
+    if out.exists() and not force and resume is None:
+        fail(f"{out} exists; use --force to replace it, or -o to choose another file")
+    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
+                         momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
+                         val_split=val_split, seed=seed, image_size=image_size,
+                         color=color.value if color else None,
+                         augment=[a.strip() for a in augment.split(",") if a.strip()],
+                         patience=patience, init_bank=init_bank, max_pixels=max_pixels)
+    stop = {}
+
+    def on_signal(signum, frame):
+        if stop:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Divergence is detected and reported in one line; numpy's overflow
+    # warnings on the way there would only clutter it.
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    try:
+        try:
+            prep = prepare(dataset, config, report=say, resume=resume)
+        except (DatasetError, TrainingError, BankError, ValueError) as exc:
+            fail(str(exc))
+        if stop:
+            fail("interrupted before training started; nothing was saved", _signal_exit(stop["signal"]))
+        cfg = prep.config
+        say(f"training {cfg.arch} on {len(prep.y_train)} images ({len(prep.y_val)} for validation), "
+            f"{len(prep.meta.classes)} classes, {cfg.image_size}x{cfg.image_size} {cfg.color}, "
+            f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
+        try:
+            history = _fit_with_progress(prep, out, fit, lambda: stop.get("signal"))
+        except Interrupted as exc:
+            say(f"interrupted: checkpoint saved to {exc.checkpoint}; continue with: "
+                f"cnn train {dataset} -o {out} --resume {exc.checkpoint}")
+            raise typer.Exit(_signal_exit(stop["signal"]))
+        except TrainingError as exc:
+            fail(str(exc))
+        except MemoryError:
+            fail("out of memory; use a smaller --batch-size, --image-size or architecture")
+        except OSError as exc:
+            fail(f"cannot write the model: {exc.strerror or exc}")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    last = history[-1]
+    acc = last["val_accuracy"]
+    say(f"saved {out} after {len(history)} epochs"
+        + (f"; validation accuracy {acc:.4f}" if acc is not None else ""))
+
+
+def _signal_exit(signum):
+    import signal
+
+    return 128 + int(signum if signum else signal.SIGINT)
+
+
+def _fit_with_progress(prep, out, fit, should_stop):
+    """Run ``fit`` with a live bar on a terminal, or one plain line per epoch otherwise."""
+    epochs = prep.config.epochs
+
+    if not sys.stderr.isatty():
+        return fit(prep, out, on_epoch=lambda h: typer.echo(_plain(h, epochs), err=True), should_stop=should_stop)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                  TimeRemainingColumn(), console=stderr_console()) as progress:
+        task = progress.add_task("epoch", total=None, stats="")
+
+        def on_batch(epoch, batch, batches, loss, acc, ips):
+            progress.update(task, description=f"epoch {epoch + 1}/{epochs}", total=batches, completed=batch,
+                            stats=f"loss {loss:.4f} acc {acc:.3f} {ips:.0f} img/s")
+
+        def on_epoch(h):
+            progress.console.print(_plain(h, epochs), markup=False, highlight=False)
+
+        return fit(prep, out, on_batch=on_batch, on_epoch=on_epoch, should_stop=should_stop)
+
+
+def _plain(h, epochs):
+    val = "" if h["val_loss"] is None else f"  val loss {h['val_loss']:.4f} acc {h['val_accuracy']:.4f}"
+    return (f"epoch {h['epoch']}/{epochs}  loss {h['train_loss']:.4f} acc {h['train_accuracy']:.4f}"
+            f"{val}  {h['images_per_second'] or 0:.0f} img/s")
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="Folder of class subfolders (its val/ if it has train/ and val/).", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", help="Model file from cnn train.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: accuracy, per_class, confusion.")] = False,
+    max_pixels: MaxPixels = 100_000_000,
+):
+    """Accuracy, per-class precision and recall, and the confusion matrix of a model on labelled images.
+
+    Examples:
+
+      cnn evaluate digits/ --model digits.npz
+
+      cnn evaluate digits/ --model digits.npz --json | jq .accuracy
+    """
+    import json
+
+    from .. import inference
+    from ..data import DatasetError
+
+    network, meta, _ = load_model_or_fail(model)
+    try:
+        result, problems = inference.evaluate(network, meta, dataset, max_pixels=max_pixels)
+    except DatasetError as exc:
+        fail(str(exc))
+    for _, reason in problems:
+        typer.echo(f"Error: {reason}", err=True)
+    if result["images"] == 0:
+        fail(f"{dataset}: no readable images")
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        _print_report(result)
+    if problems:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _print_report(result):
+    from rich.console import Console
+
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    scores = [(name, fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]), row["support"])
+              for name, row in result["per_class"].items()]
+    console = Console()
+    console.print(rich_table(("class", "precision", "recall", "f1", "images"), scores,
+                         f"accuracy {fmt(result['accuracy'])} on {result['images']} images"))
+    console.print(rich_table(("true \\ predicted", *result["classes"]),
+                         [(name, *row) for name, row in zip(result["classes"], result["confusion"])], "confusion"))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[List[str], typer.Argument(help="Image files, folders or globs.", show_default=False)],
+    model: Annotated[Path, typer.Option("--model", help="Model file from cnn train.")],
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of {input, predictions: [{class, probability}]}.")] = False,
+    max_pixels: MaxPixels = 100_000_000,
+):
+    """The most likely classes of each image, with their probabilities.
+
+    Examples:
+
+      cnn predict photo.png --model model.npz --top-k 3
+
+      cnn predict unsorted/ --model model.npz --json
+    """
+    import json
+
+    from .. import inference
+
+    network, meta, _ = load_model_or_fail(model)
+    rows, errors = inference.predict(network, meta, inputs, top_k=top_k, max_pixels=max_pixels)
+    for message in errors:
+        typer.echo(f"Error: {message}", err=True)
+    if as_json:
+        typer.echo(json.dumps(rows))
+    else:
+        for r in rows:
+            shown = ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in r["predictions"])
+            typer.echo(f"{r['input']}: {shown}")
+    if errors:
+        raise typer.Exit(EXIT_PARTIAL if rows else EXIT_FAILED)

@@ -1,0 +1,122 @@
+"""What ``cnn info`` and ``cnn banks`` show, as rows of text: layers of a model,
+architecture or pipeline, and the shipped banks, pipelines and architectures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .choices import CHANNEL_NAMES
+
+#: The width of an architecture's last layer is its class count, which comes
+#: from a dataset; an architecture file alone has none. Its summary shows the
+#: shapes for this many classes, and its title says so.
+ASSUMED_CLASSES = 10
+
+
+@dataclass
+class LayerRow:
+    index: int
+    layer: str                 # the layer's one-line description
+    shape: tuple               # output shape (C, H, W), or (features,) after flatten
+    params: int
+    receptive_field: str       # "RxR" input pixels, or "global"
+
+
+@dataclass
+class Summary:
+    title: str
+    rows: list                 # LayerRow, one per layer
+    notes: list = field(default_factory=list)  # lines to show below the table
+
+
+def _row(index, layer, shape, rf):
+    return LayerRow(index, layer.describe(), tuple(shape), layer.num_params, rf if rf == "global" else f"{rf}x{rf}")
+
+
+def network_rows(network):
+    """One ``LayerRow`` per layer of a ``Network``."""
+    from .pipeline import receptive_fields
+
+    fields = receptive_fields(network.layers)
+    return [_row(i, layer, shape, rf) for i, (layer, shape, rf) in enumerate(zip(network.layers, network.shapes, fields))]
+
+
+def model_summary(path):
+    """The layers of a model file, its classes, preprocessing and validation accuracy."""
+    from .modelfile import load_model
+
+    network, meta, _ = load_model(path)
+    pre = meta.preprocessing
+    notes = [f"classes ({len(meta.classes)}): {', '.join(meta.classes)}",
+             f"input: {pre.color} {pre.image_size}x{pre.image_size}, mean {pre.mean}, std {pre.std}"]
+    if meta.training is not None and meta.training.result is not None:
+        notes.append(f"validation accuracy: {meta.training.result.final_val_accuracy}")
+    return Summary(f"{path}: {meta.architecture.name}", network_rows(network), notes)
+
+
+def architecture_summary(spec, color, size):
+    """The layers of an architecture for ``color`` input of size x size and ``ASSUMED_CLASSES`` classes."""
+    from .nn import Network
+    from .pipeline import build_layers, load_architecture
+
+    name, _, tables = load_architecture(spec)
+    layers = build_layers(tables, name, substitutions={"classes": ASSUMED_CLASSES})
+    network = Network(layers, (len(CHANNEL_NAMES[color]), size, size))
+    return Summary(f"{spec} ({ASSUMED_CLASSES} classes assumed)", network_rows(network))
+
+
+def pipeline_summary(spec, color, size):
+    """The layers of a pipeline for ``color`` input of size x size."""
+    from .pipeline import load_pipeline
+
+    pipe = load_pipeline(spec).bind(list(CHANNEL_NAMES[color]))
+    rows = [_row(r.index, r.layer, r.shape, r.receptive_field) for r in pipe.summary(size, size)]
+    return Summary(f"{pipe.name}: {pipe.description}", rows)
+
+
+def summarize(target, *, color="gray", size=512):
+    """The summary of a model file (``.npz``), or else an architecture or pipeline (name or file).
+
+    ``color`` and ``size`` give the input of an architecture or pipeline; a
+    model records its own. Raises ``ModelError`` or ``BankError`` (both
+    ``ValueError``) for a target that cannot be read.
+    """
+    if target.endswith(".npz"):
+        return model_summary(Path(target))
+    if _is_architecture(target):
+        return architecture_summary(target, color, size)
+    return pipeline_summary(target, color, size)
+
+
+def _is_architecture(target):
+    from .filterbank import BankError, resolve_file
+
+    try:
+        resolve_file(target, "architecture")
+        return True
+    except BankError:
+        return False
+
+
+def catalog():
+    """The shipped banks, pipelines and architectures, as (title, header, rows) tables of text."""
+    from .filterbank import builtin_names, load_bank
+    from .pipeline import load_architecture, load_pipeline
+
+    banks = []
+    for name in builtin_names("bank"):
+        bank = load_bank(name)
+        sizes = sorted({k.size for k in bank.kernels})
+        banks.append((name, str(len(bank.kernels)), ", ".join(f"{h}x{w}" for h, w in sizes), bank.description))
+    pipes = []
+    for name in builtin_names("pipeline"):
+        pipe = load_pipeline(name)
+        pipes.append((name, str(len(pipe.layers)), pipe.description))
+    archs = []
+    for name in builtin_names("architecture"):
+        _, description, tables = load_architecture(name)
+        archs.append((name, str(len(tables)), description))
+    return [("Filter banks", ("bank", "kernels", "size", "description"), banks),
+            ("Pipelines", ("pipeline", "layers", "description"), pipes),
+            ("Architectures (cnn train --arch)", ("architecture", "layers", "description"), archs)]

@@ -1,0 +1,275 @@
+"""The layers that only trained networks use, as in ``torch.nn``: Conv2d, Linear,
+Flatten, Dropout and BatchNorm2d, and ``Param``, the base of layers with parameters.
+
+They follow the protocol of ``cnn_cli.layers.Layer``: ``build(in_shape, rng)``
+sizes a layer from its input shape (C, H, W) or (F,), creates its parameters
+and returns its output shape; ``forward(x, train)`` and ``backward(grad_y) ->
+grad_x`` run on the engine. Parameters use PyTorch's layouts and state-dict
+names, so the weights load into the equivalent ``torch.nn`` module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+from .layers import Layer, LayerError, maps_out, maps_shape
+
+#: Limits that catch typos in architecture files before memory is allocated.
+MAX_CHANNELS = 4096
+MAX_KERNEL = 63
+MAX_PARAMS = 50_000_000
+
+
+def whole_number(name, value, maximum, minimum=1):
+    """An int in [minimum, maximum], or a LayerError that names the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= maximum:
+        raise LayerError(f"{name} must be a whole number from {minimum} to {maximum}, but got {value!r}")
+    return int(value)
+
+
+def he_normal(rng, shape, fan_in):
+    """He et al. (2015): N(0, 2 / fan_in), right for layers followed by ReLU."""
+    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+class Param(Layer):
+    """A layer with parameters; ``grads`` mirrors ``params`` and is summed into by ``backward``."""
+
+    def _fresh(self, rng):
+        """Whether ``build`` creates the parameters: with an ``rng``, or when there are none yet."""
+        if rng is None and not self.params:
+            raise LayerError(f"{self.kind} has no parameters yet; build it with an rng to create them")
+        return rng is not None
+
+    def _fits(self, built, given):
+        """Refuse an input other than the one the kept parameters were made for."""
+        if built != given:
+            raise LayerError(f"{self.kind} was built for {built} input channels or features, but gets {given}")
+
+    def zero_grad(self):
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    @property
+    def num_params(self):
+        return sum(v.size for v in self.params.values())
+
+    def state(self, prefix=""):
+        """(name, array) pairs in torch's state-dict order: parameters, then buffers."""
+        for k, v in self.params.items():
+            yield prefix + k, v
+        for k, v in self.buffers.items():
+            yield prefix + k, v
+
+
+class Conv2d(Param):
+    """Learned convolution, like ``torch.nn.Conv2d``: weight (C_out, C_in/groups, kH, kW).
+
+    Saved for backward: the input (x,), for the weight gradient. A fused conv
+    + pool step (``Network``) saves it through ``save_for_backward`` too.
+    """
+
+    kind = "conv"
+
+    def __init__(self, out_channels, kernel_size=3, *, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros"):
+        self.out_channels = whole_number("out_channels", out_channels, MAX_CHANNELS)
+        self.kernel_size = F.pair("kernel_size", kernel_size, 1)
+        whole_number("kernel_size", max(self.kernel_size), MAX_KERNEL)
+        self.use_bias = bias
+        self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                            padding_mode=padding_mode)
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        c_in, h, w = maps_shape(in_shape, self.kind)
+        g = self.options["groups"]
+        if c_in % g or self.out_channels % g:
+            raise LayerError(f"groups={g} must divide the input channels ({c_in}) and out_channels ({self.out_channels})")
+        if self._fresh(rng):
+            fan_in = c_in // g * self.kernel_size[0] * self.kernel_size[1]
+            self.params = {"weight": he_normal(rng, (self.out_channels, c_in // g, *self.kernel_size), fan_in)}
+            if self.use_bias:
+                self.params["bias"] = np.zeros(self.out_channels, np.float32)
+            self.zero_grad()
+        self._fits(self.params["weight"].shape[1] * g, c_in)
+        if h is None:
+            F.check_conv_options(**{k: v for k, v in self.options.items() if k != "groups"})
+        weight_shape = self.params["weight"].shape
+        return maps_out(self.out_channels, h, w, lambda h, w: F.ConvSpec(
+            (1, c_in, h, w), weight_shape, algorithm="auto", **self.options).out_hw)
+
+    def forward(self, x, train=False):
+        if train:
+            self.save_for_backward(x)
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), **self.options)
+
+    #: False when nothing needs dL/dx (the network's first layer), which saves a convolution.
+    input_grad = True
+
+    def backward(self, grad):
+        (x,) = self.saved
+        gx, gw, gb = F.conv2d_backward(x, self.params["weight"], grad, input_grad=self.input_grad,
+                                       **self.options)
+        self.grads["weight"] += gw
+        if self.use_bias:
+            self.grads["bias"] += gb
+        return gx
+
+    def channel_names(self, names):
+        return [f"filter{c}" for c in range(self.out_channels)]
+
+    def window(self):
+        s = F.pair("stride", self.options["stride"], 1)
+        d = F.pair("dilation", self.options["dilation"], 1)
+        k = self.kernel_size
+        return (d[0] * (k[0] - 1) + 1, s[0]), (d[1] * (k[1] - 1) + 1, s[1])
+
+    def describe(self):
+        return (f"conv {self.out_channels}x{self.kernel_size[0]}x{self.kernel_size[1]}, "
+                f"stride {self.options['stride']}, padding {self.options['padding']!r}")
+
+
+class Linear(Param):
+    """y = x W^T + b, with W (out_features, in_features) as in ``torch.nn.Linear``. Saves its input (x,)."""
+
+    kind = "linear"
+
+    def __init__(self, out_features, *, bias=True):
+        self.out_features, self.use_bias = whole_number("out_features", out_features, 1_000_000), bias
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        if len(in_shape) != 1:
+            raise LayerError(f"linear needs a flat input; put a flatten layer before it (input is {tuple(in_shape)})")
+        features = in_shape[0]
+        if features * self.out_features > MAX_PARAMS:
+            raise LayerError(f"linear {features} -> {self.out_features} would have over {MAX_PARAMS} weights; "
+                             "pool more before it or use a smaller --image-size")
+        if self._fresh(rng):
+            self.params = {"weight": he_normal(rng, (self.out_features, features), features)}
+            if self.use_bias:
+                self.params["bias"] = np.zeros(self.out_features, np.float32)
+            self.zero_grad()
+        self._fits(self.params["weight"].shape[1], features)
+        return (self.out_features,)
+
+    def forward(self, x, train=False):
+        if train:
+            self.save_for_backward(x)
+        y = x @ self.params["weight"].T
+        if self.use_bias:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, grad):
+        (x,) = self.saved
+        self.grads["weight"] += grad.T @ x
+        if self.use_bias:
+            self.grads["bias"] += grad.sum(axis=0)
+        return grad @ self.params["weight"]
+
+    def window(self):
+        return None
+
+    def describe(self):
+        return f"linear {self.out_features}"
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W) in C order, as ``torch.flatten(x, 1)``. Saves the input's shape."""
+
+    kind = "flatten"
+
+    def build(self, in_shape, rng=None):
+        return (None,) if None in in_shape else (F.n_elements(in_shape),)
+
+    def forward(self, x, train=False):
+        self.save_for_backward(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def window(self):
+        return None
+
+    def backward(self, grad):
+        (x_shape,) = self.saved
+        return grad.reshape(x_shape)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each value with probability p and scale the rest by 1/(1-p).
+
+    Saves the mask it multiplied by (None when it let everything through).
+    """
+
+    kind = "dropout"
+
+    def __init__(self, p=0.5):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise LayerError(f"dropout p must be a number in [0, 1), but got {p!r}")
+        self.p = p
+        self.rng = np.random.default_rng(0)  # replaced by the trainer for every batch
+
+    def forward(self, x, train=False):
+        if not train or self.p == 0:
+            self.save_for_backward(None)
+            return x
+        mask = (self.rng.random(x.shape) >= self.p).astype(np.float32) / np.float32(1 - self.p)
+        self.save_for_backward(mask)
+        return x * mask
+
+    def backward(self, grad):
+        (mask,) = self.saved
+        return grad if mask is None else grad * mask
+
+    def describe(self):
+        return f"dropout {self.p}"
+
+
+class BatchNorm2d(Param):
+    """``torch.nn.BatchNorm2d``: batch statistics in training (biased variance to
+    normalise, unbiased for the running estimate, momentum 0.1), running ones in eval.
+    Saves (normalised input, 1/std)."""
+
+    kind = "batchnorm"
+
+    def __init__(self, eps=1e-5, momentum=0.1):
+        self.eps, self.momentum = eps, momentum
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        c = maps_shape(in_shape, self.kind)[0]
+        if self._fresh(rng):
+            self.params = {"weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
+            self.buffers = {"running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32),
+                            "num_batches_tracked": np.zeros((), np.int64)}
+            self.zero_grad()
+        self._fits(self.params["weight"].size, c)
+        return tuple(in_shape)
+
+    def forward(self, x, train=False):
+        gamma, beta = self.params["weight"], self.params["bias"]
+        if train:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+            var = x.var(axis=(0, 2, 3), dtype=np.float64)
+            m = self.momentum
+            self.buffers["running_mean"][:] = (1 - m) * self.buffers["running_mean"] + m * mean
+            self.buffers["running_var"][:] = (1 - m) * self.buffers["running_var"] + m * var * count / max(count - 1, 1)
+            self.buffers["num_batches_tracked"] += 1
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(np.float32)
+        xhat = (x - mean[None, :, None, None].astype(np.float32)) * inv_std[None, :, None, None]
+        if train:
+            self.save_for_backward(xhat, inv_std)
+        return (xhat * gamma[None, :, None, None] + beta[None, :, None, None]).astype(np.float32)
+
+    def backward(self, grad):
+        xhat, inv_std = self.saved
+        self.grads["weight"] += (grad * xhat).sum(axis=(0, 2, 3))
+        self.grads["bias"] += grad.sum(axis=(0, 2, 3))
+        g = grad * self.params["weight"][None, :, None, None]
+        mean_g = g.mean(axis=(0, 2, 3), keepdims=True)
+        mean_gx = (g * xhat).mean(axis=(0, 2, 3), keepdims=True)
+        return ((g - mean_g - xhat * mean_gx) * inv_std[None, :, None, None]).astype(np.float32)
