@@ -1,8 +1,8 @@
 """The ``cnn`` command line: a thin shell over the library.
 
 Each command parses its options, makes one library call and prints. The
-commands live in ``maps`` (apply, banks, info), ``vectors`` (embed, search)
-and ``models`` (train, evaluate, predict); ``common`` holds what they share.
+commands live in ``maps`` (apply, banks, info), ``vectors`` (embed, search),
+``models`` (train, evaluate, predict) and ``export``; ``common`` holds what they share.
 
 Exit codes: 0 success; 1 the tool refused or failed; 2 a usage error;
 3 a batch finished but some inputs failed (each is listed on stderr).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import maps, models, vectors  # noqa: F401  (registers the commands)
+from . import export, maps, models, vectors  # noqa: F401  (registers the commands)
 from .common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app  # noqa: F401
 
 
