@@ -8,28 +8,39 @@ The layers themselves are in ``cnn_cli.layers``, ``cnn_cli.trainable`` and
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from . import functional as F
 from . import registry
 from .blocks import NetVLAD, Residual
-from .layers import Activation, LayerError, Pool
+from .layers import Activation, Layer, LayerError, Pool
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, Param
 
 __all__ = ["BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Linear", "NetVLAD", "Network", "Param", "Residual",
-           "softmax_cross_entropy"]
+           "Segment", "softmax_cross_entropy"]
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean cross-entropy of softmax(logits) against integer labels; returns (loss, dL/dlogits, probs)."""
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean cross-entropy of softmax(logits) against integer labels; returns (loss, dL/dlogits, probs).
+
+    With ``label_smoothing`` eps, the target is (1 - eps) on the label plus
+    eps / classes everywhere, as in ``torch.nn.functional.cross_entropy``.
+    """
     z = logits - logits.max(axis=1, keepdims=True)
     expz = np.exp(z)
     probs = expz / expz.sum(axis=1, keepdims=True)
-    n = logits.shape[0]
-    log_likelihood = z[np.arange(n), labels] - np.log(expz.sum(axis=1))
+    n, classes = logits.shape
+    log_probs = z - np.log(expz.sum(axis=1, keepdims=True))
+    eps = float(label_smoothing)
+    loss = -(1 - eps) * log_probs[np.arange(n), labels].mean()
     grad = probs.copy()
-    grad[np.arange(n), labels] -= 1
-    return float(-log_likelihood.mean()), (grad / n).astype(np.float32), probs
+    grad[np.arange(n), labels] -= 1 - eps
+    if eps:
+        loss -= eps * log_probs.mean(axis=1).mean()
+        grad -= eps / classes
+    return float(loss), (grad / n).astype(np.float32), probs
 
 
 class Network:
@@ -63,6 +74,14 @@ class Network:
         for step in reversed(self._steps):
             grad = step.backward(grad)
         return grad
+
+    def segment(self, start=0, stop=None):
+        """Layers ``start`` to ``stop - 1`` as a ``Segment``: run as in eval mode, with a backward pass.
+
+        ``net.segment(0, i + 1)`` gives layer i's output, and ``net.segment(i + 1)``
+        the logits from it and, backwards, the gradient at layer i.
+        """
+        return Segment(self.layers[start:stop])
 
     def trainable(self):
         return [layer for layer in self.layers if isinstance(layer, Param)]
@@ -162,3 +181,79 @@ def _fuse_conv_pool(layers):
         else:
             steps.append(layer)
     return steps
+
+
+class Segment:
+    """Consecutive layers of a network, run as in eval mode, whose backward pass gives
+    the gradient at the segment's input: what explanations (Grad-CAM) need at a layer.
+
+    ``forward(x, keep=True)`` computes exactly the eval-mode outputs (batch norm
+    with its running statistics, dropout letting everything through) and keeps
+    what ``backward`` needs. The steps are the network's own (pooling before
+    ReLU, conv + pool fused) within the segment, so its last output is exactly
+    the last layer's. ``backward`` also sums the conv and linear layers'
+    parameter gradients into their ``grads``, as training's backward does.
+    """
+
+    def __init__(self, layers):
+        layers = [_evaluating(layer) for layer in layers]
+        self._steps = _fuse_conv_pool([layers[i] for i in _pool_before_relu(layers)])
+
+    def forward(self, x, keep=False):
+        for step in self._steps:
+            x = step.forward(x, keep)
+        return x
+
+    def backward(self, grad):
+        for step in reversed(self._steps):
+            grad = step.backward(grad)
+        return grad
+
+
+class _FrozenBatchNorm(Layer):
+    """A BatchNorm2d as eval mode runs it: per channel, the affine map
+    y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, whose
+    gradient is grad * weight / sqrt(running_var + eps)."""
+
+    kind = "batchnorm"
+
+    def __init__(self, bn):
+        self.bn = bn
+
+    def forward(self, x, train=False):
+        return self.bn.forward(x, train=False)
+
+    def backward(self, grad):
+        bn = self.bn
+        scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))
+        return (grad * scale[None, :, None, None]).astype(np.float32)
+
+
+class _Identity(Layer):
+    """Dropout in eval mode."""
+
+    kind = "dropout"
+
+    def forward(self, x, train=False):
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
+def _evaluating(layer):
+    """``layer`` as eval mode runs it, keeping what its backward pass needs when run with ``train=True``.
+
+    Only batch norm and dropout behave differently in training; a residual
+    block gets a shallow copy whose batch norms are frozen. Every other layer
+    is itself: its training forward pass computes its eval outputs.
+    """
+    if isinstance(layer, BatchNorm2d):
+        return _FrozenBatchNorm(layer)
+    if isinstance(layer, Dropout):
+        return _Identity()
+    if isinstance(layer, Residual):
+        twin = copy.copy(layer)
+        twin.parts = {name: _evaluating(part) for name, part in layer.parts.items()}
+        return twin
+    return layer

@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import export, maps, models, vectors  # noqa: F401  (registers the commands)
+from . import explain  # noqa: F401  (registers explain and units)
 from .common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app  # noqa: F401
 
 
