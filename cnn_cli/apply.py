@@ -17,7 +17,14 @@ grow with the number of inputs.
 A folder is built under ``.<name>.partial`` beside its final path and renamed
 into place when complete, so a final path never holds partial output, and an
 output folder that exists is complete. A run holds a lock on OUT, so the
-partial folder of an earlier, killed run is known to be stale and is removed.
+temporary files and folders of an earlier, killed run are known to be stale:
+each folder the run writes into is swept of them first, and the run says so.
+
+Before an image is decoded, the memory and disk its maps will take are
+estimated from its header (``estimate_bytes``); an image over the memory
+limit, or over the free space on OUT's disk, is refused. Images being written
+count against the limit until they are done, so a folder of large images
+never holds more maps at once than the limit allows.
 """
 
 from __future__ import annotations
@@ -30,14 +37,15 @@ import shutil
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, choices, viz
-from .fileio import replace_dir, save_npz_atomic, write_bytes_atomic
-from .imageio import MAX_PIXELS, ImageError, read_image
+from . import __version__, choices, config, viz
+from .fileio import (NotRegularFileError, remove_stale, replace_dir, save_npz_atomic, temporary_name,
+                     write_bytes_atomic)
+from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import Input, Problem, iter_inputs, safe_name
 from .stream import Batch, CompileNote, Progress, batched, read_ahead
 
@@ -53,6 +61,14 @@ LARGE_RUN_BYTES = 10 * 2**30
 #: Bytes per map pixel of a PNG at zlib level 2, measured on the default
 #: pipeline's maps of photos (gray; colour maps take about twice as much).
 PNG_BYTES_PER_PIXEL = 0.6
+
+#: Peak memory over the float32 bytes of the input and every layer's maps:
+#: PNG and npz encoding, padded copies and FFT tiles come on top. Measured
+#: with the default pipeline: a 2048x2048 grey image peaked 660 MB above the
+#: process's start for 492 MB of maps and input (1.34), and a 4096x4096 RGB
+#: one at 2.43 GiB for 1.76 GiB of raw maps (README). About 157 bytes per
+#: input pixel in all, against 130 bytes per pixel written to disk.
+MEMORY_OVERHEAD = 1.4
 
 LOCK_NAME = ".cnn-apply.lock"
 
@@ -73,6 +89,9 @@ class ApplyOptions:
     #: Maps a decoded image (C, H, W) in [0, 1] to the pipeline's input, e.g. a
     #: model's resize and normalisation; None feeds the image as it is.
     prepare: object = None
+    #: Refuse images whose maps are estimated to need more memory (bytes);
+    #: None: ``config.memory_limit()``.
+    max_memory: int | None = None
 
 
 @dataclass
@@ -95,6 +114,10 @@ class Summary:
     bytes: int = 0
     seconds: float = 0.0
     failed: list = field(default_factory=list)
+    #: Temporary files and folders of killed runs removed from the output (paths).
+    removed: list = field(default_factory=list)
+    #: True when the run stopped at a KeyboardInterrupt (Ctrl-C, or a signal the CLI turns into one).
+    interrupted: bool = False
 
     def add(self, result):
         if result.error:
@@ -154,21 +177,26 @@ def _chosen(pipeline, options):
 
 
 def estimate_bytes(pipeline, image_shape, options):
-    """(bytes written, bytes of memory) for one image of ``image_shape`` (C, H, W)."""
-    rows = pipeline.summary(*image_shape[1:])
+    """(bytes written, bytes of memory) for one image of ``image_shape`` (C, H, W).
+
+    From the layers' declarations (``pipeline.plan_layers``): no layer is
+    built, so this may run beside ``Pipeline.forward`` on another thread.
+    """
+    from .pipeline import plan_layers
+
+    plan = plan_layers(pipeline.layers, tuple(image_shape))
     chosen = _chosen(pipeline, options)
-    values = sum(int(np.prod(rows[i].shape)) for i in chosen)
+    values = sum(plan.layers[i].values for i in chosen)
     disk = 0
     if "raw" in options.save:
         disk += values * np.dtype(options.dtype).itemsize
     if "maps" in options.save:
         disk += int(values * PNG_BYTES_PER_PIXEL * (1 if options.cmap == "gray" else 2))
-    memory = 4 * (sum(int(np.prod(r.shape)) for r in rows) + int(np.prod(image_shape)))
+    memory = int(MEMORY_OVERHEAD * 4 * (plan.values + int(np.prod(image_shape))))
     return disk, memory
 
 
-def _size(n):
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+_size = config.describe_bytes
 
 
 def _large_warning(what, disk, memory, options):
@@ -187,21 +215,27 @@ def _large_warning(what, disk, memory, options):
 
 
 def _staging(out_dir):
-    return out_dir.parent / f".{out_dir.name}.partial"
+    return out_dir.parent / temporary_name(out_dir.name, ".partial")
 
 
-def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, encoders):
+class Stopped(Exception):
+    """A write was abandoned because the run is stopping; its folder was removed."""
+
+
+def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, encoders, stop=None):
     """Write one image's folder (see the module docstring); returns (maps, bytes).
 
     ``layer_maps`` holds the maps (C, H, W) of every layer; those not chosen
     are left out. PNGs and the npz are written on ``encoders`` (a thread pool).
+    When ``stop`` (a threading.Event) is set, the write is abandoned at the
+    next file, its folder removed, and ``Stopped`` raised.
     """
     chosen = _chosen(pipeline, options)
     for i in chosen:
         if not np.all(np.isfinite(layer_maps[i])):
             raise ValueError(f"layer {i} ({pipeline.layers[i].kind}) produced NaN or inf values")
     staging = _staging(out_dir)
-    if os.path.lexists(staging):  # left by a killed run: this run holds OUT's lock
+    if os.path.lexists(staging):  # left by a killed run (the sweep removes these first); we hold OUT's lock
         shutil.rmtree(staging)
     staging.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir(mode=0o700)
@@ -210,10 +244,14 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, enc
         if "raw" in options.save:
             arrays = {f"layer{i}": np.ascontiguousarray(layer_maps[i], dtype=options.dtype) for i in chosen}
             jobs.append(encoders.submit(save_npz_atomic, staging / "features.npz", arrays))
-        manifest_layers = [_write_layer(staging, i, layer_maps[i], pipeline, options, encoders, jobs)
-                           for i in chosen]
+        manifest_layers = []
+        for i in chosen:
+            _check_stop(stop)
+            manifest_layers.append(_write_layer(staging, i, layer_maps[i], pipeline, options, encoders, jobs))
         for job in jobs:
+            _check_stop(stop)
             job.result()
+        _check_stop(stop)
         manifest = {
             "cnn_version": __version__,
             "input": str(path),
@@ -236,6 +274,11 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, enc
         wait(jobs)
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _check_stop(stop):
+    if stop is not None and stop.is_set():
+        raise Stopped
 
 
 def _write_layer(staging, i, maps, pipeline, options, encoders, jobs):
@@ -292,9 +335,17 @@ def _triage(item, out_root, options):
     return None
 
 
-def _load(item, out_root, options):
-    """Decode one input: a _Loaded, or a failed Result."""
+def _load(item, out_root, options, budget):
+    """Decode one input: a _Loaded, or a failed Result (also for an image over the budget)."""
     out_dir = out_root / item.name
+    if options.prepare is None:  # a model resizes every image to its own size: checked after decoding
+        try:
+            shape = image_shape(item.path, color=options.color, max_size=options.max_size)
+        except (OSError, ImageError):
+            shape = None  # read_image says what is wrong with it
+        refusal = shape and budget.refusal(item.path, shape)
+        if refusal:
+            return Result(item.path, out_dir, error=refusal)
     try:
         image = read_image(item.path, color=options.color, max_size=options.max_size,
                            max_pixels=options.max_pixels)
@@ -302,7 +353,68 @@ def _load(item, out_root, options):
             image = options.prepare(image)
     except ImageError as exc:
         return Result(item.path, out_dir, error=str(exc))
+    refusal = budget.refusal(item.path, image.shape)
+    if refusal:
+        return Result(item.path, out_dir, error=refusal)
     return _Loaded(item, out_dir, image)
+
+
+class _Budget:
+    """The memory and disk each image's maps will take, and the refusals and waits they lead to.
+
+    Estimates are kept per image shape. ``holding`` maps each write job to
+    the memory of the image it holds, so a batch waits for writes to finish
+    while the maps in flight and its own would pass the limit.
+    """
+
+    def __init__(self, pipeline, options, out_root):
+        self.pipeline, self.options, self.out_root = pipeline, options, Path(out_root)
+        self.limit = options.max_memory or config.memory_limit()
+        self.known = {}
+        self.holding = {}
+        self.lock = threading.Lock()
+
+    def estimate(self, shape):
+        """(disk, memory) bytes for an image of ``shape`` (C, H, W)."""
+        shape = tuple(int(d) for d in shape)
+        with self.lock:
+            if shape not in self.known:
+                self.known[shape] = estimate_bytes(self.pipeline, shape, self.options)
+            return self.known[shape]
+
+    def refusal(self, path, shape):
+        """Why an image of ``shape`` is refused (a message naming ``path``), or None."""
+        try:
+            disk, memory = self.estimate(shape)
+        except ValueError:
+            return None  # the pipeline refuses the size itself, and says why when it runs
+        where = f"{path} ({shape[2]}x{shape[1]})"
+        if memory > self.limit:
+            return (f"{where}: its maps would need about {_size(memory)} of memory, over the limit of "
+                    f"{_size(self.limit)}; shrink it with --max-size N, or raise the limit with --max-memory")
+        try:
+            free = shutil.disk_usage(self.out_root).free
+        except OSError:
+            return None
+        if disk > free:
+            return (f"{where}: would write about {_size(disk)}, but only {_size(free)} are free on the disk "
+                    f"of {self.out_root}; write less with --max-size N, --save, --layers or --dtype float16")
+        return None
+
+    def memory(self, shape):
+        """Estimated memory of an image of ``shape``; 0 for a size the pipeline refuses (it says why)."""
+        try:
+            return self.estimate(shape)[1]
+        except ValueError:
+            return 0
+
+    def batch_memory(self, batch):
+        return sum(self.memory(entry.image.shape) for entry in batch)
+
+    def over(self, more):
+        """Whether maps in flight plus ``more`` bytes pass the limit (never when nothing is in flight)."""
+        held = sum(self.holding.values())
+        return held > 0 and held + more > self.limit
 
 
 def process(items, out_root, pipeline, options, *, progress=None, triaged=False):
@@ -315,13 +427,16 @@ def process(items, out_root, pipeline, options, *, progress=None, triaged=False)
     """
     out_root = Path(out_root)
 
+    budget = _Budget(pipeline, options, out_root)
+
     def load(item):
         early = _triage(item, out_root, options)
         if early is not None and triaged:
             return Result(item.path, early.out_dir)
-        return early if early is not None else _load(item, out_root, options)
+        return early if early is not None else _load(item, out_root, options, budget)
 
     writing = set()
+    stop = threading.Event()  # set when the run stops early: writes under way give up
     compile_note = CompileNote(progress)
     entries = batched(read_ahead(items, load), lambda e: e.image if isinstance(e, _Loaded) else None)
     with ThreadPoolExecutor(WRITERS, thread_name_prefix="cnn-apply-write") as writers, \
@@ -329,19 +444,24 @@ def process(items, out_root, pipeline, options, *, progress=None, triaged=False)
         try:
             for entry in entries:
                 if isinstance(entry, Batch):
-                    yield from _run_batch(entry, pipeline, options, writers, encoders, writing, compile_note)
+                    yield from _run_batch(entry, pipeline, options, writers, encoders, writing, compile_note,
+                                          budget, stop)
                 else:
                     yield entry
             while writing:
-                yield from _finished(writing, wait_for_one=True)
+                yield from _finished(writing, budget, wait_for_one=True)
         finally:
+            stop.set()  # when the loop ended early; a finished loop has no writes left
             entries.close()
             compile_note.cancel()
             for job in writing:
                 job.cancel()
 
 
-def _run_batch(batch, pipeline, options, writers, encoders, writing, compile_note):
+def _run_batch(batch, pipeline, options, writers, encoders, writing, compile_note, budget, stop):
+    need = budget.batch_memory(batch)
+    while writing and budget.over(need):  # the maps being written, and this batch's, would pass the limit
+        yield from _finished(writing, budget, wait_for_one=True)
     x = np.stack([entry.image for entry in batch])
     compile_note.start()
     try:
@@ -360,29 +480,37 @@ def _run_batch(batch, pipeline, options, writers, encoders, writing, compile_not
     chosen = set(_chosen(pipeline, options))
     for b, entry in enumerate(batch):
         while len(writing) >= WRITERS:
-            yield from _finished(writing, wait_for_one=True)
+            yield from _finished(writing, budget, wait_for_one=True)
         maps = [o[b] if i in chosen else None for i, o in enumerate(outputs)]
-        writing.add(writers.submit(_write_entry, entry, maps, pipeline, options, encoders))
+        job = writers.submit(_write_entry, entry, maps, pipeline, options, encoders, stop)
+        budget.holding[job] = budget.memory(entry.image.shape)
+        writing.add(job)
     del outputs
-    yield from _finished(writing, wait_for_one=False)
+    yield from _finished(writing, budget, wait_for_one=False)
 
 
-def _write_entry(entry, maps, pipeline, options, encoders):
+def _write_entry(entry, maps, pipeline, options, encoders, stop):
     path = entry.item.path
     try:
-        count, written = write_outputs(path, entry.out_dir, maps, entry.image.shape, pipeline, options, encoders)
+        count, written = write_outputs(path, entry.out_dir, maps, entry.image.shape, pipeline, options, encoders,
+                                       stop)
+    except Stopped:
+        return Result(path, entry.out_dir, error=f"{path}: stopped before its output was complete")
     except FileExistsError:
         return Result(path, entry.out_dir,
                       error=f"{entry.out_dir} exists; use --skip-existing to keep it or --force to replace it")
+    except NotRegularFileError as exc:
+        return Result(path, entry.out_dir, error=f"{path}: cannot write output: {exc.strerror}")
     except (OSError, ValueError) as exc:
         return Result(path, entry.out_dir, error=f"{path}: cannot write output: {exc}")
     return Result(path, entry.out_dir, count, written)
 
 
-def _finished(jobs, wait_for_one):
+def _finished(jobs, budget, wait_for_one):
     done, _ = wait(jobs, timeout=None if wait_for_one else 0, return_when=FIRST_COMPLETED)
     for job in done:
         jobs.discard(job)
+        budget.holding.pop(job, None)
         yield job.result()
 
 
@@ -437,19 +565,31 @@ def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
     out_root = Path(out_root)
     summary = Summary()
     start = time.perf_counter()
+    if options.max_memory is None:  # fixed here, so Dask workers use the same limit
+        options = replace(options, max_memory=config.memory_limit())
     with output_lock(out_root):
         sizes = _Sizes(pipeline, options, progress)
         threading.Thread(target=sizes.count, args=(inputs, out_root), daemon=True).start()
-        stream = _checked(iter_inputs(inputs, exclude=[out_root]), sizes, summary)
+        sweep = _Sweep(out_root, summary, progress)
+        stream = _checked(iter_inputs(inputs, exclude=[out_root]), sizes, summary, sweep)
         if cluster is None:
             results = process(stream, out_root, pipeline, options, progress=progress)
         else:
             results = cluster.map_chunks(
                 _triaged(stream, out_root, options, summary, progress), apply_chunk, out_root, pipeline, options,
                 lost=lambda item, message: Result(item.path, out_root / item.name, error=f"{item.path}: {message}"))
-        for result in results:
-            summary.add(result)
-            progress.advance(result)
+        try:
+            for result in results:
+                summary.add(result)
+                progress.advance(result)
+        except KeyboardInterrupt:
+            # Closing the stream cancels the writes not yet begun and waits for
+            # those under way, each of which finishes or removes its folder.
+            summary.interrupted = True
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -494,6 +634,8 @@ class _Sizes:
             disk, memory = estimate_bytes(self.pipeline, shape, self.options)
         except (ValueError, OSError):
             return  # the reader says what is wrong with the image
+        if memory > (self.options.max_memory or config.memory_limit()):
+            return  # refused as the image is read, in a line of its own
         if max(disk, memory) > LARGE_IMAGE_BYTES:
             self.progress.note(_large_warning(f"{item.path} ({shape[2]}x{shape[1]})", disk, memory,
                                               self.options))
@@ -511,14 +653,45 @@ class _Sizes:
                                               *self.per_image, self.options))
 
 
-def _checked(stream, sizes, summary):
-    """Inputs only: Problems go into the summary; new image sizes are checked for a large output."""
+def _checked(stream, sizes, summary, sweep):
+    """Inputs only: Problems go into the summary; new image sizes are checked for a large output;
+    each output folder is swept of a killed run's leftovers before its first image goes out."""
     for entry in stream:
         if isinstance(entry, Problem):
             summary.failed.append((None, entry.message))
             continue
+        sweep.before(entry)
         sizes.check(entry)
         yield entry
+
+
+class _Sweep:
+    """Removes what killed runs left in each folder of OUT that this run writes into.
+
+    This run holds OUT's lock, so any temporary file or folder of ours there
+    (``fileio.temporary_kind``) belongs to a run that was killed. A folder is
+    swept once, when the first input that writes into it passes, before any
+    of this run's own writes into it can have begun, locally or on a cluster.
+    """
+
+    def __init__(self, out_root, summary, progress):
+        self.out_root, self.summary, self.progress = Path(out_root), summary, progress
+        self.swept = set()
+        self.folder(self.out_root)
+
+    def before(self, item):
+        parent = (self.out_root / item.name).parent
+        if parent not in self.swept:
+            self.folder(parent)
+
+    def folder(self, folder):
+        self.swept.add(folder)
+        removed = remove_stale(folder)
+        if removed:
+            self.summary.removed += [str(folder / name) for name in removed]
+            shown = ", ".join(removed[:3]) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
+            self.progress.note(f"removed {len(removed)} unfinished output(s) that an interrupted run left "
+                               f"in {folder}: {shown}")
 
 
 def _triaged(stream, out_root, options, summary, progress):

@@ -23,8 +23,14 @@ OPTIMIZERS = ("sgd", "adam")
 #: Learning-rate schedules over the epochs (``optim.learning_rate``).
 SCHEDULES = ("constant", "step", "cosine")
 
-#: Random augmentations of training images (``data.augment``).
-AUGMENTATIONS = ("shift", "flip", "rotate")
+#: Random augmentations of training images, each NAME or NAME=VALUE (``augment.DEFAULTS``).
+AUGMENTATIONS = ("shift", "rotate", "flip", "vflip", "scale", "brightness", "contrast", "erase", "noise")
+
+#: What an augmentation fills the border it exposes with: black, the mirror image, the edge pixel.
+AUGMENT_FILLS = ("zeros", "reflect", "edge")
+
+#: Which images of a labelled folder ``cnn evaluate`` scores (``inference.choose_images``).
+EVAL_SPLITS = ("val", "train", "all")
 
 #: Types of the raw maps that ``cnn apply`` and ``cnn embed`` write; float16 halves them.
 DTYPES = ("float32", "float16")

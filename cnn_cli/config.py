@@ -135,3 +135,66 @@ def tune_process():
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
     mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+
+
+#: The memory one cnn run may plan to use: a model's or pipeline's weights
+#: and maps, an image's maps in ``cnn apply``. Work estimated above it is
+#: refused before anything is allocated. By default, half of this machine's
+#: memory (or of the container's limit): the default pipeline over a 100 Mpx
+#: image, which the pixel limit lets through, takes about 15 GB. The
+#: environment variable CNN_MAX_MEMORY (bytes, or with K, M, G or T) and
+#: ``cnn apply --max-memory`` replace it.
+MEMORY_FRACTION = 0.5
+MEMORY_ENV = "CNN_MAX_MEMORY"
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text):
+    """'512M', '8G', '1.5T' or a number of bytes -> an int; ValueError says what is expected."""
+    value = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS else ""
+    try:
+        number = float(value[:len(value) - len(unit)])
+    except ValueError:
+        number = float("nan")
+    if not (number > 0 and number * _UNITS[unit] < 2**63):  # also false for NaN
+        raise ValueError(f"a size must be a positive number of bytes, optionally with K, M, G or T "
+                         f"(such as 8G), not {text!r}")
+    return int(number * _UNITS[unit])
+
+
+def machine_memory():
+    """Bytes of memory this process can have: the machine's, or its container's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as fh:
+                total = min(total, int(fh.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def memory_limit():
+    """The memory limit in bytes: CNN_MAX_MEMORY if set, else MEMORY_FRACTION of ``machine_memory``."""
+    text = os.environ.get(MEMORY_ENV)
+    if text:
+        try:
+            return parse_bytes(text)
+        except ValueError as exc:
+            raise ValueError(f"{MEMORY_ENV}: {exc}") from None
+    return int(machine_memory() * MEMORY_FRACTION)
+
+
+def describe_bytes(n):
+    """A size for messages: '512 MB', '3.2 GB'."""
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{max(n, 0) / 2**20:.0f} MB"
+
+
+def memory_hint():
+    """How to raise the memory limit, for messages."""
+    origin = f"{MEMORY_ENV}={os.environ[MEMORY_ENV]}" if os.environ.get(MEMORY_ENV) else \
+        f"half this machine's {describe_bytes(machine_memory())}"
+    return (f"the limit is {describe_bytes(memory_limit())} ({origin}); "
+            f"set {MEMORY_ENV} (e.g. {MEMORY_ENV}=64G) to change it")

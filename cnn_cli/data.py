@@ -1,4 +1,4 @@
-"""Labelled image folders (torchvision's ImageFolder layout), splits, augmentation.
+"""Labelled image folders (torchvision's ImageFolder layout) and their splits.
 
 ``DATASET/<class>/**/<image>``: one subfolder per class, walked recursively,
 hidden entries and macOS ``._*`` files skipped, symbolic links not followed.
@@ -7,6 +7,7 @@ If ``DATASET/train`` and ``DATASET/val`` both exist they are the split.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .choices import AUGMENTATIONS
 from .imageio import EXTENSIONS, FORMATS, LUMA, MAX_PIXELS, ImageError, read_image, resize
 
 
@@ -36,6 +36,7 @@ class Dataset:
     train: Split
     val: Split
     split_rule: str
+    sha256: str = ""  # of the image files' paths under the root (``files_sha256``): which folder this is
     skipped: list = field(default_factory=list)  # (path, reason) of files that could not be read
 
 
@@ -89,21 +90,35 @@ def stratified_split(labels, fraction, seed):
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
+def has_split_folders(root):
+    """Does ``root`` hold its own split, as ``train/`` and ``val/`` folders?"""
+    return (Path(root) / "train").is_dir() and (Path(root) / "val").is_dir()
+
+
 def find_dataset(root, val_split, seed):
     """The dataset with its split: ``train``/``val`` folders if present, else stratified."""
     root = Path(root)
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if has_split_folders(root):
         classes, tp, tl = scan_classes(root / "train")
         val_classes, vp, vl = scan_classes(root / "val")
         if val_classes != classes:
             raise DatasetError(f"{root}: train/ and val/ must have the same class folders "
                                f"({classes} vs {val_classes})")
-        return Dataset(classes, Split(tp, tl), Split(vp, vl), "folders train/ and val/")
+        return Dataset(classes, Split(tp, tl), Split(vp, vl), "folders train/ and val/",
+                       files_sha256(root, tp + vp))
     classes, paths, labels = scan_classes(root)
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     pick = lambda idx: Split([paths[i] for i in idx], labels[idx])  # noqa: E731
     rule = f"stratified {val_split:g} of each class to validation, seed {seed}"
-    return Dataset(classes, pick(train_idx), pick(val_idx), rule)
+    return Dataset(classes, pick(train_idx), pick(val_idx), rule, files_sha256(root, paths))
+
+
+def files_sha256(root, paths):
+    """SHA-256 of the sorted paths relative to ``root``, one a line: the same folder
+    of images, wherever it is, gives the same hash; adding, removing or renaming
+    a file (or moving it to another class) changes it. Contents are not read."""
+    lines = sorted(Path(p).relative_to(root).as_posix() for p in paths)
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def image_sizes(paths):
@@ -163,36 +178,3 @@ def channel_stats(images):
 
 def normalize(images, mean, std):
     return ((images - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
-
-
-def augment(batch, kinds, rng):
-    """Randomly transform a normalised batch (N, C, H, W), one draw per image.
-
-    shift: translate by up to max(1, size/16) pixels, filling with 0 (the mean);
-    flip: mirror left-right with probability 1/2; rotate: by up to ±15 degrees
-    (bilinear, borders extended).
-    """
-    if not kinds:
-        return batch
-    unknown = [k for k in kinds if k not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"augmentations must be among {AUGMENTATIONS}, but got {unknown}")
-    out = batch.copy()
-    n, _, h, w = out.shape
-    for i in range(n):
-        if "flip" in kinds and rng.random() < 0.5:
-            out[i] = out[i, :, :, ::-1]
-        if "rotate" in kinds:
-            from scipy.ndimage import rotate
-
-            angle = rng.uniform(-15, 15)
-            out[i] = rotate(out[i], angle, axes=(2, 1), reshape=False, order=1, mode="nearest")
-        if "shift" in kinds:
-            m = max(1, min(h, w) // 16)
-            dy, dx = rng.integers(-m, m + 1, size=2)
-            shifted = np.zeros_like(out[i])
-            ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-            xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-            shifted[:, yd, xd] = out[i][:, ys, xs]
-            out[i] = shifted
-    return out

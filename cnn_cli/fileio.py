@@ -1,16 +1,29 @@
-"""Files that are written whole or not at all, and npz files read without trust.
+"""Files that are written whole or not at all, and files read without trust.
 
 Every output goes to a temporary name in the destination folder and is moved
 into place with ``os.replace``, so a crash, a full disk or Ctrl-C never leaves
-a half-written file at a final path.
+a half-written file at a final path. Temporary names start with a dot and
+end in a form of our own (``temporary_kind``), short enough for any file
+name, so a later run can tell a killed run's leftovers from the user's files
+and remove them (``remove_stale``).
+
+Outputs replace only regular files, folders and links (``check_output``):
+never a device node, a pipe or a socket, even with ``--force``. Inputs are
+opened only when they are regular files, and their size is checked first
+(``open_regular``), so a FIFO or ``/dev/zero`` never blocks or fills memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 import tokenize
 import zipfile
@@ -23,9 +36,13 @@ import numpy as np
 MAX_ARRAY_BYTES = 2 * 2**30
 MAX_TOTAL_BYTES = 4 * 2**30
 
-#: A compressed member may expand at most this much: float weights barely
-#: compress, while a zip bomb expands a thousandfold.
-MAX_COMPRESSION_RATIO = 50
+#: Members are inflated in pieces of this size into the array they declare,
+#: so memory never exceeds the declared (and checked) size, however well a
+#: member compresses: sparse weights may legitimately expand a hundredfold.
+READ_CHUNK = 16 * 2**20
+
+#: The longest file name we create (bytes); POSIX file systems allow 255.
+NAME_MAX = 255
 
 
 def _current_umask():
@@ -44,18 +61,168 @@ class NpzError(ValueError):
     """An npz file is missing, damaged, or holds something we will not load."""
 
 
+class NotRegularFileError(OSError):
+    """A path is a device node, pipe or socket where a regular file or folder must be.
+
+    An ``OSError``, so a command's "cannot write" handling reports it; its
+    ``strerror`` is the whole message, path included.
+    """
+
+    def __init__(self, path, what, reading=False):
+        message = (f"{path}: is {what}, not a regular file; cnn reads only regular files" if reading else
+                   f"{path}: is {what}, not a regular file or folder; cnn never writes over one, "
+                   "even with --force")
+        super().__init__(errno.EINVAL, message)
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode):
+    """What a stat mode is when it is neither a regular file, a folder nor a link; else None."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+        return None
+    return next((what for test, what in _SPECIAL_KINDS if test(mode)), "a special file")
+
+
+def check_output(path):
+    """Refuse (NotRegularFileError) an output path that is a device node, pipe or socket.
+
+    A missing path, a regular file, a folder or a link passes: the caller's
+    own rules (--force, replacing a link rather than its target) apply to
+    them. Every atomic write calls this just before it replaces anything, and
+    a command may call it up front to fail before doing any work.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path}: {exc.strerror}") from None
+    what = special_kind(mode)
+    if what:
+        raise NotRegularFileError(path, what)
+
+
+def open_regular(path, max_bytes=None, what="a file"):
+    """Open ``path`` for binary reading if it is a regular file of at most ``max_bytes``.
+
+    A device node is never opened (opening one can have effects). The file is
+    opened without blocking (a FIFO with no writer would wait forever) and
+    checked again through the open descriptor, so nothing can swap it between
+    the check and the read. Raises FileNotFoundError,
+    IsADirectoryError, NotRegularFileError, or ValueError when it is larger
+    than ``max_bytes``; the messages name ``path``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        special = special_kind(os.stat(path).st_mode)  # never open a device: opening one can act
+        if special:
+            raise NotRegularFileError(path, special, reading=True)
+        fd = os.open(path, flags)
+    except IsADirectoryError:
+        raise IsADirectoryError(errno.EISDIR, f"{path}: is a folder, not {what}") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{path}: no such file") from None
+    except NotRegularFileError:
+        raise
+    except OSError as exc:  # the message names the path, as ours do
+        raise type(exc)(exc.errno, f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, f"{path}: is a folder, not {what}")
+        special = special_kind(info.st_mode)
+        if special:
+            raise NotRegularFileError(path, special, reading=True)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ValueError(f"{path}: {info.st_size:,} bytes is larger than {what} can be "
+                             f"(the limit is {max_bytes:,} bytes)")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~getattr(os, "O_NONBLOCK", 0))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# --------------------------------------------------------------------------- temporary names
+
+#: The temporary names we create, by kind: ``.NAME.<8>.tmp[SUFFIX]`` files
+#: (atomic_path), ``.NAME.partial`` folders (cnn apply's staging) and
+#: ``.NAME.old.<8>`` folders (replace_dir). NAME is shortened with a hash
+#: when the whole name would be too long.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:(?P<tmp>[a-z0-9_]{8}\.tmp(?:\.[A-Za-z0-9]+)?)|(?P<partial>partial)"
+                        r"|(?P<old>old\.[a-z0-9_]{8}))$", re.DOTALL)
+
+
+def temporary_name(final_name, tail, reserve=0):
+    """``.<final_name><tail>``, with ``final_name`` shortened (keeping a hash of it)
+    when the result, plus ``reserve`` bytes that the caller appends, would be
+    longer than NAME_MAX bytes."""
+    encoded = os.fsencode(final_name)
+    room = NAME_MAX - 1 - len(os.fsencode(tail)) - reserve
+    if len(encoded) <= room:
+        return f".{final_name}{tail}"
+    digest = hashlib.sha1(encoded).hexdigest()[:12]
+    head = os.fsdecode(encoded[:room - len(digest) - 1])
+    return f".{head}~{digest}{tail}"
+
+
+def temporary_kind(name):
+    """"file", "partial" or "old" for a name of our temporary forms, else None."""
+    match = _TEMPORARY.match(name)
+    if not match:
+        return None
+    return "file" if match["tmp"] else "partial" if match["partial"] else "old"
+
+
+def remove_stale(folder, kinds=("file", "partial", "old")):
+    """Remove temporary files and folders of ``kinds`` in ``folder`` (not below it); return their names.
+
+    Only a caller that holds the lock on the place it writes may call this:
+    then no other cnn process is writing there, and any such entry was left
+    by a run that was killed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        kind = temporary_kind(entry.name)
+        if kind not in kinds:
+            continue
+        try:
+            if kind == "file" and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+            elif kind != "file" and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                continue
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return sorted(removed)
+
+
 @contextlib.contextmanager
 def atomic_path(final, suffix=""):
     """Yield a temporary path next to ``final``; move it onto ``final`` on success.
 
     On any exception the temporary file is removed and ``final`` is untouched.
+    ``final`` must not be a device node, pipe or socket (NotRegularFileError).
     """
     final = Path(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    check_output(final)
+    prefix = temporary_name(final.name, ".", reserve=8 + len(f".tmp{suffix}"))  # mkstemp adds 8 characters
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
+        check_output(final)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -84,6 +251,7 @@ def replace_dir(staging, final, *, force):
     """
     final = Path(final)
     os.chmod(staging, DIR_MODE)
+    check_output(final)
     if not os.path.lexists(final):  # lexists: a dangling link is there too
         os.replace(staging, final)
         return
@@ -93,7 +261,7 @@ def replace_dir(staging, final, *, force):
         final.unlink()
         os.replace(staging, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+    old = Path(tempfile.mkdtemp(prefix=temporary_name(final.name, ".old.", reserve=8), dir=final.parent))
     os.replace(final, old / "x")
     try:
         os.replace(staging, final)
@@ -104,37 +272,68 @@ def replace_dir(staging, final, *, force):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_npz_arrays(path, keys=None):
+def load_npz_arrays(path, keys=None, *, max_bytes=MAX_TOTAL_BYTES):
     """Arrays from an npz file, never unpickling and never trusting declared sizes.
 
-    Each member's header (shape, dtype) is read first and checked against the
-    bytes actually stored, so a tiny member that declares 40 GB is refused
-    before anything is allocated. ``keys`` limits what is loaded and must all
-    be present.
+    The file must be a regular file. Each member's header (shape, dtype) is
+    read first and checked against the bytes actually stored, and all the
+    members wanted may declare at most ``max_bytes`` together, so a tiny
+    member that declares 40 GB is refused before anything is allocated, and a
+    member that inflates is read into its declared array piece by piece.
+    ``keys`` limits what is loaded and must all be present.
     """
     path = Path(path)
+    with _open_npz(path) as fh:
+        try:
+            archive = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError, EOFError) as exc:
+            raise NpzError(f"{path}: not a readable npz (zip) file: {exc}") from None
+        with archive:
+            members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+            wanted = list(members) if keys is None else list(keys)
+            missing = [k for k in wanted if k not in members]
+            if missing:
+                raise NpzError(f"{path}: missing array(s) {missing}")
+            limit = min(max_bytes, MAX_TOTAL_BYTES)
+            if sum(members[k].file_size for k in wanted) > limit:
+                raise NpzError(f"{path}: its arrays hold more than {limit:,} bytes in all"
+                               + ("" if limit == MAX_TOTAL_BYTES else ", more than it can need"))
+            return {key: _read_member(archive, members[key], path) for key in wanted}
+
+
+def _open_npz(path):
+    """``path`` opened for reading as an npz (a regular file, size checked); NpzError otherwise."""
     try:
-        archive = zipfile.ZipFile(path)
+        return open_regular(path, max_bytes=MAX_FILE_BYTES, what="an npz file")
     except FileNotFoundError:
         raise NpzError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
-        raise NpzError(f"{path}: not a readable npz (zip) file: {exc}") from None
-    with archive:
-        members = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
-        wanted = list(members) if keys is None else list(keys)
-        missing = [k for k in wanted if k not in members]
-        if missing:
-            raise NpzError(f"{path}: missing array(s) {missing}")
-        if sum(members[k].file_size for k in wanted) > MAX_TOTAL_BYTES:
-            raise NpzError(f"{path}: its arrays hold more than {MAX_TOTAL_BYTES} bytes in all")
-        return {key: _read_member(archive, members[key], path) for key in wanted}
+    except OSError as exc:
+        raise NpzError(exc.strerror or str(exc)) from None
+    except ValueError as exc:
+        raise NpzError(str(exc)) from None
+
+
+def npz_keys(path):
+    """The names of the arrays in the npz file ``path`` (NpzError as ``load_npz_arrays`` says)."""
+    path = Path(path)
+    with _open_npz(path) as fh:
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                return [info.filename[:-4] for info in archive.infolist() if info.filename.endswith(".npy")]
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError, EOFError) as exc:
+            raise NpzError(f"{path}: not a readable npz (zip) file: {exc}") from None
+
+
+#: The largest npz file opened: its arrays may hold MAX_TOTAL_BYTES, and zip
+#: headers add a little.
+MAX_FILE_BYTES = MAX_TOTAL_BYTES + 2**26
 
 
 def _read_member(archive, info, path):
     label = f"{path}: array '{info.filename[:-4]}'"
-    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-        raise NpzError(f"{label}: expands {info.file_size // max(info.compress_size, 1)}-fold when "
-                       "decompressed, which only a zip bomb does")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise NpzError(f"{label}: compressed with zip method {info.compress_type}; numpy writes only "
+                       "stored or deflated members")
     try:
         with archive.open(info) as fh:
             version = np.lib.format.read_magic(fh)
@@ -151,14 +350,24 @@ def _read_member(archive, info, path):
                 raise NpzError(f"{label}: declares {declared} bytes, over the {MAX_ARRAY_BYTES}-byte limit")
             if declared > info.file_size:
                 raise NpzError(f"{label}: declares {declared} bytes but only {info.file_size} are stored")
-            data = fh.read(declared)
+            raw = np.empty(declared, np.uint8)
+            done = 0
+            while done < declared:
+                piece = fh.read(min(READ_CHUNK, declared - done))
+                if not piece:
+                    break
+                raw[done:done + len(piece)] = np.frombuffer(piece, np.uint8)
+                done += len(piece)
     except NpzError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError,
-            NotImplementedError, RuntimeError) as exc:
+            NotImplementedError, RuntimeError, MemoryError, RecursionError) as exc:
         # numpy parses the header as a Python literal; zipfile refuses features it lacks.
+        raise NpzError(f"{label}: damaged: {type(exc).__name__}: {exc}"[:500]) from None
+    if done != declared:
+        raise NpzError(f"{label}: truncated ({done} of {declared} bytes)")
+    try:
+        arr = raw.view(dtype).reshape(shape, order="F" if fortran else "C")
+    except (ValueError, TypeError) as exc:
         raise NpzError(f"{label}: damaged: {exc}") from None
-    if len(data) != declared:
-        raise NpzError(f"{label}: truncated ({len(data)} of {declared} bytes)")
-    arr = np.frombuffer(data, dtype=dtype)
-    return arr.reshape(shape, order="F" if fortran else "C").copy()
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,9 @@ BankError = SpecFileError
 #: Largest kernel side and count a bank may declare; larger is surely a mistake.
 MAX_KERNEL_SIDE = 255
 MAX_KERNELS = 4096
+
+#: What a kernel name may not hold: it names files, labels and manifest entries.
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # Laws (1980), "Rapid texture identification", Proc. SPIE 238: the 1-D
 # level, edge, spot, ripple and wave vectors whose outer products are the
@@ -232,8 +236,9 @@ def _parse_kernel(entry, index, where):
     if not isinstance(entry, dict):
         raise SpecFileError(f"{where}: kernel {index + 1} must be a table")
     name = entry.get("name")
-    if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name:
-        raise SpecFileError(f"{where}: kernel {index + 1} needs a 'name' without slashes")
+    problem = _name_problem(name)
+    if problem:
+        raise SpecFileError(f"{where}: kernel {index + 1} needs a 'name' {problem}")
     label = f"{where}: kernel '{name}'"
     given = [key for key in _SOURCES if key in entry]
     if len(given) != 1:
@@ -258,6 +263,15 @@ def _parse_kernel(entry, index, where):
     with np.errstate(all="ignore"):
         weights = weights * scale
     return Kernel(name.strip(), check_kernel_array(weights, label), bias)
+
+
+def _name_problem(name):
+    """What is wrong with a kernel name, or None: it must be one line of text, without slashes."""
+    if not isinstance(name, str) or not name.strip():
+        return f"that is text, not {name!r}"[:120]
+    if _BAD_NAME.search(name):
+        return f"of one line without slashes or control characters, not {name!r}"[:160]
+    return None
 
 
 def _number(value, label):
@@ -343,8 +357,13 @@ def _kernels_from_npz(table, path):
     if arr.ndim != 4:
         raise SpecFileError(f"{where}: [weights] key must hold (C_out, C_in, kH, kW) weights, not {arr.shape}")
     names = table.get("names") or [f"{table['key']}[{i}]" for i in range(arr.shape[0])]
-    if len(names) != arr.shape[0]:
-        raise SpecFileError(f"{where}: [weights] names has {len(names)} entries for {arr.shape[0]} filters")
+    if not isinstance(names, list) or len(names) != arr.shape[0]:
+        count = len(names) if isinstance(names, list) else "no list of"
+        raise SpecFileError(f"{where}: [weights] names has {count} entries for {arr.shape[0]} filters")
+    for i, name in enumerate(table.get("names") or []):  # the default names come from the file's key
+        problem = _name_problem(str(name))
+        if problem:
+            raise SpecFileError(f"{where}: [weights] names[{i}] must be a name {problem}")
     kernels = []
     for name, w in zip(names, arr):
         label = f"{where}: kernel '{name}'"

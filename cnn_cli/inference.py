@@ -7,6 +7,9 @@ they never print.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 from .imageio import MAX_PIXELS
@@ -52,37 +55,110 @@ def predict(network, meta, inputs, *, top_k=1, max_pixels=MAX_PIXELS):
     return rows, errors
 
 
-def load_labelled(dataset, meta, *, max_pixels=MAX_PIXELS):
-    """Normalised images of DATASET (its val/ folder if it has train/ and val/) and their
-    labels as indices into the model's classes; (path, reason) of each unreadable image.
+class SplitError(ValueError):
+    """The chosen part of a labelled folder cannot be told apart; the message says what to use instead."""
 
-    Raises ``DatasetError`` when a class folder is not one of the model's classes.
+
+@dataclass
+class EvalImages:
+    """The labelled images to score: which part of the folder, and why."""
+
+    paths: list
+    names: list            # the class folder of each image
+    split: str             # "val", "train" or "all"
+    training_folder: bool  # the folder is the one the model was trained on
+    note: str              # one line for a human: what is scored, and why
+
+
+def choose_images(dataset, meta, split=None):
+    """The images of DATASET to evaluate on: ``split`` "val", "train" or "all" (``choices.EVAL_SPLITS``).
+
+    With ``split`` None, the held-out part when there is one: ``val/`` of a
+    folder with ``train/`` and ``val/``, or the validation images of the
+    folder the model was trained on, recognised by the SHA-256 of its file
+    list (recorded at training) and split again by the recorded fraction and
+    seed; otherwise every image. Raises SplitError when ``split`` asks for a
+    part the folder does not have, and DatasetError when a class folder is
+    not one of the model's classes.
     """
-    from .data import DatasetError, load_images, scan_classes
-    from .modelfile import preprocess
+    from .data import files_sha256, has_split_folders
 
-    root = dataset / "val" if (dataset / "val").is_dir() and (dataset / "train").is_dir() else dataset
-    classes, paths, labels = scan_classes(root)
+    root = Path(dataset)
+    training = meta.training
+    recorded = getattr(training, "dataset_sha256", None) if training is not None else None
+    if has_split_folders(root):
+        train, val = _labelled(root / "train", meta), _labelled(root / "val", meta)
+        ours = recorded == files_sha256(root, train[0] + val[0])
+        split = split or "val"
+        paths, names = {"val": val, "train": train, "all": (train[0] + val[0], train[1] + val[1])}[split]
+        where = {"val": "its val/ folder", "train": "its train/ folder", "all": "train/ and val/"}[split]
+        why = "the folder the model was trained on" if ours else "split into train/ and val/"
+        return EvalImages(paths, names, split, ours, f"{root} is {why}: scoring the {len(paths)} images of {where}")
+    paths, names = _labelled(root, meta)
+    config = getattr(training, "config", None)
+    ours = recorded == files_sha256(root, paths) and hasattr(config, "val_split")
+    if not ours:
+        if split in ("val", "train"):
+            reason = ("the model does not record the folder it was trained on" if not isinstance(recorded, str)
+                      else "its files are not the ones the model was trained on")
+            raise SplitError(f"{root}: cannot tell its {split} images apart ({reason}); use --split all")
+        return EvalImages(paths, names, "all", False, f"scoring all {len(paths)} images of {root}")
+    from .data import stratified_split
+
+    classes = sorted(set(names))
+    train_idx, val_idx = stratified_split(np.array([classes.index(c) for c in names]), config.val_split,
+                                          config.seed)
+    if split == "val" and not len(val_idx):
+        raise SplitError(f"{root}: the model was trained on every image of it (--val-split 0); use --split all")
+    split = split or ("val" if len(val_idx) else "all")
+    idx = {"val": val_idx, "train": train_idx, "all": np.arange(len(paths))}[split]
+    rule = f"{config.val_split:g} of each class held out, seed {config.seed}"
+    what = {"val": f"its {len(idx)} held-out validation images ({rule}); --split all scores every image",
+            "train": f"the {len(idx)} images the model was trained on ({rule}); their accuracy flatters it",
+            "all": f"all {len(idx)} images, of which the model was trained on {len(train_idx)}"}[split]
+    return EvalImages([paths[i] for i in idx], [names[i] for i in idx], split, True,
+                      f"{root} is the folder the model was trained on: scoring {what}")
+
+
+def _labelled(folder, meta):
+    """(paths, class names) of the images under ``folder``; DatasetError for a class the model lacks."""
+    from .data import DatasetError, scan_classes
+
+    classes, paths, labels = scan_classes(folder)
     unknown = [c for c in classes if c not in meta.classes]
     if unknown:
-        raise DatasetError(f"{root}: class folder(s) {unknown} are not classes of the model "
+        raise DatasetError(f"{folder}: class folder(s) {unknown} are not classes of the model "
                            f"({', '.join(meta.classes)})")
-    remap = np.array([meta.classes.index(c) for c in classes])
-    images, ok, _, problems = load_images(paths, meta.preprocessing.image_size, max_pixels=max_pixels)
-    return preprocess(images, meta), remap[labels[ok]], problems
+    return paths, [classes[i] for i in labels]
 
 
-def evaluate(network, meta, dataset, *, max_pixels=MAX_PIXELS):
+def load_labelled(chosen, meta, *, max_pixels=MAX_PIXELS):
+    """Normalised images of ``chosen`` (an ``EvalImages``) and their labels as indices into the
+    model's classes; (path, reason) of each unreadable image."""
+    from .data import load_images
+    from .modelfile import preprocess
+
+    labels = np.array([meta.classes.index(c) for c in chosen.names], np.int64)
+    images, ok, _, problems = load_images(chosen.paths, meta.preprocessing.image_size, max_pixels=max_pixels)
+    return preprocess(images, meta), labels[ok], problems
+
+
+def evaluate(network, meta, dataset, *, split=None, max_pixels=MAX_PIXELS):
     """Accuracy, per-class precision, recall and F1, and the confusion matrix on DATASET.
 
-    Returns (report, problems): ``evaluation.report`` plus ``skipped`` (the
-    unreadable images' paths), and (path, reason) for each of them. With no
-    readable image the report counts 0 images.
+    ``split`` chooses the images (``choose_images``). Returns (report,
+    problems, note): ``evaluation.report`` plus ``split``, ``training_folder``
+    and ``skipped`` (the unreadable images' paths); (path, reason) for each
+    of them; and a line saying what was scored. With no readable image the
+    report counts 0 images.
     """
     from .evaluation import confusion_matrix, report
 
-    x, y, problems = load_labelled(dataset, meta, max_pixels=max_pixels)
+    chosen = choose_images(dataset, meta, split)
+    x, y, problems = load_labelled(chosen, meta, max_pixels=max_pixels)
     predictions = predict_batches(network, x).argmax(axis=1) if len(y) else y
     result = report(confusion_matrix(y, predictions, len(meta.classes)), meta.classes)
+    result["split"] = chosen.split
+    result["training_folder"] = chosen.training_folder
     result["skipped"] = [str(p) for p, _ in problems]
-    return result, problems
+    return result, problems, chosen.note

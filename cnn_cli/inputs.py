@@ -16,7 +16,7 @@ A hash of the entry's own path is appended only to names that mirroring
 cannot separate: ``000.png`` beside ``000.jpg``, a file beside a folder of
 its stem, names that differ only in case (one folder on macOS and Windows),
 or two inputs with the same top-level name. Hidden entries, directory links
-(which can loop), and folders that hold a ``cnn`` output (a ``manifest.json``
+(which can loop), and folders that hold a ``cnn`` output (a ``manifest.json``, ``explain.json``, ``units.json`` or ``embed.json``
 it wrote) are skipped.
 """
 
@@ -67,12 +67,23 @@ def _hidden(name):
     return name.startswith(".")
 
 
+#: The JSON file each command writes into its output folders (apply's per image,
+#: explain's per image, units' and embed's per run).
+_OUTPUT_FILES = ("manifest.json", "explain.json", "units.json", "embed.json")
+
+
 def _is_output_folder(path):
-    try:
-        with open(os.path.join(path, "manifest.json"), "rb") as fh:
-            return _OUTPUT_MARK in fh.read(4096)
-    except OSError:
-        return False
+    for name in _OUTPUT_FILES:
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):  # never open a FIFO or a device named so
+            continue
+        try:
+            with open(file, "rb") as fh:
+                if _OUTPUT_MARK in fh.read(2**20):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _is_image_name(name):
@@ -174,6 +185,17 @@ def _split_glob(pattern):
     return Path(pattern), []
 
 
+def _missing(item):
+    """Why an argument that is neither a file, a folder nor a pattern gives no image."""
+    from .fileio import NotRegularFileError, special_kind
+
+    try:
+        what = special_kind(os.stat(item).st_mode)
+    except OSError:
+        what = None
+    return NotRegularFileError(item, what, reading=True).strerror if what else f"{item}: no such file or folder"
+
+
 def iter_inputs(inputs, *, exclude=(), follow_links=False):
     """Yield an ``Input`` per image found and a ``Problem`` per argument that matched nothing.
 
@@ -209,7 +231,7 @@ def iter_inputs(inputs, *, exclude=(), follow_links=False):
             stream = iter(_Walk(root, parts, follow_links, excluded)) if root.is_dir() else iter(())
             empty = f"{item}: the pattern matches no files"
         else:
-            yield Problem(f"{item}: no such file or folder")
+            yield Problem(_missing(item))
             continue
         count = 0
         for p, name in stream:

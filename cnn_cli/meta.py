@@ -11,10 +11,11 @@ The JSON object::
      "architecture": {"name", "description", "layers": [layer tables]},
      "classes": [names],
      "preprocessing": {"image_size", "color", "channels", "mean", "std", "resize", "scale"},
-     "training": {"config": {TrainConfig}, "split", "train_images", "val_images",
+     "training": {"config": {TrainConfig}, "split", "train_images", "val_images", "dataset_sha256",
                   then once finished: "epochs_run", "history", "final_val_loss",
-                  "final_val_accuracy", "finished"},
-     "checkpoint": {"epoch", "batch", "history", "sums", "best_loss", "bad_epochs"}}   # checkpoints only
+                  "final_val_accuracy", "finished", "kept_epoch"},
+     "checkpoint": {"epoch", "batch", "history", "sums", "best_loss", "bad_epochs",
+                    "early_loss"}}   # checkpoints only
 
 Keys marked optional below may be absent from files that other tools (or the
 tests) wrote; an absent key stays absent when the file is written again.
@@ -36,6 +37,11 @@ FORMAT_VERSION = 1
 #: How ``cnn train`` describes its preprocessing in the file, for a human reader.
 RESIZE_NOTE = "Lanczos to image_size x image_size (aspect not kept)"
 SCALE_NOTE = "pixel values in [0, 1], then (x - mean) / std per channel"
+
+#: Bounds of a model's normalisation: pixels are in [0, 1], and ``cnn train``
+#: writes means in [0, 1] and stds of at least 1e-3 (``data.channel_stats``).
+#: Within them, (x - mean) / std stays below 1e9, far from float32's 3e38.
+MAX_MEAN, MIN_STD, MAX_STD = 1e3, 1e-6, 1e6
 
 #: Training settings that older files hold and this version ignores.
 RETIRED_CONFIG_KEYS = ("follow_links",)
@@ -172,6 +178,10 @@ class Preprocessing:
             problems.append(f"mean/std of shapes ({len(self.mean)},)/({len(self.std)},)")
         elif not all(math.isfinite(v) for v in self.mean + self.std) or min(self.std) <= 0:
             problems.append("mean/std that are not finite, or std <= 0")
+        elif max(abs(v) for v in self.mean) > MAX_MEAN or not MIN_STD <= min(self.std) <= max(self.std) <= MAX_STD:
+            # (x - mean) / std of pixels in [0, 1] must stay well inside float32's range.
+            problems.append(f"mean {self.mean} / std {self.std} outside |mean| <= {MAX_MEAN:g}, "
+                            f"{MIN_STD:g} <= std <= {MAX_STD:g}")
         return problems
 
     def to_json(self):
@@ -194,10 +204,15 @@ class TrainConfig:
     seed: int = 0
     image_size: Optional[int] = None    # None: from the data (data.default_image_size)
     color: Optional[str] = None         # None: gray if every training image is grey
-    augment: list = field(default_factory=list)
+    augment: list = field(default_factory=list)   # "NAME=VALUE" strings (augment.canonical)
     patience: Optional[int] = None      # early stopping on validation loss
     init_bank: Optional[str] = None
     max_pixels: int = MAX_PIXELS        # refuse larger images (decompression bombs)
+    # Settings added after the first files were written: a file without them
+    # was trained as their defaults say.
+    augment_fill: str = "zeros"         # borders that augmentation exposes (choices.AUGMENT_FILLS)
+    label_smoothing: float = 0.0
+    warmup: int = 0                     # epochs of linear learning-rate warm-up
 
     @classmethod
     def from_json(cls, obj):
@@ -220,7 +235,7 @@ _SETTING_TYPES = {
     "arch": str, "epochs": int, "batch_size": int, "lr": (float, _NONE), "optimizer": str,
     "momentum": float, "weight_decay": float, "schedule": str, "val_split": float, "seed": int,
     "image_size": (int, _NONE), "color": (str, _NONE), "augment": list, "patience": (int, _NONE),
-    "init_bank": (str, _NONE), "max_pixels": int,
+    "init_bank": (str, _NONE), "max_pixels": int, "augment_fill": str, "label_smoothing": float, "warmup": int,
 }
 
 
@@ -233,8 +248,9 @@ class TrainingResult:
     final_val_loss: Optional[float]    # None without a validation split
     final_val_accuracy: Optional[float]
     finished: str                      # local time, ISO 8601
+    kept_epoch: object = _ABSENT       # int: the epoch whose weights were saved; optional
 
-    KEYS = ("epochs_run", "history", "final_val_loss", "final_val_accuracy", "finished")
+    KEYS = ("epochs_run", "history", "final_val_loss", "final_val_accuracy", "finished", "kept_epoch")
 
 
 @dataclass
@@ -245,6 +261,7 @@ class Training:
     split: object = _ABSENT            # str: how validation images were chosen; optional
     train_images: object = _ABSENT     # int; optional
     val_images: object = _ABSENT       # int; optional
+    dataset_sha256: object = _ABSENT   # str: data.Dataset.sha256 of the folder trained on; optional
     result: Optional[TrainingResult] = None
 
     @classmethod
@@ -254,20 +271,20 @@ class Training:
         config = _optional(obj, "config", dict, w)
         training = cls(_ABSENT if config is _ABSENT else TrainConfig.from_json(config),
                        _optional(obj, "split", str, w), _optional(obj, "train_images", int, w),
-                       _optional(obj, "val_images", int, w))
+                       _optional(obj, "val_images", int, w), _optional(obj, "dataset_sha256", str, w))
         if any(k in obj for k in TrainingResult.KEYS):
             training.result = TrainingResult(
                 _get(obj, "epochs_run", int, w), _list_of(_get(obj, "history", list, w), dict, f"{w}.history"),
                 _get(obj, "final_val_loss", (float, _NONE), w), _get(obj, "final_val_accuracy", (float, _NONE), w),
-                _get(obj, "finished", str, w))
+                _get(obj, "finished", str, w), _optional(obj, "kept_epoch", int, w))
         return training
 
     def to_json(self):
         config = self.config if self.config is _ABSENT else self.config.to_json()
         out = _present([("config", config), ("split", self.split), ("train_images", self.train_images),
-                        ("val_images", self.val_images)])
+                        ("val_images", self.val_images), ("dataset_sha256", self.dataset_sha256)])
         if self.result is not None:
-            out.update((k, getattr(self.result, k)) for k in TrainingResult.KEYS)
+            out.update(_present((k, getattr(self.result, k)) for k in TrainingResult.KEYS))
         return out
 
 
@@ -281,6 +298,7 @@ class Checkpoint:
     sums: list = field(default_factory=lambda: [0.0, 0, 0])  # loss sum, correct, seen in the epoch so far
     best_loss: Optional[float] = None  # lowest validation loss so far (early stopping); None: none yet
     bad_epochs: int = 0                # epochs since it fell
+    early_loss: Optional[float] = None  # what divergence is measured against; None: not yet (not written)
 
     @classmethod
     def from_json(cls, obj):
@@ -289,14 +307,20 @@ class Checkpoint:
         state = cls(_get(obj, "epoch", int, w), _get(obj, "batch", int, w),
                     _list_of(_get(obj, "history", list, w), dict, f"{w}.history"),
                     _list_of(_get(obj, "sums", list, w), float, f"{w}.sums"),
-                    _get(obj, "best_loss", (float, _NONE), w), _get(obj, "bad_epochs", int, w))
+                    _get(obj, "best_loss", (float, _NONE), w), _get(obj, "bad_epochs", int, w),
+                    _optional(obj, "early_loss", (float, _NONE), w))
+        if state.early_loss is _ABSENT:
+            state.early_loss = None
         if len(state.sums) != 3 or min(state.epoch, state.batch, state.bad_epochs) < 0:
             raise ModelError(f"damaged checkpoint metadata: epoch {state.epoch}, batch {state.batch}, "
                              f"sums {state.sums}")
         return state
 
     def to_json(self):
-        return asdict(self)
+        out = asdict(self)
+        if out["early_loss"] is None:
+            del out["early_loss"]
+        return out
 
 
 # ----------------------------------------------------------------------------- the whole

@@ -18,19 +18,51 @@ import json
 
 import numpy as np
 
-from .fileio import NpzError, load_npz_arrays, save_npz_atomic
+from .fileio import NpzError, load_npz_arrays, npz_keys, save_npz_atomic
 from .meta import ModelError, ModelMeta
 from .nn import Conv2d, Network
-from .pipeline import build_layers
+from .pipeline import build_layers, check_memory, plan_layers
 
 META_KEY = "__meta__"
 STATE_PREFIX = "state."
 
+#: The largest ``__meta__`` read: the JSON of an architecture, classes and a
+#: training history is a few KB, a long run's history a few hundred.
+MAX_META_BYTES = 16 * 2**20
 
-def build_network(meta, seed=0):
-    """A fresh network for the architecture and input shape recorded in ``meta`` (a ``ModelMeta``)."""
+#: A file's arrays may declare at most this many bytes per parameter that its
+#: architecture declares, plus ``ARRAY_SLACK``: five float64 copies, for the
+#: weights and, in a checkpoint, the optimizer's two moments and the best weights.
+BYTES_PER_DECLARED_PARAM = 5 * 8
+ARRAY_SLACK = 2**20
+
+
+def build_network(meta, seed=0, where=None):
+    """A fresh network for the architecture and input shape recorded in ``meta`` (a ``ModelMeta``).
+
+    The memory its weights and one image's maps will take is estimated from
+    the architecture first; over the limit (``config.memory_limit``) it is
+    refused (ModelError), before anything is allocated.
+    """
+    return _network(meta, _checked_layers(meta, where), seed)
+
+
+def _checked_layers(meta, where=None):
+    """(layers of ``meta``'s architecture, their Plan), refused when over the memory limit."""
     arch, pre = meta.architecture, meta.preprocessing
-    layers = build_layers(arch.layers, f"architecture '{arch.name}'", substitutions={"classes": len(meta.classes)})
+    where = where or f"architecture '{arch.name}'"
+    try:
+        layers = build_layers(arch.layers, where, substitutions={"classes": len(meta.classes)})
+        plan = plan_layers(layers, (pre.channels, pre.image_size, pre.image_size))
+        check_memory(plan, where)
+    except (ValueError, TypeError) as exc:  # LayerError, SpecFileError
+        raise ModelError(str(exc) if str(exc).startswith(str(where)) else f"{where}: {exc}") from None
+    return layers, plan
+
+
+def _network(meta, checked, seed=0):
+    layers, _ = checked
+    pre = meta.preprocessing
     return Network(layers, (pre.channels, pre.image_size, pre.image_size), seed=seed)
 
 
@@ -51,19 +83,22 @@ def save_model(path, network, meta, extra_state=None):
 
 
 def load_model(path):
-    """(network, ModelMeta, extra_state) from a model or checkpoint file; never unpickles."""
+    """(network, ModelMeta, extra_state) from a model or checkpoint file; never unpickles.
+
+    The metadata is read first, and the memory the architecture needs is
+    checked (see ``build_network``) before any weight is read; the weights
+    may declare no more bytes than the architecture can use.
+    """
     try:
-        arrays = load_npz_arrays(path)
+        keys = npz_keys(path)
+        if META_KEY not in keys:
+            raise ModelError(f"{path}: not a cnn model file (no {META_KEY} entry)")
+        meta = _read_meta(path, load_npz_arrays(path, keys=[META_KEY], max_bytes=MAX_META_BYTES)[META_KEY])
+        checked = _checked_layers(meta, str(path))
+        weights_bytes = BYTES_PER_DECLARED_PARAM * checked[1].params + ARRAY_SLACK
+        arrays = load_npz_arrays(path, keys=[k for k in keys if k != META_KEY], max_bytes=weights_bytes)
     except NpzError as exc:
         raise ModelError(str(exc)) from None
-    if META_KEY not in arrays:
-        raise ModelError(f"{path}: not a cnn model file (no {META_KEY} entry)")
-    try:
-        meta = ModelMeta.from_json(json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: damaged metadata: {exc}") from None
-    except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from None
     extra = {k[len(STATE_PREFIX):]: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
     weights = {k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)}
     for name, arr in weights.items():
@@ -72,7 +107,7 @@ def load_model(path):
             raise ModelError(f"{path}: weight '{name}' has dtype {arr.dtype}; expected "
                              f"{'an integer' if expected == 'i' else 'a float'} array")
     try:
-        network = build_network(meta)
+        network = _network(meta, checked)
         network.load_state_dict(weights)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: {exc}") from None
@@ -80,6 +115,21 @@ def load_model(path):
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ModelError(f"{path}: weight '{name}' holds NaN or inf")
     return network, meta, extra
+
+
+def _read_meta(path, raw):
+    """The ``ModelMeta`` of the ``__meta__`` array ``raw`` (UTF-8 JSON bytes); ModelError names ``path``."""
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ModelError(f"{path}: damaged metadata: {META_KEY} must be UTF-8 bytes (uint8), not {raw.dtype} "
+                         f"of shape {raw.shape}")
+    try:
+        return ModelMeta.from_json(json.loads(raw.tobytes().decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: damaged metadata: {exc}") from None
+    except RecursionError:
+        raise ModelError(f"{path}: damaged metadata: nested too deeply to read") from None
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
 
 
 def _mean_std(pre):

@@ -99,3 +99,15 @@ def learning_rate(base, schedule, epoch, epochs, step_size=None, gamma=0.1):
     if schedule == "cosine":
         return base * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
     raise ValueError(f"schedule must be one of {SCHEDULES}, but got {schedule!r}")
+
+
+def warmup_factor(epoch, batch, batches, warmup):
+    """What the schedule's rate is multiplied by at a 0-based (epoch, batch) of ``batches``.
+
+    Linear warm-up over the first ``warmup`` epochs, batch by batch: from
+    1/(warmup * batches) at the first batch up to 1 at the last batch of the
+    warm-up, and 1 after it, whichever the schedule.
+    """
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, (epoch * batches + batch + 1) / (warmup * batches))

@@ -27,11 +27,12 @@ Every type, the fields it takes and whether pipelines may use it are in
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import filterbank, registry
+from . import config, filterbank, registry
 from .layers import BankConv, LayerError
 from .specfile import SpecFileError, read_spec
 
@@ -82,9 +83,15 @@ class Pipeline:
         self.channels = []  # output channel names per layer, after bind()
 
     def bind(self, input_channels):
-        """Build every layer for the one before it, at any image size; name every map."""
+        """Build every layer for the one before it, at any image size; name every map.
+
+        What the layers' filters will take is estimated from their
+        declarations first (``plan_layers``), and a pipeline over the memory
+        limit is refused before anything is allocated.
+        """
         self.input_channels, self.channels = list(input_channels), []
         shape, channels = (len(self.input_channels), None, None), self.input_channels
+        check_memory(plan_layers(self.layers, shape, blame=self._blame), self.source or self.name)
         for i, layer in enumerate(self.layers):
             with self._blame(i, layer):
                 shape = layer.build(shape)
@@ -117,6 +124,169 @@ class Pipeline:
                 shape = layer.build(shape)
             rows.append(LayerInfo(i, layer, channels, shape, fields[i]))
         return rows
+
+
+# --------------------------------------------------------------------------- what layers will take
+
+#: Bytes of memory per parameter while a layer is built: float32 weights and
+#: their gradients (a network) or the float64 kernels they are made from (a
+#: bank), with the loaded copy of a model's weights.
+BYTES_PER_PARAM = 20
+#: Bytes per value of a layer's output (float32).
+BYTES_PER_VALUE = 4
+#: Bytes per map name that a pipeline keeps (a short Python string and its slot).
+BYTES_PER_NAME = 80
+
+
+@dataclass
+class LayerPlan:
+    index: int
+    kind: str
+    shape: tuple          # output shape for one image; H and W None while the size is unknown
+    params: int           # parameters and buffers the layer will hold
+    values: int           # values of its output for one image (0 while the size is unknown)
+
+
+@dataclass
+class Plan:
+    """What building and running layers will allocate, from their declarations alone."""
+
+    layers: list = field(default_factory=list)   # LayerPlan per layer
+
+    @property
+    def params(self):
+        return sum(p.params for p in self.layers)
+
+    @property
+    def values(self):
+        return sum(p.values for p in self.layers)
+
+    @property
+    def bytes(self):
+        """Estimated memory: parameters while they are built, every layer's output for one image,
+        and the maps' names."""
+        names = sum(p.shape[0] for p in self.layers if len(p.shape) == 3 and p.shape[0])
+        return self.params * BYTES_PER_PARAM + self.values * BYTES_PER_VALUE + names * BYTES_PER_NAME
+
+    def largest(self):
+        return max(self.layers, key=lambda p: p.params * BYTES_PER_PARAM + p.values * BYTES_PER_VALUE)
+
+
+def plan_layers(layers, in_shape, blame=None):
+    """The ``Plan`` of ``layers`` for an input of ``in_shape`` (C, H, W), H and W may be None.
+
+    Shapes and parameter counts come from each layer's declaration (channels,
+    kernel sizes, banks), so nothing large is allocated: a layer type
+    without parameters is built as it is, which costs nothing. ``blame(i,
+    layer)`` is a context manager that turns a layer's refusal into the
+    caller's error.
+    """
+    plan, shape = Plan(), tuple(in_shape)
+    for i, layer in enumerate(layers):
+        with blame(i, layer) if blame else _no_blame():
+            shape, params = _planned(layer, shape)
+        values = 0 if None in shape else _count(shape)
+        plan.layers.append(LayerPlan(i, layer.kind, tuple(shape), params, values))
+    return plan
+
+
+@contextmanager
+def _no_blame():
+    yield
+
+
+def _count(shape):
+    total = 1
+    for d in shape:
+        total *= int(d)
+    return total
+
+
+def _planned(layer, shape):
+    """(output shape, parameter count) of ``layer`` for an input of ``shape``, without building its weights.
+
+    Where a layer is built to learn its output shape, a shallow copy is: the
+    layer itself may be running on another thread, built for its real input.
+    """
+    from . import functional as F
+    from .nn import BatchNorm2d, Conv2d, Linear, NetVLAD, Param, Residual
+
+    layer = copy.copy(layer)
+    if isinstance(layer, BankConv):
+        return _planned_bank_conv(layer, shape)
+    if isinstance(layer, Conv2d):
+        c_in, h, w = shape if len(shape) == 3 else (None, None, None)
+        if c_in is None:
+            return layer.build(shape), 0  # refuses a flat input, saying where the layer belongs
+        g = layer.options["groups"]
+        weight = (layer.out_channels, max(c_in // g, 1), *layer.kernel_size)
+        out = (layer.out_channels, None, None) if h is None else (layer.out_channels, *F.ConvSpec(
+            (1, c_in, h, w), weight, algorithm="auto", **layer.options).out_hw)
+        return out, _count(weight) + (layer.out_channels if layer.use_bias else 0)
+    if isinstance(layer, Residual):
+        c, s = layer.out_channels, layer.stride
+        c_in, h, w = shape if len(shape) == 3 else (None, None, None)
+        if c_in is None:
+            return layer.build(shape), 0
+        params = c * c_in * 9 + c * c * 9 + 2 * (4 * c + 1)  # two convs and two batch norms
+        if s != 1 or c_in != c:
+            params += c * c_in + 4 * c + 1
+        return (c, None if h is None else (h - 1) // s + 1, None if w is None else (w - 1) // s + 1), params
+    if isinstance(layer, NetVLAD):
+        if len(shape) != 3:
+            return layer.build(shape), 0
+        k, d = layer.clusters, shape[0]
+        return (k * d,), 2 * k * d + k
+    if isinstance(layer, Linear):
+        if len(shape) != 1:
+            return layer.build(shape), 0  # refuses maps, asking for a flatten layer
+        features = shape[0] or 0  # None: the image size, and so the width, is not known yet
+        return (layer.out_features,), (features + 1) * layer.out_features
+    if isinstance(layer, BatchNorm2d):
+        if len(shape) != 3:
+            return layer.build(shape), 0
+        return tuple(shape), 4 * shape[0] + 1  # weight, bias, running mean and variance, a count
+    if isinstance(layer, Param):  # a trained layer this table does not know: build a copy to see
+        out = layer.build(shape, None if layer.params else _rng())
+        return out, layer.num_params
+    return layer.build(shape), 0
+
+
+def _rng():
+    import numpy as np
+
+    return np.random.default_rng(0)
+
+
+def _planned_bank_conv(layer, shape):
+    """A bank conv's output shape and weights: its kernels times the input channels."""
+    c_in, h, w = shape if len(shape) == 3 else (None, None, None)
+    if c_in is None or any(k.channels is not None for bank in layer.banks for k in bank.kernels):
+        out = layer.build(shape)  # kernels written for C channels fix C: the bank holds them already
+        return out, layer.num_params
+    out = layer.build((1, h, w))  # filters for one channel: as large as the banks themselves
+    per_channel = layer.mode == "depthwise"
+    channels = sum(len(bank.kernels) * (c_in if per_channel else 1) for bank in layer.banks)
+    return (channels, *out[1:]), layer.num_params * c_in
+
+
+def check_memory(plan, where, limit=None):
+    """Refuse (SpecFileError) a ``plan`` whose estimated memory is over ``limit``
+    (``config.memory_limit()`` by default), naming ``where`` and the largest layer."""
+    limit = config.memory_limit() if limit is None else limit
+    if plan.bytes <= limit or not plan.layers:
+        return
+    big = plan.largest()
+    size = config.describe_bytes
+    raise SpecFileError(
+        f"{where}: would need about {size(plan.bytes)} of memory ({plan.params:,} parameters"
+        + (f", {plan.values:,} map values per image" if all(None not in p.shape for p in plan.layers) else "")
+        + f"), most of it for layer {big.index} ({big.kind}, output {_shape_text(big.shape)}); "
+        + config.memory_hint())
+
+
+def _shape_text(shape):
+    return "x".join("?" if d is None else f"{d:,}" for d in shape)
 
 
 def receptive_fields(layers):
@@ -173,8 +343,22 @@ def load_architecture(spec):
     """(name, description, layer tables) of a shipped or user architecture file."""
     path, doc = read_spec(spec, "architecture")
     tables = doc.get("layer")
-    build_layers(tables, path, path.parent, {"classes": 2})  # check it now, with a stand-in class count
+    # Check it now, with a stand-in class count, and the weights of its
+    # convolutions (which do not depend on the image size) for RGB input.
+    layers = build_layers(tables, path, path.parent, {"classes": 2})
+    check_memory(plan_layers(layers, (3, None, None), blame=_blamer(path)), path)
     return path.stem, doc.get("description", ""), tables
+
+
+def _blamer(where):
+    """A ``blame`` for ``plan_layers`` whose errors name ``where`` and the layer."""
+    @contextmanager
+    def blame(i, layer):
+        try:
+            yield
+        except (LayerError, ValueError) as exc:
+            raise SpecFileError(f"{where}: layer {i} ({layer.kind}): {exc}") from None
+    return blame
 
 
 def bank_pipeline(specs, **conv_options):

@@ -16,9 +16,19 @@ the line and column, the kernel or layer, and what to change.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
+
+#: The largest bank, pipeline or architecture file read. Python's TOML reader
+#: takes about a second per MiB of numbers (20 kernels of 255x255 values, 12
+#: MiB, took 14 s), so larger weights belong in an npz (``[weights]``).
+MAX_SPEC_BYTES = 16 * 2**20
+
+#: The largest ``[weights]`` array a bank may point to (4096 kernels of 3 x
+#: 63 x 63 float32 fit with room to spare).
+MAX_WEIGHTS_BYTES = 256 * 2**20
 
 
 class SpecFileError(ValueError):
@@ -38,16 +48,25 @@ def builtin_dir():
 
 
 def read_toml(path):
-    """The parsed document of a TOML file; errors name the file, and the line and column of a syntax error."""
+    """The parsed document of a TOML file; errors name the file, and the line and column of a syntax error.
+
+    Only a regular file of at most MAX_SPEC_BYTES is read.
+    """
+    from .fileio import open_regular
+
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, MAX_SPEC_BYTES, what="a bank, pipeline or architecture file") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SpecFileError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise SpecFileError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    except OSError as exc:
-        raise SpecFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise SpecFileError(f"{path}: arrays or tables nested too deeply to read") from None
+    except ValueError as exc:  # larger than MAX_SPEC_BYTES
+        raise SpecFileError(str(exc)) from None
+    except OSError as exc:  # open_regular's messages name the file
+        raise SpecFileError(exc.strerror or f"{path}: cannot read: {exc}") from None
 
 
 def kind_of(doc, default="bank"):
@@ -76,7 +95,7 @@ def builtin_names(kind):
 def resolve_file(spec, kind):
     """A path for ``spec``: a file of that kind, or the name of a shipped one."""
     path = Path(spec)
-    if path.suffix and path.is_file():
+    if (path.suffix and path.is_file()) or _special(path):  # read_toml refuses a device, pipe or socket
         found = kind_of(read_toml(path), default=kind)
         if found != kind:
             raise SpecFileError(f"{path}: is a file of kind '{found}', but a {kind} is needed here")
@@ -86,6 +105,14 @@ def resolve_file(spec, kind):
         return shipped
     choices = ", ".join(builtin_names(kind))
     raise SpecFileError(f"no {kind} named '{spec}': give a file path or one of: {choices}")
+
+
+def _special(path):
+    """Whether ``path`` exists but is neither a regular file nor a folder (a FIFO, a device)."""
+    try:
+        return os.path.exists(path) and not (path.is_file() or path.is_dir())
+    except (OSError, ValueError):
+        return False
 
 
 def read_spec(spec, kind):
@@ -104,7 +131,7 @@ def read_weights(table, path):
 
     npz_path = (Path(path).parent / table["file"]).resolve()
     try:
-        arrays = load_npz_arrays(npz_path, keys=[table["key"]])
+        arrays = load_npz_arrays(npz_path, keys=[table["key"]], max_bytes=MAX_WEIGHTS_BYTES)
     except NpzError as exc:
         raise SpecFileError(f"{where}: [weights]: {exc}") from None
     return arrays[table["key"]]

@@ -58,11 +58,13 @@ def model_summary(path):
 def architecture_summary(spec, color, size):
     """The layers of an architecture for ``color`` input of size x size and ``ASSUMED_CLASSES`` classes."""
     from .nn import Network
-    from .pipeline import build_layers, load_architecture
+    from .pipeline import build_layers, check_memory, load_architecture, plan_layers
 
     name, _, tables = load_architecture(spec)
     layers = build_layers(tables, name, substitutions={"classes": ASSUMED_CLASSES})
-    network = Network(layers, (len(CHANNEL_NAMES[color]), size, size))
+    shape = (len(CHANNEL_NAMES[color]), size, size)
+    check_memory(plan_layers(layers, shape), f"{spec} at {size}x{size}")  # before any weight is made
+    network = Network(layers, shape)
     return Summary(f"{spec} ({ASSUMED_CLASSES} classes assumed)", network_rows(network))
 
 

@@ -3,26 +3,36 @@
 Randomness is drawn from generators seeded by (seed, epoch) for the shuffle
 and (seed, epoch, batch) for augmentation and dropout, so a run can stop after
 any batch and resume to exactly the weights of an uninterrupted run.
+
+Divergence stops a run: a loss that is not finite, or above ``DIVERGED``
+times its early value (the run's first batch loss, or the loss of guessing
+uniformly if that is higher), raises TrainingError before the batch updates
+anything, and nothing is saved from the epoch it happened in.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from . import augment as A
 from . import data as D
 from .inference import predict_batches
 from .meta import (RESIZE_NOTE, SCALE_NOTE, Architecture, Checkpoint, ModelMeta, Preprocessing, TrainConfig,
                    Training, TrainingResult)
 from .modelfile import build_network, first_conv, load_model, save_model
 from .nn import Dropout, softmax_cross_entropy
-from .optim import learning_rate, make_optimizer
+from .optim import learning_rate, make_optimizer, warmup_factor
 from .pipeline import load_architecture
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
+
+#: A batch loss this many times the run's early loss means training diverged.
+DIVERGED = 100
 
 
 class TrainingError(ValueError):
@@ -52,6 +62,8 @@ class Prepared:
     skipped: list
     progress: Checkpoint = field(default_factory=Checkpoint)  # resume point and history
     best: dict = field(default_factory=dict)  # weights of the lowest validation loss so far
+    augmenter: object = None                   # augment.Augmenter of config.augment
+    result: object = None                      # meta.TrainingResult, once finished
 
 
 def checkpoint_path(model_path):
@@ -79,6 +91,7 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
         if meta.training is None or not isinstance(meta.training.config, TrainConfig):
             raise TrainingError(f"{resume}: the checkpoint does not record its training settings")
         config = meta.training.config
+    _check_settings(config)
     if resume is None:
         arch = load_architecture(config.arch)  # a bad --arch fails before any image is decoded
     dataset = D.find_dataset(dataset_root, config.val_split, config.seed)
@@ -117,7 +130,7 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
         meta = ModelMeta(
             Architecture(name, tables, description), dataset.classes,
             Preprocessing(size, config.color, x_tr.shape[1], mean.tolist(), std.tolist(), RESIZE_NOTE, SCALE_NOTE),
-            Training(config, dataset.split_rule, int(len(y_tr)), int(len(y_va))))
+            Training(config, dataset.split_rule, int(len(y_tr)), int(len(y_va)), dataset.sha256))
         network = build_network(meta, seed=config.seed)
         if config.init_bank:
             _init_from_bank(network, config.init_bank)
@@ -126,8 +139,19 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
     if extra:
         optimizer.load_state_dict({k[len("optim."):]: v for k, v in extra.items() if k.startswith("optim.")})
     best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")}
+    augmenter = A.Augmenter(config.augment, mean=mean, std=std, fill=config.augment_fill)
     return Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
-                    network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best)
+                    network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best, augmenter)
+
+
+def _check_settings(config):
+    """Refuse settings no run can use (the CLI checks them first); write the augmentations out in full."""
+    config.augment = A.canonical(config.augment)
+    A.check_fill(config.augment_fill)
+    if not (isinstance(config.label_smoothing, (int, float)) and 0 <= config.label_smoothing < 1):
+        raise TrainingError(f"label smoothing must be at least 0 and below 1, but got {config.label_smoothing!r}")
+    if not (isinstance(config.warmup, int) and config.warmup >= 0):
+        raise TrainingError(f"warm-up must be a whole number of epochs, 0 or more, but got {config.warmup!r}")
 
 
 def _init_from_bank(network, bank_name):
@@ -164,18 +188,27 @@ def train_step(prep, idx, rng, epoch, batch):
     """One minibatch of the images ``idx``: forward, loss, backward, update.
 
     ``rng`` drives augmentation and dropout. Returns (loss, number correct).
+    Raises TrainingError, before updating anything, when the loss shows the
+    run diverged (see the module's docstring).
     """
     net = prep.network
     for layer in net.layers:
         if isinstance(layer, Dropout):
             layer.rng = rng
-    xb = D.augment(prep.x_train[idx], prep.config.augment, rng)
+    xb = prep.augmenter(prep.x_train[idx], rng)
     net.zero_grad()
     logits = net.forward(xb, train=True)
-    loss, grad, probs = softmax_cross_entropy(logits, prep.y_train[idx])
+    loss, grad, probs = softmax_cross_entropy(logits, prep.y_train[idx], prep.config.label_smoothing)
+    where = f"at epoch {epoch + 1}, batch {batch + 1}"
     if not np.isfinite(loss):
-        raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, batch {batch + 1}; "
-                            f"try a lower --lr (now {prep.config.lr:g}); nothing was saved from this epoch")
+        raise TrainingError(f"training diverged: the loss became {loss} {where}; "
+                            f"try a lower --lr (now {prep.config.lr:g})")
+    if prep.progress.early_loss is None:
+        prep.progress.early_loss = max(loss, math.log(len(prep.meta.classes)))
+    elif loss > DIVERGED * prep.progress.early_loss:
+        raise TrainingError(f"training diverged: the loss rose to {loss:.3g} {where}, over {DIVERGED} times "
+                            f"its early value {prep.progress.early_loss:.3g}; "
+                            f"try a lower --lr (now {prep.config.lr:g})")
     net.backward(grad)
     prep.optimizer.step(net.parameters())
     return loss, int(np.sum(probs.argmax(axis=1) == prep.y_train[idx]))
@@ -190,11 +223,12 @@ def run_epoch(prep, epoch, *, start_batch=0, sums=(0.0, 0, 0), on_batch=None, sh
     cfg = prep.config
     n, bs = len(prep.x_train), cfg.batch_size
     batches = max(1, -(-n // bs))
-    prep.optimizer.lr = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
+    rate = learning_rate(cfg.lr, cfg.schedule, epoch, cfg.epochs)
     order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
     loss_sum, correct, seen = sums
     t0 = time.perf_counter()
     for b in range(start_batch, batches):
+        prep.optimizer.lr = rate * warmup_factor(epoch, b, batches, cfg.warmup)
         idx = order[b * bs:(b + 1) * bs]
         loss, right = train_step(prep, idx, np.random.default_rng([cfg.seed, epoch, b]), epoch, b)
         loss_sum, correct, seen = loss_sum + loss * len(idx), correct + right, seen + len(idx)
@@ -206,8 +240,8 @@ def run_epoch(prep, epoch, *, start_batch=0, sums=(0.0, 0, 0), on_batch=None, sh
     # epoch has no next batch, so look at the weights themselves.
     for name, p, _ in prep.network.parameters():
         if not np.all(np.isfinite(p)):
-            raise TrainingError(f"weight '{name}' became NaN or infinite at epoch {epoch + 1}, batch {batches}; "
-                                f"try a lower --lr (now {cfg.lr:g}); nothing was saved from this epoch")
+            raise TrainingError(f"training diverged: weight '{name}' became NaN or infinite at epoch {epoch + 1}, "
+                                f"batch {batches}; try a lower --lr (now {cfg.lr:g})")
     return (loss_sum, correct, seen), None
 
 
@@ -215,7 +249,10 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
     """Train; write the model, metrics, plots and a checkpoint after every epoch.
 
     ``should_stop()`` is polled after every batch: a true answer saves a
-    checkpoint at that point and raises ``Interrupted``. Returns the history.
+    checkpoint at that point and raises ``Interrupted``. Returns the history;
+    ``prep.result`` is the ``TrainingResult`` written into the model.
+    A TrainingError (divergence) leaves the last checkpoint as it was and
+    says which epoch it holds.
     """
     net, progress = prep.network, prep.progress
     history, best = progress.history, prep.best
@@ -224,20 +261,25 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
     start_batch = progress.batch
     for epoch in range(progress.epoch, prep.config.epochs):
         t0 = time.perf_counter()
-        sums, stopped_at = run_epoch(prep, epoch, start_batch=start_batch,
-                                     sums=progress.sums if start_batch else (0.0, 0, 0),
-                                     on_batch=on_batch, should_stop=should_stop)
+        try:
+            sums, stopped_at = run_epoch(prep, epoch, start_batch=start_batch,
+                                         sums=progress.sums if start_batch else (0.0, 0, 0),
+                                         on_batch=on_batch, should_stop=should_stop)
+            val_loss, val_acc, _ = (None, None, None) if stopped_at is not None else \
+                evaluate_arrays(net, prep.x_val, prep.y_val)
+            if val_loss is not None and not np.isfinite(val_loss):
+                raise TrainingError(f"training diverged: the validation loss became {val_loss} after epoch "
+                                    f"{epoch + 1}; try a lower --lr (now {prep.config.lr:g})")
+        except TrainingError as exc:
+            raise TrainingError(f"{exc}; {_kept_checkpoint(model_path, len(history))}") from None
         if stopped_at is not None:
-            state = Checkpoint(epoch, stopped_at, history, list(sums), _finite_or_none(best_loss), bad_epochs)
+            state = Checkpoint(epoch, stopped_at, history, list(sums), _finite_or_none(best_loss), bad_epochs,
+                               progress.early_loss)
             _save_checkpoint(prep, model_path, state, best)
             raise Interrupted(checkpoint_path(model_path))
         start_batch = 0
         seconds = time.perf_counter() - t0
         loss_sum, correct, seen = sums
-        val_loss, val_acc, _ = evaluate_arrays(net, prep.x_val, prep.y_val)
-        if val_loss is not None and not np.isfinite(val_loss):
-            raise TrainingError(f"the validation loss became {val_loss} after epoch {epoch + 1}; "
-                                f"try a lower --lr (now {prep.config.lr:g})")
         history.append({"epoch": epoch + 1, "lr": prep.optimizer.lr, "train_loss": loss_sum / seen,
                         "train_accuracy": correct / seen, "val_loss": val_loss, "val_accuracy": val_acc,
                         "seconds": seconds, "images_per_second": seen / seconds if seconds > 0 else None})
@@ -249,7 +291,8 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
             else:
                 bad_epochs += 1
                 stop_early = bad_epochs >= prep.config.patience
-        state = Checkpoint(epoch + 1, 0, history, [0.0, 0, 0], _finite_or_none(best_loss), bad_epochs)
+        state = Checkpoint(epoch + 1, 0, history, [0.0, 0, 0], _finite_or_none(best_loss), bad_epochs,
+                           progress.early_loss)
         _save_checkpoint(prep, model_path, state, best)
         if on_epoch:
             on_epoch(history[-1])
@@ -259,8 +302,17 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
             raise Interrupted(checkpoint_path(model_path))
     if best:
         net.load_state_dict(best)
-    finish(prep, model_path, history)
+    # Early stopping keeps the first epoch of the lowest validation loss.
+    kept = int(np.argmin([h["val_loss"] for h in history])) + 1 if best else len(history)
+    prep.result = finish(prep, model_path, history, kept)
     return history
+
+
+def _kept_checkpoint(model_path, epochs_done):
+    """What a run that stops with an error leaves behind, in words."""
+    if epochs_done and checkpoint_path(model_path).exists():
+        return f"no model was written; {checkpoint_path(model_path)} still holds epoch {epochs_done}"
+    return "no model was written"
 
 
 def _finite_or_none(value):
@@ -274,16 +326,22 @@ def _save_checkpoint(prep, model_path, state, best):
     save_model(checkpoint_path(model_path), prep.network, replace(prep.meta, checkpoint=state), extra)
 
 
-def finish(prep, model_path, history):
-    """Write the final model with its metrics, learning curves and confusion matrix."""
+def finish(prep, model_path, history, kept):
+    """Write the final model with its metrics, learning curves and confusion matrix; return its TrainingResult.
+
+    ``kept`` is the (1-based) epoch whose weights the network holds; its
+    entry in the history and the metrics says ``"kept": true``.
+    """
     import json
 
     from .evaluation import confusion_matrix
     from .fileio import write_bytes_atomic
     from .plots import confusion_png, learning_curves_png
 
+    for entry in history:
+        entry["kept"] = entry["epoch"] == kept
     val_loss, val_acc, probs = evaluate_arrays(prep.network, prep.x_val, prep.y_val)
-    result = TrainingResult(len(history), history, val_loss, val_acc, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    result = TrainingResult(len(history), history, val_loss, val_acc, time.strftime("%Y-%m-%dT%H:%M:%S%z"), kept)
     meta = replace(prep.meta, checkpoint=None, training=replace(prep.meta.training, result=result))
     save_model(model_path, prep.network, meta)
     checkpoint_path(model_path).unlink(missing_ok=True)  # the run is complete; the model supersedes it
@@ -292,3 +350,60 @@ def finish(prep, model_path, history):
     if len(prep.y_val):
         matrix = confusion_matrix(prep.y_val, probs.argmax(axis=1), len(prep.meta.classes))
         write_bytes_atomic(sibling(model_path, ".confusion.png"), confusion_png(matrix, prep.meta.classes))
+    return result
+
+
+@dataclass
+class LrFinding:
+    """The learning-rate range test's record: the rates tried, the batch losses and their smoothed curve."""
+
+    rates: list
+    losses: list
+    smoothed: list      # a centred moving average of the losses (``LR_FIND_WINDOW``), without lag
+    suggestion: float   # a tenth of ``lowest``
+    lowest: float       # the first rate by which the smoothed loss made 98% of its fall to its lowest
+
+
+#: Batches each side of a point that ``find_lr`` averages the loss over.
+LR_FIND_WINDOW = 4
+
+
+def find_lr(prep, *, start=1e-7, end=10.0, steps=100, stop_factor=4.0):
+    """The learning-rate range test (Smith 2017; fastai's ``lr_find``): train for
+    ``steps`` batches at rates growing exponentially from ``start`` to ``end``.
+
+    The test stops early when the loss stops being finite or exceeds
+    ``stop_factor`` times the lowest running mean of 2 * LR_FIND_WINDOW + 1
+    batches. The suggestion is a tenth of the first rate by which the
+    smoothed loss (centred, so it does not lag behind the rate as fastai's
+    running average does) has made 98% of its fall to its lowest value: a
+    rate at which the loss still falls fast. The network and optimizer of ``prep`` are changed and
+    should not be saved; nothing is written.
+    """
+    cfg = prep.config
+    n, bs = len(prep.x_train), cfg.batch_size
+    batches = max(1, -(-n // bs))
+    rates, losses = [], []
+    span = 2 * LR_FIND_WINDOW + 1
+    for step in range(steps):
+        epoch, b = divmod(step, batches)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        prep.optimizer.lr = start * (end / start) ** (step / max(steps - 1, 1))
+        try:
+            loss, _ = train_step(prep, order[b * bs:(b + 1) * bs], np.random.default_rng([cfg.seed, epoch, b]),
+                                 epoch, b)
+        except TrainingError:
+            break
+        rates.append(prep.optimizer.lr)
+        losses.append(loss)
+        if len(losses) >= span:
+            means = np.convolve(losses, np.ones(span) / span, mode="valid")
+            if means[-1] > stop_factor * means.min():
+                break
+    if len(losses) < 2:
+        raise TrainingError(f"the range test diverged at once, from {start:g}; the data cannot be trained on")
+    smoothed = [float(np.mean(losses[max(0, i - LR_FIND_WINDOW):i + LR_FIND_WINDOW + 1]))
+                for i in range(len(losses))]
+    low, first = min(smoothed), smoothed[0]
+    near = next(i for i, v in enumerate(smoothed) if v <= low + 0.02 * (first - low))
+    return LrFinding(rates, losses, smoothed, rates[near] / 10, rates[near])

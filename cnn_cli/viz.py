@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -20,6 +21,13 @@ from .choices import COLORMAPS
 GRID_TILE_MIN, GRID_TILE_MAX = 64, 256
 LABEL_HEIGHT, GAP = 16, 4
 LABEL_MAX_WIDTH = 240
+#: Labels are cut to this many characters (with an ellipsis in the middle)
+#: before they are measured: far more than LABEL_MAX_WIDTH pixels hold, and
+#: a 10,000-character name is then as quick to fit as a short one.
+LABEL_MAX_CHARS = 64
+
+#: Characters a label cannot draw (line breaks, tabs, other control characters).
+_UNDRAWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 #: A map is drawn as signed only if its smaller side exceeds this fraction of its larger one.
 SIGN_TOLERANCE = 1e-4
@@ -92,17 +100,34 @@ def _font(size=11):
     return ImageFont.load_default(size=size)
 
 
+def _middle(text, keep):
+    """``text`` with all but ``keep`` characters replaced by one ellipsis in the middle."""
+    return text if keep >= len(text) else text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]
+
+
+def label_text(text):
+    """A label that can be drawn on one line: control characters shown as '?', at most
+    LABEL_MAX_CHARS characters (shortened in the middle)."""
+    return _middle(_UNDRAWABLE.sub("?", str(text)), LABEL_MAX_CHARS - 1)
+
+
 def _fit_label(draw, text, width, font):
-    """The label, shortened with an ellipsis in the middle if it is wider than ``width``."""
+    """The label, shortened with an ellipsis in the middle if it is wider than ``width``.
+
+    The longest fitting form is found by bisection over the characters kept
+    (the width grows with them), so a label takes a handful of measurements.
+    """
+    text = label_text(text)
     if draw.textlength(text, font=font) <= width:
         return text
-    keep = len(text)
-    while keep > 1:
-        keep -= 1
-        short = text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]
-        if draw.textlength(short, font=font) <= width:
-            return short
-    return "…"
+    fits, too_long = 0, len(text)  # characters kept: _middle(text, fits) fits, too_long does not
+    while too_long - fits > 1:
+        keep = (fits + too_long) // 2
+        if draw.textlength(_middle(text, keep), font=font) <= width:
+            fits = keep
+        else:
+            too_long = keep
+    return _middle(text, fits) if fits else "…"
 
 
 def thumbnail(image):
@@ -129,6 +154,7 @@ def grid(tiles, labels, *, background=(32, 32, 32)):
     Nothing is dropped.
     """
     tiles = [thumbnail(t) for t in tiles]
+    labels = [label_text(label) for label in labels]
     count = len(tiles)
     tw, th = tiles[0].size
     font = _font()

@@ -498,3 +498,51 @@ def assert_directional_derivative(numeric, grad, direction, what):
     analytic = float(np.sum(terms))
     assert abs(numeric - analytic) <= 1e-4 * max(1.0, float(np.sum(np.abs(terms)))), (
         f"{what}: directional derivative {numeric:.6g} (finite differences) != {analytic:.6g} (engine)")
+
+
+# --------------------------------------------------------------------------
+# Affine resampling (augmentation)
+# --------------------------------------------------------------------------
+
+FILLS = ("zeros", "edge", "reflect")
+
+
+def fill_index(i, size, fill):
+    """The pixel a tap ``i`` of a side of ``size`` reads, or None for the constant fill:
+    edge clamps, reflect mirrors about the edge pixel again and again until inside."""
+    if fill not in FILLS:
+        raise InvalidArguments(f"fill must be one of {FILLS}, got {fill!r}")
+    if 0 <= i < size:
+        return i
+    if fill == "zeros":
+        return None
+    if fill == "edge" or size == 1:
+        return min(max(i, 0), size - 1)
+    while not 0 <= i < size:
+        i = -i if i < 0 else 2 * (size - 1) - i
+    return i
+
+
+def naive_affine_bilinear(x, m, fill, values):
+    """out[n, c, oy, ox]: x[n, c] read at (sy, sx) = m[n] @ (oy, ox, 1) by bilinear interpolation
+    of the four pixels around it, a pixel outside being ``values[c]`` (zeros) or ``fill_index``'s."""
+    x = _f64(x)
+    n, c, h, w = x.shape
+    if np.shape(m) != (n, 2, 3):
+        raise InvalidArguments(f"m must be ({n}, 2, 3), got {np.shape(m)}")
+    out = np.zeros_like(x)
+    for b in range(n):
+        for oy in range(h):
+            for ox in range(w):
+                sy = m[b, 0, 0] * oy + m[b, 0, 1] * ox + m[b, 0, 2]
+                sx = m[b, 1, 0] * oy + m[b, 1, 1] * ox + m[b, 1, 2]
+                y0, x0 = math.floor(sy), math.floor(sx)
+                for ch in range(c):
+                    total = 0.0
+                    for dy, wy in ((0, 1 - (sy - y0)), (1, sy - y0)):
+                        for dx, wx in ((0, 1 - (sx - x0)), (1, sx - x0)):
+                            iy, ix = fill_index(y0 + dy, h, fill), fill_index(x0 + dx, w, fill)
+                            v = values[ch] if iy is None or ix is None else x[b, ch, iy, ix]
+                            total += wy * wx * v
+                    out[b, ch, oy, ox] = total
+    return out

@@ -343,3 +343,17 @@ def test_without_dask_the_cluster_options_say_what_to_install(tmp_path, monkeypa
     img = _image(tmp_path / "img.png")
     result = cnn("apply", img, "-o", tmp_path / "out", "--workers", "2")
     assert result.exit_code == 2 and "pip install 'cnn-cli[dask]'" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("marker", ["manifest.json", "explain.json", "units.json", "embed.json"])
+def test_walks_skip_folders_any_cnn_command_wrote(tmp_path, marker):
+    """A folder holding any command's output (its JSON carries cnn_version) is not read as input."""
+    from cnn_cli.inputs import find_inputs
+
+    src = tmp_path / "photos"
+    (src / "out" / "img").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(src / "a.png")
+    Image.new("L", (8, 8)).save(src / "out" / "img" / "overlay_cat.png")
+    (src / "out" / "img" / marker).write_text('{"cnn_version": "0"}')
+    found = [item.path.name for item in find_inputs([str(src)])[0]]
+    assert found == ["a.png"]

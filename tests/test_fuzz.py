@@ -478,3 +478,74 @@ def test_integers_beyond_int64_are_a_value_error(call):
         return
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"{type(exc).__name__} instead of ValueError: {exc}")
+
+
+# ----------------------------------------------------------------- JPEGs cut short, with an end marker put back
+
+_JPEG_SEEDS = {name: data for name, data in (
+    ("baseline", _encode("JPEG", np.clip(_rng.normal(128, 40, (40, 56, 3)), 0, 255).astype(np.uint8), quality=90)),
+    ("progressive", _encode("JPEG", np.clip(_rng.normal(128, 40, (40, 56, 3)), 0, 255).astype(np.uint8),
+                            quality=85, progressive=True)),
+    ("gray420", _encode("JPEG", np.clip(_rng.normal(100, 30, (33, 47)), 0, 255).astype(np.uint8), quality=75)),
+)}
+
+
+@FUZZ
+@given(data=st.data())
+def test_jpeg_cut_anywhere_with_an_end_marker_is_refused_or_unchanged(tmp_path, data):
+    """A JPEG cut short and given its end marker back is "damaged or truncated", unless
+    the cut took nothing the decoder draws (the marker itself, or an empty last scan)."""
+    name = data.draw(st.sampled_from(sorted(_JPEG_SEEDS)), label="seed")
+    whole = _JPEG_SEEDS[name]
+    cut = data.draw(st.integers(2, len(whole) - 1), label="cut")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(whole[:cut].rstrip(b"\xff") + b"\xff\xd9")
+    (tmp_path / "whole.jpg").write_bytes(whole)
+    try:
+        got = read_image(path, color="rgb")
+    except ImageError as exc:
+        assert str(path) in str(exc)
+        event("refused")
+        return
+    event("read")
+    np.testing.assert_array_equal(got, read_image(tmp_path / "whole.jpg", color="rgb"))
+
+
+# ----------------------------------------------------------------- planned sizes against built networks
+
+_LAYER_TABLES = st.one_of(
+    st.builds(lambda c, k, s, p, g: {"type": "conv", "out_channels": c * g, "kernel_size": k, "stride": s,
+                                     "padding": p, "groups": g},
+              st.integers(1, 6), st.integers(1, 5), st.integers(1, 3), st.integers(0, 2), st.sampled_from([1, 1, 2])),
+    st.builds(lambda k: {"type": "maxpool", "kernel_size": k}, st.integers(1, 3)),
+    st.builds(lambda k: {"type": "avgpool", "kernel_size": k, "stride": 1}, st.integers(1, 3)),
+    st.just({"type": "relu"}), st.just({"type": "batchnorm"}),
+    st.builds(lambda c, s: {"type": "residual", "out_channels": c, "stride": s}, st.integers(1, 6),
+              st.integers(1, 2)),
+)
+
+
+@settings(FUZZ, max_examples=60)
+@given(tables=st.lists(_LAYER_TABLES, min_size=1, max_size=5), head=st.sampled_from(["linear", "netvlad", "none"]),
+       channels=st.sampled_from([1, 3]), size=st.integers(4, 24))
+def test_planned_sizes_are_what_a_network_builds(tables, head, channels, size):
+    """``plan_layers`` (sizes from declarations, nothing allocated) agrees with ``Network``
+    on every output shape and on the number of parameters, or both refuse."""
+    from cnn_cli.nn import Network
+    from cnn_cli.pipeline import build_layers, plan_layers
+
+    tables = list(tables) + {"linear": [{"type": "flatten"}, {"type": "linear", "out_features": 3}],
+                             "netvlad": [{"type": "netvlad", "clusters": 2}], "none": []}[head]
+    try:
+        network = Network(build_layers(tables, "fuzz"), (channels, size, size))
+    except ValueError:
+        event("refused")
+        try:  # the plan may refuse too, or leave it to the network, but never crash
+            plan_layers(build_layers(tables, "fuzz"), (channels, size, size))
+        except ValueError:
+            pass
+        return
+    event("built")
+    plan = plan_layers(build_layers(tables, "fuzz"), (channels, size, size))
+    assert [p.shape for p in plan.layers] == [tuple(s) for s in network.shapes]
+    assert plan.params == sum(v.size for v in network.state_dict().values())

@@ -112,6 +112,15 @@ def test_train_with_force_replaces_the_model(dataset, tmp_path):
     (["--val-split", "-0.1"], "--val-split"),
     (["--augment", "bogus"], "--augment"),
     (["--augment", "flip,bogus"], "--augment"),
+    (["--augment", "shift=0"], "--augment"),
+    (["--augment", "shift=2.5px"], "--augment"),
+    (["--augment", "rotate=x"], "--augment"),
+    (["--augment", "flip=1"], "--augment"),
+    (["--augment", "noise,noise"], "--augment"),
+    (["--augment-fill", "wrap"], "--augment-fill"),
+    (["--label-smoothing", "1"], "--label-smoothing"),
+    (["--label-smoothing", "nan"], "--label-smoothing"),
+    (["--warmup", "-1"], "--warmup"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--momentum", "1.5"], "--momentum"),
     (["--weight-decay", "-1"], "--weight-decay"),
@@ -167,7 +176,7 @@ def test_train_divergence_on_the_last_batch_is_one_error_line(dataset, tmp_path)
 
 def test_evaluate_json(model, dataset):
     out, _ = model
-    result = invoke("evaluate", dataset, "--model", out, "--json")
+    result = invoke("evaluate", dataset, "--model", out, "--json", "--split", "all")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert isinstance(report, dict)
@@ -187,7 +196,7 @@ def test_evaluate_json(model, dataset):
 
 def test_evaluate_agrees_with_predicting_every_image(model, dataset):
     out, _ = model
-    report = json.loads(invoke("evaluate", dataset, "--model", out, "--json").stdout)
+    report = json.loads(invoke("evaluate", dataset, "--model", out, "--json", "--split", "all").stdout)
     result = invoke("predict", dataset, "--model", out, "--json")
     assert result.exit_code == 0, result.output
     predictions = json.loads(result.stdout)

@@ -80,7 +80,8 @@ APPLY = ("--bank", "edges:sobel_*")  # one small layer keeps these runs fast
     ("--batch-size", "0"), ("--val-split", "1.5"), ("--val-split", "nan"), ("--val-split", "-0.2"),
     ("--val-split", "1"), ("--augment", "bogus"), ("--augment", "flip,bogus"), ("--momentum", "nan"),
     ("--weight-decay", "inf"), ("--image-size", "0"), ("--patience", "0"), ("--optimizer", "rmsprop"),
-    ("--epochs", "many"),
+    ("--epochs", "many"), ("--augment", "shift=9000px"), ("--augment", "erase=2"), ("--augment-fill", "nan"),
+    ("--label-smoothing", "-0.1"), ("--warmup", "x"),
 ])
 def test_train_bad_option_value_is_a_usage_error_naming_it(tmp_path, option, value):
     data = _dataset(tmp_path / "data")

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from clirunner import cnn
+from cnn_cli.fileio import NpzError, load_npz_arrays
 from cnn_cli.filterbank import BankError, load_bank
 from cnn_cli.modelfile import ModelError, load_model
 from tinymodel import META, save_tiny_model
@@ -327,7 +328,7 @@ def test_40_gb_declared_member_is_refused_before_allocating(tmp_path, good_model
     child = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True,
                            timeout=120)
     report = json.loads(child.stdout)
-    assert report["error"] == "NpzError" and report["growth_mb"] < 100, report
+    assert report["error"] == "ModelError" and report["growth_mb"] < 100, report
 
 
 def test_member_declaring_more_than_it_stores_is_refused(tmp_path, good_model, img):
@@ -379,6 +380,8 @@ def test_zip_features_we_cannot_read_are_a_model_error(tmp_path, good_model, img
 
 
 def test_compressed_member_cannot_inflate_memory(tmp_path, good_model):
+    """A member may compress well (sparse weights do), but a model file may declare no more
+    than its architecture can use: 128 MB for a model of 86 parameters is refused unread."""
     declared = (32, 1024, 1024)  # 128 MB of float32 zeros, about 125 KB once deflated
     path = tmp_path / "zipbomb.npz"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -397,24 +400,24 @@ def test_compressed_member_cannot_inflate_memory(tmp_path, good_model):
                            timeout=120)
     assert child.returncode == 0, child.stderr
     report = json.loads(child.stdout)
-    assert report["error"] == "NpzError", report
-    assert report["growth_mb"] < 100, report
+    assert report["error"] == "ModelError" and "more than it can need" in report["message"], report
+    assert report["growth_mb"] < 20, report
+    with pytest.raises(NpzError, match="more than 1,048,576 bytes"):
+        load_npz_arrays(path, max_bytes=2**20)
 
 
-# Loads an npz with cnn_cli.fileio in a fresh process and reports the peak memory it took.
+# Loads a model with cnn_cli.modelfile in a fresh process and reports the peak memory it took.
 MEMORY_PROBE = """
 import json, resource, sys
-from cnn_cli.fileio import NpzError, load_npz_arrays
+from cnn_cli.modelfile import load_model
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-error = None
+error = message = None
 try:
-    load_npz_arrays(sys.argv[1])
-except NpzError as exc:
-    error = "NpzError"
+    load_model(sys.argv[1])
 except Exception as exc:
-    error = type(exc).__name__
+    error, message = type(exc).__name__, str(exc)
 growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-print(json.dumps({"error": error, "growth_mb": growth}))
+print(json.dumps({"error": error, "message": message, "growth_mb": growth}))
 """
 
 

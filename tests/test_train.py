@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cnn_cli import data as D
+from cnn_cli.augment import canonical
 from cnn_cli.data import DatasetError
 from cnn_cli.filterbank import load_bank
 from cnn_cli.modelfile import META_KEY, load_model
@@ -177,7 +178,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, patterns, st
             ((epoch - 1, batch) if batch is not None else (epoch, 0))
         assert any(k.startswith("optim.") for k in extra)
         prep = prepare(patterns, TrainConfig(), resume=checkpoint_path(model_b))
-        assert prep.config.optimizer == optimizer and prep.config.augment == augment
+        assert prep.config.optimizer == optimizer and prep.config.augment == canonical(augment)
     history_b = fit(prep, model_b, on_batch=signal.on_batch, should_stop=signal.should_stop)
 
     assert_same_weights(weights_of(a.network), weights_of(prep.network))

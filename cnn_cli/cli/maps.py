@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     rich_table, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, app, banks_app, Color, Normalize, RawDtype, Colormap, MaxPixels, fail, check_one_source, open_cluster, close_cluster, load_model_or_fail,
+    check_output_or_fail, one_line, out_of_memory, stdout_console, stopped_by_signals, use_memory_limit,
 )
 
 @app.command()
@@ -26,6 +27,7 @@ def apply(
     cmap: Annotated[Colormap, typer.Option(help="Colour map of the PNGs (coolwarm is diverging).")] = Colormap.gray,
     max_size: Annotated[Optional[int], typer.Option(min=1, help="Downscale images so the longer side is at most this many pixels.")] = None,
     max_pixels: MaxPixels = 100_000_000,
+    max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Refuse images whose maps would need more memory than this (e.g. 8G) [default: half this machine's memory, or CNN_MAX_MEMORY].", show_default=False)] = None,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep inputs whose output folder exists (a finished image) and do the rest: resumes a stopped run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output folders.")] = False,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")] = None,
@@ -59,27 +61,32 @@ def apply(
         chosen = parse_save(save)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
+    memory_limit = use_memory_limit(max_memory)
+    check_output_or_fail(out)
     cluster = open_cluster(workers, scheduler)
     try:
         source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value)
         options = ApplyOptions(color=source.color, max_size=max_size, max_pixels=max_pixels,
                                normalize=normalize.value, cmap=cmap.value, force=force,
                                skip_existing=skip_existing, save=chosen, dtype=dtype.value,
-                               prepare=source.prepare)
+                               prepare=source.prepare, max_memory=memory_limit)
         if layers is not None:
             options.layers = select_layers(source.pipeline, layers)
-    except ValueError as exc:
+    except (ValueError, MemoryError) as exc:
         close_cluster(cluster)
-        fail(str(exc))
+        fail(out_of_memory(exc))
     from ..terminal import ProgressDisplay
 
     try:
-        with ProgressDisplay("apply") as progress:
+        with ProgressDisplay("apply") as progress, stopped_by_signals() as stopped:
             summary = run(inputs, out, source.pipeline, options, progress=progress, cluster=cluster)
     except ValueError as exc:  # OUT cannot be created, or another run holds it
         fail(str(exc))
     finally:
         close_cluster(cluster)
+    if summary.interrupted:
+        fail(f"interrupted by {stopped.name}: the images finished in {out}/ are kept, and no unfinished output "
+             "is left; continue with the same command and --skip-existing", stopped.exit_code)
     _report_batch(summary, out, json_out)
 
 
@@ -88,11 +95,9 @@ def banks_list(ctx: typer.Context):
     """List the shipped banks (kernel count, sizes, description), pipelines and architectures."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.console import Console
-
     from ..summary import catalog
 
-    console = Console()
+    console = stdout_console()
     for title, header, rows in catalog():
         console.print(rich_table(header, rows, title=title))
 
@@ -120,6 +125,7 @@ def banks_show(
 
     if (bank is None) == (model is None):
         fail("give a bank, or --model, to draw", EXIT_USAGE)
+    check_output_or_fail(out)
     if out.exists() and not force:
         fail(f"{out} exists; use --force to replace it")
     if model is not None:
@@ -137,7 +143,10 @@ def banks_show(
         except BankError as exc:
             fail(str(exc))
         kernels, labels = [k.weights for k in loaded.kernels], [k.name for k in loaded.kernels]
-    image = grid(kernel_tiles(kernels), labels)
+    try:
+        image = grid(kernel_tiles(kernels), labels)
+    except MemoryError as exc:
+        fail(out_of_memory(exc))
     try:
         write_bytes_atomic(out, png_bytes(image))
     except OSError as exc:
@@ -163,17 +172,16 @@ def info(
 
       cnn info resnet --size 32
     """
-    from rich.console import Console
     from rich.markup import escape
 
     from ..summary import summarize
 
     try:
         summary = summarize(target, color=color.value, size=size)
-    except ValueError as exc:  # ModelError, SpecFileError
-        fail(str(exc))
+    except (ValueError, MemoryError) as exc:  # ModelError, SpecFileError; memory past a raised limit
+        fail(out_of_memory(exc))
     rows = [(r.index, r.layer, r.shape, r.params, r.receptive_field) for r in summary.rows]
-    console = Console()
+    console = stdout_console()
     console.print(rich_table(("#", "layer", "output shape", "params", "receptive field"), rows, summary.title))
     for note in summary.notes:
         console.print(escape(note), highlight=False)
@@ -182,7 +190,7 @@ def info(
 def _report_batch(summary, out, json_out):
     """Print a batch's failures and summary; exit 3 when some inputs failed, 1 when all did."""
     for _, message in summary.failed:
-        typer.echo(f"Error: {message}", err=True)
+        typer.echo(f"Error: {one_line(message)}", err=True)
     total = summary.done + summary.skipped + len(summary.failed)
     if json_out:
         import json
@@ -191,6 +199,7 @@ def _report_batch(summary, out, json_out):
             "written": summary.done, "skipped": summary.skipped, "maps": summary.maps, "bytes": summary.bytes,
             "seconds": round(summary.seconds, 3), "output": str(out),
             "failed": [{"input": path, "error": message} for path, message in summary.failed],
+            "removed": summary.removed,
         }))
     elif total > 1 or summary.done or summary.skipped:
         # A batch ends with a summary; a single failed input has said all in its one line.

@@ -9,9 +9,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .. import choices
 from .common import (
-    rich_table, EXIT_FAILED, EXIT_PARTIAL, app, Color, Optimizer, Schedule, MaxPixels, fail, load_model_or_fail,
+    rich_table, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app, AugmentFill, Color, EvalSplit, Optimizer, Schedule,
+    MaxPixels, fail, load_model_or_fail,
 )
 from ..terminal import stderr_console
 
@@ -34,10 +34,12 @@ def _non_negative(value):
 
 
 def _augmentations(value):
-    kinds = [v.strip() for v in (value or "").split(",") if v.strip()]
-    unknown = [k for k in kinds if k not in choices.AUGMENTATIONS]
-    if unknown:
-        raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(choices.AUGMENTATIONS)}, comma-separated")
+    from ..augment import AugmentError, parse
+
+    try:
+        parse(value or "")
+    except AugmentError as exc:
+        raise typer.BadParameter(str(exc)) from None
     return value
 
 
@@ -57,10 +59,14 @@ def train(
     seed: Annotated[int, typer.Option(min=0, help="Seed for the split, initial weights, shuffling, augmentation and dropout.")] = 0,
     image_size: Annotated[Optional[int], typer.Option(min=4, max=1024, help="Resize every image to N x N [default: from the data].")] = None,
     color: Annotated[Optional[Color], typer.Option(help="gray or rgb [default: detected].")] = None,
-    augment: Annotated[str, typer.Option(callback=_augmentations, help="Random augmentations, comma-separated: shift, flip, rotate.")] = "",
+    augment: Annotated[str, typer.Option(callback=_augmentations, help="Random augmentations, comma-separated NAME or NAME=VALUE: shift=F|Npx (0.0625), rotate=DEG (15), flip, vflip, scale=F (0.1), brightness=F (0.2), contrast=F (0.2), erase=P (0.5), noise=SIGMA (0.05); a bare name takes the default in brackets.")] = "",
+    augment_fill: Annotated[AugmentFill, typer.Option(help="What fills the borders that shift, rotate and scale expose: black, the mirror image, or the edge pixel.")] = AugmentFill.zeros,
+    label_smoothing: Annotated[float, typer.Option(callback=_fraction, help="Train towards 1 - EPS on the label and EPS / classes on every class.")] = 0.0,
+    warmup: Annotated[int, typer.Option(min=0, help="Epochs of linear learning-rate warm-up, batch by batch, before the schedule's rate.")] = 0,
     patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many epochs without a lower validation loss, and keep the best weights.")] = None,
     init_bank: Annotated[Optional[str], typer.Option(help="Start the first conv layer from this bank's kernels.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a checkpoint (MODEL.ckpt.npz) with its settings.")] = None,
+    find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: plot the loss against the rate in MODEL.lr.png and print a suggested --lr. Trains and saves no model.")] = False,
     max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
 ):
@@ -76,6 +82,10 @@ def train(
 
       cnn train photos/ --arch resnet --epochs 30 --augment shift,flip --optimizer sgd --lr 0.05
 
+      cnn train digits/ -o digits.npz --augment shift=4px,rotate=10 --label-smoothing 0.1
+
+      cnn train photos/ -o m.npz --find-lr
+
       cnn train photos/ -o m.npz --resume m.ckpt.npz
     """
     import signal
@@ -85,14 +95,17 @@ def train(
     from ..filterbank import BankError
     from ..train import Interrupted, TrainConfig, TrainingError, fit, prepare
 
-    if out.exists() and not force and resume is None:
+    if out.exists() and not force and resume is None and not find_lr:
         fail(f"{out} exists; use --force to replace it, or -o to choose another file")
+    if find_lr and resume is not None:
+        fail("--find-lr starts from fresh weights; leave out --resume", EXIT_USAGE)
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
                          momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
                          val_split=val_split, seed=seed, image_size=image_size,
                          color=color.value if color else None,
                          augment=[a.strip() for a in augment.split(",") if a.strip()],
-                         patience=patience, init_bank=init_bank, max_pixels=max_pixels)
+                         patience=patience, init_bank=init_bank, max_pixels=max_pixels,
+                         augment_fill=augment_fill.value, label_smoothing=label_smoothing, warmup=warmup)
     stop = {}
 
     def on_signal(signum, frame):
@@ -113,6 +126,9 @@ def train(
         if stop:
             fail("interrupted before training started; nothing was saved", _signal_exit(stop["signal"]))
         cfg = prep.config
+        if find_lr:
+            _find_lr(prep, out, say)
+            return
         say(f"training {cfg.arch} on {len(prep.y_train)} images ({len(prep.y_val)} for validation), "
             f"{len(prep.meta.classes)} classes, {cfg.image_size}x{cfg.image_size} {cfg.color}, "
             f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
@@ -131,10 +147,37 @@ def train(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    last = history[-1]
-    acc = last["val_accuracy"]
+    result = prep.result
+    if len(history) < prep.config.epochs:
+        say(f"stopped early after epoch {len(history)}: no lower validation loss for {prep.config.patience} "
+            f"epochs; kept the weights of epoch {result.kept_epoch}")
+    elif result.kept_epoch != len(history):
+        say(f"kept the weights of epoch {result.kept_epoch}, of the lowest validation loss")
+    acc = result.final_val_accuracy
     say(f"saved {out} after {len(history)} epochs"
+        + (f" (weights of epoch {result.kept_epoch})" if result.kept_epoch != len(history) else "")
         + (f"; validation accuracy {acc:.4f}" if acc is not None else ""))
+
+
+def _find_lr(prep, out, say):
+    """The learning-rate range test: the plot next to MODEL, the suggestion on stdout."""
+    from ..fileio import write_bytes_atomic
+    from ..plots import lr_finder_png
+    from ..train import TrainingError, find_lr, sibling
+
+    say(f"learning-rate range test: {prep.config.arch}, {prep.config.optimizer}, batch {prep.config.batch_size}, "
+        "rates from 1e-07 to 10; no model is trained or saved")
+    try:
+        finding = find_lr(prep)
+    except TrainingError as exc:
+        fail(str(exc))
+    plot = sibling(out, ".lr.png")
+    try:
+        write_bytes_atomic(plot, lr_finder_png(finding))
+    except OSError as exc:
+        fail(f"cannot write {plot}: {exc.strerror or exc}")
+    say(f"the loss came near its lowest at lr {finding.lowest:.2g} ({len(finding.rates)} batches); plot: {plot}")
+    typer.echo(f"suggested --lr {finding.suggestion:.2g}")
 
 
 def _signal_exit(signum):
@@ -176,15 +219,20 @@ def evaluate(
     dataset: Annotated[Path, typer.Argument(help="Folder of class subfolders (its val/ if it has train/ and val/).", show_default=False)],
     model: Annotated[Path, typer.Option("--model", help="Model file from cnn train.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: accuracy, per_class, confusion.")] = False,
+    split: Annotated[Optional[EvalSplit], typer.Option(help="Which images: val (held out), train or all [default: val when DATASET is the training folder or has train/ and val/, else all].")] = None,
     max_pixels: MaxPixels = 100_000_000,
 ):
     """Accuracy, per-class precision and recall, and the confusion matrix of a model on labelled images.
+
+    When DATASET is the folder the model was trained on (the model records
+    its file list, split and seed), only the held-out validation images are
+    scored, unless --split says otherwise.
 
     Examples:
 
       cnn evaluate digits/ --model digits.npz
 
-      cnn evaluate digits/ --model digits.npz --json | jq .accuracy
+      cnn evaluate digits/ --model digits.npz --split all --json | jq .accuracy
     """
     import json
 
@@ -193,9 +241,13 @@ def evaluate(
 
     network, meta, _ = load_model_or_fail(model)
     try:
-        result, problems = inference.evaluate(network, meta, dataset, max_pixels=max_pixels)
+        result, problems, note = inference.evaluate(network, meta, dataset, split=split and split.value,
+                                                    max_pixels=max_pixels)
+    except inference.SplitError as exc:
+        fail(str(exc), EXIT_USAGE)
     except DatasetError as exc:
         fail(str(exc))
+    typer.echo(note, err=True)
     for _, reason in problems:
         typer.echo(f"Error: {reason}", err=True)
     if result["images"] == 0:

@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, app, RawDtype, Pooling, MaxPixels, fail, check_one_source, open_cluster, close_cluster,
+    check_output_or_fail,
 )
 
 @app.command()
@@ -53,6 +54,7 @@ def embed(
     if resume and append:
         fail("give only one of --resume and --append", EXIT_USAGE)
     check_one_source(bank, pipeline, model)
+    check_output_or_fail(out)
     if workers and scheduler:
         fail("give only one of --workers and --scheduler", EXIT_USAGE)
     cluster = open_cluster(workers, scheduler)
