@@ -11,9 +11,9 @@ once and kept in ``--folder`` for the next run and for ``bench/scale.py``.
 Three modes, with the default pipeline (edges and Gabor bank conv with
 reflect padding, |x|, 2x2 max-pool, depthwise Gaussian, 2x2 max-pool):
 
-- **full dump**: ``cnn apply DIR -o OUT`` (maps, grids and raw: 55 PNGs,
-  5 grids, ``features.npz`` and a manifest per image) against the peer
-  writing the same files;
+- **full dump**: ``cnn apply DIR -o OUT --normalize minmax`` (maps, grids
+  and raw: 55 PNGs, 5 grids, ``features.npz`` and a manifest per image)
+  against the peer writing the same files, scaled the same way (min to max);
 - **raw only**: ``cnn apply DIR -o OUT --save raw`` against the peer writing
   only ``features.npz`` (and a manifest);
 - **compute only**: ``pipeline.forward`` against the peer's maps, nothing
@@ -251,7 +251,7 @@ def max_pool2(maps):
 
 
 def to_levels(m, lo, hi):
-    """uint8 levels of a map over its range, symmetric about 0 when it crosses 0 (as ``viz.scale_for``)."""
+    """uint8 levels of a map over its range, symmetric about 0 when it crosses 0 (as ``viz.symmetric_range``)."""
     if lo < 0 < hi:
         lo, hi = -max(-lo, hi), max(-lo, hi)
     if not hi > lo:
@@ -345,7 +345,9 @@ def main(argv=None):
                     elif mode == "compute only":
                         seconds = time_once(lambda: peer.compute(images))[0]
                     elif who == "ours":
-                        seconds, summary = run_cli(folder, out, "--save", save)
+                        # The peer scales each map min to max, as --normalize minmax does;
+                        # the default (asinh) costs a few per cent more (README, Pictures).
+                        seconds, summary = run_cli(folder, out, "--save", save, "--normalize", "minmax")
                         samples[mode]["ours_run"].append(summary["seconds"])
                         samples[mode]["startup"].append(seconds - summary["seconds"])
                         bytes_per_image[mode] = summary["bytes"] / summary["written"]

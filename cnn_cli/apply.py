@@ -7,6 +7,9 @@ image was found; see ``cnn_cli.inputs``) holds, as ``ApplyOptions.save`` asks::
     features.npz               "raw": maps, key "layer<i>", shape (C, H, W)
     layer<i>_grid.png          "grids": every map of layer i, labelled with its filter
     layer<i>/<c>_<filter>.png  "maps": one picture per map
+    index.html                 unless ``html`` is off: the image's page (``cnn_cli.report``)
+
+and, at the end of a run, ``OUT/index.html`` lists its images and failures.
 
 Images flow through three overlapping stages: a reader thread decodes ahead,
 the calling thread runs the engine on batches of same-sized images, and a
@@ -29,8 +32,6 @@ never holds more maps at once than the limit allows.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -43,10 +44,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, choices, config, viz
-from .fileio import (NotRegularFileError, remove_stale, replace_dir, save_npz_atomic, temporary_name,
+from .fileio import (NotRegularFileError, held_lock, remove_stale, replace_dir, save_npz_atomic, temporary_name,
                      write_bytes_atomic)
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import Input, Problem, iter_inputs, safe_name
+from .report import ApplyIndex, apply_page
 from .stream import Batch, CompileNote, Progress, batched, read_ahead
 
 SAVE_CHOICES = choices.SAVE
@@ -59,8 +61,10 @@ LARGE_IMAGE_BYTES = 2**30
 LARGE_RUN_BYTES = 10 * 2**30
 
 #: Bytes per map pixel of a PNG at zlib level 2, measured on the default
-#: pipeline's maps of photos (gray; colour maps take about twice as much).
-PNG_BYTES_PER_PIXEL = 0.6
+#: pipeline's maps of photos with the default asinh scaling: 0.77 on
+#: scikit-image's photos, 0.87 on bench/apply.py's photo-like images (gray;
+#: colour maps take about twice as much).
+PNG_BYTES_PER_PIXEL = 0.8
 
 #: Peak memory over the float32 bytes of the input and every layer's maps:
 #: PNG and npz encoding, padded copies and FFT tiles come on top. Measured
@@ -78,7 +82,11 @@ class ApplyOptions:
     color: str = "gray"
     max_size: int | None = None
     max_pixels: int = MAX_PIXELS
-    normalize: str = "per-map"
+    #: How maps become PNG levels (``viz.fit_scale``), and what one scale is fitted over:
+    #: "map" or "layer". The older values "per-map" and "per-layer" of ``normalize``
+    #: name a method and ``per`` at once (``choices.NORMALIZE_ALIASES``).
+    normalize: str = choices.DEFAULT_NORMALIZATION
+    per: str = "map"
     cmap: str = "gray"
     force: bool = False
     skip_existing: bool = False
@@ -92,6 +100,12 @@ class ApplyOptions:
     #: Refuse images whose maps are estimated to need more memory (bytes);
     #: None: ``config.memory_limit()``.
     max_memory: int | None = None
+    #: Write the HTML report: a page in each folder and OUT/index.html (``cnn_cli.report``).
+    html: bool = True
+
+    def __post_init__(self):
+        if self.normalize in choices.NORMALIZE_ALIASES:
+            self.normalize, self.per = choices.NORMALIZE_ALIASES[self.normalize]
 
 
 @dataclass
@@ -222,13 +236,14 @@ class Stopped(Exception):
     """A write was abandoned because the run is stopping; its folder was removed."""
 
 
-def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, encoders, stop=None):
+def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, encoders, stop=None, name=None):
     """Write one image's folder (see the module docstring); returns (maps, bytes).
 
     ``layer_maps`` holds the maps (C, H, W) of every layer; those not chosen
     are left out. PNGs and the npz are written on ``encoders`` (a thread pool).
     When ``stop`` (a threading.Event) is set, the write is abandoned at the
-    next file, its folder removed, and ``Stopped`` raised.
+    next file, its folder removed, and ``Stopped`` raised. ``name`` is the
+    folder's name under OUT (default: its own), for its page's link to OUT's index.
     """
     chosen = _chosen(pipeline, options)
     for i in chosen:
@@ -259,12 +274,15 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, enc
             "color": options.color,
             "pipeline": {"name": pipeline.name, "source": pipeline.source, "description": pipeline.description},
             "normalization": options.normalize,
+            "normalization_per": options.per,
             "colormap": options.cmap,
             "dtype": options.dtype,
             "saved": sorted(options.save),
             "layers": manifest_layers,
         }
         write_bytes_atomic(staging / "manifest.json", json.dumps(manifest, indent=2).encode())
+        if options.html:  # the image's page is written into the folder, so it appears with it
+            write_bytes_atomic(staging / "index.html", apply_page(manifest, out_dir, name or out_dir.name).encode())
         written = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
         replace_dir(staging, out_dir, force=options.force)
         return sum(len(layer["maps"]) for layer in manifest_layers), written
@@ -285,36 +303,45 @@ def _write_layer(staging, i, maps, pipeline, options, encoders, jobs):
     """Queue layer i's PNGs on ``encoders`` (appending to ``jobs``); return its manifest entry."""
     key = f"layer{i}"
     layer, channels = pipeline.layers[i], pipeline.channels[i]
-    pictures = bool(options.save & {"maps", "grids"})
+    pictures = None
+    if options.save & {"maps", "grids"}:
+        pictures = viz.LayerPictures(maps, channels, options.normalize, options.per, options.cmap)
     if "maps" in options.save:
         (staging / key).mkdir()
-    layer_range = viz.value_range(maps)
     entries, tiles = [], []
     for c, (m, filter_name) in enumerate(zip(maps, channels)):
         lo, hi = viz.value_range(m)
-        span = layer_range if options.normalize == "per-layer" else (lo, hi)
-        low, high = viz.scale_for(*span, options.normalize)
         png = None
         if pictures:
-            image = viz.colorize(viz.to_uint8(m, low, high), options.cmap)
+            image = pictures.image(c)
             if "maps" in options.save:
                 png = f"{key}/{c:03d}_{safe_name(filter_name, 60)}.png"
                 jobs.append(encoders.submit(_write_png, staging / png, image))
-            if "grids" in options.save:
+            if "grids" in options.save and not pictures.vector:
                 tiles.append(viz.thumbnail(image))
         entries.append({
             "channel": c, "filter": filter_name, "png": png, "min": lo, "max": hi,
-            "normalization": {"method": options.normalize, "low": low, "high": high, "colormap": options.cmap},
+            "mean": float(m.mean(dtype=np.float64)), "zero_fraction": float(np.count_nonzero(m == 0) / m.size),
+            # Fitting a scale costs a percentile pass per map: none is fitted when no picture is drawn.
+            "normalization": pictures.record(c) if pictures else None,
         })
     grid_png = None
     if "grids" in options.save:
         grid_png = f"{key}_grid.png"
-        jobs.append(encoders.submit(lambda: _write_png(staging / grid_png, viz.grid(tiles, channels))))
+        jobs.append(encoders.submit(lambda: _write_png(staging / grid_png, pictures.grid(tiles))))
     return {
         "index": i, "name": key, "kind": layer.kind, "description": layer.describe(),
+        "receptive_field": receptive_field(pipeline, i),
         "shape": list(maps.shape), "npz_key": key if "raw" in options.save else None,
         "grid": grid_png, "maps": entries,
     }
+
+
+def receptive_field(pipeline, i):
+    """Input pixels (along rows) that one output of layer i sees, or "global"."""
+    from .pipeline import receptive_fields
+
+    return receptive_fields(pipeline.layers[:i + 1])[i]
 
 
 def _write_png(path, image):
@@ -493,7 +520,7 @@ def _write_entry(entry, maps, pipeline, options, encoders, stop):
     path = entry.item.path
     try:
         count, written = write_outputs(path, entry.out_dir, maps, entry.image.shape, pipeline, options, encoders,
-                                       stop)
+                                       stop, entry.item.name)
     except Stopped:
         return Result(path, entry.out_dir, error=f"{path}: stopped before its output was complete")
     except FileExistsError:
@@ -517,40 +544,14 @@ def _finished(jobs, budget, wait_for_one):
 # --------------------------------------------------------------------------- a run
 
 
-@contextlib.contextmanager
 def output_lock(out_root):
-    """Hold OUT's lock for a run; a second run into the same OUT is refused (ValueError).
-
-    The lock file is removed when the run ends. A run that opened it just
-    before then holds a lock on a file no longer there, so after locking, it
-    checks that the file it locked is still the one at the path.
-    """
+    """Hold OUT's lock for a run (``fileio.held_lock``); a second run into the same OUT is refused (ValueError)."""
     out_root = Path(out_root)
-    path = out_root / LOCK_NAME
-    while True:
-        try:
-            out_root.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "a")
-        except OSError as exc:
-            raise ValueError(f"cannot create output folder {out_root}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise ValueError(f"another cnn run is writing to {out_root} (it holds {path}); "
-                             "wait for it to finish or choose another -o") from None
-        try:
-            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        fh.close()
     try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        fh.close()
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create output folder {out_root}: {exc.strerror or exc}") from None
+    return held_lock(out_root / LOCK_NAME, f"another cnn run is writing to {out_root}")
 
 
 def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
@@ -568,6 +569,14 @@ def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
     if options.max_memory is None:  # fixed here, so Dask workers use the same limit
         options = replace(options, max_memory=config.memory_limit())
     with output_lock(out_root):
+        index = ApplyIndex(out_root) if options.html else None
+
+        def record(result):
+            summary.add(result)
+            progress.advance(result)
+            if index is not None and not result.error:
+                index.add(result.out_dir, result.skipped)
+
         sizes = _Sizes(pipeline, options, progress)
         threading.Thread(target=sizes.count, args=(inputs, out_root), daemon=True).start()
         sweep = _Sweep(out_root, summary, progress)
@@ -576,12 +585,11 @@ def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
             results = process(stream, out_root, pipeline, options, progress=progress)
         else:
             results = cluster.map_chunks(
-                _triaged(stream, out_root, options, summary, progress), apply_chunk, out_root, pipeline, options,
+                _triaged(stream, out_root, options, record), apply_chunk, out_root, pipeline, options,
                 lost=lambda item, message: Result(item.path, out_root / item.name, error=f"{item.path}: {message}"))
         try:
             for result in results:
-                summary.add(result)
-                progress.advance(result)
+                record(result)
         except KeyboardInterrupt:
             # Closing the stream cancels the writes not yet begun and waits for
             # those under way, each of which finishes or removes its folder.
@@ -590,6 +598,8 @@ def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
             close = getattr(results, "close", None)
             if close is not None:
                 close()
+        if index is not None:
+            _write_index(index, summary, options, progress)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -694,12 +704,28 @@ class _Sweep:
                                f"in {folder}: {shown}")
 
 
-def _triaged(stream, out_root, options, summary, progress):
-    """For a cluster: inputs whose folders exist are answered here and never sent."""
+def _triaged(stream, out_root, options, record):
+    """For a cluster: inputs whose folders exist are answered here (``record``) and never sent."""
     for item in stream:
         early = _triage(item, out_root, options)
         if early is None:
             yield item
         else:
-            summary.add(early)
-            progress.advance(early)
+            record(early)
+
+
+def _write_index(index, summary, options, progress):
+    """Write OUT/index.html, unless the run was interrupted (its rerun writes it) or wrote
+    and kept nothing. An existing index (an earlier run's) is replaced only by --force or
+    --skip-existing, the runs that redo or complete OUT; otherwise it is kept, and the run says so."""
+    try:
+        if summary.interrupted or not index.count:
+            return
+        index.write(summary.failed, replace=options.force or options.skip_existing)
+    except FileExistsError:
+        progress.note(f"{index.path} exists (an earlier run's report) and was kept; --force or --skip-existing "
+                      "replaces it with this run's")
+    except OSError as exc:
+        summary.failed.append((None, f"cannot write the report {index.path}: {exc.strerror or exc}"))
+    finally:
+        index.close()

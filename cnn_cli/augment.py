@@ -40,9 +40,9 @@ from .choices import AUGMENT_FILLS, AUGMENTATIONS
 DEFAULTS = {"shift": "0.0625", "rotate": "15", "flip": None, "vflip": None, "scale": "0.1",
             "brightness": "0.2", "contrast": "0.2", "erase": "0.5", "noise": "0.05"}
 
-#: (lowest, highest, whether the lowest is allowed) of each value.
-_RANGES = {"shift": (0, 1, False), "rotate": (0, 180, False), "scale": (0, 1, False),
-           "brightness": (0, 1, False), "contrast": (0, 1, False), "erase": (0, 1, False), "noise": (0, 1, False)}
+#: Each value must be above the first number and at most the second.
+_RANGES = {"shift": (0, 1), "rotate": (0, 180), "scale": (0, 1), "brightness": (0, 1), "contrast": (0, 1),
+           "erase": (0, 1), "noise": (0, 1)}
 
 #: Random erasing's area fraction and aspect ratio (Zhong et al. 2017; torchvision's RandomErasing).
 ERASE_AREA = (0.02, 0.33)
@@ -109,7 +109,7 @@ def _parse_value(name, text):
         value = float(text)
     except ValueError:
         raise AugmentError(f"{name}={text}: the value must be a number, as in {name}={DEFAULTS[name]}") from None
-    low, high, _ = _RANGES[name]
+    low, high = _RANGES[name]
     if not (math.isfinite(value) and low < value <= high):
         unit = " (a fraction of the side), or pixels as in shift=4px" if name == "shift" else ""
         raise AugmentError(f"{name}={text}: the value must be above {low:g} and at most {high:g}{unit}")
@@ -130,10 +130,11 @@ def check_fill(fill):
 class Augmenter:
     """Applies augmentations to normalised batches (N, C, H, W): ``augmenter(batch, rng) -> batch``.
 
-    ``augmentations`` is what ``parse`` takes. ``mean`` and ``std`` (per channel) are the normalisation, so that values
-    and fills are on the pixel scale. Every random draw comes from ``rng``,
-    a fixed number per image and augmentation, so a batch's result depends
-    only on the batch and the generator's seed.
+    ``augmentations`` is what ``parse`` takes. ``mean`` and ``std`` (per
+    channel) are the normalisation, so that values and fills are on the
+    pixel scale. Every random draw comes from ``rng``, a fixed number per
+    image and augmentation, so a batch's result depends only on the batch
+    and the generator's seed.
     """
 
     def __init__(self, augmentations, *, mean, std, fill="zeros"):
@@ -141,9 +142,6 @@ class Augmenter:
         self.fill = check_fill(fill)
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
-
-    def __bool__(self):
-        return bool(self.augmentations)
 
     def __call__(self, batch, rng):
         if not self.augmentations or len(batch) == 0:

@@ -11,8 +11,22 @@ COLORS = ("gray", "rgb")
 #: The input channels' names of each colour, as pipelines bind them.
 CHANNEL_NAMES = {"gray": ("gray",), "rgb": ("R", "G", "B")}
 
-#: How feature maps are scaled to PNG brightness (see ``viz.scale_for``).
-NORMALIZATIONS = ("per-map", "per-layer", "none")
+#: How feature maps are scaled to PNG brightness (see ``viz.fit_scale``).
+SCALE_METHODS = ("robust", "asinh", "minmax", "none")
+
+#: The older values of ``cnn apply --normalize``: each names a method and what its scale is fitted over.
+NORMALIZE_ALIASES = {"per-map": ("minmax", "map"), "per-layer": ("minmax", "layer")}
+
+#: The default of ``cnn apply --normalize``: measured by ``bench/readability.py`` on
+#: scikit-image's photos, it is the one method that leaves more than half of the
+#: pixels of every shipped pipeline's maps away from the background grey (README).
+DEFAULT_NORMALIZATION = "asinh"
+
+#: What ``cnn apply --normalize`` accepts.
+NORMALIZATIONS = SCALE_METHODS + tuple(NORMALIZE_ALIASES)
+
+#: What one scale is fitted over: each map on its own, or all maps of a layer together.
+NORMALIZE_PER = ("map", "layer")
 
 #: Colour maps of the PNGs; ``coolwarm`` is diverging.
 COLORMAPS = ("gray", "viridis", "magma", "coolwarm")
@@ -31,6 +45,9 @@ AUGMENT_FILLS = ("zeros", "reflect", "edge")
 
 #: Which images of a labelled folder ``cnn evaluate`` scores (``inference.choose_images``).
 EVAL_SPLITS = ("val", "train", "all")
+
+#: Explanation methods of ``cnn explain`` (``explain.METHODS``; the first three use gradients).
+EXPLAIN_METHODS = ("gradcam", "gradcam++", "hirescam", "scorecam", "occlusion")
 
 #: Types of the raw maps that ``cnn apply`` and ``cnn embed`` write; float16 halves them.
 DTYPES = ("float32", "float16")

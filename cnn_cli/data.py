@@ -37,6 +37,7 @@ class Dataset:
     val: Split
     split_rule: str
     sha256: str = ""  # of the image files' paths under the root (``files_sha256``): which folder this is
+    fingerprint: str = ""  # of their paths and sizes (``files_sha256(..., sizes=True)``): whether it changed
     skipped: list = field(default_factory=list)  # (path, reason) of files that could not be read
 
 
@@ -105,19 +106,29 @@ def find_dataset(root, val_split, seed):
             raise DatasetError(f"{root}: train/ and val/ must have the same class folders "
                                f"({classes} vs {val_classes})")
         return Dataset(classes, Split(tp, tl), Split(vp, vl), "folders train/ and val/",
-                       files_sha256(root, tp + vp))
+                       files_sha256(root, tp + vp), files_sha256(root, tp + vp, sizes=True))
     classes, paths, labels = scan_classes(root)
     train_idx, val_idx = stratified_split(labels, val_split, seed)
     pick = lambda idx: Split([paths[i] for i in idx], labels[idx])  # noqa: E731
     rule = f"stratified {val_split:g} of each class to validation, seed {seed}"
-    return Dataset(classes, pick(train_idx), pick(val_idx), rule, files_sha256(root, paths))
+    return Dataset(classes, pick(train_idx), pick(val_idx), rule, files_sha256(root, paths),
+                   files_sha256(root, paths, sizes=True))
 
 
-def files_sha256(root, paths):
+def files_sha256(root, paths, *, sizes=False):
     """SHA-256 of the sorted paths relative to ``root``, one a line: the same folder
     of images, wherever it is, gives the same hash; adding, removing or renaming
-    a file (or moving it to another class) changes it. Contents are not read."""
-    lines = sorted(Path(p).relative_to(root).as_posix() for p in paths)
+    a file (or moving it to another class) changes it. Contents are not read;
+    with ``sizes``, each line also holds the file's size (-1 if it cannot be
+    read), so a folder whose images were replaced by others of the same
+    names changes it too."""
+    def size(p):
+        try:
+            return os.stat(p).st_size
+        except OSError:
+            return -1
+
+    lines = sorted(Path(p).relative_to(root).as_posix() + (f"\t{size(p)}" if sizes else "") for p in paths)
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 

@@ -47,14 +47,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import __version__, viz
 from .apply import output_lock
+from .choices import EXPLAIN_METHODS
 from .fileio import replace_dir, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, read_image
 from .inputs import Input, Problem, iter_inputs, safe_name
 from .layers import ACTIVATIONS
 from .nn import Param
+from .report import write_explain_index
 from .stream import CompileNote, Progress, read_ahead
 
-METHODS = ("gradcam", "gradcam++", "hirescam", "scorecam", "occlusion")
+METHODS = EXPLAIN_METHODS
 GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam")
 
 #: Masked or occluded inputs per forward pass (Score-CAM, occlusion).
@@ -422,6 +424,8 @@ class ExplainOptions:
     max_pixels: int = MAX_PIXELS
     #: The model file, as explain.json names it.
     model: str | None = None
+    #: Write DIR/index.html, the overlays of every image (``cnn_cli.report``).
+    html: bool = True
 
 
 @dataclass
@@ -465,7 +469,7 @@ def run(inputs, out_root, network, meta, options, *, progress=None):
     Each folder (named as ``cnn apply`` names it) holds ``cam_<class>.npy``,
     ``overlay_<class>.png`` and ``explain.json``; it is built under a hidden
     name and renamed into place, and an existing one is refused unless
-    ``options.force``. Returns an ``ExplainSummary``; a bad input is recorded
+    ``options.force``. ``OUT/index.html`` shows them all, unless ``options.html`` is off. Returns an ``ExplainSummary``; a bad input is recorded
     there and the others go on.
     """
     from .data import to_color
@@ -510,8 +514,22 @@ def run(inputs, out_root, network, meta, options, *, progress=None):
             else:
                 summary.failed.append((str(item.path) if isinstance(item, Input) else None, error))
             progress.advance(error)
+        if options.html and summary.records:
+            _write_index(out_root, summary, options, progress)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _write_index(out_root, summary, options, progress):
+    """DIR/index.html. An existing one (an earlier run's) is replaced only with --force;
+    otherwise it is kept, and the run says so."""
+    path = out_root / "index.html"
+    try:
+        write_explain_index(out_root, summary.records, summary.failed, replace=options.force)
+    except FileExistsError:
+        progress.note(f"{path} exists (an earlier run's report) and was kept; --force replaces it with this run's")
+    except OSError as exc:
+        summary.failed.append((None, f"cannot write the report {path}: {exc.strerror or exc}"))
 
 
 def explain_one(item, out_dir, loaded, explainer, meta, stems, options):

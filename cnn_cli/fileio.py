@@ -165,7 +165,7 @@ def temporary_name(final_name, tail, reserve=0):
     room = NAME_MAX - 1 - len(os.fsencode(tail)) - reserve
     if len(encoded) <= room:
         return f".{final_name}{tail}"
-    digest = hashlib.sha1(encoded).hexdigest()[:12]
+    digest = _name_hash(final_name)
     head = os.fsdecode(encoded[:room - len(digest) - 1])
     return f".{head}~{digest}{tail}"
 
@@ -178,12 +178,24 @@ def temporary_kind(name):
     return "file" if match["tmp"] else "partial" if match["partial"] else "old"
 
 
-def remove_stale(folder, kinds=("file", "partial", "old")):
+def _temporary_of(name, final_name):
+    """Whether ``name``, one of our temporary names, was made for ``final_name``
+    (whole, or shortened with its hash by ``temporary_name``)."""
+    stem = _TEMPORARY.match(name)["name"]
+    return stem == final_name or stem.endswith("~" + _name_hash(final_name))
+
+
+def _name_hash(final_name):
+    return hashlib.sha1(os.fsencode(final_name)).hexdigest()[:12]
+
+
+def remove_stale(folder, kinds=("file", "partial", "old"), of=None):
     """Remove temporary files and folders of ``kinds`` in ``folder`` (not below it); return their names.
 
     Only a caller that holds the lock on the place it writes may call this:
     then no other cnn process is writing there, and any such entry was left
-    by a run that was killed.
+    by a run that was killed. ``of`` (final names) limits it to the
+    temporaries of those outputs, for a lock that covers only them.
     """
     removed = []
     try:
@@ -192,7 +204,7 @@ def remove_stale(folder, kinds=("file", "partial", "old")):
         return removed
     for entry in entries:
         kind = temporary_kind(entry.name)
-        if kind not in kinds:
+        if kind not in kinds or (of is not None and not any(_temporary_of(entry.name, n) for n in of)):
             continue
         try:
             if kind == "file" and entry.is_file(follow_symlinks=False):
@@ -205,6 +217,40 @@ def remove_stale(folder, kinds=("file", "partial", "old")):
             continue
         removed.append(entry.name)
     return sorted(removed)
+
+
+@contextlib.contextmanager
+def held_lock(path, busy):
+    """Hold an exclusive lock on the file ``path`` while the block runs; ValueError
+    (``busy``, naming the lock) when another process holds it.
+
+    The lock file is removed when the block ends. A process that opened it
+    just before then holds a lock on a file no longer there, so after
+    locking, it checks that the file it locked is still the one at the path.
+    """
+    path = Path(path)
+    while True:
+        try:
+            fh = open(path, "a")
+        except OSError as exc:
+            raise ValueError(f"cannot create the lock {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise ValueError(f"{busy} (it holds {path}); wait for it to finish or choose another -o") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        fh.close()
 
 
 @contextlib.contextmanager

@@ -263,6 +263,7 @@ class Training:
     val_images: object = _ABSENT       # int; optional
     dataset_sha256: object = _ABSENT   # str: data.Dataset.sha256 of the folder trained on; optional
     result: Optional[TrainingResult] = None
+    dataset_fingerprint: object = _ABSENT  # str: data.Dataset.fingerprint (paths and sizes); optional
 
     @classmethod
     def from_json(cls, obj):
@@ -271,7 +272,8 @@ class Training:
         config = _optional(obj, "config", dict, w)
         training = cls(_ABSENT if config is _ABSENT else TrainConfig.from_json(config),
                        _optional(obj, "split", str, w), _optional(obj, "train_images", int, w),
-                       _optional(obj, "val_images", int, w), _optional(obj, "dataset_sha256", str, w))
+                       _optional(obj, "val_images", int, w), _optional(obj, "dataset_sha256", str, w),
+                       dataset_fingerprint=_optional(obj, "dataset_fingerprint", str, w))
         if any(k in obj for k in TrainingResult.KEYS):
             training.result = TrainingResult(
                 _get(obj, "epochs_run", int, w), _list_of(_get(obj, "history", list, w), dict, f"{w}.history"),
@@ -282,7 +284,8 @@ class Training:
     def to_json(self):
         config = self.config if self.config is _ABSENT else self.config.to_json()
         out = _present([("config", config), ("split", self.split), ("train_images", self.train_images),
-                        ("val_images", self.val_images), ("dataset_sha256", self.dataset_sha256)])
+                        ("val_images", self.val_images), ("dataset_sha256", self.dataset_sha256),
+                        ("dataset_fingerprint", self.dataset_fingerprint)])
         if self.result is not None:
             out.update(_present((k, getattr(self.result, k)) for k in TrainingResult.KEYS))
         return out

@@ -16,6 +16,9 @@ from .choices import OPTIMIZERS, SCHEDULES
 class Optimizer:
     """Base: ``step(params)`` updates every (name, param, grad) in place."""
 
+    #: The arrays kept per parameter, saved as ``state.<param>.<slot>``.
+    SLOTS = ()
+
     def __init__(self, lr, weight_decay=0.0):
         self.lr, self.weight_decay = lr, weight_decay
         self.state = {}  # name -> array
@@ -31,13 +34,34 @@ class Optimizer:
     def state_dict(self):
         return {"steps": np.array(self.steps), **{f"state.{k}": v for k, v in self.state.items()}}
 
-    def load_state_dict(self, arrays):
-        self.steps = int(arrays["steps"])
-        self.state = {k[len("state."):]: np.array(v) for k, v in arrays.items() if k.startswith("state.")}
+    def load_state_dict(self, arrays, params):
+        """Restore ``state_dict()``'s arrays for the parameters ``params`` ({name: array}).
+
+        A checkpoint may be crafted or come from another optimizer: every key
+        must be one this optimizer writes, for a parameter of this network,
+        with its shape, and finite (ValueError names the first that is not).
+        """
+        steps = arrays.get("steps")
+        if steps is None or steps.shape != () or steps.dtype.kind not in "iu" or int(steps) < 0:
+            raise ValueError(f"the {type(self).__name__} state has no valid step count")
+        state = {}
+        for key, value in arrays.items():
+            if key == "steps":
+                continue
+            name, _, slot = key.removeprefix("state.").rpartition(".")
+            if not key.startswith("state.") or slot not in self.SLOTS or name not in params:
+                raise ValueError(f"the {type(self).__name__} state has an unknown entry '{key}'")
+            if value.shape != params[name].shape or value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+                raise ValueError(f"the {type(self).__name__} state '{key}' is not a finite float array "
+                                 f"of shape {params[name].shape}")
+            state[f"{name}.{slot}"] = value.astype(np.float32)
+        self.steps, self.state = int(steps), state
 
 
 class SGD(Optimizer):
     """torch.optim.SGD: buf = momentum * buf + g (buf = g at the first step); p -= lr * buf."""
+
+    SLOTS = ("momentum",)
 
     def __init__(self, lr, momentum=0.9, weight_decay=0.0):
         super().__init__(lr, weight_decay)
@@ -57,6 +81,8 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """torch.optim.Adam (Kingma & Ba, 2015) with bias correction; weight decay adds to the gradient."""
+
+    SLOTS = ("m", "v")
 
     def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(lr, weight_decay)

@@ -12,6 +12,7 @@ anything, and nothing is saved from the epoch it happened in.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,9 @@ from . import data as D
 from .inference import predict_batches
 from .meta import (RESIZE_NOTE, SCALE_NOTE, Architecture, Checkpoint, ModelMeta, Preprocessing, TrainConfig,
                    Training, TrainingResult)
+from .fileio import check_output, held_lock, remove_stale, temporary_name
 from .modelfile import build_network, first_conv, load_model, save_model
+from .choices import COLORS, OPTIMIZERS, SCHEDULES
 from .nn import Dropout, softmax_cross_entropy
 from .optim import learning_rate, make_optimizer, warmup_factor
 from .pipeline import load_architecture
@@ -64,6 +67,47 @@ class Prepared:
     best: dict = field(default_factory=dict)  # weights of the lowest validation loss so far
     augmenter: object = None                   # augment.Augmenter of config.augment
     result: object = None                      # meta.TrainingResult, once finished
+    html: bool = True                          # write MODEL.report.html when finished
+    val_names: list = field(default_factory=list)  # each validation image's path under the dataset
+
+
+#: What a run writes next to MODEL, by suffix (``sibling``), besides MODEL itself.
+OUTPUT_SUFFIXES = (".ckpt.npz", ".metrics.json", ".curves.png", ".confusion.png", ".lr.png", ".report.html")
+
+
+@contextlib.contextmanager
+def claimed(model_path, *, replace=False, report=lambda msg: None):
+    """Hold MODEL's lock while the block runs, after checking that the run's outputs can be written.
+
+    It fails (TrainingError) before any image is read when MODEL exists and
+    ``replace`` is false, is a folder, a device or another special file (as
+    is any of its sibling outputs), when its folder is missing, or when
+    another run holds the lock. Temporaries of these outputs that a killed
+    run left are removed, and ``report`` names them.
+    """
+    model_path = Path(model_path)
+    folder = model_path.parent
+    if not folder.is_dir():
+        raise TrainingError(f"{model_path}: the folder {folder} does not exist; create it, or choose another -o")
+    if model_path.is_dir():
+        raise TrainingError(f"{model_path}: is a folder; give a file name, as in -o {model_path / 'model.npz'}")
+    if model_path.exists() and not replace:
+        raise TrainingError(f"{model_path} exists; use --force to replace it, or -o to choose another file")
+    finals = [model_path] + [sibling(model_path, suffix) for suffix in OUTPUT_SUFFIXES]
+    try:
+        for final in finals:
+            check_output(final)
+    except OSError as exc:
+        raise TrainingError(exc.strerror or str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(held_lock(folder / temporary_name(model_path.name, ".lock"),
+                                          f"another cnn train is writing {model_path}"))
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        for name in remove_stale(folder, kinds=("file",), of=[f.name for f in finals]):
+            report(f"removed {folder / name}, left by a run that was killed")
+        yield
 
 
 def checkpoint_path(model_path):
@@ -91,12 +135,21 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
         if meta.training is None or not isinstance(meta.training.config, TrainConfig):
             raise TrainingError(f"{resume}: the checkpoint does not record its training settings")
         config = meta.training.config
-    _check_settings(config)
+    _check_settings(config, "the settings" if resume is None else f"{resume}: the checkpoint's settings")
     if resume is None:
         arch = load_architecture(config.arch)  # a bad --arch fails before any image is decoded
+    if config.lr is None:
+        config.lr = DEFAULT_LR[config.optimizer]
+    optimizer = make_optimizer(config.optimizer, config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
     dataset = D.find_dataset(dataset_root, config.val_split, config.seed)
-    if resume is not None and dataset.classes != meta.classes:
-        raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta.classes}")
+    best = {}
+    if resume is not None:  # the checkpoint is checked whole before any image is decoded
+        _check_resume(resume, meta, dataset, dataset_root)
+        best = _restore(resume, network, optimizer, extra)
+        if not isinstance(meta.training.dataset_fingerprint, str):
+            report(f"warning: {resume} does not record its dataset's files (an older checkpoint), "
+                   f"so it cannot be checked that {dataset_root} is the same")
     size = config.image_size or D.default_image_size(dataset.train.paths)
     if config.image_size is None:
         report(f"image size {size}x{size} (median of the images' shorter sides; set --image-size to change)")
@@ -125,33 +178,82 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
     else:
         mean, std = D.channel_stats(x_tr)
         name, description, tables = arch
-        if config.lr is None:
-            config.lr = DEFAULT_LR[config.optimizer]
         meta = ModelMeta(
             Architecture(name, tables, description), dataset.classes,
             Preprocessing(size, config.color, x_tr.shape[1], mean.tolist(), std.tolist(), RESIZE_NOTE, SCALE_NOTE),
-            Training(config, dataset.split_rule, int(len(y_tr)), int(len(y_va)), dataset.sha256))
+            Training(config, dataset.split_rule, int(len(y_tr)), int(len(y_va)), dataset.sha256,
+                     dataset_fingerprint=dataset.fingerprint))
         network = build_network(meta, seed=config.seed)
         if config.init_bank:
             _init_from_bank(network, config.init_bank)
-    optimizer = make_optimizer(config.optimizer, config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    if extra:
-        optimizer.load_state_dict({k[len("optim."):]: v for k, v in extra.items() if k.startswith("optim.")})
-    best = {k[len("best."):]: v for k, v in extra.items() if k.startswith("best.")}
     augmenter = A.Augmenter(config.augment, mean=mean, std=std, fill=config.augment_fill)
+    val_names = [Path(p).relative_to(dataset_root).as_posix() for p, ok in zip(dataset.val.paths, ok_va) if ok]
     return Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
-                    network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best, augmenter)
+                    network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best, augmenter,
+                    val_names=val_names)
 
 
-def _check_settings(config):
-    """Refuse settings no run can use (the CLI checks them first); write the augmentations out in full."""
-    config.augment = A.canonical(config.augment)
-    A.check_fill(config.augment_fill)
-    if not (isinstance(config.label_smoothing, (int, float)) and 0 <= config.label_smoothing < 1):
-        raise TrainingError(f"label smoothing must be at least 0 and below 1, but got {config.label_smoothing!r}")
-    if not (isinstance(config.warmup, int) and config.warmup >= 0):
-        raise TrainingError(f"warm-up must be a whole number of epochs, 0 or more, but got {config.warmup!r}")
+#: Each setting's rule, as (test, what it must be); the CLI's options enforce the same.
+_RULES = {
+    "arch": (lambda v: isinstance(v, str) and v != "", "a preset name or a file"),
+    "epochs": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "batch_size": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "lr": (lambda v: v is None or (_number(v) and v > 0), "a finite number above 0"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "momentum": (lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a finite number of at least 0"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "val_split": (lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    "seed": (lambda v: _whole(v) and v >= 0, "a whole number, 0 or more"),
+    "image_size": (lambda v: v is None or (_whole(v) and 4 <= v <= 1024), "a whole number from 4 to 1024"),
+    "color": (lambda v: v is None or v in COLORS, f"one of {', '.join(COLORS)}"),
+    "patience": (lambda v: v is None or (_whole(v) and v >= 1), "a whole number, at least 1"),
+    "init_bank": (lambda v: v is None or (isinstance(v, str) and v != ""), "a bank name"),
+    "max_pixels": (lambda v: _whole(v) and v >= 1, "a whole number, at least 1"),
+    "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1"),
+    "warmup": (lambda v: _whole(v) and v >= 0, "a whole number of epochs, 0 or more"),
+}
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_settings(config, source="the settings"):
+    """Refuse settings no run can use, naming the first (the CLI checks its options first;
+    a checkpoint's come unchecked); write the augmentations out in full."""
+    for name, (test, rule) in _RULES.items():
+        value = getattr(config, name)
+        if not test(value):
+            raise TrainingError(f"{source}: {name} must be {rule}, not {value!r}"[:300])
+    try:
+        config.augment = A.canonical(config.augment)
+        A.check_fill(config.augment_fill)
+    except A.AugmentError as exc:
+        raise TrainingError(f"{source}: {exc}") from None
+
+
+def _check_resume(path, meta, dataset, dataset_root):
+    """Refuse a checkpoint whose run cannot go on here: another dataset, or a state
+    that does not fit its own settings."""
+    config, state, training = meta.training.config, meta.checkpoint, meta.training
+    if config.image_size is None or config.color is None or config.lr is None:
+        raise TrainingError(f"{path}: the checkpoint lacks its image size, colour or learning rate")
+    if not (state.epoch <= config.epochs and len(state.history) == state.epoch):
+        raise TrainingError(f"{path}: damaged checkpoint: it says {state.epoch} of {config.epochs} epochs are "
+                            f"done, with {len(state.history)} in its history")
+    if dataset.classes != meta.classes:
+        raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta.classes}")
+    recorded = [(training.dataset_sha256, dataset.sha256, "files were added, removed, renamed or moved"),
+                (training.dataset_fingerprint, dataset.fingerprint, "files changed size")]
+    for theirs, ours, what in recorded:
+        if isinstance(theirs, str) and theirs != ours:
+            raise TrainingError(f"{dataset_root}: is not the dataset {path} was trained on ({what}); resume with "
+                                "the same images, or start a new run without --resume")
 
 
 def _init_from_bank(network, bank_name):
@@ -173,6 +275,28 @@ def _init_from_bank(network, bank_name):
         top, left = (kh - 1) // 2 - (h - 1) // 2, (kw - 1) // 2 - (ww - 1) // 2
         w[o] = 0
         w[o, :, top:top + h, left:left + ww] = k.weights / c_in
+
+
+def _restore(path, network, optimizer, extra):
+    """Load a checkpoint's optimizer state into ``optimizer``; return its best weights.
+    Every entry is checked against the network, so a crafted file fails in one line."""
+    weights = network.state_dict()
+    optim = {k.removeprefix("optim."): v for k, v in extra.items() if k.startswith("optim.")}
+    best = {k.removeprefix("best."): v for k, v in extra.items() if k.startswith("best.")}
+    unknown = [k for k in extra if not k.startswith(("optim.", "best."))]
+    try:
+        if unknown:
+            raise ValueError(f"unknown entries {unknown[:3]}")
+        optimizer.load_state_dict(optim, {name: p for name, p, _ in network.parameters()})
+        for name, value in best.items():
+            if name not in weights or value.shape != weights[name].shape or value.dtype != weights[name].dtype \
+                    or not np.all(np.isfinite(value)):
+                raise ValueError(f"best weights '{name}' do not fit the network")
+        if best and best.keys() != weights.keys():
+            raise ValueError("the best weights lack some of the network's")
+    except ValueError as exc:
+        raise TrainingError(f"{path}: damaged checkpoint: {exc}"[:400]) from None
+    return best
 
 
 def evaluate_arrays(network, x, y, batch_size=256):
@@ -350,6 +474,14 @@ def finish(prep, model_path, history, kept):
     if len(prep.y_val):
         matrix = confusion_matrix(prep.y_val, probs.argmax(axis=1), len(prep.meta.classes))
         write_bytes_atomic(sibling(model_path, ".confusion.png"), confusion_png(matrix, prep.meta.classes))
+    report = sibling(model_path, ".report.html")
+    if prep.html:  # last: the report shows the files above
+        from .report import train_report, write_page
+
+        write_page(report, train_report(model_path, meta, prep.network, prep.x_val, prep.y_val, probs,
+                                        prep.val_names), replace=True)
+    else:  # a report left by an earlier run would describe another model
+        report.unlink(missing_ok=True)
     return result
 
 

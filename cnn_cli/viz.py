@@ -11,15 +11,24 @@ import functools
 import io
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .choices import COLORMAPS
+from .choices import COLORMAPS, SCALE_METHODS
 
 #: Tiles in a grid are scaled so that their longer side lies in this range.
 GRID_TILE_MIN, GRID_TILE_MAX = 64, 256
 LABEL_HEIGHT, GAP = 16, 4
+BACKGROUND, TEXT, NOTE_TEXT = (32, 32, 32), (230, 230, 230), (160, 160, 160)
+#: A colour bar's size: wide enough for five tick labels of 3 significant digits.
+COLORBAR_WIDTH, COLORBAR_HEIGHT = 320, 12
+#: Pixels kept free between two tick labels of a colour bar.
+COLORBAR_TICK_GAP = 12
+#: A bar chart's rows and the width of its value axis; bars above zero, and below.
+BAR_ROW, BAR_AXIS_WIDTH = 16, 240
+POSITIVE_BAR, NEGATIVE_BAR = (230, 150, 70), (90, 150, 230)
 LABEL_MAX_WIDTH = 240
 #: Labels are cut to this many characters (with an ellipsis in the middle)
 #: before they are measured: far more than LABEL_MAX_WIDTH pixels hold, and
@@ -31,6 +40,18 @@ _UNDRAWABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 #: A map is drawn as signed only if its smaller side exceeds this fraction of its larger one.
 SIGN_TOLERANCE = 1e-4
+
+#: ``robust`` scaling spans these percentiles. On photos, the Harris response
+#: sits within about +-0.007 while one corner reaches 1.04: the 1 % of pixels
+#: on each side that are clipped hold such peaks, and the rest gets the grey levels.
+ROBUST_PERCENTILES = (1.0, 99.0)
+
+#: ``asinh`` scaling is linear up to about this quantile of the nonzero
+#: magnitudes, and logarithmic beyond. A larger one hides the corner maps
+#: again: of the Harris response on photos, 0.58 of the pixels stand out
+#: from the background at the median, 0.38 at 0.75, 0.25 at 0.9
+#: (``bench/readability.py``'s measure).
+ASINH_SOFTENING_QUANTILE = 0.5
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,16 +73,9 @@ def value_range(maps):
     return float(np.min(maps)), float(np.max(maps))
 
 
-def scale_for(lo, hi, method):
-    """The (low, high) values that map to the ends of the colour scale.
-
-    ``per-map``/``per-layer``: the range of the map or of the whole layer; a
-    range that crosses zero is made symmetric, so zero sits mid-scale and the
-    sign of a response stays readable. ``none``: raw values, 0 to 1 (the range
-    of input images). A constant map is drawn flat at the low end, never NaN.
-    """
-    if method == "none":
-        return 0.0, 1.0
+def symmetric_range(lo, hi):
+    """(low, high) for the range lo..hi: made symmetric when it crosses zero, so zero
+    sits mid-scale and the sign of a response stays readable."""
     if lo < 0 < hi:
         m = max(-lo, hi)
         if min(-lo, hi) <= SIGN_TOLERANCE * m:
@@ -70,6 +84,86 @@ def scale_for(lo, hi, method):
             return (0.0, hi) if hi == m else (lo, 0.0)
         return -m, m
     return lo, hi
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How values become the levels 0..255 of a picture (see ``fit_scale``).
+
+    ``low`` and ``high`` are the values drawn as level 0 and 255; values
+    beyond them are clipped. Between them the levels are linear in the value,
+    except for ``asinh``, where they are linear in asinh(value / softening).
+    A flat range (high <= low) draws every value at level 0.
+    """
+
+    method: str
+    low: float
+    high: float
+    softening: float = 0.0
+
+    def _curve(self, values):
+        return np.arcsinh(values / np.float32(self.softening)) if self.method == "asinh" else values
+
+    def levels(self, m):
+        """uint8 levels of the array ``m``."""
+        if self.method != "asinh":
+            return to_uint8(m, self.low, self.high)
+        ends = self._curve(np.array([self.low, self.high], np.float64))
+        return to_uint8(self._curve(m.astype(np.float32)), *ends)
+
+    def value_at(self, fraction):
+        """The value drawn at ``fraction`` (0 to 1) of the scale: the inverse of ``levels``."""
+        if self.method != "asinh":
+            return self.low + fraction * (self.high - self.low)
+        lo, hi = np.arcsinh(np.array([self.low, self.high]) / self.softening)
+        return float(self.softening * np.sinh(lo + fraction * (hi - lo)))
+
+    def record(self, per, cmap):
+        """The manifest's ``normalization`` entry: enough to map the PNG back to values."""
+        entry = {"method": self.method, "per": per, "low": self.low, "high": self.high, "colormap": cmap}
+        if self.method == "asinh":
+            entry["softening"] = self.softening
+        return entry
+
+
+def fit_scale(values, method):
+    """The ``Scale`` that draws ``values`` (one map, or every map of a layer) by ``method``.
+
+    - ``minmax``: min to max.
+    - ``robust``: the 1st to the 99th percentile (``ROBUST_PERCENTILES``);
+      the rest is clipped, so a few extreme pixels no longer set the scale
+      for all others. When those percentiles coincide (a map that is almost
+      all one value), min to max instead, so the few other pixels still show.
+    - ``asinh``: min to max on the curve asinh(value / softening), linear
+      for values small against the softening and logarithmic beyond: weak
+      and strong responses both show and nothing is clipped. The softening
+      is the median magnitude of the nonzero values, so a typical response
+      lands well inside the scale (``ASINH_SOFTENING_QUANTILE``).
+    - ``none``: 0 to 1, the range of input images.
+
+    A range that crosses zero is made symmetric (``symmetric_range``), so
+    zero is mid-scale.
+    """
+    if method not in SCALE_METHODS:
+        raise ValueError(f"normalisation must be one of {SCALE_METHODS}, but got {method!r}")
+    if method == "none":
+        return Scale("none", 0.0, 1.0)
+    low, high = symmetric_range(*value_range(values))
+    if method == "robust":
+        p_lo, p_hi = (float(p) for p in np.percentile(values, ROBUST_PERCENTILES))
+        if low < 0 < high:
+            p_hi = max(-p_lo, p_hi)
+            p_lo = -p_hi
+        else:  # one-signed: keep the side that symmetric_range set to zero (rounding noise) at zero
+            p_lo, p_hi = max(p_lo, low), min(p_hi, high)
+        if p_hi > p_lo:
+            low, high = p_lo, p_hi
+    if method == "asinh":
+        magnitudes = np.abs(values[values != 0])
+        softening = float(np.quantile(magnitudes, ASINH_SOFTENING_QUANTILE)) if magnitudes.size else 0.0
+        # Every value zero: a flat scale, with a softening that keeps the curve defined.
+        return Scale("asinh", low, high, softening) if softening > 0 else Scale("asinh", 0.0, 0.0, 1.0)
+    return Scale(method, low, high)
 
 
 def to_uint8(m, low, high):
@@ -147,34 +241,168 @@ def thumbnail(image):
     return image.resize(size, Image.Resampling.BILINEAR)
 
 
-def grid(tiles, labels, *, background=(32, 32, 32)):
+def grid(tiles, labels, *, notes=None, footer=None, background=BACKGROUND):
     """Lay out every tile (Pillow images of one size) with its label above it.
 
     Tiles are first passed through ``thumbnail``. Columns: ceil(sqrt(count)).
-    Nothing is dropped.
+    Nothing is dropped. ``notes`` (one string per tile, such as its value
+    range) adds a dimmer second label line; ``footer`` (a picture, such as a
+    colour bar) is set under the tiles.
     """
     tiles = [thumbnail(t) for t in tiles]
-    labels = [label_text(label) for label in labels]
+    lines = [[label_text(label)] for label in labels]
+    if notes is not None:
+        lines = [line + [label_text(note)] for line, note in zip(lines, notes)]
     count = len(tiles)
     tw, th = tiles[0].size
+    label_h = LABEL_HEIGHT * len(lines[0])
     font = _font()
     # Cells are wide enough for the longest label, up to LABEL_MAX_WIDTH;
     # longer names are shortened in the middle.
-    longest = max(font.getlength(label) for label in labels)
+    longest = max(font.getlength(text) for line in lines for text in line)
     cell_w = max(tw, min(LABEL_MAX_WIDTH, math.ceil(longest) + 2))
     cols = math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
     width = cols * cell_w + (cols + 1) * GAP
-    height = rows * (th + LABEL_HEIGHT) + (rows + 1) * GAP
+    height = rows * (th + label_h) + (rows + 1) * GAP
+    if footer is not None:
+        width = max(width, footer.size[0] + 2 * GAP)
+        height += footer.size[1] + GAP
     canvas = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(canvas)
-    for i, (tile, label) in enumerate(zip(tiles, labels)):
+    for i, (tile, line) in enumerate(zip(tiles, lines)):
         r, c = divmod(i, cols)
         x = GAP + c * (cell_w + GAP)
-        y = GAP + r * (th + LABEL_HEIGHT + GAP)
-        draw.text((x, y + 1), _fit_label(draw, label, cell_w, font), fill=(230, 230, 230), font=font)
-        canvas.paste(tile.convert("RGB"), (x + (cell_w - tw) // 2, y + LABEL_HEIGHT))
+        y = GAP + r * (th + label_h + GAP)
+        for k, (text, fill) in enumerate(zip(line, (TEXT, NOTE_TEXT))):
+            draw.text((x, y + 1 + k * LABEL_HEIGHT), _fit_label(draw, text, cell_w, font), fill=fill, font=font)
+        canvas.paste(tile.convert("RGB"), (x + (cell_w - tw) // 2, y + label_h))
+    if footer is not None:
+        canvas.paste(footer.convert("RGB"), (GAP, height - GAP - footer.size[1]))
     return canvas
+
+
+def format_value(v):
+    """A value in at most 3 significant digits: 0.000235, -1.2, 3.4e+06."""
+    return f"{v:.3g}"
+
+
+def range_note(lo, hi):
+    """A map's value range as a short label, "-0.8…1.2" (one value when the map is constant)."""
+    return format_value(lo) if lo == hi else f"{format_value(lo)}…{format_value(hi)}"
+
+
+def colorbar(scale, cmap, width, title=""):
+    """A horizontal colour bar for ``scale``: the ramp of ``cmap`` over ``width`` pixels, with
+    the value at each tick (``Scale.value_at``, so asinh ticks are spaced as drawn) and ``title``
+    above. The ends of a robust scale read "<=" and ">=": clipped values are drawn there."""
+    font = _font()
+    ramp = colormap_lut(cmap)[np.linspace(0, 255, width).round().astype(np.uint8)]
+    bar = Image.fromarray(np.ascontiguousarray(np.repeat(ramp[None], COLORBAR_HEIGHT, axis=0)), mode="RGB")
+    canvas = Image.new("RGB", (width, 2 * LABEL_HEIGHT + COLORBAR_HEIGHT + 2), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((0, 1), _fit_label(draw, title, width, font), fill=NOTE_TEXT, font=font)
+    canvas.paste(bar, (0, LABEL_HEIGHT))
+    for fractions in ((0, 0.25, 0.5, 0.75, 1), (0, 0.5, 1), (0, 1)):
+        texts = [format_value(scale.value_at(f)) for f in fractions]
+        if scale.method == "robust":
+            texts[0], texts[-1] = "<=" + texts[0], ">=" + texts[-1]
+        widths = [font.getlength(t) for t in texts]
+        # Fewer ticks when their labels would touch.
+        if sum(widths) + COLORBAR_TICK_GAP * (len(texts) - 1) <= width:
+            break
+    y = LABEL_HEIGHT + COLORBAR_HEIGHT
+    for f, text, w in zip(fractions, texts, widths):
+        x = round(f * (width - 1))
+        draw.line([(x, y), (x, y + 2)], fill=TEXT)
+        left = min(max(0, x - w / 2), width - w)
+        draw.text((left, y + 2), text, fill=TEXT, font=font)
+    return canvas
+
+
+def bar_axis(values):
+    """The value axis of a bar chart of ``values``: from min(0, min) to max(0, max), so
+    every bar starts at zero."""
+    lo, hi = value_range(values)
+    return min(0.0, lo), max(0.0, hi)
+
+
+def bar_chart(values, labels, low, high):
+    """One row per value: its label, a bar from zero on the axis ``low``..``high``
+    (``bar_axis``; positive bars warm, negative cool, one pixel at least for a
+    nonzero value), and the value. For 1x1 maps and feature vectors, whose
+    pictures would be single pixels."""
+    font = _font()
+    labels = [label_text(label) for label in labels]
+    texts = [format_value(float(v)) for v in values]
+    label_w = min(LABEL_MAX_WIDTH, math.ceil(max(font.getlength(t) for t in labels)) + 2)
+    value_w = math.ceil(max(font.getlength(t) for t in texts)) + 2
+    width = label_w + BAR_AXIS_WIDTH + value_w + 4 * GAP
+    canvas = Image.new("RGB", (width, len(texts) * BAR_ROW + 2 * GAP), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    left = label_w + 2 * GAP
+    span = high - low
+
+    def x_of(v):
+        return left + (round((v - low) / span * (BAR_AXIS_WIDTH - 1)) if span > 0 else 0)
+
+    zero = x_of(0.0)
+    for i, (v, label, text) in enumerate(zip(values, labels, texts)):
+        y = GAP + i * BAR_ROW
+        draw.text((GAP, y + 1), _fit_label(draw, label, label_w, font), fill=TEXT, font=font)
+        end = x_of(float(v))
+        if v != 0 and end == zero:
+            end += 1 if v > 0 else -1
+        if end != zero:
+            draw.rectangle([(min(zero, end), y + 3), (max(zero, end), y + BAR_ROW - 3)],
+                           fill=POSITIVE_BAR if v > 0 else NEGATIVE_BAR)
+        draw.text((left + BAR_AXIS_WIDTH + GAP, y + 1), text, fill=TEXT, font=font)
+    draw.line([(zero, GAP), (zero, canvas.size[1] - GAP)], fill=NOTE_TEXT)
+    return canvas
+
+
+class LayerPictures:
+    """The pictures of one layer: its maps (C, H, W), named ``names``, scaled by
+    ``method`` (``fit_scale``) over each map or over the whole layer (``per``).
+
+    A layer of 1x1 maps (global pooling) is drawn as bars instead, on one
+    axis for the layer (``bar_chart``): a map of one pixel has no range to
+    scale over, and its picture would be a single black pixel.
+    """
+
+    def __init__(self, maps, names, method, per, cmap):
+        self.maps, self.names, self.cmap = maps, list(names), cmap
+        self.vector = maps.shape[1:] == (1, 1)
+        self.per = "layer" if self.vector else per
+        if self.vector:
+            self.scales = [Scale("bars", *bar_axis(maps))] * len(maps)
+        elif per == "layer":
+            self.scales = [fit_scale(maps, method)] * len(maps)
+        else:
+            self.scales = [fit_scale(m, method) for m in maps]
+
+    def record(self, c):
+        """Map c's ``normalization`` entry for the manifest."""
+        return self.scales[c].record(self.per, self.cmap)
+
+    def image(self, c):
+        """Map c's picture: its levels in the colour map, or its bar with name and value."""
+        scale = self.scales[c]
+        if self.vector:
+            return bar_chart(self.maps[c].ravel(), self.names[c:c + 1], scale.low, scale.high)
+        return colorize(scale.levels(self.maps[c]), self.cmap)
+
+    def grid(self, tiles):
+        """Every map's picture (``tiles``, thumbnails will do) under its name and value range,
+        and a colour bar when one scale serves the whole layer; for 1x1 maps, the bar chart."""
+        scale = self.scales[0]
+        if self.vector:
+            return bar_chart(self.maps.ravel(), self.names, scale.low, scale.high)
+        notes = [range_note(*value_range(m)) for m in self.maps]
+        footer = None
+        if self.per == "layer":
+            footer = colorbar(scale, self.cmap, COLORBAR_WIDTH, f"one scale for the layer ({scale.method})")
+        return grid(tiles, self.names, notes=notes, footer=footer)
 
 
 def kernel_tiles(kernels, cell=96):

@@ -1,4 +1,5 @@
-"""Shared fixtures: PyTorch references (skipped when torch is not installed)."""
+"""Shared fixtures: PyTorch references (skipped when torch is not installed), and a tiny
+trained model for the tests of the HTML reports."""
 
 import os
 from types import SimpleNamespace
@@ -67,3 +68,19 @@ def torch_ref():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     return SimpleNamespace(conv2d=_torch_conv2d, pool=_torch_pool, torch=torch)
+
+
+@pytest.fixture(scope="session")
+def trained_html_class(tmp_path_factory):
+    """A LeNet trained for two epochs on three classes of 12x12 patterns, one class folder
+    named with HTML, for the reports' tests: ``root`` holds ``data/`` and ``m.npz``."""
+    from clirunner import cnn
+    from digits import write_patterns
+
+    root = tmp_path_factory.mktemp("trained")
+    hostile = "<b onmouseover=alert(2)>&amp;"
+    write_patterns(root / "data", per_class=6, size=12)
+    (root / "data" / "vertical").rename(root / "data" / hostile)
+    result = cnn("train", root / "data", "-o", root / "m.npz", "--epochs", "2", "--batch-size", "8")
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(root=root, data=root / "data", model=root / "m.npz", hostile_class=hostile)

@@ -89,6 +89,7 @@ def _check_folder(folder, input_path):
         pngs_expected.add(grid.resolve())
     written = {p.resolve() for p in folder.rglob("*.png")}
     assert written == pngs_expected, "one PNG per map and one grid per layer, nothing else"
+    assert (folder / "index.html").is_file(), "the image's page of the report"
     _no_leftovers(folder.parent)
     return manifest, arrays
 
@@ -103,7 +104,7 @@ def _apply_image(tmp_path, *options):
     out = tmp_path / "out"
     result = cnn("apply", img, "-o", out, *options)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["img"]
+    assert sorted(p.name for p in out.iterdir()) == ["img", "index.html"]  # the folder and the report
     manifest, arrays = _check_folder(out / "img", img)
     return manifest, arrays, out / "img"
 
@@ -129,12 +130,12 @@ def test_apply_default_pipeline_writes_the_contract(tmp_path):
 def test_map_png_shows_its_map(tmp_path):
     img = _image(tmp_path / "img.png", seed=3)
     out = tmp_path / "out"
-    assert cnn("apply", img, "-o", out, "--bank", "edges:sobel_x").exit_code == 0
+    assert cnn("apply", img, "-o", out, "--bank", "edges:sobel_x", "--normalize", "minmax").exit_code == 0
     manifest, arrays = _check_folder(out / "img", img)
     entry = manifest["layers"][0]["maps"][0]
     data = arrays["layer0"][0]
     low, high = entry["normalization"]["low"], entry["normalization"]["high"]
-    # per-map, signed: symmetric about zero so 0 is mid-grey
+    # minmax per map, signed: symmetric about zero so 0 is mid-grey
     assert low == pytest.approx(-max(-entry["min"], entry["max"])) and high == pytest.approx(-low)
     expected = np.clip((data - low) * 255.0 / (high - low) + 0.5, 0, 255).astype(np.uint8)
     png = np.asarray(Image.open(out / "img" / entry["png"]).convert("L")).astype(int)
@@ -162,19 +163,20 @@ def test_apply_harris_pipeline(tmp_path):
 
 
 def test_normalize_per_layer_is_recorded(tmp_path):
+    # the older value: minmax, one scale per layer
     manifest, arrays, _ = _apply_image(tmp_path, "--bank", "edges", "--normalize", "per-layer")
-    assert manifest["normalization"] == "per-layer"
+    assert manifest["normalization"] == "minmax" and manifest["normalization_per"] == "layer"
     entries = manifest["layers"][0]["maps"]
-    assert {e["normalization"]["method"] for e in entries} == {"per-layer"}
+    assert {(e["normalization"]["method"], e["normalization"]["per"]) for e in entries} == {("minmax", "layer")}
     # one scale for the whole layer, covering every map
     assert len({(e["normalization"]["low"], e["normalization"]["high"]) for e in entries}) == 1
     low, high = entries[0]["normalization"]["low"], entries[0]["normalization"]["high"]
     assert low <= float(arrays["layer0"].min()) and high >= float(arrays["layer0"].max())
 
 
-def test_normalize_per_map_is_the_default(tmp_path):
+def test_normalize_asinh_per_map_is_the_default(tmp_path):
     manifest, _, _ = _apply_image(tmp_path, "--bank", "edges")
-    assert manifest["normalization"] == "per-map"
+    assert manifest["normalization"] == "asinh" and manifest["normalization_per"] == "map"
     scales = {(e["normalization"]["low"], e["normalization"]["high"]) for e in manifest["layers"][0]["maps"]}
     assert len(scales) > 1
 
@@ -287,7 +289,7 @@ def test_rerun_does_not_ingest_its_own_output(tmp_path, monkeypatch):
     assert cnn("apply", ".", "--bank", "edges:sobel_x").exit_code == 0
     result = cnn("apply", ".", "--bank", "edges:sobel_x", "--force")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "cnn-out").iterdir()) == ["img"]
+    assert sorted(p.name for p in (tmp_path / "cnn-out").iterdir()) == ["img", "index.html"]
 
 
 def test_missing_input_among_good_ones_exits_3(tmp_path):
@@ -401,7 +403,7 @@ def test_apply_glob_input(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = cnn("apply", "imgs/*.png", "-o", "out", "--bank", "edges:sobel_x")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b", "index.html"]
 
 
 # ----------------------------------------------------------------- banks, info, help

@@ -411,12 +411,6 @@ def _png(path, h, w, seed=0, rgb=True):
     return path
 
 
-def test_cli_and_library_list_the_same_methods():
-    from cnn_cli.cli import explain as cli_explain
-
-    assert cli_explain.METHODS == E.METHODS
-
-
 def test_explain_writes_maps_at_the_images_own_resolution(tiny, tmp_path):
     image = _png(tmp_path / "wide.png", 30, 50)
     result = cnn("explain", image, "--model", tiny, "-o", tmp_path / "out", "--top-k", "2")

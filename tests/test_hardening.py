@@ -338,7 +338,7 @@ def test_apply_refuses_an_image_whose_maps_pass_the_memory_limit(tmp_path, img):
     assert str(big) in line and "3000x3000" in line and "--max-size" in line and "--max-memory" in line, line
     result = cnn("apply", big, img, "-o", out, "--max-memory", "200M", "--save", "raw", timeout=120)
     assert result.exit_code == 3, result.output
-    assert sorted(os.listdir(out)) == ["img"]
+    assert sorted(os.listdir(out)) == ["img", "index.html"]  # the image and the report
 
 
 def test_apply_refuses_an_image_larger_than_the_free_disk(tmp_path, img, monkeypatch):
@@ -606,7 +606,7 @@ def test_six_concurrent_forced_runs_into_one_output(tmp_path, img):
             assert len(lines) == 1 and "another cnn run is writing" in lines[0], stderr
         assert "Directory not empty" not in stderr and "Traceback" not in stderr
     assert any(code == 0 for code, _ in results)
-    assert sorted(os.listdir(out)) == ["img"]
+    assert sorted(os.listdir(out)) == ["img", "index.html"]  # the image and the report
     assert np.load(out / "img" / "features.npz", allow_pickle=False)["layer0"].shape[0] > 0
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from cnn_cli.modelfile import load_model
 
-FINAL_NAMES = {"m.npz", "m.ckpt.npz", "m.metrics.json", "m.curves.png", "m.confusion.png"}
+FINAL_NAMES = {"m.npz", "m.ckpt.npz", "m.metrics.json", "m.curves.png", "m.confusion.png", "m.report.html"}
 SETTINGS = ["--epochs", "4", "--seed", "1", "--batch-size", "8", "--image-size", "48"]
 # When to kill, as fractions of the time from the first checkpoint to the end of an uninterrupted
 # run (measured by the reference run), so the moments spread over training and the final writes.
@@ -97,10 +97,13 @@ def _wait_until(proc, predicate, timeout=120):
     raise AssertionError("timed out waiting for the training run")
 
 
-def _check_files_after_kill(work):
-    """Only complete files at final paths; anything else is a hidden temporary name."""
+def _check_files_after_kill(work, finished=False):
+    """Only complete files at final paths; anything else is a hidden temporary name, or
+    the run's (empty) lock file, which a killed run cannot remove. Once a run
+    finished, neither is left."""
     names = set(os.listdir(work))
-    stray = [n for n in names - FINAL_NAMES if not (n.startswith(".") and ".tmp" in n)]
+    leftover = (lambda n: False) if finished else (lambda n: n == ".m.npz.lock" or (n.startswith(".") and ".tmp" in n))
+    stray = [n for n in names - FINAL_NAMES if not leftover(n)]
     assert stray == [], f"unexpected files after the kill: {stray}"
     if "m.ckpt.npz" in names:
         _, meta, _ = load_model(work / "m.ckpt.npz")
@@ -126,7 +129,7 @@ def _resume_and_compare(work, data, names, reference):
     else:
         assert "m.npz" in names, f"killed before any checkpoint: {sorted(names)}"
     _assert_same_weights(work / "m.npz", reference.weights)
-    _check_files_after_kill(work)
+    _check_files_after_kill(work, finished="m.ckpt.npz" in names)
 
 
 def _kill_and_resume(tmp_path, data, reference, wait):

@@ -73,7 +73,7 @@ def image(tmp_path):
 
 def test_train_writes_the_model_and_its_companions(model):
     out, result = model
-    for name in ("m.npz", "m.metrics.json", "m.curves.png", "m.confusion.png"):
+    for name in ("m.npz", "m.metrics.json", "m.curves.png", "m.confusion.png", "m.report.html"):
         assert (out.parent / name).is_file(), name
     assert not (out.parent / "m.ckpt.npz").exists()
     assert result.stdout == "", "progress and messages go to stderr"
@@ -154,7 +154,7 @@ def test_train_lists_unreadable_images_before_training(tmp_path):
     write_patterns(root, per_class=4, classes=("blob", "vertical"))
     (root / "blob" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     result = invoke("train", root, "-o", tmp_path / "m.npz", "--epochs", 1)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the model is saved; a file was skipped
     lines = result.output.splitlines()
     skipped = [i for i, line in enumerate(lines) if "broken.png" in line]
     started = [i for i, line in enumerate(lines) if line.startswith("training ")]

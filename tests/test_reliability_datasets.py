@@ -303,7 +303,7 @@ def test_corrupt_files_are_named_before_the_first_epoch(tmp_path):
         path.write_bytes(data)
     model = tmp_path / "m.npz"
     result = cnn("train", root, "-o", model, "--epochs", "1")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # the model is saved without the bad files
     lines = result.stderr.splitlines()
     first_epoch = _epoch_index(lines)
     for path in bad:
@@ -322,7 +322,9 @@ def test_the_max_pixels_hint_given_by_train_can_be_followed(tmp_path):
     _class(root, "b", 3, start=10)
     (root / "a" / "bomb.png").write_bytes(_png_declaring(12_000, 10_000))
     result = cnn("train", root, "-o", tmp_path / "m.npz", "--epochs", "1")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # trained without the refused image
     assert "--max-pixels" in result.stderr, result.stderr
     result = cnn("train", root, "-o", tmp_path / "m2.npz", "--epochs", "1", "--max-pixels", "200000000")
-    assert result.exit_code == 0, result.output
+    # Past the limit the file is decoded, and found to hold only a header.
+    assert result.exit_code == 3, result.output
+    assert "over the limit" not in result.stderr and "bomb.png: damaged or truncated" in result.stderr

@@ -311,7 +311,7 @@ def test_bad_files_in_a_batch_are_each_named_and_the_good_one_is_written(tmp_pat
         assert sum(name in line for line in lines) == 1, (name, lines)
     assert "good.png" not in "\n".join(lines)
     assert "5 failed" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["good"]
+    assert sorted(p.name for p in out.iterdir()) == ["good", "index.html"]
 
 
 # ----------------------------------------------------------------- every Pillow mode
@@ -580,7 +580,7 @@ def test_image_smaller_than_a_kernel_fails_alone_and_the_batch_goes_on(tmp_path,
     [line] = _error_lines(result)
     assert "b_tiny.png" in line, line
     assert "larger than" in line or "padding" in line, line
-    assert sorted(p.name for p in out.iterdir()) == ["a_good", "c_good"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_good", "c_good", "index.html"]
     assert "2 image(s)" in result.stderr and "1 failed" in result.stderr
 
 

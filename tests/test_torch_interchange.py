@@ -287,7 +287,7 @@ def test_adam_state_round_trip_continues_like_torch():
         if step == 2:
             saved = {k: np.array(v) for k, v in opt.state_dict().items()}
             opt = Adam(0.01)
-            opt.load_state_dict(saved)
+            opt.load_state_dict(saved, mine)
         grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in mine.items()}
         opt.step([(k, mine[k], grads[k]) for k in mine])
         for k, p in theirs.items():

@@ -262,7 +262,10 @@ def test_settings_are_recorded_in_the_model(tmp_path, patterns):
 
 @pytest.mark.parametrize("setting, value, message", [
     ("augment", ["spin"], "unknown augmentation"), ("augment_fill", "wrap", "fill"),
-    ("label_smoothing", 1.0, "label smoothing"), ("warmup", -1, "warm-up"),
+    ("label_smoothing", 1.0, "label_smoothing must be at least 0 and below 1"),
+    ("warmup", -1, "warmup must be a whole number"), ("val_split", 5.0, "val_split"),
+    ("optimizer", "rmsprop", "optimizer must be one of sgd, adam"), ("batch_size", 0, "batch_size"),
+    ("schedule", "onecycle", "schedule"), ("lr", float("nan"), "lr"), ("epochs", True, "epochs"),
 ])
 def test_bad_settings_are_refused_before_any_image_is_read(tmp_path, setting, value, message):
     with pytest.raises(ValueError, match=message):

@@ -2,10 +2,12 @@
 
 Each command parses its options, makes one library call and prints. The
 commands live in ``maps`` (apply, banks, info), ``vectors`` (embed, search),
-``models`` (train, evaluate, predict) and ``export``; ``common`` holds what they share.
+``models`` (train, evaluate, predict), ``explain`` (explain, units) and
+``export``; ``common`` holds what they share.
 
 Exit codes: 0 success; 1 the tool refused or failed; 2 a usage error;
-3 a batch finished but some inputs failed (each is listed on stderr).
+3 a batch finished but some inputs failed (each is listed on stderr; for
+train, the model was saved without some unreadable images).
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from __future__ import annotations
 import os
 import sys
 
-from . import export, maps, models, vectors  # noqa: F401  (registers the commands)
-from . import explain  # noqa: F401  (registers explain and units)
+# Importing a module registers its commands; --help lists them in this order.
+from . import maps  # noqa: F401, I001
+from . import models  # noqa: F401
+from . import vectors  # noqa: F401
+from . import explain  # noqa: F401
+from . import export  # noqa: F401
 from .common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app  # noqa: F401
 
 

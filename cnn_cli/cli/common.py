@@ -107,6 +107,7 @@ def _choice(name, values):
 
 Color = _choice("Color", choices.COLORS)
 Normalize = _choice("Normalize", choices.NORMALIZATIONS)
+NormalizePer = _choice("NormalizePer", choices.NORMALIZE_PER)
 RawDtype = _choice("RawDtype", choices.DTYPES)
 Colormap = _choice("Colormap", choices.COLORMAPS)
 Optimizer = _choice("Optimizer", choices.OPTIMIZERS)
@@ -114,6 +115,7 @@ Schedule = _choice("Schedule", choices.SCHEDULES)
 Pooling = _choice("Pooling", choices.POOLINGS)
 AugmentFill = _choice("AugmentFill", choices.AUGMENT_FILLS)
 EvalSplit = _choice("EvalSplit", choices.EVAL_SPLITS)
+ExplainMethod = _choice("ExplainMethod", choices.EXPLAIN_METHODS)
 
 
 MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this (decompression bombs).")]
@@ -274,6 +276,25 @@ def stdout_console():
             raise BrokenPipeError(errno.EPIPE, "the reader of standard output went away")
 
     return _Console()
+
+
+def echo_json(value):
+    """Print ``value`` as one line of strict JSON: a NaN or an infinity (a model
+    that yields them, a metric of an empty class) becomes null, because
+    ``NaN`` is not JSON and would break the reader's parser."""
+    import json
+    import math
+
+    def strict(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return v
+
+    typer.echo(json.dumps(strict(value), allow_nan=False))
 
 
 def rich_table(header, rows, title):

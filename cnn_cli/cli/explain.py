@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
 from .common import (
-    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, Color, Colormap, MaxPixels, app, check_one_source, fail,
-    load_model_or_fail, rich_table,
+    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, Color, Colormap, ExplainMethod, MaxPixels, app, check_one_source,
+    echo_json, fail, load_model_or_fail, rich_table, stdout_console,
 )
-
-#: ``cnn_cli.explain.METHODS``, spelled out here so that ``cnn --help`` needs no numpy
-#: (``tests/test_explain.py`` checks that the two agree).
-METHODS = ("gradcam", "gradcam++", "hirescam", "scorecam", "occlusion")
-Method = Enum("Method", [(m, m) for m in METHODS], type=str, module=__name__)
 
 
 @app.command()
@@ -24,7 +18,7 @@ def explain(
     images: Annotated[List[str], typer.Argument(help="Image files, folders (walked recursively) or globs.", show_default=False)],
     model: Annotated[Path, typer.Option("--model", help="Model file from cnn train.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; each image gets OUT/<name>/, named as cnn apply names it.")] = Path("cnn-explain"),
-    method: Annotated[Method, typer.Option("--method", help="gradcam (Selvaraju et al.), gradcam++ (Chattopadhyay et al.), hirescam (Draelos & Carin), scorecam (Wang et al.), or occlusion (Zeiler & Fergus).")] = Method.gradcam,
+    method: Annotated[ExplainMethod, typer.Option("--method", help="gradcam (Selvaraju et al.), gradcam++ (Chattopadhyay et al.), hirescam (Draelos & Carin), scorecam (Wang et al.), or occlusion (Zeiler & Fergus).")] = ExplainMethod.gradcam,
     classes: Annotated[Optional[List[str]], typer.Option("--class", help="Explain this class (a class name of the model). Repeatable. [default: the top class]")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Explain the K most likely classes.")] = None,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer whose maps are weighed: an index, layer<i>, or a kind that occurs once. [default: the last conv layer after its activation; ResNet: the last block; NetVLAD: the backbone's last conv]")] = None,
@@ -35,12 +29,15 @@ def explain(
     max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output folders.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON array with each image's explain.json (and its output folder).")] = False,
+    no_html: Annotated[bool, typer.Option("--no-html", help="Write no HTML report (OUT/index.html).")] = False,
 ):
     """Heat maps of the pixels that decided a model's prediction, one folder per image.
 
     Each folder holds cam_<class>.npy (float32, the image's own height and
     width, values in [0, 1]), overlay_<class>.png (the map over the image,
     with a legend) and explain.json (predictions, method, layer, files).
+    OUT/index.html, a report that opens from the file system, shows every
+    image's overlays and predictions; --no-html skips it.
 
     Examples:
 
@@ -61,7 +58,7 @@ def explain(
     network, meta, _ = load_model_or_fail(model)
     options = ExplainOptions(method=method.value, layer=layer, classes=tuple(classes or ()), top_k=top_k or 1,
                              patch=patch, stride=stride, check=check, cmap=cmap.value, force=force,
-                             max_pixels=max_pixels, model=str(model))
+                             max_pixels=max_pixels, model=str(model), html=not no_html)
     from ..terminal import ProgressDisplay
 
     try:
@@ -74,9 +71,7 @@ def explain(
     for _, message in summary.failed:
         typer.echo(f"Error: {message}", err=True)
     if json_out:
-        import json
-
-        typer.echo(json.dumps(summary.records))
+        echo_json(summary.records)
     else:
         _print_explanations(summary.records, check)
     if summary.failed:
@@ -84,9 +79,7 @@ def explain(
 
 
 def _print_explanations(records, check):
-    from rich.console import Console
-
-    console = Console()
+    console = stdout_console()
     for record in records:
         layer = record["layer"]
         where = f"{layer['name']} {layer['kind']}" if layer else f"patch {record['occlusion']['patch']}"
@@ -158,14 +151,11 @@ def units(
     for _, message in summary.failed:
         typer.echo(f"Error: {message}", err=True)
     if json_out:
-        import json
-
-        typer.echo(json.dumps({"images": summary.images, "output": summary.output, "k": k,
-                               "layers": [{"index": r["index"], "name": r["name"], "kind": r["kind"],
-                                           "channels": len(r["channels"]), "grid": r["grid"]}
-                                          for r in summary.layers],
-                               "seconds": round(summary.seconds, 3),
-                               "failed": [{"input": p, "error": m} for p, m in summary.failed]}))
+        echo_json({"images": summary.images, "output": summary.output, "k": k,
+                   "layers": [{"index": r["index"], "name": r["name"], "kind": r["kind"],
+                               "channels": len(r["channels"]), "grid": r["grid"]} for r in summary.layers],
+                   "seconds": round(summary.seconds, 3),
+                   "failed": [{"input": p, "error": m} for p, m in summary.failed]})
     else:
         grids = ", ".join(f"{r['grid']} ({len(r['channels'])} channels)" for r in summary.layers)
         typer.echo(f"{summary.images} image(s): top {k} patches per channel in {out}/: {grids}; "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import EXIT_USAGE, Color, app, fail
+from .common import EXIT_USAGE, Color, app, echo_json, fail
 
 
 @app.command()
@@ -52,9 +52,7 @@ def export(
     except ValueError as exc:  # ExportError, ModelError, SpecFileError
         fail(str(exc))
     if json_out:
-        import json
-
-        typer.echo(json.dumps(summary.to_json()))
+        echo_json(summary.to_json())
     else:
         outputs = ", ".join(o["name"] for o in summary.outputs)
         typer.echo(f"{summary.kind} '{summary.name}' written to {summary.output} ({summary.bytes / 1024:.1f} kB, "

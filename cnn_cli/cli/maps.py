@@ -7,9 +7,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from .. import choices
 from .common import (
-    rich_table, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, app, banks_app, Color, Normalize, RawDtype, Colormap, MaxPixels, fail, check_one_source, open_cluster, close_cluster, load_model_or_fail,
-    check_output_or_fail, one_line, out_of_memory, stdout_console, stopped_by_signals, use_memory_limit,
+    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, Color, Colormap, MaxPixels, Normalize, NormalizePer, RawDtype, app,
+    banks_app, check_one_source, check_output_or_fail, close_cluster, echo_json, fail, load_model_or_fail, one_line,
+    open_cluster, out_of_memory, rich_table, stdout_console, stopped_by_signals, use_memory_limit,
 )
 
 @app.command()
@@ -23,7 +25,14 @@ def apply(
     layers: Annotated[Optional[str], typer.Option("--layers", help="Write only these layers: indices, 'last', or a layer kind, comma-separated (e.g. 0,2).")] = None,
     dtype: Annotated[RawDtype, typer.Option(help="Type of the raw maps in features.npz; float16 halves them.")] = RawDtype.float32,
     color: Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels.")] = Color.gray,
-    normalize: Annotated[Normalize, typer.Option(help="How PNG brightness is scaled: per map, per layer, or raw values in [0, 1].")] = Normalize.per_map,
+    normalize: Annotated[Normalize, typer.Option(help=(
+        "How values become PNG brightness. asinh: min to max on an asinh curve, so weak and strong responses "
+        "both show and nothing is clipped; robust: the 1st to 99th percentile, the rest clipped; minmax: min to "
+        "max, linear; none: raw values, 0 to 1. Signed maps are symmetric, zero mid-grey. The older per-map and "
+        "per-layer mean minmax --per map and minmax --per layer."))] = Normalize(choices.DEFAULT_NORMALIZATION),
+    per: Annotated[Optional[NormalizePer], typer.Option("--per", help=(
+        "Fit the scale to each map on its own (map), or one scale to all maps of a layer so they can be "
+        "compared (layer; the grid gets a colour bar).  [default: map]"), show_default=False)] = None,
     cmap: Annotated[Colormap, typer.Option(help="Colour map of the PNGs (coolwarm is diverging).")] = Colormap.gray,
     max_size: Annotated[Optional[int], typer.Option(min=1, help="Downscale images so the longer side is at most this many pixels.")] = None,
     max_pixels: MaxPixels = 100_000_000,
@@ -33,17 +42,27 @@ def apply(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster (ADDRESS of its scheduler, e.g. tcp://host:8786).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run's summary as one JSON object on stdout.")] = False,
+    no_html: Annotated[bool, typer.Option("--no-html", help="Write no HTML report (OUT/index.html and each folder's index.html).")] = False,
 ):
     """Write every feature map of every layer as PNGs, grids, raw arrays and a manifest.
 
     With no --bank or --pipeline, the default pipeline runs: edges and Gabor
     textures, |x|, max-pool, local energy (Gaussian), max-pool.
 
+    Each grid tile shows its map's value range; a layer of 1x1 maps (global
+    pooling) is drawn as a bar chart, one bar per channel.
+
+    An HTML report opens from the file system: OUT/index.html lists the
+    images, and each folder's index.html shows its input, grids and maps
+    (click one for full resolution) with their statistics; --no-html skips it.
+
     Examples:
 
       cnn apply photo.png
 
       cnn apply photos/ -o maps --pipeline harris --skip-existing
+
+      cnn apply photo.png --normalize robust --per layer --cmap coolwarm
 
       cnn apply 'scans/*.tif' --bank edges --bank 'textures:laws_*' --force
 
@@ -54,6 +73,10 @@ def apply(
 
     if force and skip_existing:
         fail("give only one of --force and --skip-existing", EXIT_USAGE)
+    alias = choices.NORMALIZE_ALIASES.get(normalize.value)
+    if alias and per is not None and per.value != alias[1]:
+        fail(f"--normalize {normalize.value} already fits one scale per {alias[1]}; "
+             f"use --normalize {alias[0]} --per {per.value}", EXIT_USAGE)
     if workers and scheduler:
         fail("give only one of --workers and --scheduler", EXIT_USAGE)
     check_one_source(bank, pipeline, model)
@@ -67,9 +90,10 @@ def apply(
     try:
         source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value)
         options = ApplyOptions(color=source.color, max_size=max_size, max_pixels=max_pixels,
-                               normalize=normalize.value, cmap=cmap.value, force=force,
+                               normalize=normalize.value, per=(per or NormalizePer.map).value,
+                               cmap=cmap.value, force=force,
                                skip_existing=skip_existing, save=chosen, dtype=dtype.value,
-                               prepare=source.prepare, max_memory=memory_limit)
+                               prepare=source.prepare, max_memory=memory_limit, html=not no_html)
         if layers is not None:
             options.layers = select_layers(source.pipeline, layers)
     except (ValueError, MemoryError) as exc:
@@ -193,14 +217,12 @@ def _report_batch(summary, out, json_out):
         typer.echo(f"Error: {one_line(message)}", err=True)
     total = summary.done + summary.skipped + len(summary.failed)
     if json_out:
-        import json
-
-        typer.echo(json.dumps({
+        echo_json({
             "written": summary.done, "skipped": summary.skipped, "maps": summary.maps, "bytes": summary.bytes,
             "seconds": round(summary.seconds, 3), "output": str(out),
             "failed": [{"input": path, "error": message} for path, message in summary.failed],
             "removed": summary.removed,
-        }))
+        })
     elif total > 1 or summary.done or summary.skipped:
         # A batch ends with a summary; a single failed input has said all in its one line.
         rate = summary.done / summary.seconds if summary.seconds else 0.0

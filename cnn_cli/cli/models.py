@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from .common import (
-    rich_table, EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app, AugmentFill, Color, EvalSplit, Optimizer, Schedule,
-    MaxPixels, fail, load_model_or_fail,
+    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, AugmentFill, Color, EvalSplit, MaxPixels, Optimizer, Schedule, app,
+    echo_json, fail, load_model_or_fail, rich_table, stdout_console,
 )
 from ..terminal import stderr_console
 
@@ -69,12 +70,16 @@ def train(
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: plot the loss against the rate in MODEL.lr.png and print a suggested --lr. Trains and saves no model.")] = False,
     max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
+    no_html: Annotated[bool, typer.Option("--no-html", help="Write no HTML report (MODEL.report.html).")] = False,
 ):
     """Train a CNN by backpropagation on DATASET/<class>/<images>.
 
-    Writes the model, MODEL.metrics.json, MODEL.curves.png and
-    MODEL.confusion.png, and keeps a checkpoint MODEL.ckpt.npz while training.
-    Ctrl-C (or SIGTERM) saves the checkpoint and exits 130 (143).
+    Writes the model, MODEL.metrics.json, MODEL.curves.png,
+    MODEL.confusion.png and MODEL.report.html (settings, curves, per-class
+    scores, first-layer kernels, mistakes; it opens from the file system;
+    --no-html skips it), and keeps a checkpoint MODEL.ckpt.npz while training.
+    Ctrl-C (or SIGTERM) saves the checkpoint and exits 130 (143). Unreadable
+    images are named and left out; the model is saved, and the exit code is 3.
 
     Examples:
 
@@ -91,12 +96,8 @@ def train(
     import signal
     import warnings
 
-    from ..data import DatasetError
-    from ..filterbank import BankError
-    from ..train import Interrupted, TrainConfig, TrainingError, fit, prepare
+    from ..train import TrainConfig, TrainingError, claimed
 
-    if out.exists() and not force and resume is None and not find_lr:
-        fail(f"{out} exists; use --force to replace it, or -o to choose another file")
     if find_lr and resume is not None:
         fail("--find-lr starts from fresh weights; leave out --resume", EXIT_USAGE)
     config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
@@ -119,31 +120,14 @@ def train(
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
     try:
-        try:
-            prep = prepare(dataset, config, report=say, resume=resume)
-        except (DatasetError, TrainingError, BankError, ValueError) as exc:
-            fail(str(exc))
-        if stop:
-            fail("interrupted before training started; nothing was saved", _signal_exit(stop["signal"]))
-        cfg = prep.config
-        if find_lr:
-            _find_lr(prep, out, say)
-            return
-        say(f"training {cfg.arch} on {len(prep.y_train)} images ({len(prep.y_val)} for validation), "
-            f"{len(prep.meta.classes)} classes, {cfg.image_size}x{cfg.image_size} {cfg.color}, "
-            f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
-        try:
-            history = _fit_with_progress(prep, out, fit, lambda: stop.get("signal"))
-        except Interrupted as exc:
-            say(f"interrupted: checkpoint saved to {exc.checkpoint}; continue with: "
-                f"cnn train {dataset} -o {out} --resume {exc.checkpoint}")
-            raise typer.Exit(_signal_exit(stop["signal"]))
-        except TrainingError as exc:
-            fail(str(exc))
-        except MemoryError:
-            fail("out of memory; use a smaller --batch-size, --image-size or architecture")
-        except OSError as exc:
-            fail(f"cannot write the model: {exc.strerror or exc}")
+        with contextlib.ExitStack() as claim:
+            try:  # MODEL is checked and locked before any image is read
+                claim.enter_context(claimed(out, replace=force or resume is not None or find_lr, report=say))
+            except TrainingError as exc:
+                fail(str(exc))
+            prep, history = _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=not no_html)
+            if prep is None:
+                return
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -157,6 +141,45 @@ def train(
     say(f"saved {out} after {len(history)} epochs"
         + (f" (weights of epoch {result.kept_epoch})" if result.kept_epoch != len(history) else "")
         + (f"; validation accuracy {acc:.4f}" if acc is not None else ""))
+    if prep.skipped:  # as apply, predict and evaluate do when some inputs failed
+        say(f"{len(prep.skipped)} unreadable images were skipped (named above); the model was trained without them")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
+    """Prepare and train (or run the range test), while MODEL is locked: (prep, history), or (None, None)
+    after --find-lr."""
+    from ..data import DatasetError
+    from ..filterbank import BankError
+    from ..train import Interrupted, TrainingError, fit, prepare
+
+    try:
+        prep = prepare(dataset, config, report=say, resume=resume)
+    except (DatasetError, TrainingError, BankError, ValueError) as exc:
+        fail(str(exc))
+    if stop:
+        fail("interrupted before training started; nothing was saved", _signal_exit(stop["signal"]))
+    prep.html = html
+    cfg = prep.config
+    if find_lr:
+        _find_lr(prep, out, say)
+        return None, None
+    say(f"training {cfg.arch} on {len(prep.y_train)} images ({len(prep.y_val)} for validation), "
+        f"{len(prep.meta.classes)} classes, {cfg.image_size}x{cfg.image_size} {cfg.color}, "
+        f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
+    try:
+        history = _fit_with_progress(prep, out, fit, lambda: stop.get("signal"))
+    except Interrupted as exc:
+        say(f"interrupted: checkpoint saved to {exc.checkpoint}; continue with: "
+            f"cnn train {dataset} -o {out} --resume {exc.checkpoint}")
+        raise typer.Exit(_signal_exit(stop["signal"]))
+    except TrainingError as exc:
+        fail(str(exc))
+    except MemoryError:
+        fail("out of memory; use a smaller --batch-size, --image-size or architecture")
+    except OSError as exc:
+        fail(f"cannot write the model: {exc.strerror or exc}")
+    return prep, history
 
 
 def _find_lr(prep, out, say):
@@ -234,7 +257,6 @@ def evaluate(
 
       cnn evaluate digits/ --model digits.npz --split all --json | jq .accuracy
     """
-    import json
 
     from .. import inference
     from ..data import DatasetError
@@ -253,7 +275,7 @@ def evaluate(
     if result["images"] == 0:
         fail(f"{dataset}: no readable images")
     if as_json:
-        typer.echo(json.dumps(result))
+        echo_json(result)
     else:
         _print_report(result)
     if problems:
@@ -261,12 +283,10 @@ def evaluate(
 
 
 def _print_report(result):
-    from rich.console import Console
-
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     scores = [(name, fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]), row["support"])
               for name, row in result["per_class"].items()]
-    console = Console()
+    console = stdout_console()
     console.print(rich_table(("class", "precision", "recall", "f1", "images"), scores,
                          f"accuracy {fmt(result['accuracy'])} on {result['images']} images"))
     console.print(rich_table(("true \\ predicted", *result["classes"]),
@@ -289,7 +309,6 @@ def predict(
 
       cnn predict unsorted/ --model model.npz --json
     """
-    import json
 
     from .. import inference
 
@@ -298,7 +317,7 @@ def predict(
     for message in errors:
         typer.echo(f"Error: {message}", err=True)
     if as_json:
-        typer.echo(json.dumps(rows))
+        echo_json(rows)
     else:
         for r in rows:
             shown = ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in r["predictions"])

@@ -8,8 +8,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from .common import (
-    EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, app, RawDtype, Pooling, MaxPixels, fail, check_one_source, open_cluster, close_cluster,
-    check_output_or_fail,
+    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, MaxPixels, Pooling, RawDtype, app, check_one_source,
+    check_output_or_fail, close_cluster, echo_json, fail, open_cluster,
 )
 
 @app.command()
@@ -74,11 +74,9 @@ def embed(
     for _, message in summary.failed:
         typer.echo(f"Error: {message}", err=True)
     if json_out:
-        import json
-
-        typer.echo(json.dumps({"embedded": summary.done, "skipped": summary.skipped, "dimension": summary.dimension,
-                               "seconds": round(summary.seconds, 3), "output": str(out),
-                               "failed": [{"input": p, "error": m} for p, m in summary.failed]}))
+        echo_json({"embedded": summary.done, "skipped": summary.skipped, "dimension": summary.dimension,
+                   "seconds": round(summary.seconds, 3), "output": str(out),
+                   "failed": [{"input": p, "error": m} for p, m in summary.failed]})
     else:
         typer.echo(f"{summary.done} image(s) embedded in {summary.dimension} dimensions into {out}/ "
                    f"in {summary.seconds:.1f} s; {summary.skipped} already there; {len(summary.failed)} failed",
@@ -120,18 +118,14 @@ def search(
         fail(str(exc))
     if evaluate:
         if json_out:
-            import json
-
-            typer.echo(json.dumps(scores))
+            echo_json(scores)
         else:
             typer.echo(f"{scores['queries']} queries in {scores['classes']} classes: "
                        f"precision@1 {scores['precision_at_1']:.3f}, precision@{scores['k']} "
                        f"{scores['precision_at_k']:.3f}, mAP {scores['mean_average_precision']:.3f}")
         return
     if json_out:
-        import json
-
-        typer.echo(json.dumps(results))
+        echo_json(results)
     else:
         for entry in results:
             typer.echo(entry["query"])
