@@ -125,9 +125,11 @@ def make_folder(folder, count, size, seed=0):
     return sorted(folder.glob("*.png"))
 
 
-def image_folder_arguments(doc, budget, argv=None):
-    """The arguments of the bench scripts that run over ``make_folder``'s images; (args, folder)."""
+def image_folder_arguments(doc, budget, argv=None, more=lambda parser: None):
+    """The arguments of the bench scripts that run over ``make_folder``'s images (and those
+    ``more(parser)`` adds); (args, folder)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    more(parser)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--budget", type=float, default=budget,

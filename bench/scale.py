@@ -1,6 +1,6 @@
 """Images per second of `cnn apply --save raw` on a local Dask cluster of 1 and 2 workers, and what a run writes.
 
-    python bench/scale.py [--images 200] [--size 512] [--budget 420] [--folder DIR]
+    python bench/scale.py [--images 200] [--size 512] [--budget 420] [--folder DIR] [--save-args ARGS]
 
 A quick run: ``--images 24 --budget 60``.
 
@@ -17,6 +17,10 @@ start-up and shutdown are outside the rate; the workers' first task
 (importing the engine, loading its Numba cache, receiving the pipeline) is
 inside it. Start-up is printed apart: wall time minus ``seconds``.
 Target (issue 12): ``--workers 2`` at least 1.6 times ``--workers 1``.
+``--save-args`` replaces ``--save raw`` in the runs timed, for example
+``--save-args "--save raw --layers last"``: 0.7 MB per image instead of
+30 MB, which shows how the workers scale when the disk is not what limits
+them.
 
 For ``docs/scale.md`` it also measures, on the first few images, the bytes
 written per image for each ``--save`` choice; the scheduler's overhead per
@@ -76,6 +80,11 @@ def task_overhead(tasks=400):
     return 1e3 * batch, 1e3 * serial
 
 
+def rate_bytes(sizes, save):
+    """Bytes per image of the timed runs, where ``SAVE_CHOICES`` measured those options."""
+    return next((size for choice, size in sizes.items() if SAVE_CHOICES[choice] == save), float("nan"))
+
+
 def disk_write_mb_s(folder, mb=512):
     """Sequential write bandwidth of ``folder``'s filesystem, fsync included, in MB/s."""
     block = os.urandom(8 * 2**20)
@@ -92,7 +101,9 @@ def disk_write_mb_s(folder, mb=512):
 
 
 def main(argv=None):
-    args, folder = image_folder_arguments(__doc__, 420, argv)
+    args, folder = image_folder_arguments(__doc__, 420, argv, lambda parser: parser.add_argument(
+        "--save-args", default="--save raw", help="the options of cnn apply that choose what the timed runs write"))
+    save = args.save_args.split()
 
     began = time.perf_counter()
     paths = make_folder(folder, args.images, args.size)
@@ -119,7 +130,7 @@ def main(argv=None):
             round_start = time.perf_counter()
             names = list(CONTENDERS)
             for name in names[rounds % 3:] + names[:rounds % 3]:
-                wall, summary = run_cli(folder, scratch / "out", "--save", "raw", *CONTENDERS[name])
+                wall, summary = run_cli(folder, scratch / "out", *save, *CONTENDERS[name])
                 samples[name]["run"].append(summary["seconds"])
                 samples[name]["startup"].append(wall - summary["seconds"])
                 shutil.rmtree(scratch / "out")
@@ -131,7 +142,8 @@ def main(argv=None):
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"\n{rounds} round(s), medians; cnn apply DIR -o OUT --save raw; rate = images / the run's seconds")
+    print(f"\n{rounds} round(s), medians; cnn apply DIR -o OUT {args.save_args}; rate = images / the run's seconds; "
+          f"{rate_bytes(sizes, save) / 1e6:.2f} MB written per image")
     print(f"{'':16} {'img/s':>7} {'per worker':>10} {'start-up':>8}")
     rate = {}
     for name in CONTENDERS:

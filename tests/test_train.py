@@ -540,3 +540,17 @@ def test_digits_reach_97_percent_with_the_default_settings(tmp_path):
     accuracy = history[-1]["val_accuracy"]
     print(f"\ndigits: validation accuracy {accuracy:.4f} after {len(history)} epochs in {seconds:.1f} s")
     assert accuracy >= 0.97
+
+
+def test_the_random_streams_of_a_run_never_share_numbers():
+    """numpy's SeedSequence ignores trailing zeros, so keys [seed, 0] and [seed, 0, 0] are [seed]:
+    each stream's key ends in a non-zero tag, so that epoch 0's shuffle, the first batch of each
+    epoch and the initial weights draw their own numbers."""
+    from cnn_cli.train import STREAM_TAGS, random_stream
+
+    assert np.random.default_rng([3, 0]).random() == np.random.default_rng([3]).random()  # the trap
+    keys = [("shuffle", e) for e in range(3)] + [("batch", e, b) for e in range(3) for b in range(3)]
+    firsts = {key: tuple(random_stream(3, *key).random(4)) for key in keys}
+    firsts["init"] = tuple(np.random.default_rng([3, STREAM_TAGS["init"]]).random(4))
+    firsts["split"] = tuple(np.random.default_rng(3).random(4))  # data.stratified_split's key
+    assert len(set(firsts.values())) == len(firsts)

@@ -134,9 +134,11 @@ def test_find_lr_sweeps_rates_upwards_and_suggests_a_tenth_of_where_the_loss_bot
     prep = prepare(patterns, TrainConfig(batch_size=8))
     finding = find_lr(prep, steps=60)
     rates = np.array(finding.rates)
-    assert len(rates) == 60 and rates[0] == pytest.approx(1e-7)
+    # Rates grow by (10 / 1e-7) ** (1 / 59) a batch, until the end or until the loss runs away
+    # past 4 times its lowest mean (from rates near 1e-1 on these patterns).
+    assert 40 <= len(rates) <= 60 and rates[0] == pytest.approx(1e-7)
     assert np.allclose(np.diff(np.log(rates)), np.log(1e8) / 59)
-    assert len(finding.losses) == len(finding.smoothed) == 60
+    assert len(finding.losses) == len(finding.smoothed) == len(rates)
     assert finding.smoothed[10] == pytest.approx(np.mean(finding.losses[6:15]))
     assert finding.lowest in finding.rates and finding.suggestion == pytest.approx(finding.lowest / 10)
     low, first = min(finding.smoothed), finding.smoothed[0]
