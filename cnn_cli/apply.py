@@ -60,10 +60,10 @@ WRITERS = 2
 LARGE_IMAGE_BYTES = 2**30
 LARGE_RUN_BYTES = 10 * 2**30
 
-#: Bytes per map pixel of a PNG at zlib level 2, measured on the default
-#: pipeline's maps of photos with the default asinh scaling: 0.77 on
-#: scikit-image's photos, 0.87 on bench/apply.py's photo-like images (gray;
-#: colour maps take about twice as much).
+#: Bytes per map pixel of a PNG as ``viz.png_bytes`` writes it, measured on
+#: the default pipeline's maps of photos with the default asinh scaling: 0.77
+#: on scikit-image's photos, 0.88 on bench/apply.py's photo-like images
+#: (gray; colour maps take about twice as much).
 PNG_BYTES_PER_PIXEL = 0.8
 
 #: Peak memory over the float32 bytes of the input and every layer's maps:

@@ -460,7 +460,7 @@ def _data_png(image):
     """A Pillow image as a data: URL (for the few small pictures a report holds inline)."""
     from .viz import png_bytes
 
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image, compress_level=9)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image, smallest=True)).decode("ascii")
 
 
 def _table(header, rows, numeric=()):

@@ -344,3 +344,83 @@ def test_apply_draws_a_global_pooling_layer_as_bars(tmp_path):
     grid = Image.open(folder / layer["grid"])
     assert grid.size[1] == 2 * viz.BAR_ROW + 2 * viz.GAP, "one row per channel"
     _check_bars(grid, values, low, high)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (37, 64), (512, 300), (3, 4, 3), (33, 17, 3)])
+def test_png_bytes_decode_to_the_same_pixels(shape):
+    """Our encoder (Sub filter, run-length deflate) against Pillow's decoder, for grey and RGB,
+    on noise (every byte value, so the filter's modulo-256 wrap is exercised) and on flat areas."""
+    import io
+
+    from PIL import Image
+
+    from cnn_cli.viz import png_bytes
+
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.integers(0, 256, shape, dtype=np.uint8)
+    flat = np.zeros(shape, np.uint8)
+    flat[: shape[0] // 2] = 255
+    for pixels in (noise, flat):
+        image = Image.fromarray(pixels)
+        for smallest in (False, True):
+            data = png_bytes(image, smallest=smallest)
+            _check_chunks(data)
+            with Image.open(io.BytesIO(data)) as decoded:
+                decoded.load()  # checks every chunk's CRC and the zlib stream
+                assert decoded.format == "PNG"
+                np.testing.assert_array_equal(np.asarray(decoded.convert(image.mode)), pixels)
+
+
+def test_png_bytes_store_a_grey_rgb_picture_as_grey():
+    import io
+
+    from PIL import Image
+
+    from cnn_cli.viz import png_bytes
+
+    grey = np.random.default_rng(0).integers(0, 256, (20, 30), dtype=np.uint8)
+    rgb = Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    with Image.open(io.BytesIO(png_bytes(rgb))) as decoded:
+        assert decoded.mode == "L"
+        np.testing.assert_array_equal(np.asarray(decoded), grey)
+    coloured = np.repeat(grey[..., None], 3, axis=2)
+    coloured[5, 7, 2] ^= 1  # one byte of one channel differs
+    with Image.open(io.BytesIO(png_bytes(Image.fromarray(coloured)))) as decoded:
+        assert decoded.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(decoded), coloured)
+
+
+def _check_chunks(data):
+    """The PNG signature, then chunks whose lengths add up and whose CRC-32s are right, ending in IEND."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, kinds = 8, []
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length:at + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        kinds.append(kind)
+        at += 12 + length
+    assert at == len(data) and kinds[0] == b"IHDR" and kinds[-1] == b"IEND"
+
+
+def test_png_bytes_of_other_modes_go_through_pillow():
+    import io
+
+    from PIL import Image
+
+    from cnn_cli.viz import png_bytes
+
+    image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 3, 4), mode="RGBA")
+    with Image.open(io.BytesIO(png_bytes(image))) as decoded:
+        np.testing.assert_array_equal(np.asarray(decoded), np.asarray(image))
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.75, 0.999, 1.0])
+@pytest.mark.parametrize("size", [1, 2, 5, 1000, 1001])
+def test_quantile_is_numpys(q, size):
+    values = np.random.default_rng(size).standard_normal(size).astype(np.float32) ** 3
+    assert viz.quantile(values, q) == pytest.approx(float(np.quantile(values, q)), rel=1e-6, abs=1e-12)
