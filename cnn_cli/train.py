@@ -96,9 +96,9 @@ def claimed(model_path, *, replace=False, report=lambda msg: None):
     """Hold MODEL's lock while the block runs, after checking that the run's outputs can be written.
 
     It fails (TrainingError) before any image is read when MODEL exists and
-    ``replace`` is false, is a folder, a device or another special file (as
-    is any of its sibling outputs), when its folder is missing, or when
-    another run holds the lock. Temporaries of these outputs that a killed
+    ``replace`` is false, when MODEL or any of its sibling outputs is a
+    folder, a device or another special file, when its folder is missing, or
+    when another run holds the lock. Temporaries of these outputs that a killed
     run left are removed, and ``report`` names them.
     """
     model_path = Path(model_path)
@@ -113,6 +113,9 @@ def claimed(model_path, *, replace=False, report=lambda msg: None):
     try:
         for final in finals:
             check_output(final)
+            if final.is_dir():  # a file is never renamed over a folder: it would fail after training
+                raise TrainingError(f"{final}: is a folder, where cnn train writes a file; move it, "
+                                    "or choose another -o")
     except OSError as exc:
         raise TrainingError(exc.strerror or str(exc)) from None
     with contextlib.ExitStack() as stack:

@@ -63,6 +63,14 @@ def test_a_device_node_as_model_is_never_replaced(tmp_path, patterns):
     assert stat.S_ISCHR(os.lstat(out).st_mode)
 
 
+@pytest.mark.parametrize("sibling", ["m.metrics.json", "m.report.html", "m.ckpt.npz"])
+def test_a_folder_where_an_output_file_goes_is_refused_before_training(tmp_path, patterns, sibling):
+    (tmp_path / sibling).mkdir()
+    line = _refused_before_training(cnn("train", patterns, "-o", tmp_path / "m.npz", *FAST))
+    assert sibling in line and "is a folder" in line
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_a_folder_or_a_missing_parent_is_refused_before_training(tmp_path, patterns):
     (tmp_path / "models").mkdir()
     line = _refused_before_training(cnn("train", patterns, "-o", tmp_path / "models", "--force", *FAST))
