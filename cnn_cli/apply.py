@@ -48,7 +48,7 @@ from .fileio import (NotRegularFileError, held_lock, remove_stale, replace_dir, 
                      write_bytes_atomic)
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import Input, Problem, iter_inputs, safe_name
-from .report import ApplyIndex, apply_page
+from .report import ApplyIndex, apply_page, write_or_keep
 from .stream import Batch, CompileNote, Progress, batched, read_ahead
 
 SAVE_CHOICES = choices.SAVE
@@ -719,13 +719,9 @@ def _write_index(index, summary, options, progress):
     and kept nothing. An existing index (an earlier run's) is replaced only by --force or
     --skip-existing, the runs that redo or complete OUT; otherwise it is kept, and the run says so."""
     try:
-        if summary.interrupted or not index.count:
-            return
-        index.write(summary.failed, replace=options.force or options.skip_existing)
-    except FileExistsError:
-        progress.note(f"{index.path} exists (an earlier run's report) and was kept; --force or --skip-existing "
-                      "replaces it with this run's")
-    except OSError as exc:
-        summary.failed.append((None, f"cannot write the report {index.path}: {exc.strerror or exc}"))
+        if not summary.interrupted and index.count:
+            write_or_keep(lambda: index.write(summary.failed, replace=options.force or options.skip_existing),
+                          index.path, note=progress.note, failed=summary.failed,
+                          replaced_by="--force or --skip-existing")
     finally:
         index.close()

@@ -53,7 +53,7 @@ from .imageio import MAX_PIXELS, ImageError, read_image
 from .inputs import Input, Problem, iter_inputs, safe_name
 from .layers import ACTIVATIONS
 from .nn import Param
-from .report import write_explain_index
+from .report import write_explain_index, write_or_keep
 from .stream import CompileNote, Progress, read_ahead
 
 METHODS = EXPLAIN_METHODS
@@ -469,8 +469,9 @@ def run(inputs, out_root, network, meta, options, *, progress=None):
     Each folder (named as ``cnn apply`` names it) holds ``cam_<class>.npy``,
     ``overlay_<class>.png`` and ``explain.json``; it is built under a hidden
     name and renamed into place, and an existing one is refused unless
-    ``options.force``. ``OUT/index.html`` shows them all, unless ``options.html`` is off. Returns an ``ExplainSummary``; a bad input is recorded
-    there and the others go on.
+    ``options.force``. ``OUT/index.html`` shows them all, unless ``options.html``
+    is off. Returns an ``ExplainSummary``; a bad input is recorded there and the
+    others go on.
     """
     from .data import to_color
     from .modelfile import image_transform
@@ -514,22 +515,12 @@ def run(inputs, out_root, network, meta, options, *, progress=None):
             else:
                 summary.failed.append((str(item.path) if isinstance(item, Input) else None, error))
             progress.advance(error)
-        if options.html and summary.records:
-            _write_index(out_root, summary, options, progress)
+        if options.html and summary.records:  # an earlier run's index is replaced only with --force
+            write_or_keep(lambda: write_explain_index(out_root, summary.records, summary.failed,
+                                                      replace=options.force),
+                          out_root / "index.html", note=progress.note, failed=summary.failed, replaced_by="--force")
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _write_index(out_root, summary, options, progress):
-    """DIR/index.html. An existing one (an earlier run's) is replaced only with --force;
-    otherwise it is kept, and the run says so."""
-    path = out_root / "index.html"
-    try:
-        write_explain_index(out_root, summary.records, summary.failed, replace=options.force)
-    except FileExistsError:
-        progress.note(f"{path} exists (an earlier run's report) and was kept; --force replaces it with this run's")
-    except OSError as exc:
-        summary.failed.append((None, f"cannot write the report {path}: {exc.strerror or exc}"))
 
 
 def explain_one(item, out_dir, loaded, explainer, meta, stems, options):

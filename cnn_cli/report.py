@@ -30,7 +30,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .choices import SAVE
-from .fileio import atomic_path
+from .fileio import NotRegularFileError, atomic_path
 
 #: Rows of a long table drawn at once.
 PAGE_SIZE = 50
@@ -256,6 +256,21 @@ def write_page(path, html_text, *, replace):
     _refuse_existing(path, replace)
     with atomic_path(path) as tmp:
         tmp.write_text(html_text, encoding="utf-8")
+
+
+def write_or_keep(write, path, *, note, failed, replaced_by):
+    """Run ``write()``, which writes the report ``path``. A report an earlier run left
+    is kept (``write`` raised FileExistsError): ``note`` says so, naming the options
+    (``replaced_by``) that replace it. A report that cannot be written becomes one of
+    the run's failures: (None, message) appended to ``failed``."""
+    try:
+        write()
+    except FileExistsError:
+        note(f"{path} exists (an earlier run's report) and was kept; {replaced_by} replaces it with this run's")
+    except NotRegularFileError as exc:  # its message names the path
+        failed.append((None, f"cannot write the report: {exc.strerror}"))
+    except OSError as exc:
+        failed.append((None, f"cannot write the report {path}: {exc.strerror or exc}"))
 
 
 _PAGER = ('<nav class="pager"><button data-step="-1">← previous</button><span class="where"></span>'
