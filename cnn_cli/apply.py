@@ -303,14 +303,15 @@ def _write_layer(staging, i, maps, pipeline, options, encoders, jobs):
     """Queue layer i's PNGs on ``encoders`` (appending to ``jobs``); return its manifest entry."""
     key = f"layer{i}"
     layer, channels = pipeline.layers[i], pipeline.channels[i]
+    ranges = [viz.value_range(m) for m in maps]
     pictures = None
     if options.save & {"maps", "grids"}:
-        pictures = viz.LayerPictures(maps, channels, options.normalize, options.per, options.cmap)
+        pictures = viz.LayerPictures(maps, channels, options.normalize, options.per, options.cmap, ranges)
     if "maps" in options.save:
         (staging / key).mkdir()
     entries, tiles = [], []
     for c, (m, filter_name) in enumerate(zip(maps, channels)):
-        lo, hi = viz.value_range(m)
+        lo, hi = ranges[c]
         png = None
         if pictures:
             image = pictures.image(c)

@@ -142,8 +142,9 @@ def quantile(values, q):
     return low + (position - k) * (float(parted[k + 1:].min()) - low)
 
 
-def fit_scale(values, method):
-    """The ``Scale`` that draws ``values`` (one map, or every map of a layer) by ``method``.
+def fit_scale(values, method, span=None):
+    """The ``Scale`` that draws ``values`` (one map, or every map of a layer) by ``method``;
+    ``span`` is their (min, max) when the caller has it already.
 
     - ``minmax``: min to max.
     - ``robust``: the 1st to the 99th percentile (``ROBUST_PERCENTILES``);
@@ -164,7 +165,7 @@ def fit_scale(values, method):
         raise ValueError(f"normalisation must be one of {SCALE_METHODS}, but got {method!r}")
     if method == "none":
         return Scale("none", 0.0, 1.0)
-    low, high = symmetric_range(*value_range(values))
+    low, high = symmetric_range(*(span or value_range(values)))
     if method == "robust":
         p_lo, p_hi = (float(p) for p in np.percentile(values, ROBUST_PERCENTILES))
         if low < 0 < high:
@@ -423,16 +424,19 @@ class LayerPictures:
     scale over, and its picture would be a single black pixel.
     """
 
-    def __init__(self, maps, names, method, per, cmap):
+    def __init__(self, maps, names, method, per, cmap, ranges=None):
         self.maps, self.names, self.cmap = maps, list(names), cmap
+        #: (min, max) of each map, measured once: for the scales and the grid's notes.
+        self.ranges = ranges if ranges is not None else [value_range(m) for m in maps]
+        layer_span = (min(lo for lo, _ in self.ranges), max(hi for _, hi in self.ranges))
         self.vector = maps.shape[1:] == (1, 1)
         self.per = "layer" if self.vector else per
         if self.vector:
-            self.scales = [Scale("bars", *bar_axis(maps))] * len(maps)
+            self.scales = [Scale("bars", *bar_axis(maps))] * len(maps)  # one value per map
         elif per == "layer":
-            self.scales = [fit_scale(maps, method)] * len(maps)
+            self.scales = [fit_scale(maps, method, layer_span)] * len(maps)
         else:
-            self.scales = [fit_scale(m, method) for m in maps]
+            self.scales = [fit_scale(m, method, r) for m, r in zip(maps, self.ranges)]
 
     def record(self, c):
         """Map c's ``normalization`` entry for the manifest."""
@@ -451,7 +455,7 @@ class LayerPictures:
         scale = self.scales[0]
         if self.vector:
             return bar_chart(self.maps.ravel(), self.names, scale.low, scale.high)
-        notes = [range_note(*value_range(m)) for m in self.maps]
+        notes = [range_note(*r) for r in self.ranges]
         footer = None
         if self.per == "layer":
             footer = colorbar(scale, self.cmap, COLORBAR_WIDTH, f"one scale for the layer ({scale.method})")
