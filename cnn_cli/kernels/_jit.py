@@ -14,11 +14,51 @@ pools spin and fight over a small machine's cores. One pool of sleeping
 threads serves the kernels and the matrix products alike.
 """
 
+import os
 import platform
 import sys
 
 import llvmlite.binding as llvm
 from numba import njit
+from numba.core import config as numba_config
+
+
+def user_cache_dir():
+    """Where ``cnn`` keeps files it made for itself: ``$CNN_CACHE_DIR``, else the platform's user cache."""
+    if os.environ.get("CNN_CACHE_DIR"):
+        return os.environ["CNN_CACHE_DIR"]
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Caches")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "cnn")
+
+
+def _keep_numba_cache_out_of_the_package():
+    """Point Numba's disk cache at the user cache folder, unless ``NUMBA_CACHE_DIR`` is set.
+
+    By default Numba writes its cache beside the source, in
+    ``site-packages/cnn_cli/kernels/__pycache__/``. pip does not know those
+    files, so an uninstall leaves the folder behind, and it then loads as an
+    empty namespace package that shadows a later editable install (``cannot
+    import name '__version__'``). The cache is keyed by the source file's
+    full path, so an installed and an editable copy never share entries.
+    When the folder cannot be made, Numba keeps its own choice.
+    """
+    if numba_config.CACHE_DIR:
+        return
+    path = os.path.join(user_cache_dir(), "numba")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return
+    # The environment too: Dask's worker processes and a config reload read it.
+    os.environ["NUMBA_CACHE_DIR"] = numba_config.CACHE_DIR = path
+
+
+_keep_numba_cache_out_of_the_package()
 
 
 def _register_numpy_support_without_scipy_blas():
