@@ -1,9 +1,8 @@
 """A torch twin of one of our networks and of our augmentation, for bench/train.py.
 
-``torch_module(network)`` walks the built layers of a ``cnn_cli.nn.Network``
-and makes the equivalent ``torch.nn.Sequential``, with the same state-dict
-names, then loads our network's weights into it: both sides start from the
-very same numbers. ``TorchAugment`` draws the same augmentations from torch's
+``torch_module(network)`` is the network's own twin (each layer type's
+``torch_twin``, in ``cnn_cli``), with the same state-dict names and our
+network's weights: both sides start from the very same numbers. ``TorchAugment`` draws the same augmentations from torch's
 generator and applies them to a whole batch with ``affine_grid`` and
 ``grid_sample``, torch's batched resampling.
 """
@@ -15,87 +14,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from cnn_cli.blocks import NetVLAD, Residual
-from cnn_cli.layers import Activation, GlobalPool, Pool
-from cnn_cli.trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear
-
-
-class BasicBlock(nn.Module):
-    """torchvision's ResNet basic block, as ``cnn_cli.blocks.Residual``."""
-
-    def __init__(self, c_in, c_out, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
-        return F.relu(h + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchNetVLAD(nn.Module):
-    """NetVLAD with a 1x1 conv for the soft assignment, as ``cnn_cli.blocks.NetVLAD``."""
-
-    def __init__(self, clusters, dim):
-        super().__init__()
-        self.conv = nn.Conv2d(dim, clusters, 1, bias=True)
-        self.centroids = nn.Parameter(torch.rand(clusters, dim))
-
-    def forward(self, x):
-        x = F.normalize(x, dim=1)
-        a = F.softmax(self.conv(x).flatten(2), dim=1)
-        xf = x.flatten(2)
-        vlad = torch.einsum("nkp,ndp->nkd", a, xf) - self.centroids[None] * a.sum(2)[:, :, None]
-        vlad = F.normalize(vlad, dim=2)
-        return F.normalize(vlad.flatten(1), dim=1)
-
-
-def _module(layer, in_shape):
-    if isinstance(layer, Conv2d):
-        o = layer.options
-        pad = o["padding"]
-        return nn.Conv2d(in_shape[0], layer.out_channels, layer.kernel_size, stride=o["stride"],
-                         padding=pad, dilation=o["dilation"], groups=o["groups"], bias=layer.use_bias,
-                         padding_mode=o["padding_mode"])
-    if isinstance(layer, Linear):
-        return nn.Linear(in_shape[0], layer.out_features, bias=layer.use_bias)
-    if isinstance(layer, Flatten):
-        return nn.Flatten()
-    if isinstance(layer, Dropout):
-        return nn.Dropout(layer.p)
-    if isinstance(layer, BatchNorm2d):
-        return nn.BatchNorm2d(in_shape[0], eps=layer.eps, momentum=layer.momentum)
-    if isinstance(layer, Residual):
-        return BasicBlock(in_shape[0], layer.out_channels, layer.stride)
-    if isinstance(layer, NetVLAD):
-        return TorchNetVLAD(layer.clusters, in_shape[0])
-    if isinstance(layer, Pool):
-        cls = nn.MaxPool2d if layer.kind == "maxpool" else nn.AvgPool2d
-        return cls(layer.kernel_size, layer.stride, layer.padding)
-    if isinstance(layer, GlobalPool):
-        return nn.AdaptiveAvgPool2d(1) if layer.kind == "globalavgpool" else nn.AdaptiveMaxPool2d(1)
-    if isinstance(layer, Activation):
-        return {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(),
-                "leaky_relu": nn.LeakyReLU(layer.slope)}[layer.kind]
-    raise ValueError(f"no torch twin for layer {layer.kind}")
 
 
 def torch_module(network):
-    """The ``nn.Sequential`` twin of ``network``, holding a copy of its current weights."""
-    shapes = [network.input_shape] + network.shapes[:-1]
-    module = nn.Sequential(*(_module(layer, shape) for layer, shape in zip(network.layers, shapes)))
-    state = {k: torch.from_numpy(np.array(v)) for k, v in network.state_dict().items()}
-    module.load_state_dict(state, strict=True)
-    return module
+    """The torch twin of ``network``, holding a copy of its current weights (``Network.torch_twin``)."""
+    return network.torch_twin()
 
 
 class TorchAugment:

@@ -3,6 +3,8 @@ ResNet basic block and NetVLAD aggregation."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .layers import maps_shape
@@ -18,6 +20,7 @@ class Residual(Param):
     """
 
     kind = "residual"
+    cam_source = True
 
     def __init__(self, out_channels, stride=1):
         self.out_channels = whole_number("out_channels", out_channels, MAX_CHANNELS)
@@ -92,6 +95,59 @@ class Residual(Param):
     def window(self):
         # Two 3x3 convs, the first strided: extent 3 + 2*stride, stride `stride`.
         return (3 + 2 * self.stride, self.stride), (3 + 2 * self.stride, self.stride)
+
+    def plan(self, in_shape):
+        c, s = self.out_channels, self.stride
+        c_in, h, w = in_shape if len(in_shape) == 3 else (None, None, None)
+        if c_in is None:
+            return self.build(in_shape), 0
+        params = c * c_in * 9 + c * c * 9 + 2 * (4 * c + 1)  # two convs and two batch norms
+        if s != 1 or c_in != c:
+            params += c * c_in + 4 * c + 1
+        return (c, None if h is None else (h - 1) // s + 1, None if w is None else (w - 1) // s + 1), params
+
+    def evaluating(self):
+        """A shallow copy whose batch norms are frozen."""
+        twin = copy.copy(self)
+        twin.parts = {name: part.evaluating() for name, part in self.parts.items()}
+        return twin
+
+    def to_onnx(self, g, x, scope, prefix):
+        parts = self.parts
+
+        def part(name, h):
+            return parts[name].to_onnx(g, h, f"{scope}/{name}", f"{prefix}{name}.")
+
+        h = g.op("Relu", [part("bn1", part("conv1", x))], scope)
+        h = part("bn2", part("conv2", h))
+        short = x
+        if "downsample.0" in parts:
+            short = part("downsample.1", part("downsample.0", x))
+        return g.op("Relu", [g.op("Add", [h, short], scope)], scope)
+
+    def torch_twin(self, in_shape):
+        """torchvision's ResNet basic block, holding this block's weights."""
+        import torch.nn.functional as TF
+        from torch import nn
+
+        out = (self.out_channels,)
+        made = {name: part.torch_twin(in_shape if name in ("conv1", "downsample.0") else out)
+                for name, part in self.parts.items()}
+
+        class BasicBlock(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv1, self.bn1, self.conv2, self.bn2 = (made[n] for n in ("conv1", "bn1", "conv2", "bn2"))
+                self.downsample = None
+                if "downsample.0" in made:
+                    self.downsample = nn.Sequential(made["downsample.0"], made["downsample.1"])
+
+            def forward(self, x):
+                h = TF.relu(self.bn1(self.conv1(x)))
+                h = self.bn2(self.conv2(h))
+                return TF.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+        return BasicBlock()
 
     def describe(self):
         return f"residual {self.out_channels}, stride {self.stride}"
@@ -190,6 +246,52 @@ class NetVLAD(Param):
 
     def window(self):
         return None
+
+    def plan(self, in_shape):
+        if len(in_shape) != 3:
+            return self.build(in_shape), 0
+        k, d = self.clusters, in_shape[0]
+        return (k * d,), 2 * k * d + k
+
+    def to_onnx(self, g, x, scope, prefix):
+        """As ``forward``: xs = x / ||x|| over D at each pixel; a = softmax over K of conv1x1(xs);
+        V = a·xsᵀ − Σ_p a ⊗ c (N, K, D); each V_k L2-normalised; flattened (N, K*D); L2-normalised."""
+        k = self.clusters
+        d = self.params["centroids"].shape[1]
+        xs = g.l2_normalize(x, 1, 1e-12, f"{scope}/input_norm")
+        scores = g.op("Conv", [xs, g.const(f"{prefix}conv.weight", self.params["conv.weight"]),
+                               g.const(f"{prefix}conv.bias", self.params["conv.bias"])], scope, kernel_shape=[1, 1])
+        a = g.op("Reshape", [g.op("Softmax", [scores], scope, axis=1), g.ints(f"{scope}/shape_nkp", [0, k, -1])],
+                 scope)
+        xs_flat = g.op("Reshape", [xs, g.ints(f"{scope}/shape_ndp", [0, d, -1])], scope)
+        weighted = g.op("MatMul", [a, g.op("Transpose", [xs_flat], scope, perm=[0, 2, 1])], scope)  # (N, K, D)
+        mass = g.reduce("ReduceSum", a, [2], scope)  # (N, K, 1)
+        centres = g.op("Mul", [mass, g.const(f"{prefix}centroids", self.params["centroids"])], scope)
+        v = g.l2_normalize(g.op("Sub", [weighted, centres], scope), 2, 1e-12, f"{scope}/intra_norm")
+        flat = g.op("Flatten", [v], scope, axis=1)
+        return g.l2_normalize(flat, 1, 1e-12, f"{scope}/output_norm")
+
+    def torch_twin(self, in_shape):
+        """NetVLAD with a 1x1 conv for the soft assignment, as ``forward``."""
+        import torch
+        import torch.nn.functional as TF
+        from torch import nn
+
+        clusters, dim = self.clusters, in_shape[0]
+
+        class TorchNetVLAD(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(dim, clusters, 1, bias=True)
+                self.centroids = nn.Parameter(torch.rand(clusters, dim))
+
+            def forward(self, x):
+                x = TF.normalize(x, dim=1)
+                a = TF.softmax(self.conv(x).flatten(2), dim=1)
+                vlad = torch.einsum("nkp,ndp->nkd", a, x.flatten(2)) - self.centroids[None] * a.sum(2)[:, :, None]
+                return TF.normalize(TF.normalize(vlad, dim=2).flatten(1), dim=1)
+
+        return self.load_into_torch(TorchNetVLAD())
 
     def describe(self):
         return f"netvlad {self.clusters} clusters"

@@ -51,7 +51,6 @@ from .choices import EXPLAIN_METHODS
 from .fileio import replace_dir, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, read_image
 from .inputs import Input, Problem, iter_inputs, safe_name
-from .layers import ACTIVATIONS
 from .nn import Param
 from .report import write_explain_index, write_or_keep
 from .stream import CompileNote, Progress, read_ahead
@@ -105,11 +104,11 @@ def default_layer(network):
     last conv, before the aggregation.
     """
     layers, maps = network.layers, set(map_layers(network))
-    convs = [i for i in maps if layers[i].kind in ("conv", "residual")]
+    convs = [i for i in maps if layers[i].cam_source]
     if not convs:
         raise ExplainError("the model has no conv layer with maps for a CAM to weigh; use --method occlusion")
     i = max(convs)
-    while i + 1 in maps and (layers[i + 1].kind == "batchnorm" or layers[i + 1].kind in ACTIVATIONS):
+    while i + 1 in maps and layers[i + 1].keeps_maps:
         i += 1
     return i
 

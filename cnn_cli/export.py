@@ -27,9 +27,9 @@ opset 19; ``Slice`` + ``Concat`` before); batch norm is
 ``BatchNormalization`` in inference form (running statistics); NetVLAD is
 ``ReduceL2``/``Max``/``Div`` (L2 normalisation as
 ``torch.nn.functional.normalize``, eps 1e-12), a 1x1 ``Conv``, ``Softmax``,
-``MatMul`` and ``ReduceSum``. ``EMITTERS`` maps each layer class to the
-function that writes its nodes; a layer of any other class is refused with an
-``ExportError`` that names it.
+``MatMul`` and ``ReduceSum``. Each layer writes its own nodes
+(``Layer.to_onnx``, with ``_Graph``'s helpers); a layer without an ONNX form
+is refused with an ``ExportError`` that names it.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ import numpy as np
 
 from . import __version__
 from . import functional as F
-from .blocks import NetVLAD, Residual
-from .layers import Activation, BankConv, CornerResponse, GlobalPool, Normalize, Pool, Products
-from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear
 
 #: The opset written by default, with IR version 8: ONNX Runtime has read both since 1.12 (2022).
 DEFAULT_OPSET = 17
@@ -156,6 +153,61 @@ class _Graph:
         self._exposed.add(name)
         return name
 
+    def pad(self, x, pads, mode, scope):
+        """``x`` padded by (top, bottom, left, right) in ``mode`` (reflect, replicate or circular)."""
+        top, bottom, left, right = pads
+        if not any(pads):
+            return x
+        if mode == "circular" and self.opset < 19:
+            return self._wrap_by_slices(x, pads, scope)
+        onnx_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
+        amounts = self.ints(f"{scope}/pads", [0, 0, top, left, 0, 0, bottom, right])
+        return self.op("Pad", [x, amounts], scope, mode=onnx_mode)
+
+    def _wrap_by_slices(self, x, pads, scope):
+        """Circular padding from Slice and Concat (opset 17 and 18 have no ``wrap`` mode):
+        the last ``top`` rows go above, the first ``bottom`` below, then the same for columns."""
+        top, bottom, left, right = pads
+        for axis, before, after in ((2, top, bottom), (3, left, right)):
+            parts = []
+            if before:
+                parts.append(self.slice(x, axis, -before, np.iinfo(np.int64).max, scope))
+            parts.append(x)
+            if after:
+                parts.append(self.slice(x, axis, 0, after, scope))
+            if len(parts) > 1:
+                x = self.op("Concat", parts, scope, axis=axis)
+        return x
+
+    def slice(self, x, axis, start, end, scope):
+        return self.op("Slice", [x, self.ints(f"{scope}/starts", [start]), self.ints(f"{scope}/ends", [end]),
+                                 self.ints(f"{scope}/axes", [axis])], scope)
+
+    def conv(self, x, weight, bias, options, scope, names):
+        """A Conv node for our conv2d(x, weight, bias, **options); ``names`` = (weight name, bias name)."""
+        kernel = weight.shape[2:]
+        stride = F.pair("stride", options.get("stride", 1), 1)
+        dilation = F.pair("dilation", options.get("dilation", 1), 1)
+        pads = F.conv_padding(options.get("padding", 0), kernel, dilation, stride)
+        mode = options.get("padding_mode", "zeros")
+        if mode != "zeros":
+            x, pads = self.pad(x, pads, mode, scope), (0, 0, 0, 0)
+        top, bottom, left, right = pads
+        inputs = [x, self.const(names[0], weight)]
+        if bias is not None:
+            inputs.append(self.const(names[1], bias))
+        return self.op("Conv", inputs, scope, kernel_shape=list(kernel), strides=list(stride),
+                       dilations=list(dilation), pads=[top, left, bottom, right], group=int(options.get("groups", 1)))
+
+    def channels(self, x, indices, scope):
+        """The channels ``indices`` of x (N, C, H, W), in that order (Gather on axis 1)."""
+        return self.op("Gather", [x, self.ints(f"{scope}/channels", indices)], scope, axis=1)
+
+    def l2_normalize(self, x, axis, eps, scope):
+        """x / max(||x||_2 along ``axis``, eps), as ``torch.nn.functional.normalize``."""
+        norm = self.reduce("ReduceL2", x, [axis], scope)
+        return self.op("Div", [x, self.op("Max", [norm, self.const(f"{scope}/eps", eps)], scope)], scope)
+
     def model(self, name, doc, inputs, outputs, metadata):
         """The checked ``ModelProto`` (shapes inferred, ``check_model(full_check=True)`` passed)."""
         onnx, helper = self.onnx, self.helper
@@ -178,231 +230,11 @@ def _new_graph(opset):
     return _Graph(onnx, opset)
 
 
-# ----------------------------------------------------------------------------- padding and convolution
-
-
-def _pad(g, x, pads, mode, scope):
-    """``x`` padded by (top, bottom, left, right) in ``mode`` (reflect, replicate or circular)."""
-    top, bottom, left, right = pads
-    if not any(pads):
-        return x
-    if mode == "circular" and g.opset < 19:
-        return _wrap_by_slices(g, x, pads, scope)
-    onnx_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
-    amounts = g.ints(f"{scope}/pads", [0, 0, top, left, 0, 0, bottom, right])
-    return g.op("Pad", [x, amounts], scope, mode=onnx_mode)
-
-
-def _wrap_by_slices(g, x, pads, scope):
-    """Circular padding from Slice and Concat (opset 17 and 18 have no ``wrap`` mode):
-    the last ``top`` rows go above, the first ``bottom`` below, then the same for columns."""
-    top, bottom, left, right = pads
-    for axis, before, after in ((2, top, bottom), (3, left, right)):
-        parts = []
-        if before:
-            parts.append(_slice(g, x, axis, -before, np.iinfo(np.int64).max, scope))
-        parts.append(x)
-        if after:
-            parts.append(_slice(g, x, axis, 0, after, scope))
-        if len(parts) > 1:
-            x = g.op("Concat", parts, scope, axis=axis)
-    return x
-
-
-def _slice(g, x, axis, start, end, scope):
-    return g.op("Slice", [x, g.ints(f"{scope}/starts", [start]), g.ints(f"{scope}/ends", [end]),
-                          g.ints(f"{scope}/axes", [axis])], scope)
-
-
-def _conv(g, x, weight, bias, options, scope, names):
-    """A Conv node for our conv2d(x, weight, bias, **options); ``names`` = (weight name, bias name)."""
-    kernel = weight.shape[2:]
-    stride = F.pair("stride", options.get("stride", 1), 1)
-    dilation = F.pair("dilation", options.get("dilation", 1), 1)
-    pads = F.conv_padding(options.get("padding", 0), kernel, dilation, stride)
-    mode = options.get("padding_mode", "zeros")
-    if mode != "zeros":
-        x, pads = _pad(g, x, pads, mode, scope), (0, 0, 0, 0)
-    top, bottom, left, right = pads
-    inputs = [x, g.const(names[0], weight)]
-    if bias is not None:
-        inputs.append(g.const(names[1], bias))
-    return g.op("Conv", inputs, scope, kernel_shape=list(kernel), strides=list(stride), dilations=list(dilation),
-                pads=[top, left, bottom, right], group=int(options.get("groups", 1)))
-
-
-# ----------------------------------------------------------------------------- one function per layer class
-# Each takes (graph, layer, input name, scope, state-dict prefix) and returns its output's name.
-
-
-def _bank_conv(g, layer, x, scope, prefix):
-    maps = []
-    for b, (weight, bias, groups) in enumerate(layer.filters):
-        bank = layer.banks[b].name
-        maps.append(_conv(g, x, weight, bias, {**layer.options, "groups": groups}, f"{scope}/{bank}",
-                          (f"{scope}.{bank}.weight", f"{scope}.{bank}.bias")))
-    return maps[0] if len(maps) == 1 else g.op("Concat", maps, scope, axis=1)
-
-
-def _learned_conv(g, layer, x, scope, prefix):
-    return _conv(g, x, layer.params["weight"], layer.params.get("bias"), layer.options, scope,
-                 (f"{prefix}weight", f"{prefix}bias"))
-
-
-def _linear(g, layer, x, scope, prefix):
-    inputs = [x, g.const(f"{prefix}weight", layer.params["weight"])]
-    if layer.use_bias:
-        inputs.append(g.const(f"{prefix}bias", layer.params["bias"]))
-    return g.op("Gemm", inputs, scope, transB=1)
-
-
-def _flatten(g, layer, x, scope, prefix):
-    return g.op("Flatten", [x], scope, axis=1)
-
-
-def _dropout(g, layer, x, scope, prefix):
-    return x  # inference: dropout lets everything through
-
-
-def _batchnorm(g, layer, x, scope, prefix):
-    names = ("weight", "bias", "running_mean", "running_var")
-    arrays = {**layer.params, **layer.buffers}
-    inputs = [x] + [g.const(f"{prefix}{n}", arrays[n]) for n in names]
-    return g.op("BatchNormalization", inputs, scope, epsilon=float(layer.eps))
-
-
-def _residual(g, layer, x, scope, prefix):
-    parts = layer.parts
-
-    def part(name, h, emit):
-        return emit(g, parts[name], h, f"{scope}/{name}", f"{prefix}{name}.")
-
-    h = part("bn1", part("conv1", x, _learned_conv), _batchnorm)
-    h = g.op("Relu", [h], scope)
-    h = part("bn2", part("conv2", h, _learned_conv), _batchnorm)
-    short = x
-    if "downsample.0" in parts:
-        short = part("downsample.1", part("downsample.0", x, _learned_conv), _batchnorm)
-    return g.op("Relu", [g.op("Add", [h, short], scope)], scope)
-
-
-def _l2_normalize(g, x, axis, eps, scope):
-    """x / max(||x||_2 along ``axis``, eps), as ``torch.nn.functional.normalize``."""
-    norm = g.reduce("ReduceL2", x, [axis], scope)
-    return g.op("Div", [x, g.op("Max", [norm, g.const(f"{scope}/eps", eps)], scope)], scope)
-
-
-def _netvlad(g, layer, x, scope, prefix):
-    """NetVLAD on x (N, D, H, W), as ``blocks.NetVLAD.forward``:
-
-    xs = x / ||x|| over D at each pixel; a = softmax over K of conv1x1(xs);
-    V = a·xsᵀ − Σ_p a ⊗ c (N, K, D); each V_k L2-normalised; flattened (N, K*D); L2-normalised.
-    """
-    k = layer.clusters
-    d = layer.params["centroids"].shape[1]
-    xs = _l2_normalize(g, x, 1, 1e-12, f"{scope}/input_norm")
-    scores = g.op("Conv", [xs, g.const(f"{prefix}conv.weight", layer.params["conv.weight"]),
-                           g.const(f"{prefix}conv.bias", layer.params["conv.bias"])], scope, kernel_shape=[1, 1])
-    a = g.op("Reshape", [g.op("Softmax", [scores], scope, axis=1), g.ints(f"{scope}/shape_nkp", [0, k, -1])], scope)
-    xs_flat = g.op("Reshape", [xs, g.ints(f"{scope}/shape_ndp", [0, d, -1])], scope)
-    weighted = g.op("MatMul", [a, g.op("Transpose", [xs_flat], scope, perm=[0, 2, 1])], scope)  # (N, K, D)
-    mass = g.reduce("ReduceSum", a, [2], scope)  # (N, K, 1)
-    centres = g.op("Mul", [mass, g.const(f"{prefix}centroids", layer.params["centroids"])], scope)
-    v = _l2_normalize(g, g.op("Sub", [weighted, centres], scope), 2, 1e-12, f"{scope}/intra_norm")
-    flat = g.op("Flatten", [v], scope, axis=1)
-    return _l2_normalize(g, flat, 1, 1e-12, f"{scope}/output_norm")
-
-
-def _pool(g, layer, x, scope, prefix):
-    kernel = F.pair("kernel_size", layer.kernel_size, 1)
-    stride = F.pair("stride", layer.stride, 1)
-    ph, pw = F.pair("padding", layer.padding, 0)
-    attrs = dict(kernel_shape=list(kernel), strides=list(stride), pads=[ph, pw, ph, pw], ceil_mode=0)
-    if layer.kind == "maxpool":
-        return g.op("MaxPool", [x], scope, **attrs)
-    return g.op("AveragePool", [x], scope, count_include_pad=1, **attrs)
-
-
-def _global_pool(g, layer, x, scope, prefix):
-    return g.op("GlobalAveragePool" if layer.kind == "globalavgpool" else "GlobalMaxPool", [x], scope)
-
-
-#: Activations by name: the ONNX operator (or a function of (graph, x, layer, scope) for those without one).
-ACTIVATION_OPS = {
-    "relu": "Relu",
-    "leaky_relu": "LeakyRelu",
-    "abs": "Abs",
-    "square": lambda g, x, layer, scope: g.op("Mul", [x, x], scope),
-    "tanh": "Tanh",
-    "sigmoid": "Sigmoid",
-}
-
-
-def _activation(g, layer, x, scope, prefix):
-    op = ACTIVATION_OPS.get(layer.kind)
-    if op is None:
-        raise ExportError(f"activation '{layer.kind}' has no ONNX form yet")
-    if callable(op):
-        return op(g, x, layer, scope)
-    attrs = {"alpha": float(layer.slope)} if layer.kind == "leaky_relu" else {}
-    return g.op(op, [x], scope, **attrs)
-
-
-def _channel(g, x, indices, scope):
-    """The channels ``indices`` of x (N, C, H, W), in that order (Gather on axis 1)."""
-    return g.op("Gather", [x, g.ints(f"{scope}/channels", indices)], scope, axis=1)
-
-
-def _products(g, layer, x, scope, prefix):
-    firsts, seconds = zip(*layer.pairs)
-    return g.op("Mul", [_channel(g, x, firsts, scope), _channel(g, x, seconds, scope)], scope)
-
-
-def _corner_response(g, layer, x, scope, prefix):
-    sxx, sxy, syy = (_channel(g, x, [c], scope) for c in range(3))
-
-    def mul(a, b):
-        return g.op("Mul", [a, b], scope)
-
-    def const(name, value):
-        return g.const(f"{scope}/{name}", value)
-
-    trace = g.op("Add", [sxx, syy], scope)
-    if layer.method == "harris":  # det - k * trace², in the order CornerResponse.forward computes it
-        det = g.op("Sub", [mul(sxx, syy), mul(sxy, sxy)], scope)
-        return g.op("Sub", [det, mul(const("k", layer.k), mul(trace, trace))], scope)
-    diff = g.op("Sub", [sxx, syy], scope)  # shi_tomasi: trace/2 - sqrt((sxx - syy)²/4 + sxy²)
-    root = g.op("Sqrt", [g.op("Add", [mul(const("quarter", 0.25), mul(diff, diff)), mul(sxy, sxy)], scope)], scope)
-    return g.op("Sub", [mul(const("half", 0.5), trace), root], scope)
-
-
-def _normalize(g, layer, x, scope, prefix):
-    eps = g.const(f"{scope}/eps", layer.eps)
-    if layer.method == "l2":  # x / (||x|| over channels + eps)
-        norm = g.op("Sqrt", [g.reduce("ReduceSumSquare", x, [1], scope)], scope)
-    else:  # standardize: (x - mean) / (std + eps), per map
-        x = g.op("Sub", [x, g.reduce("ReduceMean", x, [2, 3], scope)], scope)
-        norm = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [x, x], scope), [2, 3], scope)], scope)
-    return g.op("Div", [x, g.op("Add", [norm, eps], scope)], scope)
-
-
-#: Each layer class (exactly; a subclass may compute something else) -> the function that writes its nodes.
-EMITTERS = {
-    BankConv: _bank_conv,
-    Conv2d: _learned_conv,
-    Linear: _linear,
-    Flatten: _flatten,
-    Dropout: _dropout,
-    BatchNorm2d: _batchnorm,
-    Residual: _residual,
-    NetVLAD: _netvlad,
-    Pool: _pool,
-    GlobalPool: _global_pool,
-    Products: _products,
-    CornerResponse: _corner_response,
-    Normalize: _normalize,
-    Activation: _activation,
-}
+def _own_onnx_form(cls):
+    """Whether the class that gives ``cls`` its ``to_onnx`` also gives it its ``forward``
+    (a subclass may compute something else than the base whose ONNX form it inherits)."""
+    owner = next(c for c in cls.__mro__ if "to_onnx" in vars(c))
+    return next(c for c in cls.__mro__ if "forward" in vars(c) or c is owner) is owner
 
 
 def _emit_layers(g, layers, x, name_outputs=False):
@@ -413,13 +245,13 @@ def _emit_layers(g, layers, x, name_outputs=False):
     """
     outputs = []
     for i, layer in enumerate(layers):
-        emit = EMITTERS.get(type(layer))
-        if emit is None:
-            raise ExportError(f"layer {i} ({layer.kind}, {type(layer).__name__}) cannot be exported to ONNX: "
-                              f"no ONNX form is defined for it; exportable layers: "
-                              f"{', '.join(sorted(c.__name__ for c in EMITTERS))}")
+        what = f"layer {i} ({layer.kind}, {type(layer).__name__}) cannot be exported to ONNX"
+        if not _own_onnx_form(type(layer)):
+            raise ExportError(f"{what}: its forward pass is its own, but its ONNX form would be its base class's")
         try:
-            x = emit(g, layer, x, f"layer{i}", f"{i}.")
+            x = layer.to_onnx(g, x, f"layer{i}", f"{i}.")
+        except NotImplementedError as exc:
+            raise ExportError(f"{what}: {exc}") from None
         except (ValueError, KeyError) as exc:
             raise ExportError(f"layer {i} ({layer.kind}) cannot be exported to ONNX: {exc}") from None
         if name_outputs:

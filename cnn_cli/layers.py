@@ -10,23 +10,74 @@ say what it is. Which layer types exist, and where each may be used, is
 
 from __future__ import annotations
 
+import copy
+from typing import Callable, NamedTuple
+
 import numpy as np
 
 from . import functional as F
 
-#: Activations by name: (f(x), df/dx given x and y = f(x)) on float32 arrays.
+
+class ActivationForm(NamedTuple):
+    """One activation: f(x, a), df/dx given (x, y = f(x), a), its ONNX node (an op name, or a
+    function (graph, x, slope, scope) -> output name) and its torch twin (slope -> torch.nn.Module)."""
+
+    f: Callable
+    df: Callable
+    onnx: object
+    torch: Callable
+
+
+def torch_lambda(fn):
+    """A ``torch.nn.Module`` computing ``fn(x)``, for twins torch has no module for (abs, square, add...)."""
+    from torch import nn
+
+    class Lambda(nn.Module):
+        def forward(self, *xs):
+            return fn(*xs)
+
+    return Lambda()
+
+
+def _torch_nn(name, *args):
+    from torch import nn
+
+    return getattr(nn, name)(*args)
+
+
+#: Activations by name, each an ``ActivationForm`` on float32 arrays.
 ACTIVATIONS = {
-    "relu": (lambda x, a: np.maximum(x, 0, dtype=np.float32),
-             lambda x, y, a: (x > 0).astype(np.float32)),
-    "leaky_relu": (lambda x, a: np.where(x > 0, x, x * np.float32(a)).astype(np.float32),
-                   lambda x, y, a: np.where(x > 0, 1, a).astype(np.float32)),
-    "abs": (lambda x, a: np.abs(x), lambda x, y, a: np.sign(x)),
-    "square": (lambda x, a: np.square(x), lambda x, y, a: 2 * x),
-    "tanh": (lambda x, a: np.tanh(x), lambda x, y, a: 1 - y * y),
+    "relu": ActivationForm(lambda x, a: np.maximum(x, 0, dtype=np.float32),
+                           lambda x, y, a: (x > 0).astype(np.float32),
+                           "Relu", lambda a: _torch_nn("ReLU")),
+    "leaky_relu": ActivationForm(lambda x, a: np.where(x > 0, x, x * np.float32(a)).astype(np.float32),
+                                 lambda x, y, a: np.where(x > 0, 1, a).astype(np.float32),
+                                 "LeakyRelu", lambda a: _torch_nn("LeakyReLU", a)),
+    "abs": ActivationForm(lambda x, a: np.abs(x), lambda x, y, a: np.sign(x),
+                          "Abs", lambda a: torch_lambda(abs)),
+    "square": ActivationForm(lambda x, a: np.square(x), lambda x, y, a: 2 * x,
+                             lambda g, x, a, scope: g.op("Mul", [x, x], scope), lambda a: torch_lambda(lambda x: x * x)),
+    "tanh": ActivationForm(lambda x, a: np.tanh(x), lambda x, y, a: 1 - y * y,
+                           "Tanh", lambda a: _torch_nn("Tanh")),
     # The tanh form of the logistic function never overflows.
-    "sigmoid": (lambda x, a: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
-                lambda x, y, a: y * (1 - y)),
+    "sigmoid": ActivationForm(lambda x, a: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
+                              lambda x, y, a: y * (1 - y), "Sigmoid", lambda a: _torch_nn("Sigmoid")),
 }
+
+
+def torch_conv(c_in, weight, bias, groups, options):
+    """A ``torch.nn.Conv2d`` holding ``weight`` (C_out, C_in/groups, kH, kW) and ``bias`` (or None)."""
+    import torch
+    from torch import nn
+
+    conv = nn.Conv2d(c_in, weight.shape[0], weight.shape[2:], stride=options["stride"],
+                     padding=options["padding"], dilation=options["dilation"], groups=groups,
+                     bias=bias is not None, padding_mode=options["padding_mode"])
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(np.asarray(weight, np.float32)))
+        if bias is not None:
+            conv.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
+    return conv
 
 
 class LayerError(ValueError):
@@ -64,6 +115,17 @@ class Layer:
       through ``save_for_backward``, in ``saved``.
     - ``channel_names(names)``: the output maps' names, given the input's.
     - ``window()``, ``describe()`` and ``num_params``: receptive field, summary line, size.
+    - ``plan(in_shape) -> (out_shape, parameter count)``: what building will allocate, without
+      allocating it (``pipeline.plan_layers`` sums it before any weight exists).
+    - ``evaluating()``: the layer as eval mode runs it, whose ``forward(x, train=True)`` keeps
+      what its ``backward`` needs (explanations take gradients through it).
+    - ``to_onnx(graph, x, scope, prefix) -> output name``: its ONNX nodes (``export._Graph``'s
+      methods build them; ``prefix`` is its state-dict prefix, for the initializers' names).
+    - ``torch_twin(in_shape) -> torch.nn.Module``: the equivalent torch module, with the same
+      state-dict names, for the tests and ``bench/`` (torch is imported only there).
+    - ``cam_source``: Grad-CAM may weigh its output maps (a convolution or block of them);
+      ``keeps_maps``: it maps each pixel or channel on its own (batch norm, activations), so
+      the default CAM layer moves on over it.
 
     Layers with parameters keep them in ``params`` and their gradients in
     ``grads`` (same names), and running statistics in ``buffers``. ``kind`` is
@@ -75,6 +137,8 @@ class Layer:
     buffers: dict = {}
     #: What the last ``forward(x, train=True)`` kept for ``backward`` (see ``save_for_backward``).
     saved: tuple = ()
+    cam_source = False
+    keeps_maps = False
 
     def build(self, in_shape, rng=None):
         """Check ``in_shape`` and return the output shape (see the class docstring)."""
@@ -91,6 +155,25 @@ class Layer:
     def window(self):
         """((kernel extent, stride) for rows, for columns), or None for a global layer."""
         return (1, 1), (1, 1)
+
+    def plan(self, in_shape):
+        """(output shape, parameter count) for ``in_shape``, without allocating weights.
+
+        A shallow copy is built: the layer itself may be running on another
+        thread, built for its real input. Layers whose build allocates weights
+        count them from their declaration instead.
+        """
+        return copy.copy(self).build(in_shape), 0
+
+    def evaluating(self):
+        """This layer as eval mode runs it (see the class docstring): itself, unless training differs."""
+        return self
+
+    def to_onnx(self, g, x, scope, prefix):
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX form")
+
+    def torch_twin(self, in_shape):
+        raise NotImplementedError(f"{type(self).__name__} has no torch twin")
 
     @property
     def num_params(self):
@@ -112,14 +195,26 @@ class Activation(Layer):
         self.slope = slope
 
     def forward(self, x, train=False):
-        y = ACTIVATIONS[self.kind][0](x, self.slope)
+        y = ACTIVATIONS[self.kind].f(x, self.slope)
         if train:
             self.save_for_backward(x, y)
         return y
 
     def backward(self, grad):
         x, y = self.saved
-        return (grad * ACTIVATIONS[self.kind][1](x, y, self.slope)).astype(np.float32)
+        return (grad * ACTIVATIONS[self.kind].df(x, y, self.slope)).astype(np.float32)
+
+    keeps_maps = True
+
+    def to_onnx(self, g, x, scope, prefix):
+        op = ACTIVATIONS[self.kind].onnx
+        if callable(op):
+            return op(g, x, self.slope, scope)
+        attrs = {"alpha": float(self.slope)} if self.kind == "leaky_relu" else {}
+        return g.op(op, [x], scope, **attrs)
+
+    def torch_twin(self, in_shape):
+        return ACTIVATIONS[self.kind].torch(self.slope)
 
     def describe(self):
         return f"leaky_relu {self.slope}" if self.kind == "leaky_relu" else self.kind
@@ -172,6 +267,19 @@ class Pool(Layer):
         k, s = F.pair("kernel_size", self.kernel_size, 1), F.pair("stride", self.stride, 1)
         return (k[0], s[0]), (k[1], s[1])
 
+    def to_onnx(self, g, x, scope, prefix):
+        kernel = F.pair("kernel_size", self.kernel_size, 1)
+        stride = F.pair("stride", self.stride, 1)
+        ph, pw = F.pair("padding", self.padding, 0)
+        attrs = dict(kernel_shape=list(kernel), strides=list(stride), pads=[ph, pw, ph, pw], ceil_mode=0)
+        if self.kind == "maxpool":
+            return g.op("MaxPool", [x], scope, **attrs)
+        return g.op("AveragePool", [x], scope, count_include_pad=1, **attrs)
+
+    def torch_twin(self, in_shape):
+        return _torch_nn("MaxPool2d" if self.kind == "maxpool" else "AvgPool2d", self.kernel_size, self.stride,
+                         self.padding)
+
     def describe(self):
         return f"{self.kind} {self.kernel_size}, stride {self.stride}, padding {self.padding}"
 
@@ -205,6 +313,12 @@ class GlobalPool(Layer):
     def window(self):
         return None
 
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("GlobalAveragePool" if self.kind == "globalavgpool" else "GlobalMaxPool", [x], scope)
+
+    def torch_twin(self, in_shape):
+        return _torch_nn("AdaptiveAvgPool2d" if self.kind == "globalavgpool" else "AdaptiveMaxPool2d", 1)
+
 
 class Products(Layer):
     """All pairwise products of channels, c_i * c_j for i <= j (e.g. Ix², IxIy, Iy²)."""
@@ -223,6 +337,14 @@ class Products(Layer):
 
     def forward(self, x, train=False):
         return np.stack([x[:, i] * x[:, j] for i, j in self.pairs], axis=1)
+
+    def to_onnx(self, g, x, scope, prefix):
+        firsts, seconds = zip(*self.pairs)
+        return g.op("Mul", [g.channels(x, firsts, scope), g.channels(x, seconds, scope)], scope)
+
+    def torch_twin(self, in_shape):
+        firsts, seconds = (list(t) for t in zip(*self.pairs))
+        return torch_lambda(lambda x: x[:, firsts] * x[:, seconds])
 
 
 class CornerResponse(Layer):
@@ -259,6 +381,32 @@ class CornerResponse(Layer):
             r = 0.5 * (sxx + syy) - np.sqrt(0.25 * (sxx - syy) ** 2 + sxy * sxy)
         return r[:, None].astype(np.float32)
 
+    def to_onnx(self, g, x, scope, prefix):
+        sxx, sxy, syy = (g.channels(x, [c], scope) for c in range(3))
+
+        def mul(a, b):
+            return g.op("Mul", [a, b], scope)
+
+        def const(name, value):
+            return g.const(f"{scope}/{name}", value)
+
+        trace = g.op("Add", [sxx, syy], scope)
+        if self.method == "harris":  # det - k * trace², in the order forward computes it
+            det = g.op("Sub", [mul(sxx, syy), mul(sxy, sxy)], scope)
+            return g.op("Sub", [det, mul(const("k", self.k), mul(trace, trace))], scope)
+        diff = g.op("Sub", [sxx, syy], scope)  # shi_tomasi: trace/2 - sqrt((sxx - syy)²/4 + sxy²)
+        root = g.op("Sqrt", [g.op("Add", [mul(const("quarter", 0.25), mul(diff, diff)), mul(sxy, sxy)], scope)],
+                    scope)
+        return g.op("Sub", [mul(const("half", 0.5), trace), root], scope)
+
+    def torch_twin(self, in_shape):
+        def response(x):
+            sxx, sxy, syy = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+            if self.method == "harris":
+                return sxx * syy - sxy * sxy - self.k * (sxx + syy) ** 2
+            return 0.5 * (sxx + syy) - ((0.25 * (sxx - syy) ** 2 + sxy * sxy)).sqrt()
+        return torch_lambda(response)
+
     def describe(self):
         return f"corner_response {self.method}" + (f", k={self.k}" if self.method == "harris" else "")
 
@@ -280,6 +428,23 @@ class Normalize(Layer):
             x = x - x.mean(axis=(2, 3), keepdims=True, dtype=np.float64)
             norm = x.std(axis=(2, 3), keepdims=True, dtype=np.float64)
         return (x / (norm + self.eps)).astype(np.float32)
+
+    def to_onnx(self, g, x, scope, prefix):
+        eps = g.const(f"{scope}/eps", self.eps)
+        if self.method == "l2":  # x / (||x|| over channels + eps)
+            norm = g.op("Sqrt", [g.reduce("ReduceSumSquare", x, [1], scope)], scope)
+        else:  # standardize: (x - mean) / (std + eps), per map
+            x = g.op("Sub", [x, g.reduce("ReduceMean", x, [2, 3], scope)], scope)
+            norm = g.op("Sqrt", [g.reduce("ReduceMean", g.op("Mul", [x, x], scope), [2, 3], scope)], scope)
+        return g.op("Div", [x, g.op("Add", [norm, eps], scope)], scope)
+
+    def torch_twin(self, in_shape):
+        def normalize(x):
+            if self.method == "l2":
+                return x / ((x * x).sum(1, keepdim=True).sqrt() + self.eps)
+            x = x - x.mean((2, 3), keepdim=True)
+            return x / (x.std((2, 3), unbiased=False, keepdim=True) + self.eps)
+        return torch_lambda(normalize)
 
     def describe(self):
         return f"normalize {self.method}"
@@ -304,6 +469,7 @@ class BankConv(Layer):
     """
 
     kind = "conv"
+    cam_source = True
 
     def __init__(self, banks, *, mode="mean", stride=1, padding="same", dilation=1, padding_mode="reflect"):
         if mode not in ("mean", "depthwise"):
@@ -412,6 +578,32 @@ class BankConv(Layer):
     @property
     def num_params(self):
         return sum(w.size + b.size for w, b, _ in self.filters)
+
+    def plan(self, in_shape):
+        """Its kernels times the input channels, from filters built for one channel (as large as the banks)."""
+        layer = copy.copy(self)
+        c_in, h, w = in_shape if len(in_shape) == 3 else (None, None, None)
+        if c_in is None or any(k.channels is not None for bank in self.banks for k in bank.kernels):
+            out = layer.build(in_shape)  # kernels written for C channels fix C: the bank holds them already
+            return out, layer.num_params
+        out = layer.build((1, h, w))
+        per_channel = self.mode == "depthwise"
+        channels = sum(len(bank.kernels) * (c_in if per_channel else 1) for bank in self.banks)
+        return (channels, *out[1:]), layer.num_params * c_in
+
+    def to_onnx(self, g, x, scope, prefix):
+        maps = []
+        for b, (weight, bias, groups) in enumerate(self.filters):
+            bank = self.banks[b].name
+            maps.append(g.conv(x, weight, bias, {**self.options, "groups": groups}, f"{scope}/{bank}",
+                               (f"{scope}.{bank}.weight", f"{scope}.{bank}.bias")))
+        return maps[0] if len(maps) == 1 else g.op("Concat", maps, scope, axis=1)
+
+    def torch_twin(self, in_shape):
+        import torch
+
+        convs = [torch_conv(in_shape[0], w, b, g, self.options) for w, b, g in self.filters]
+        return torch_lambda(lambda x: torch.cat([conv(x) for conv in convs], 1))
 
     def describe(self):
         banks = ", ".join(b.name for b in self.banks)

@@ -8,14 +8,12 @@ The layers themselves are in ``cnn_cli.layers``, ``cnn_cli.trainable`` and
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 
 from . import functional as F
 from . import registry
 from .blocks import NetVLAD, Residual
-from .layers import Activation, Layer, LayerError, Pool
+from .layers import Activation, LayerError, Pool
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, Param
 
 __all__ = ["BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Linear", "NetVLAD", "Network", "Param", "Residual",
@@ -122,6 +120,17 @@ class Network:
     def num_params(self):
         return sum(layer.num_params for layer in self.trainable())
 
+    def torch_twin(self):
+        """The equivalent ``torch.nn`` module, each layer's own twin, holding a copy of the current
+        weights under the same state-dict names (for the tests and ``bench/``; needs torch)."""
+        import torch
+        from torch import nn
+
+        shapes = [self.input_shape] + self.shapes[:-1]
+        module = nn.Sequential(*(layer.torch_twin(shape) for layer, shape in zip(self.layers, shapes)))
+        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state_dict().items()}, strict=True)
+        return module
+
 
 def _pool_before_relu(layers):
     """The order to run ``layers`` in: each ReLU followed by a max pooling swapped with it.
@@ -196,7 +205,7 @@ class Segment:
     """
 
     def __init__(self, layers):
-        layers = [_evaluating(layer) for layer in layers]
+        layers = [layer.evaluating() for layer in layers]
         self._steps = _fuse_conv_pool([layers[i] for i in _pool_before_relu(layers)])
 
     def forward(self, x, keep=False):
@@ -208,52 +217,3 @@ class Segment:
         for step in reversed(self._steps):
             grad = step.backward(grad)
         return grad
-
-
-class _FrozenBatchNorm(Layer):
-    """A BatchNorm2d as eval mode runs it: per channel, the affine map
-    y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, whose
-    gradient is grad * weight / sqrt(running_var + eps)."""
-
-    kind = "batchnorm"
-
-    def __init__(self, bn):
-        self.bn = bn
-
-    def forward(self, x, train=False):
-        return self.bn.forward(x, train=False)
-
-    def backward(self, grad):
-        bn = self.bn
-        scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))
-        return (grad * scale[None, :, None, None]).astype(np.float32)
-
-
-class _Identity(Layer):
-    """Dropout in eval mode."""
-
-    kind = "dropout"
-
-    def forward(self, x, train=False):
-        return x
-
-    def backward(self, grad):
-        return grad
-
-
-def _evaluating(layer):
-    """``layer`` as eval mode runs it, keeping what its backward pass needs when run with ``train=True``.
-
-    Only batch norm and dropout behave differently in training; a residual
-    block gets a shallow copy whose batch norms are frozen. Every other layer
-    is itself: its training forward pass computes its eval outputs.
-    """
-    if isinstance(layer, BatchNorm2d):
-        return _FrozenBatchNorm(layer)
-    if isinstance(layer, Dropout):
-        return _Identity()
-    if isinstance(layer, Residual):
-        twin = copy.copy(layer)
-        twin.parts = {name: _evaluating(part) for name, part in layer.parts.items()}
-        return twin
-    return layer

@@ -27,7 +27,6 @@ Every type, the fields it takes and whether pipelines may use it are in
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,16 +174,15 @@ class Plan:
 def plan_layers(layers, in_shape, blame=None):
     """The ``Plan`` of ``layers`` for an input of ``in_shape`` (C, H, W), H and W may be None.
 
-    Shapes and parameter counts come from each layer's declaration (channels,
-    kernel sizes, banks), so nothing large is allocated: a layer type
-    without parameters is built as it is, which costs nothing. ``blame(i,
+    Shapes and parameter counts come from each layer's ``plan`` (its
+    declaration: channels, kernel sizes, banks), so nothing large is allocated. ``blame(i,
     layer)`` is a context manager that turns a layer's refusal into the
     caller's error.
     """
     plan, shape = Plan(), tuple(in_shape)
     for i, layer in enumerate(layers):
         with blame(i, layer) if blame else _no_blame():
-            shape, params = _planned(layer, shape)
+            shape, params = layer.plan(shape)
         values = 0 if None in shape else _count(shape)
         plan.layers.append(LayerPlan(i, layer.kind, tuple(shape), params, values))
     return plan
@@ -200,74 +198,6 @@ def _count(shape):
     for d in shape:
         total *= int(d)
     return total
-
-
-def _planned(layer, shape):
-    """(output shape, parameter count) of ``layer`` for an input of ``shape``, without building its weights.
-
-    Where a layer is built to learn its output shape, a shallow copy is: the
-    layer itself may be running on another thread, built for its real input.
-    """
-    from . import functional as F
-    from .nn import BatchNorm2d, Conv2d, Linear, NetVLAD, Param, Residual
-
-    layer = copy.copy(layer)
-    if isinstance(layer, BankConv):
-        return _planned_bank_conv(layer, shape)
-    if isinstance(layer, Conv2d):
-        c_in, h, w = shape if len(shape) == 3 else (None, None, None)
-        if c_in is None:
-            return layer.build(shape), 0  # refuses a flat input, saying where the layer belongs
-        g = layer.options["groups"]
-        weight = (layer.out_channels, max(c_in // g, 1), *layer.kernel_size)
-        out = (layer.out_channels, None, None) if h is None else (layer.out_channels, *F.ConvSpec(
-            (1, c_in, h, w), weight, algorithm="auto", **layer.options).out_hw)
-        return out, _count(weight) + (layer.out_channels if layer.use_bias else 0)
-    if isinstance(layer, Residual):
-        c, s = layer.out_channels, layer.stride
-        c_in, h, w = shape if len(shape) == 3 else (None, None, None)
-        if c_in is None:
-            return layer.build(shape), 0
-        params = c * c_in * 9 + c * c * 9 + 2 * (4 * c + 1)  # two convs and two batch norms
-        if s != 1 or c_in != c:
-            params += c * c_in + 4 * c + 1
-        return (c, None if h is None else (h - 1) // s + 1, None if w is None else (w - 1) // s + 1), params
-    if isinstance(layer, NetVLAD):
-        if len(shape) != 3:
-            return layer.build(shape), 0
-        k, d = layer.clusters, shape[0]
-        return (k * d,), 2 * k * d + k
-    if isinstance(layer, Linear):
-        if len(shape) != 1:
-            return layer.build(shape), 0  # refuses maps, asking for a flatten layer
-        features = shape[0] or 0  # None: the image size, and so the width, is not known yet
-        return (layer.out_features,), (features + 1) * layer.out_features
-    if isinstance(layer, BatchNorm2d):
-        if len(shape) != 3:
-            return layer.build(shape), 0
-        return tuple(shape), 4 * shape[0] + 1  # weight, bias, running mean and variance, a count
-    if isinstance(layer, Param):  # a trained layer this table does not know: build a copy to see
-        out = layer.build(shape, None if layer.params else _rng())
-        return out, layer.num_params
-    return layer.build(shape), 0
-
-
-def _rng():
-    import numpy as np
-
-    return np.random.default_rng(0)
-
-
-def _planned_bank_conv(layer, shape):
-    """A bank conv's output shape and weights: its kernels times the input channels."""
-    c_in, h, w = shape if len(shape) == 3 else (None, None, None)
-    if c_in is None or any(k.channels is not None for bank in layer.banks for k in bank.kernels):
-        out = layer.build(shape)  # kernels written for C channels fix C: the bank holds them already
-        return out, layer.num_params
-    out = layer.build((1, h, w))  # filters for one channel: as large as the banks themselves
-    per_channel = layer.mode == "depthwise"
-    channels = sum(len(bank.kernels) * (c_in if per_channel else 1) for bank in layer.banks)
-    return (channels, *out[1:]), layer.num_params * c_in
 
 
 def check_memory(plan, where, limit=None):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+import copy
+
 from . import functional as F
-from .layers import Layer, LayerError, maps_out, maps_shape
+from .layers import Layer, LayerError, maps_out, maps_shape, torch_conv
 
 #: Limits that catch typos in architecture files before memory is allocated.
 MAX_CHANNELS = 4096
@@ -64,6 +66,19 @@ class Param(Layer):
     def num_params(self):
         return sum(v.size for v in self.params.values())
 
+    def plan(self, in_shape):
+        """Built on a copy (with throwaway weights if it has none): layers that allocate much count instead."""
+        layer = copy.copy(self)
+        out = layer.build(in_shape, None if layer.params else np.random.default_rng(0))
+        return out, layer.num_params
+
+    def load_into_torch(self, module):
+        """Copy this layer's parameters and buffers into the torch ``module`` (same names); returns it."""
+        import torch
+
+        module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state()}, strict=True)
+        return module
+
     def state(self, prefix=""):
         """(name, array) pairs in torch's state-dict order: parameters, then buffers."""
         for k, v in self.params.items():
@@ -80,6 +95,7 @@ class Conv2d(Param):
     """
 
     kind = "conv"
+    cam_source = True
 
     def __init__(self, out_channels, kernel_size=3, *, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros"):
@@ -135,6 +151,24 @@ class Conv2d(Param):
         k = self.kernel_size
         return (d[0] * (k[0] - 1) + 1, s[0]), (d[1] * (k[1] - 1) + 1, s[1])
 
+    def plan(self, in_shape):
+        c_in, h, w = in_shape if len(in_shape) == 3 else (None, None, None)
+        if c_in is None:
+            return self.build(in_shape), 0  # refuses a flat input, saying where the layer belongs
+        g = self.options["groups"]
+        weight = (self.out_channels, max(c_in // g, 1), *self.kernel_size)
+        out = (self.out_channels, None, None) if h is None else (self.out_channels, *F.ConvSpec(
+            (1, c_in, h, w), weight, algorithm="auto", **self.options).out_hw)
+        return out, F.n_elements(weight) + (self.out_channels if self.use_bias else 0)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.conv(x, self.params["weight"], self.params.get("bias"), self.options, scope,
+                      (f"{prefix}weight", f"{prefix}bias"))
+
+    def torch_twin(self, in_shape):
+        return torch_conv(in_shape[0], self.params["weight"], self.params.get("bias"), self.options["groups"],
+                          self.options)
+
     def describe(self):
         return (f"conv {self.out_channels}x{self.kernel_size[0]}x{self.kernel_size[1]}, "
                 f"stride {self.options['stride']}, padding {self.options['padding']!r}")
@@ -182,6 +216,23 @@ class Linear(Param):
     def window(self):
         return None
 
+    def plan(self, in_shape):
+        if len(in_shape) != 1:
+            return self.build(in_shape), 0  # refuses maps, asking for a flatten layer
+        features = in_shape[0] or 0  # None: the image size, and so the width, is not known yet
+        return (self.out_features,), (features + 1) * self.out_features
+
+    def to_onnx(self, g, x, scope, prefix):
+        inputs = [x, g.const(f"{prefix}weight", self.params["weight"])]
+        if self.use_bias:
+            inputs.append(g.const(f"{prefix}bias", self.params["bias"]))
+        return g.op("Gemm", inputs, scope, transB=1)
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return self.load_into_torch(nn.Linear(in_shape[0], self.out_features, bias=self.use_bias))
+
     def describe(self):
         return f"linear {self.out_features}"
 
@@ -204,6 +255,14 @@ class Flatten(Layer):
     def backward(self, grad):
         (x_shape,) = self.saved
         return grad.reshape(x_shape)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("Flatten", [x], scope, axis=1)
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return nn.Flatten()
 
 
 class Dropout(Layer):
@@ -232,8 +291,31 @@ class Dropout(Layer):
         (mask,) = self.saved
         return grad if mask is None else grad * mask
 
+    def evaluating(self):
+        return _Identity()
+
+    def to_onnx(self, g, x, scope, prefix):
+        return x  # inference: dropout lets everything through
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return nn.Dropout(self.p)
+
     def describe(self):
         return f"dropout {self.p}"
+
+
+class _Identity(Layer):
+    """Dropout in eval mode."""
+
+    kind = "dropout"
+
+    def forward(self, x, train=False):
+        return x
+
+    def backward(self, grad):
+        return grad
 
 
 class BatchNorm2d(Param):
@@ -242,6 +324,7 @@ class BatchNorm2d(Param):
     Saves (normalised input, 1/std)."""
 
     kind = "batchnorm"
+    keeps_maps = True
 
     def __init__(self, eps=1e-5, momentum=0.1):
         self.eps, self.momentum = eps, momentum
@@ -283,3 +366,41 @@ class BatchNorm2d(Param):
         mean_g = g.mean(axis=(0, 2, 3), keepdims=True)
         mean_gx = (g * xhat).mean(axis=(0, 2, 3), keepdims=True)
         return ((g - mean_g - xhat * mean_gx) * inv_std[None, :, None, None]).astype(np.float32)
+
+    def plan(self, in_shape):
+        if len(in_shape) != 3:
+            return self.build(in_shape), 0
+        return tuple(in_shape), 4 * in_shape[0] + 1  # weight, bias, running mean and variance, a count
+
+    def evaluating(self):
+        return _FrozenBatchNorm(self)
+
+    def to_onnx(self, g, x, scope, prefix):
+        names = ("weight", "bias", "running_mean", "running_var")
+        arrays = {**self.params, **self.buffers}
+        inputs = [x] + [g.const(f"{prefix}{n}", arrays[n]) for n in names]
+        return g.op("BatchNormalization", inputs, scope, epsilon=float(self.eps))
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return self.load_into_torch(nn.BatchNorm2d(in_shape[0], eps=self.eps, momentum=self.momentum))
+
+
+class _FrozenBatchNorm(Layer):
+    """A BatchNorm2d as eval mode runs it: per channel, the affine map
+    y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, whose
+    gradient is grad * weight / sqrt(running_var + eps)."""
+
+    kind = "batchnorm"
+
+    def __init__(self, bn):
+        self.bn = bn
+
+    def forward(self, x, train=False):
+        return self.bn.forward(x, train=False)
+
+    def backward(self, grad):
+        bn = self.bn
+        scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))
+        return (grad * scale[None, :, None, None]).astype(np.float32)

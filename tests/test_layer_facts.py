@@ -1,0 +1,82 @@
+"""Every registered layer type carries its own facts, and each fact is true.
+
+A layer type is one class and one registry entry: its shape rule (``build``),
+forward and backward, memory plan (``plan``), receptive field (``window``),
+eval form (``evaluating``), ONNX form (``to_onnx``, checked against ONNX
+Runtime in ``test_export.py``) and torch twin (``torch_twin``). This walks the
+registry and fails for a type that lacks one, or whose plan or twin disagrees
+with what the layer really does.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+
+from cnn_cli import registry
+from cnn_cli.filterbank import load_bank
+from cnn_cli.layers import Layer
+
+FIELDS = {"banks": lambda: [load_bank("edges")], "out_channels": lambda: 4, "out_features": lambda: 3}
+ENTRIES = pytest.mark.parametrize("entry", registry.LAYER_TYPES, ids=lambda t: f"{t.name}-{t.cls.__name__}")
+
+
+def made(entry):
+    """(a layer of ``entry``'s type built with weights, its input shape)."""
+    layer = entry.make({f: make() for f, make in FIELDS.items() if f in entry.fields})
+    in_shape = (12,) if entry.name == "linear" else (3, 12, 10)
+    layer.build(in_shape, np.random.default_rng(0)) if entry.where != registry.PIPELINE_ONLY else layer.build(in_shape)
+    rng = np.random.default_rng(1)
+    for arr in [*getattr(layer, "params", {}).values(), *getattr(layer, "buffers", {}).values()]:
+        if arr.dtype.kind == "f":  # nothing trivially zero or one, and variances positive
+            arr[...] = rng.uniform(0.5, 1.5, arr.shape)
+    return layer, in_shape
+
+
+@ENTRIES
+def test_every_type_defines_its_facts(entry):
+    cls = entry.cls
+    for fact in ("to_onnx", "torch_twin"):
+        assert getattr(cls, fact) is not getattr(Layer, fact), f"{cls.__name__} has no {fact}"
+    for fact in ("plan", "evaluating", "window", "build", "forward"):
+        assert callable(getattr(cls, fact)), fact
+
+
+@ENTRIES
+def test_plan_is_what_building_allocates(entry):
+    layer, in_shape = made(entry)
+    fresh = entry.make({f: make() for f, make in FIELDS.items() if f in entry.fields})
+    planned_shape, planned_params = fresh.plan(in_shape)
+    assert tuple(planned_shape) == tuple(layer.build(in_shape))
+    buffers = sum(v.size for v in getattr(layer, "buffers", {}).values()) if hasattr(layer, "params") else 0
+    if entry.where == registry.PIPELINE_ONLY:  # a bank's estimate counts each bias once per input channel
+        assert layer.num_params <= planned_params <= 1.01 * layer.num_params
+    else:
+        assert planned_params == layer.num_params + buffers
+    assert not getattr(fresh, "params", None), "plan allocated the layer's own weights"
+
+
+@ENTRIES
+def test_eval_form_computes_the_eval_outputs(entry):
+    layer, in_shape = made(entry)
+    x = np.random.default_rng(2).standard_normal((2, *in_shape)).astype(np.float32)
+    expected = copy.deepcopy(layer).forward(x, train=False)
+    evaluating = layer.evaluating()
+    np.testing.assert_allclose(evaluating.forward(x, train=True), expected, rtol=1e-5, atol=1e-6)
+    if hasattr(layer, "backward") and entry.where != registry.PIPELINE_ONLY:
+        grad = evaluating.backward(np.ones_like(expected))
+        assert grad.shape == x.shape
+
+
+@ENTRIES
+def test_torch_twin_computes_what_the_layer_does(entry):
+    torch = pytest.importorskip("torch")
+    layer, in_shape = made(entry)
+    x = np.random.default_rng(3).standard_normal((2, *in_shape)).astype(np.float32)
+    ours = layer.forward(x, train=False)
+    twin = layer.torch_twin(in_shape).eval()
+    with torch.no_grad():
+        ref = twin(torch.from_numpy(x)).numpy()
+    assert ref.shape == ours.shape
+    scale = max(float(np.abs(ref).max()), 1e-6)
+    assert float(np.abs(ours - ref).max()) <= 1e-4 * scale, entry.name
