@@ -198,3 +198,34 @@ def memory_hint():
         f"half this machine's {describe_bytes(machine_memory())}"
     return (f"the limit is {describe_bytes(memory_limit())} ({origin}); "
             f"set {MEMORY_ENV} (e.g. {MEMORY_ENV}=64G) to change it")
+
+
+# ----------------------------------------------------------------------------- cnn import: untrusted files
+# Bounds on what an ONNX or safetensors file may make us allocate, checked
+# before anything is allocated (see cnn_cli.onnxfile and cnn_cli.tensorfile).
+
+#: The largest ONNX file (counting its external data) cnn import reads:
+#: protobuf cannot hold a model over 2 GiB without external data, and the
+#: largest classic CNN we aim at (VGG-19) holds about 550 MB of float32 weights.
+ONNX_MAX_BYTES = 2 * 2**30
+
+#: The most elements one initializer, Constant or folded value may have: a
+#: numpy array this large is 8 GiB of float32, which no classic CNN needs
+#: (VGG's largest weight has 103 M elements), and it keeps a forged dims list
+#: from making us allocate terabytes.
+ONNX_MAX_ELEMENTS = 2**31
+
+#: The most nodes an ONNX graph may have: ResNet-152 as torch exports it has
+#: about 500; a file with a million nodes is a forgery or not an image CNN.
+ONNX_MAX_NODES = 100_000
+
+#: The most dimensions a tensor may declare (numpy's own limit is 64).
+ONNX_MAX_RANK = 32
+
+#: The largest JSON header a safetensors file may have: the safetensors
+#: library itself refuses headers over 100 MB, and a ResNet-50's is about 30 KB.
+SAFETENSORS_MAX_HEADER_BYTES = 100 * 2**20
+
+#: The largest safetensors file cnn import reads, for the same reason as
+#: ONNX_MAX_BYTES: the architectures it imports hold at most about 550 MB.
+SAFETENSORS_MAX_BYTES = 2 * 2**30
