@@ -139,6 +139,8 @@ class Layer:
     saved: tuple = ()
     cam_source = False
     keeps_maps = False
+    #: How many nodes' outputs the layer reads: 1, or None for two or more (add, concat...).
+    arity = 1
 
     def build(self, in_shape, rng=None):
         """Check ``in_shape`` and return the output shape (see the class docstring)."""

@@ -162,7 +162,8 @@ def feature_pipeline(network, meta, name):
     count = next((i for i, s in enumerate(network.shapes) if len(s) != 3), len(network.layers))
     if count == 0:
         raise ModelError(f"{name}: the model has no layers that output feature maps")
-    pipe = Pipeline(network.layers[:count], name, "learned layers of a trained model", name)
+    pipe = Pipeline(network.layers[:count], name, "learned layers of a trained model", name,
+                    inputs=network.inputs[:count], names=network.names[:count])
     return pipe.bind(meta.preprocessing.channel_names)
 
 

@@ -42,44 +42,62 @@ def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
 
 
 class Network:
-    """Layers in sequence with their state-dict names ``<index>.<param>``, as in ``torch.nn.Sequential``."""
+    """A directed acyclic graph of layers, run as ``torch.nn`` would run the equivalent module.
 
-    def __init__(self, layers, input_shape, seed=0):
+    Node i is ``layers[i]``; it reads the outputs of the nodes ``inputs[i]``
+    (``INPUT``, -1, is the image), all earlier in the list, so the list is a
+    topological order and the last node is the output. Without ``inputs`` the
+    nodes form a chain, as ``torch.nn.Sequential``. A node's parameters have
+    the state-dict names ``<name>.<param>``, with ``names[i]`` the node's name
+    (by default its index, as in ``Sequential``). Layers that read several
+    nodes (add, concat, mul) have ``arity != 1``; their ``build``, ``forward``
+    and ``backward`` take and give lists.
+    """
+
+    def __init__(self, layers, input_shape, seed=0, inputs=None, names=None):
+        self.inputs, self.names = topology(layers, inputs, names)
         self.layers = list(layers)
         self.input_shape = tuple(input_shape)
         rng = np.random.default_rng(seed)
         self.shapes = []
-        shape = self.input_shape
         for i, layer in enumerate(self.layers):
             if not registry.allows(layer, registry.NETWORK):
                 raise LayerError(f"layer {i} ({layer.kind}) cannot be part of a trained network")
             try:
-                shape = layer.build(shape, rng)
+                self.shapes.append(tuple(layer.build(self.in_shape(i), rng)))
             except (LayerError, ValueError) as exc:
-                raise LayerError(f"layer {i} ({layer.kind}): {exc}") from None
-            self.shapes.append(tuple(shape))
-        if isinstance(self.layers[0], Conv2d):
-            self.layers[0].input_grad = False
-        self._order = _pool_before_relu(self.layers)
-        self._steps = _fuse_conv_pool([self.layers[i] for i in self._order])
+                raise LayerError(f"layer {i} ({self._label(i)}): {exc}") from None
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Conv2d) and self.inputs[i] == (INPUT,):
+                layer.input_grad = False  # nothing needs dL/d(image)
+        self._steps = _steps(self.layers, self.inputs, range(len(self.layers)))
+
+    def _label(self, i):
+        name = self.names[i]
+        return self.layers[i].kind if name == str(i) else f"{name}, {self.layers[i].kind}"
+
+    def in_shape(self, i):
+        """The input shape of node ``i``: one shape, or a list of them for a layer that reads several."""
+        shapes = [self.input_shape if j == INPUT else self.shapes[j] for j in self.inputs[i]]
+        return shapes[0] if self.layers[i].arity == 1 else shapes
 
     def forward(self, x, train=False):
-        for step in self._steps:
-            x = step.forward(x, train)
-        return x
+        return _run(self._steps, {INPUT: x}, len(self.layers) - 1, train)
 
     def backward(self, grad):
-        for step in reversed(self._steps):
-            grad = step.backward(grad)
-        return grad
+        return _back(self._steps, len(self.layers) - 1, grad, INPUT)
 
     def segment(self, start=0, stop=None):
-        """Layers ``start`` to ``stop - 1`` as a ``Segment``: run as in eval mode, with a backward pass.
+        """Nodes ``start`` to ``stop - 1`` as a ``Segment``: run as in eval mode, with a backward pass.
 
-        ``net.segment(0, i + 1)`` gives layer i's output, and ``net.segment(i + 1)``
-        the logits from it and, backwards, the gradient at layer i.
+        ``net.segment(0, i + 1)`` gives node i's output, and ``net.segment(i + 1)``
+        the logits from it and, backwards, the gradient at node i. Segments of
+        one network share what they computed: a node of a later segment that
+        reads a node before ``start`` (a skip connection) takes the value the
+        earlier segment's last forward pass left.
         """
-        return Segment(self.layers[start:stop])
+        stop = len(self.layers) if stop is None else stop
+        return Segment(self, start, stop)
 
     def trainable(self):
         return [layer for layer in self.layers if isinstance(layer, Param)]
@@ -90,17 +108,17 @@ class Network:
 
     def parameters(self):
         """(name, param, grad) for every parameter."""
-        for i, layer in enumerate(self.layers):
+        for name, layer in zip(self.names, self.layers):
             if isinstance(layer, Param):
                 for k, v in layer.params.items():
-                    yield f"{i}.{k}", v, layer.grads[k]
+                    yield f"{name}.{k}", v, layer.grads[k]
 
     def state_dict(self):
         """Every parameter and buffer by torch's name (arrays are the live ones)."""
         out = {}
-        for i, layer in enumerate(self.layers):
+        for name, layer in zip(self.names, self.layers):
             if isinstance(layer, Param):
-                out.update(layer.state(f"{i}."))
+                out.update(layer.state(f"{name}."))
         return out
 
     def load_state_dict(self, state):
@@ -126,32 +144,181 @@ class Network:
         import torch
         from torch import nn
 
-        shapes = [self.input_shape] + self.shapes[:-1]
-        module = nn.Sequential(*(layer.torch_twin(shape) for layer, shape in zip(self.layers, shapes)))
+        twins = [layer.torch_twin(self.in_shape(i)) for i, layer in enumerate(self.layers)]
+        if self.inputs == chain(len(self.layers)) and self.names == [str(i) for i in range(len(self.layers))]:
+            module = nn.Sequential(*twins)
+        else:
+            module = _TorchGraph(nn, twins, self.inputs, self.names)
         module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.state_dict().items()}, strict=True)
         return module
 
 
-def _pool_before_relu(layers):
-    """The order to run ``layers`` in: each ReLU followed by a max pooling swapped with it.
+def _TorchGraph(nn, twins, inputs, names):
+    """A ``torch.nn.Module`` that runs ``twins`` as the graph ``inputs`` says, each under its node's name."""
 
-    Max pooling then ReLU computes exactly what ReLU then max pooling does:
-    ReLU keeps the order of values, so each window keeps its value, and its
-    gradient reaches the same pixel (or is zero either way, where the
-    window's maximum is not positive). The swapped order runs the ReLU and
-    its gradient on a quarter of the pixels of a 2x2 pooling.
+    class Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nodes = list(zip(names, inputs))
+            for name, twin in zip(names, twins):
+                self._set(name, twin)
+
+        def _set(self, name, module):
+            # A dotted name ("layer1.0.conv1") is a path of submodules, as in torchvision.
+            *path, last = name.split(".")
+            owner = self
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            owner.add_module(last, module)
+
+        def _get(self, name):
+            return self.get_submodule(name)
+
+        def forward(self, x):
+            values = {INPUT: x}
+            for i, (name, ins) in enumerate(self.nodes):
+                values[i] = self._get(name)(*(values[j] for j in ins))
+            return values[len(self.nodes) - 1]
+
+    return Graph()
+
+
+#: The image, as a node's input.
+INPUT = -1
+
+
+def chain(count):
+    """The inputs of ``count`` nodes in a chain: each reads the one before it."""
+    return [(i - 1,) for i in range(count)]
+
+
+def topology(layers, inputs=None, names=None):
+    """(inputs, names) for ``layers``, checked: a chain with index names when not given.
+
+    ``layers`` may carry them (``pipeline.build_layers`` returns a ``Layers``
+    list with the graph form's ``inputs`` and ``names``).
     """
-    order = list(range(len(layers)))
-    i = 0
-    while i + 1 < len(order):
-        first, second = layers[order[i]], layers[order[i + 1]]
-        if isinstance(first, Activation) and first.kind == "relu" and isinstance(second, Pool) \
-                and second.kind == "maxpool":
-            order[i], order[i + 1] = order[i + 1], order[i]
-            i += 2
+    inputs = getattr(layers, "inputs", None) if inputs is None else inputs
+    names = getattr(layers, "names", None) if names is None else names
+    count = len(layers)
+    inputs = chain(count) if inputs is None else [tuple(int(j) for j in ins) for ins in inputs]
+    names = [str(i) for i in range(count)] if names is None else [str(n) for n in names]
+    if len(inputs) != count or len(names) != count or len(set(names)) != count:
+        raise LayerError("a network needs one input list and one distinct name per layer")
+    for i, (layer, ins) in enumerate(zip(layers, inputs)):
+        if not ins or any(not INPUT <= j < i for j in ins):
+            raise LayerError(f"layer {i} ({names[i]}) must read earlier layers or the input, not {list(ins)}")
+        arity = getattr(layer, "arity", 1)
+        if (arity == 1) != (len(ins) == 1):
+            raise LayerError(f"layer {i} ({names[i]}, {layer.kind}) reads {len(ins)} inputs, but takes "
+                             + ("one" if arity == 1 else "two or more"))
+    return inputs, names
+
+
+class _Node:
+    """One step of a run: ``layer`` reads the values ``ins`` and writes the value ``out``."""
+
+    def __init__(self, layer, ins, out):
+        self.layer, self.ins, self.out = layer, tuple(ins), out
+        self.multi = getattr(layer, "arity", 1) != 1
+
+    def forward(self, xs, train):
+        return self.layer.forward(xs if self.multi else xs[0], train)
+
+    def backward(self, grad):
+        grads = self.layer.backward(grad)
+        return list(grads) if self.multi else [grads]
+
+
+def _fusable_pool(layer):
+    return isinstance(layer, Pool) and layer.kind == "maxpool" \
+        and F.pair("stride", layer.stride, 1) == F.pair("kernel_size", layer.kernel_size, 1) \
+        and F.pair("padding", layer.padding, 0) == (0, 0)
+
+
+def _steps(layers, inputs, nodes):
+    """The steps that run ``nodes`` (indices into ``layers``, in order), with two rewrites
+    where a node's only reader is the next node and reads nothing else:
+
+    - a ReLU then a max pooling run as the pooling then the ReLU. Max pooling then
+      ReLU computes exactly what ReLU then max pooling does: ReLU keeps the order of
+      values, so each window keeps its value, and its gradient reaches the same pixel
+      (or is zero either way, where the window's maximum is not positive). The swapped
+      order runs the ReLU and its gradient on a quarter of the pixels of a 2x2 pooling.
+    - a Conv2d then a max pooling of stride = kernel_size, no padding, run as one step
+      by ``F.conv2d_max_pool2d`` (``_ConvPool``).
+
+    The value between the two is never made, so the rewrite needs it read by no one else.
+    """
+    readers = [0] * len(layers)
+    for ins in inputs:
+        for j in ins:
+            if j != INPUT:
+                readers[j] += 1
+    readers[-1] += 1  # the network's output
+
+    def linked(i, k):
+        return inputs[k] == (i,) and readers[i] == 1
+
+    nodes = list(nodes)
+    units, k = [], 0
+    while k < len(nodes):
+        i = nodes[k]
+        nxt = nodes[k + 1] if k + 1 < len(nodes) else None
+        a, b = layers[i], layers[nxt] if nxt is not None else None
+        if b is not None and linked(i, nxt) and isinstance(a, Activation) and a.kind == "relu" \
+                and isinstance(b, Pool) and b.kind == "maxpool":
+            units += [_Node(b, inputs[i], ("pooled", i)), _Node(a, [("pooled", i)], nxt)]
+            k += 2
         else:
-            i += 1
-    return order
+            units.append(_Node(a, inputs[i], i))
+            k += 1
+    steps = []
+    for unit in units:
+        last = steps[-1] if steps else None
+        if last is not None and isinstance(last.layer, Conv2d) and _fusable_pool(unit.layer) \
+                and unit.ins == (last.out,) and (isinstance(last.out, tuple) or readers[last.out] == 1):
+            steps[-1] = _Node(_ConvPool(last.layer, unit.layer), last.ins, unit.out)
+        else:
+            steps.append(unit)
+    return steps
+
+
+def _run(steps, values, out, train, keep=False):
+    """Run ``steps`` from ``values`` ({id: array}, the inputs); returns the value ``out``.
+
+    Without ``keep``, a value is dropped once the last step that reads it has run.
+    """
+    last_read = {}
+    for n, step in enumerate(steps):
+        for j in step.ins:
+            last_read[j] = n
+    for n, step in enumerate(steps):
+        values[step.out] = step.forward([values[j] for j in step.ins], train)
+        if not keep:
+            for j in step.ins:
+                if last_read[j] == n and j != out:
+                    values.pop(j, None)
+    return values[out]
+
+
+def _back(steps, out, grad, want):
+    """Backward through ``steps`` from dL/d(value ``out``) = ``grad``; returns dL/d(value ``want``).
+
+    Where a value feeds several steps, their gradients sum; a step whose value
+    does not reach ``out`` is skipped.
+    """
+    grads = {out: grad}
+    for step in reversed(steps):
+        g = grads.pop(step.out, None)
+        if g is None:
+            continue
+        for j, gj in zip(step.ins, step.backward(g)):
+            if gj is not None:
+                grads[j] = grads[j] + gj if j in grads else gj
+    return grads.get(want)
 
 
 class _ConvPool:
@@ -179,41 +346,32 @@ class _ConvPool:
         return self.conv.backward(self.pool.backward(grad))
 
 
-def _fuse_conv_pool(layers):
-    """``layers`` with each Conv2d followed by a max pooling of stride = kernel_size, no padding, fused."""
-    steps = []
-    for layer in layers:
-        if steps and isinstance(steps[-1], Conv2d) and isinstance(layer, Pool) and layer.kind == "maxpool" \
-                and F.pair("stride", layer.stride, 1) == F.pair("kernel_size", layer.kernel_size, 1) \
-                and F.pair("padding", layer.padding, 0) == (0, 0):
-            steps[-1] = _ConvPool(steps[-1], layer)
-        else:
-            steps.append(layer)
-    return steps
-
-
 class Segment:
-    """Consecutive layers of a network, run as in eval mode, whose backward pass gives
-    the gradient at the segment's input: what explanations (Grad-CAM) need at a layer.
+    """Consecutive nodes of a network, run as in eval mode, whose backward pass gives
+    the gradient at the segment's input: what explanations (Grad-CAM) need at a node.
 
     ``forward(x, keep=True)`` computes exactly the eval-mode outputs (batch norm
     with its running statistics, dropout letting everything through) and keeps
-    what ``backward`` needs. The steps are the network's own (pooling before
-    ReLU, conv + pool fused) within the segment, so its last output is exactly
-    the last layer's. ``backward`` also sums the conv and linear layers'
-    parameter gradients into their ``grads``, as training's backward does.
+    what ``backward`` needs; ``x`` is the value of node ``start - 1`` (the image
+    for ``start = 0``). The steps are the network's own rewrites within the
+    segment, so its last output is exactly the last node's. ``backward`` also
+    sums the conv and linear layers' parameter gradients into their ``grads``,
+    as training's backward does. Every value a forward pass makes is left in the
+    network's ``_values`` for a later segment's skip connections.
     """
 
-    def __init__(self, layers):
-        layers = [layer.evaluating() for layer in layers]
-        self._steps = _fuse_conv_pool([layers[i] for i in _pool_before_relu(layers)])
+    def __init__(self, network, start, stop):
+        layers = [layer.evaluating() for layer in network.layers]
+        self.network, self.start, self.stop = network, start, stop
+        self.before = INPUT if start == 0 else start - 1
+        self._steps = _steps(layers, network.inputs, range(start, stop))
 
     def forward(self, x, keep=False):
-        for step in self._steps:
-            x = step.forward(x, keep)
-        return x
+        values = dict(getattr(self.network, "_values", {}))
+        values[self.before] = x
+        y = _run(self._steps, values, self.stop - 1, keep, keep=True)
+        self.network._values = values
+        return y
 
     def backward(self, grad):
-        for step in reversed(self._steps):
-            grad = step.backward(grad)
-        return grad
+        return _back(self._steps, self.stop - 1, grad, self.before)

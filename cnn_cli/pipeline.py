@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import config, filterbank, registry
 from .layers import BankConv, LayerError
+from .nn import INPUT, topology
 from .specfile import SpecFileError, read_spec
 
 #: The pipeline ``cnn apply`` runs when no bank, pipeline or model is given.
@@ -73,29 +74,36 @@ class LayerInfo:
 
 
 class Pipeline:
-    """A list of layers bound to the input's channel names."""
+    """Layers bound to the input's channel names: a chain, or a graph (see ``nn.Network``)."""
 
-    def __init__(self, layers, name, description="", source=""):
+    def __init__(self, layers, name, description="", source="", inputs=None, names=None):
         self.layers = list(layers)
+        self.inputs, self.names = topology(self.layers, inputs if inputs is not None else getattr(layers, "inputs", None),
+                                           names if names is not None else getattr(layers, "names", None))
         self.name, self.description, self.source = name, description, source
         self.input_channels = []  # after bind()
         self.channels = []  # output channel names per layer, after bind()
 
+    def _in(self, i, values, given):
+        """Node ``i``'s input among ``values`` (per node), ``given`` being the image's: one, or a list."""
+        got = [given if j == INPUT else values[j] for j in self.inputs[i]]
+        return got[0] if self.layers[i].arity == 1 else got
+
     def bind(self, input_channels):
-        """Build every layer for the one before it, at any image size; name every map.
+        """Build every layer for the ones before it, at any image size; name every map.
 
         What the layers' filters will take is estimated from their
         declarations first (``plan_layers``), and a pipeline over the memory
         limit is refused before anything is allocated.
         """
         self.input_channels, self.channels = list(input_channels), []
-        shape, channels = (len(self.input_channels), None, None), self.input_channels
-        check_memory(plan_layers(self.layers, shape, blame=self._blame), self.source or self.name)
+        image = (len(self.input_channels), None, None)
+        check_memory(plan_layers(self.layers, image, blame=self._blame, inputs=self.inputs), self.source or self.name)
+        shapes = []
         for i, layer in enumerate(self.layers):
             with self._blame(i, layer):
-                shape = layer.build(shape)
-                channels = layer.channel_names(channels)
-            self.channels.append(channels)
+                shapes.append(layer.build(self._in(i, shapes, image)))
+                self.channels.append(layer.channel_names(self._in(i, self.channels, self.input_channels)))
         return self
 
     @contextmanager
@@ -109,19 +117,18 @@ class Pipeline:
     def forward(self, x):
         """Run the batch ``x`` (N, C, H, W) through all layers; return every layer's output."""
         outputs = []
-        for layer in self.layers:
-            x = layer.forward(x)
-            outputs.append(x)
+        for i, layer in enumerate(self.layers):
+            outputs.append(layer.forward(self._in(i, outputs, x)))
         return outputs
 
     def summary(self, height, width):
         """Output shape and receptive field of every layer for an input of height x width."""
-        rows, fields = [], receptive_fields(self.layers)
-        shape = (len(self.input_channels), height, width)
+        rows, fields = [], receptive_fields(self.layers, self.inputs)
+        image, shapes = (len(self.input_channels), height, width), []
         for i, (layer, channels) in enumerate(zip(self.layers, self.channels)):
             with self._blame(i, layer):
-                shape = layer.build(shape)
-            rows.append(LayerInfo(i, layer, channels, shape, fields[i]))
+                shapes.append(layer.build(self._in(i, shapes, image)))
+            rows.append(LayerInfo(i, layer, channels, shapes[-1], fields[i]))
         return rows
 
 
@@ -171,18 +178,22 @@ class Plan:
         return max(self.layers, key=lambda p: p.params * BYTES_PER_PARAM + p.values * BYTES_PER_VALUE)
 
 
-def plan_layers(layers, in_shape, blame=None):
+def plan_layers(layers, in_shape, blame=None, inputs=None):
     """The ``Plan`` of ``layers`` for an input of ``in_shape`` (C, H, W), H and W may be None.
 
     Shapes and parameter counts come from each layer's ``plan`` (its
-    declaration: channels, kernel sizes, banks), so nothing large is allocated. ``blame(i,
-    layer)`` is a context manager that turns a layer's refusal into the
-    caller's error.
+    declaration: channels, kernel sizes, banks), so nothing large is allocated.
+    ``inputs`` is the graph (``nn.topology``; by default what ``layers``
+    carries, else a chain). ``blame(i, layer)`` is a context manager that
+    turns a layer's refusal into the caller's error.
     """
-    plan, shape = Plan(), tuple(in_shape)
+    inputs, _ = topology(layers, inputs)
+    plan, shapes = Plan(), []
     for i, layer in enumerate(layers):
+        got = [tuple(in_shape) if j == INPUT else shapes[j] for j in inputs[i]]
         with blame(i, layer) if blame else _no_blame():
-            shape, params = layer.plan(shape)
+            shape, params = layer.plan(got[0] if layer.arity == 1 else got)
+        shapes.append(tuple(shape))
         values = 0 if None in shape else _count(shape)
         plan.layers.append(LayerPlan(i, layer.kind, tuple(shape), params, values))
     return plan
@@ -219,23 +230,67 @@ def _shape_text(shape):
     return "x".join("?" if d is None else f"{d:,}" for d in shape)
 
 
-def receptive_fields(layers):
+def receptive_fields(layers, inputs=None):
     """The receptive field (input pixels, along rows) of each layer's outputs, or "global".
 
     r_out = r_in + (k - 1) * j_in and j_out = j_in * stride, where k is the
     dilated kernel extent and j the distance in input pixels between
     neighbouring outputs (Araujo et al., 2019, "Computing receptive fields").
+    In a graph, a node that reads several takes the largest field of its
+    inputs (the widest path) and the largest jump.
     """
-    fields, r, j = [], 1, 1
-    for layer in layers:
+    inputs, _ = topology(layers, inputs)
+    fields, jumps = [], []
+    for layer, ins in zip(layers, inputs):
+        r = max((1 if j == INPUT else fields[j] for j in ins), key=lambda v: float("inf") if v == "global" else v)
+        jump = max(1 if j == INPUT else jumps[j] for j in ins)
         win = layer.window()
         if win is None or r == "global":
             r = "global"
         else:
             (k, s), _ = win
-            r, j = r + (k - 1) * j, j * s
+            r, jump = r + (k - 1) * jump, jump * s
         fields.append(r)
+        jumps.append(jump)
     return fields
+
+
+class Layers(list):
+    """Layers in file order, with the graph form's ``names`` and ``inputs`` (both None for a chain)."""
+
+    names = None
+    inputs = None
+
+
+#: The name by which a graph-form table reads the image.
+INPUT_NAME = "input"
+
+
+def _graph_form(tables, where):
+    """(names, inputs) of ``tables`` in the graph form, or (None, None) for a chain.
+
+    A table may give ``name`` (default: its index) and ``inputs``, a list of
+    earlier tables' names or ``"input"`` (default: the table before it).
+    """
+    if not any(isinstance(t, dict) and ("name" in t or "inputs" in t) for t in tables):
+        return None, None
+    names, inputs, index = [], [], {INPUT_NAME: INPUT}
+    for i, table in enumerate(tables):
+        name = table.get("name", str(i))
+        if not isinstance(name, str) or not name.strip() or name in index:
+            raise SpecFileError(f"{where}: layer {i}: name must be a new non-empty string "
+                                f"(not {INPUT_NAME!r} or an earlier name), but got {name!r}")
+        given = table.get("inputs", [names[-1] if names else INPUT_NAME])
+        if not isinstance(given, list) or not given or not all(isinstance(n, str) for n in given):
+            raise SpecFileError(f"{where}: layer {i} ({name}): inputs must be a list of earlier layers' names")
+        unknown = [n for n in given if n not in index]
+        if unknown:
+            raise SpecFileError(f"{where}: layer {i} ({name}): inputs {unknown} are not earlier layers' names; "
+                                f"a layer reads {INPUT_NAME!r} or layers listed before it")
+        names.append(name)
+        inputs.append(tuple(index[n] for n in given))
+        index[name] = i
+    return names, inputs
 
 
 def build_layers(tables, where, base_dir=Path("."), substitutions=None):
@@ -245,12 +300,14 @@ def build_layers(tables, where, base_dir=Path("."), substitutions=None):
     """
     if not isinstance(tables, list) or not tables:
         raise SpecFileError(f"{where}: needs [[layer]] entries")
-    layers = []
+    if not all(isinstance(t, dict) for t in tables):
+        raise SpecFileError(f"{where}: layer {next(i for i, t in enumerate(tables) if not isinstance(t, dict))}: "
+                            "must be a table")
+    layers = Layers()
+    layers.names, layers.inputs = _graph_form(tables, where)
     for i, table in enumerate(tables):
-        if not isinstance(table, dict):
-            raise SpecFileError(f"{where}: layer {i}: must be a table")
         table = {k: (substitutions.get(v, v) if substitutions and isinstance(v, str) else v)
-                 for k, v in table.items()}
+                 for k, v in table.items() if k not in ("name", "inputs")}
         try:
             layers.append(_layer(table, base_dir))
         except (TypeError, ValueError) as exc:  # LayerError and SpecFileError are ValueErrors

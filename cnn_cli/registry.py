@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .blocks import NetVLAD, Residual
+from .graphlayers import LRN, Add, Clip, Concat, HardSigmoid, HardSwish, Mul, PReLU, Softmax
 from .layers import ACTIVATIONS, Activation, BankConv, CornerResponse, GlobalPool, LayerError, Normalize, Pool, Products
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear
 
@@ -69,6 +70,15 @@ LAYER_TYPES = (
     LayerType("corner_response", CornerResponse, ("method", "k"), PIPELINE_ONLY),
     LayerType("normalize", Normalize, ("method",), PIPELINE_ONLY),
     *(LayerType(name, Activation, ("slope",) if name == "leaky_relu" else (), named=True) for name in ACTIVATIONS),
+    LayerType("add", Add),
+    LayerType("mul", Mul),
+    LayerType("concat", Concat),
+    LayerType("clip", Clip, ("min", "max")),
+    LayerType("hardsigmoid", HardSigmoid, ("alpha", "beta")),
+    LayerType("hardswish", HardSwish),
+    LayerType("prelu", PReLU, ("init",), NETWORK_ONLY),
+    LayerType("softmax", Softmax),
+    LayerType("lrn", LRN, ("size", "alpha", "beta", "bias")),
 )
 
 

@@ -22,9 +22,11 @@ ENTRIES = pytest.mark.parametrize("entry", registry.LAYER_TYPES, ids=lambda t: f
 
 
 def made(entry):
-    """(a layer of ``entry``'s type built with weights, its input shape)."""
+    """(a layer of ``entry``'s type built with weights, its input shape: a list of them for a merge)."""
     layer = entry.make({f: make() for f, make in FIELDS.items() if f in entry.fields})
-    in_shape = (12,) if entry.name == "linear" else (3, 12, 10)
+    in_shape = (12,) if entry.name in ("linear", "softmax") else (3, 12, 10)
+    if layer.arity != 1:  # a merge: concat takes other channel counts, add and mul broadcast
+        in_shape = [(3, 12, 10), (2, 12, 10) if entry.name == "concat" else (3, 1, 1)]
     layer.build(in_shape, np.random.default_rng(0)) if entry.where != registry.PIPELINE_ONLY else layer.build(in_shape)
     rng = np.random.default_rng(1)
     for arr in [*getattr(layer, "params", {}).values(), *getattr(layer, "buffers", {}).values()]:
@@ -47,6 +49,8 @@ def test_plan_is_what_building_allocates(entry):
     layer, in_shape = made(entry)
     fresh = entry.make({f: make() for f, make in FIELDS.items() if f in entry.fields})
     planned_shape, planned_params = fresh.plan(in_shape)
+    if isinstance(in_shape, list):
+        in_shape = list(in_shape)
     assert tuple(planned_shape) == tuple(layer.build(in_shape))
     buffers = sum(v.size for v in getattr(layer, "buffers", {}).values()) if hasattr(layer, "params") else 0
     if entry.where == registry.PIPELINE_ONLY:  # a bank's estimate counts each bias once per input channel
@@ -57,26 +61,70 @@ def test_plan_is_what_building_allocates(entry):
 
 
 @ENTRIES
+def batch(in_shape, seed):
+    """A random batch of two for ``in_shape``: a list of batches for a merge."""
+    rng = np.random.default_rng(seed)
+    if isinstance(in_shape, list):
+        return [rng.standard_normal((2, *s)).astype(np.float32) for s in in_shape]
+    return rng.standard_normal((2, *in_shape)).astype(np.float32)
+
+
+@ENTRIES
 def test_eval_form_computes_the_eval_outputs(entry):
     layer, in_shape = made(entry)
-    x = np.random.default_rng(2).standard_normal((2, *in_shape)).astype(np.float32)
+    x = batch(in_shape, 2)
     expected = copy.deepcopy(layer).forward(x, train=False)
     evaluating = layer.evaluating()
     np.testing.assert_allclose(evaluating.forward(x, train=True), expected, rtol=1e-5, atol=1e-6)
     if hasattr(layer, "backward") and entry.where != registry.PIPELINE_ONLY:
         grad = evaluating.backward(np.ones_like(expected))
-        assert grad.shape == x.shape
+        for g, xi in zip(grad, x) if isinstance(x, list) else [(grad, x)]:
+            assert g.shape == xi.shape
 
 
 @ENTRIES
 def test_torch_twin_computes_what_the_layer_does(entry):
     torch = pytest.importorskip("torch")
     layer, in_shape = made(entry)
-    x = np.random.default_rng(3).standard_normal((2, *in_shape)).astype(np.float32)
+    x = batch(in_shape, 3)
     ours = layer.forward(x, train=False)
     twin = layer.torch_twin(in_shape).eval()
     with torch.no_grad():
-        ref = twin(torch.from_numpy(x)).numpy()
+        ref = twin(*(torch.from_numpy(xi) for xi in (x if isinstance(x, list) else [x]))).numpy()
     assert ref.shape == ours.shape
     scale = max(float(np.abs(ref).max()), 1e-6)
     assert float(np.abs(ours - ref).max()) <= 1e-4 * scale, entry.name
+
+
+@ENTRIES
+def test_backward_agrees_with_finite_differences(entry):
+    """dL/dx of L = sum(forward(x) * r) for every trained or network layer type, in float64 slopes."""
+    if entry.where == registry.PIPELINE_ONLY:
+        return
+    layer, in_shape = made(entry)
+    if entry.name == "dropout":
+        layer.p = 0.0
+    xs = batch(in_shape, 4)
+    # Away from the kinks of relu, abs, clip and prelu at 0, which a step of the slope could cross.
+    xs = [np.where(np.abs(x) < 0.1, np.copysign(0.1, x), x).astype(np.float32)
+          for x in (xs if isinstance(xs, list) else [xs])]
+    if "max" in entry.name:  # values 0.05 apart: no step of the slope changes which one is a window's maximum
+        xs = [(np.random.default_rng(7).permutation(x.size).reshape(x.shape) * 0.05).astype(np.float32) for x in xs]
+    arity = layer.arity != 1
+    layer = layer.evaluating()  # batch norm with its running statistics: a function of x alone
+    y = layer.forward(xs if arity else xs[0], train=True)
+    r = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    grads = layer.backward(r)
+    grads = list(grads) if arity else [grads]
+    rng = np.random.default_rng(6)
+    for k, x in enumerate(xs):
+        d = rng.standard_normal(x.shape).astype(np.float32)
+        eps = 1e-3
+
+        def loss(t):
+            moved = [xi + t * d if m == k else xi for m, xi in enumerate(xs)]
+            return float(np.sum(layer.forward(moved if arity else moved[0], train=False).astype(np.float64) * r))
+
+        numeric = (loss(eps) - loss(-eps)) / (2 * eps)
+        analytic = float(np.sum(grads[k].astype(np.float64) * d))
+        assert numeric == pytest.approx(analytic, rel=2e-2, abs=2e-2), f"{entry.name} input {k}"

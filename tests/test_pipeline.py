@@ -410,6 +410,11 @@ def test_every_registered_type_follows_the_shape_protocol(entry):
     layer = entry.make({f: make() for f, make in REQUIRED_FIELDS.items() if f in entry.fields})
     assert layer.kind == entry.name and registry.type_of(layer) is entry
     in_shape = (12,) if entry.name == "linear" else (3, 12, 10)
+    if layer.arity != 1:  # a merge reads two
+        out_shape = layer.build([in_shape, in_shape])
+        assert layer.forward([_rng_image((2, *in_shape))] * 2).shape == (2, *out_shape)
+        assert layer.build([(3, None, None)] * 2)[1:] == (None, None)
+        return
     out_shape = layer.build(in_shape, np.random.default_rng(0))
     y = layer.forward(_rng_image((2, *in_shape)))
     assert y.shape == (2, *out_shape)

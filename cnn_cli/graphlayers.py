@@ -1,0 +1,375 @@
+"""Layers of graph networks and of the networks people import: merges (add, mul,
+concat) and the activations and normalisations of classic image CNNs that our
+own presets do not use (clip, hardsigmoid, hardswish, prelu, softmax, lrn).
+
+Each follows ``cnn_cli.layers.Layer``: shape rule, forward, backward, ONNX
+form, torch twin. Merges read several nodes (``arity = None``): their
+``build``, ``forward`` and ``backward`` take and give lists. ``add`` and
+``mul`` broadcast as numpy and ONNX do, so a squeeze-and-excitation product
+(N, C, H, W) * (N, C, 1, 1) is one ``mul``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import Layer, LayerError, maps_shape, torch_lambda
+from .trainable import Param
+
+
+def _broadcast_shape(shapes, kind):
+    try:
+        return tuple(np.broadcast_shapes(*[tuple(1 if d is None else d for d in s) for s in shapes]))
+    except ValueError:
+        raise LayerError(f"{kind} needs inputs of shapes that broadcast, but got {[tuple(s) for s in shapes]}") \
+            from None
+
+
+def _with_unknown(shape, shapes):
+    """``shape`` with None where every input's size is unknown (an image size not known yet)."""
+    return tuple(None if all(len(s) == len(shape) and s[k] is None for s in shapes) else d
+                 for k, d in enumerate(shape))
+
+
+def _unbroadcast(grad, shape):
+    """Sum ``grad`` (N, *out) over the axes where the input (N, *shape) was broadcast."""
+    extra = grad.ndim - 1 - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(1, 1 + extra)))
+    axes = tuple(k + 1 for k, d in enumerate(shape) if d == 1 and grad.shape[k + 1] != 1)
+    return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
+class _Merge(Layer):
+    """Base of layers that read two or more nodes."""
+
+    arity = None
+
+    def build(self, in_shapes, rng=None):
+        if len(in_shapes) < 2:
+            raise LayerError(f"{self.kind} reads two or more layers")
+        self.in_shapes = [tuple(s) for s in in_shapes]
+        return self._out_shape(self.in_shapes)
+
+    def plan(self, in_shapes):
+        return self._out_shape([tuple(s) for s in in_shapes]), 0
+
+    def channel_names(self, names):
+        return list(names[0])
+
+
+class Add(_Merge):
+    """The sum of its inputs, broadcast (a residual connection)."""
+
+    kind = "add"
+
+    def _out_shape(self, shapes):
+        return _with_unknown(_broadcast_shape(shapes, self.kind), shapes)
+
+    def forward(self, xs, train=False):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        if train:
+            self.save_for_backward([x.shape[1:] for x in xs])
+        return y.astype(np.float32, copy=False)
+
+    def backward(self, grad):
+        (shapes,) = self.saved
+        return [_unbroadcast(grad, s) for s in shapes]
+
+    def to_onnx(self, g, xs, scope, prefix):
+        y = xs[0]
+        for x in xs[1:]:
+            y = g.op("Add", [y, x], scope)
+        return y
+
+    def torch_twin(self, in_shapes):
+        return torch_lambda(lambda *xs: sum(xs[1:], xs[0]))
+
+
+class Mul(_Merge):
+    """The product of its inputs, broadcast (squeeze-and-excitation, swish as x * sigmoid(x))."""
+
+    kind = "mul"
+
+    def _out_shape(self, shapes):
+        return _with_unknown(_broadcast_shape(shapes, self.kind), shapes)
+
+    def forward(self, xs, train=False):
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        if train:
+            self.save_for_backward(list(xs))
+        return y.astype(np.float32, copy=False)
+
+    def backward(self, grad):
+        (xs,) = self.saved
+        grads = []
+        for k, x in enumerate(xs):
+            others = grad
+            for m, other in enumerate(xs):
+                if m != k:
+                    others = others * other
+            grads.append(_unbroadcast(others, x.shape[1:]).astype(np.float32))
+        return grads
+
+    def to_onnx(self, g, xs, scope, prefix):
+        y = xs[0]
+        for x in xs[1:]:
+            y = g.op("Mul", [y, x], scope)
+        return y
+
+    def torch_twin(self, in_shapes):
+        def product(*xs):
+            y = xs[0]
+            for x in xs[1:]:
+                y = y * x
+            return y
+        return torch_lambda(product)
+
+
+class Concat(_Merge):
+    """Its inputs' maps side by side, along the channels (inception, DenseNet, U-Net)."""
+
+    kind = "concat"
+
+    def _out_shape(self, shapes):
+        if len({len(s) for s in shapes}) != 1 or len({tuple(s[1:]) for s in shapes}) != 1:
+            raise LayerError(f"concat needs inputs that differ in channels only, but got {shapes}")
+        return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+    def channel_names(self, names):
+        return [f"{k}:{n}" for k, group in enumerate(names) for n in group]
+
+    def forward(self, xs, train=False):
+        if train:
+            self.save_for_backward([x.shape[1] for x in xs])
+        return np.concatenate(xs, axis=1)
+
+    def backward(self, grad):
+        (sizes,) = self.saved
+        return np.split(grad, np.cumsum(sizes)[:-1], axis=1)
+
+    def to_onnx(self, g, xs, scope, prefix):
+        return g.op("Concat", list(xs), scope, axis=1)
+
+    def torch_twin(self, in_shapes):
+        import torch
+
+        return torch_lambda(lambda *xs: torch.cat(xs, 1))
+
+
+class Clip(Layer):
+    """min(max(x, min), max): ReLU6 is clip 0, 6. The gradient passes where min < x < max."""
+
+    kind = "clip"
+    keeps_maps = True
+
+    def __init__(self, min=0.0, max=6.0):
+        for name, value in (("min", min), ("max", max)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise LayerError(f"clip {name} must be a finite number, but got {value!r}")
+        if min > max:
+            raise LayerError(f"clip min ({min}) must not be above max ({max})")
+        self.min, self.max = float(min), float(max)
+
+    def forward(self, x, train=False):
+        if train:
+            self.save_for_backward(x)
+        return np.clip(x, np.float32(self.min), np.float32(self.max))
+
+    def backward(self, grad):
+        (x,) = self.saved
+        return (grad * ((x > self.min) & (x < self.max))).astype(np.float32)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("Clip", [x, g.const(f"{scope}/min", np.float32(self.min)),
+                             g.const(f"{scope}/max", np.float32(self.max))], scope)
+
+    def torch_twin(self, in_shape):
+        return torch_lambda(lambda x: x.clamp(self.min, self.max))
+
+    def describe(self):
+        return f"clip {self.min:g}, {self.max:g}"
+
+
+class HardSigmoid(Layer):
+    """max(0, min(1, alpha * x + beta)), as ONNX's HardSigmoid (torch's: alpha 1/6, beta 0.5)."""
+
+    kind = "hardsigmoid"
+    keeps_maps = True
+
+    def __init__(self, alpha=1 / 6, beta=0.5):
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def forward(self, x, train=False):
+        z = x * np.float32(self.alpha) + np.float32(self.beta)
+        if train:
+            self.save_for_backward(z)
+        return np.clip(z, 0, 1).astype(np.float32)
+
+    def backward(self, grad):
+        (z,) = self.saved
+        return (grad * ((z > 0) & (z < 1)) * np.float32(self.alpha)).astype(np.float32)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("HardSigmoid", [x], scope, alpha=self.alpha, beta=self.beta)
+
+    def torch_twin(self, in_shape):
+        return torch_lambda(lambda x: (x * self.alpha + self.beta).clamp(0, 1))
+
+    def describe(self):
+        return f"hardsigmoid {self.alpha:g}, {self.beta:g}"
+
+
+class HardSwish(Layer):
+    """x * hardsigmoid(x) with alpha 1/6 and beta 0.5 (MobileNetV3)."""
+
+    kind = "hardswish"
+    keeps_maps = True
+
+    def forward(self, x, train=False):
+        if train:
+            self.save_for_backward(x)
+        return (x * np.clip(x / np.float32(6) + np.float32(0.5), 0, 1)).astype(np.float32)
+
+    def backward(self, grad):
+        (x,) = self.saved
+        slope = np.where(x <= -3, 0, np.where(x >= 3, 1, x / np.float32(3) + np.float32(0.5)))
+        return (grad * slope).astype(np.float32)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("HardSwish", [x], scope)
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return nn.Hardswish()
+
+
+class PReLU(Param):
+    """x where x > 0, else weight[c] * x: a learned slope per channel (``torch.nn.PReLU``)."""
+
+    kind = "prelu"
+    keeps_maps = True
+
+    def __init__(self, init=0.25):
+        self.init = float(init)
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        c = in_shape[0]
+        if self._fresh(rng):
+            self.params = {"weight": np.full(c, self.init, np.float32)}
+            self.zero_grad()
+        if self.params["weight"].size not in (1, c):
+            self._fits(self.params["weight"].size, c)
+        return tuple(in_shape)
+
+    def _slopes(self, x):
+        w = self.params["weight"]
+        return w.reshape((1, -1) + (1,) * (x.ndim - 2)) if w.size > 1 else w.reshape(())
+
+    def forward(self, x, train=False):
+        if train:
+            self.save_for_backward(x)
+        return np.where(x > 0, x, x * self._slopes(x)).astype(np.float32)
+
+    def backward(self, grad):
+        (x,) = self.saved
+        axes = (0, *range(2, x.ndim)) if self.params["weight"].size > 1 else None
+        self.grads["weight"] += np.sum(grad * np.minimum(x, 0), axis=axes).reshape(self.grads["weight"].shape)
+        return np.where(x > 0, grad, grad * self._slopes(x)).astype(np.float32)
+
+    def plan(self, in_shape):
+        return tuple(in_shape), in_shape[0] or 0
+
+    def to_onnx(self, g, x, scope, prefix):
+        w = self.params["weight"]
+        return g.op("PRelu", [x, g.const(f"{prefix}weight", w.reshape((-1, 1, 1)) if w.size > 1 else w)], scope)
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return self.load_into_torch(nn.PReLU(self.params["weight"].size))
+
+
+class Softmax(Layer):
+    """exp(x) / sum(exp(x)) over the features of a flat input (N, F), or the channels of maps."""
+
+    kind = "softmax"
+
+    def forward(self, x, train=False):
+        z = np.exp(x - x.max(axis=1, keepdims=True))
+        y = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
+        if train:
+            self.save_for_backward(y)
+        return y
+
+    def backward(self, grad):
+        (y,) = self.saved
+        return (y * (grad - np.sum(grad * y, axis=1, keepdims=True))).astype(np.float32)
+
+    def window(self):
+        return (1, 1), (1, 1)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("Softmax", [x], scope, axis=1)
+
+    def torch_twin(self, in_shape):
+        return torch_lambda(lambda x: x.softmax(1))
+
+
+class LRN(Layer):
+    """Local response normalisation across channels (Krizhevsky et al., 2012), as ONNX's LRN:
+    y = x / (bias + alpha / size * sum of x² over ``size`` neighbouring channels) ** beta."""
+
+    kind = "lrn"
+    keeps_maps = True
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, bias=1.0):
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 255:
+            raise LayerError(f"lrn size must be a whole number from 1 to 255, but got {size!r}")
+        self.size, self.alpha, self.beta, self.bias = size, float(alpha), float(beta), float(bias)
+
+    def build(self, in_shape, rng=None):
+        return maps_shape(in_shape, self.kind)
+
+    def _window_sum(self, sq):
+        """Sum over channels c - floor((size-1)/2) .. c + ceil((size-1)/2), as ONNX defines it."""
+        before, after = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
+        padded = np.pad(sq, ((0, 0), (before, after), (0, 0), (0, 0)))
+        csum = np.concatenate([np.zeros_like(padded[:, :1]), np.cumsum(padded, axis=1, dtype=np.float64)], axis=1)
+        return (csum[:, self.size:] - csum[:, :-self.size]).astype(np.float32)
+
+    def forward(self, x, train=False):
+        d = np.float32(self.bias) + np.float32(self.alpha / self.size) * self._window_sum(x * x)
+        y = (x * d ** np.float32(-self.beta)).astype(np.float32)
+        if train:
+            self.save_for_backward(x, d)
+        return y
+
+    def backward(self, grad):
+        x, d = self.saved
+        # dy_c/dx_k = δ_ck d_c^-β − 2αβ/size · x_c x_k d_c^(-β-1), for k in c's window.
+        first = grad * d ** np.float32(-self.beta)
+        inner = grad * x * d ** np.float32(-self.beta - 1)
+        # k is in c's window exactly when c is in k's mirrored window.
+        before, after = (self.size - 1) // 2, self.size - 1 - (self.size - 1) // 2
+        padded = np.pad(inner, ((0, 0), (after, before), (0, 0), (0, 0)))
+        csum = np.concatenate([np.zeros_like(padded[:, :1]), np.cumsum(padded, axis=1, dtype=np.float64)], axis=1)
+        mirrored = (csum[:, self.size:] - csum[:, :-self.size]).astype(np.float32)
+        return (first - np.float32(2 * self.alpha * self.beta / self.size) * x * mirrored).astype(np.float32)
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("LRN", [x], scope, size=self.size, alpha=self.alpha, beta=self.beta, bias=self.bias)
+
+    def torch_twin(self, in_shape):
+        from torch import nn
+
+        return nn.LocalResponseNorm(self.size, self.alpha, self.beta, self.bias)
+
+    def describe(self):
+        return f"lrn {self.size}, alpha {self.alpha:g}, beta {self.beta:g}, bias {self.bias:g}"
