@@ -455,16 +455,25 @@ class _Fold:
         self.node, self.opset, self.budget = node, opset, budget
 
     def claim(self, shape, dtype):
-        """Count a value of ``shape`` and ``dtype`` against the limits before it is made."""
+        """Check a value of ``shape`` and ``dtype`` against the limits before it is made.
+
+        Ops whose output may be larger than their inputs (ConstantOfShape,
+        Expand, Tile, Range, broadcasting, Gather, Concat, Pad, Cast, MatMul)
+        call this first; every output is then counted against the budget
+        once made (``_Folding._fold``), so a chain of ops can make at most
+        one value over it, no larger than an input it already holds.
+        """
         count = count_elements([int(d) for d in shape], f"the value node '{self.node.name}' computes")
-        nbytes = count * np.dtype(dtype).itemsize
-        if nbytes > self.budget[0]:
-            raise ValueError(f"its values would take {nbytes:,} bytes, over what is left of the "
-                             f"{config.ONNX_MAX_BYTES:,}-byte limit for folded values")
-        self.budget[0] -= nbytes
+        _check_budget(count * np.dtype(dtype).itemsize, self.budget)
 
     def attr(self, key, default=None):
         return self.node.attrs.get(key, default)
+
+
+def _check_budget(nbytes, budget):
+    if nbytes > budget[0]:
+        raise ValueError(f"its values would take {nbytes:,} bytes, over what is left ({budget[0]:,} bytes) of "
+                         "the limit for folded values (max_bytes, by default config.ONNX_MAX_BYTES)")
 
 
 #: op type -> function(fold, inputs) -> list of output arrays; inputs are numpy arrays (None when omitted).
@@ -994,7 +1003,10 @@ class _Folding:
     def _fold(self, node, inputs):
         try:
             with np.errstate(all="ignore"):
-                values = FOLDERS[node.op](_Fold(node, self.opset, self.budget), inputs)
+                values = [np.asarray(v) for v in FOLDERS[node.op](_Fold(node, self.opset, self.budget), inputs)]
+            made = sum(v.nbytes for v in values)
+            _check_budget(made, self.budget)
+            self.budget[0] -= made
         except OnnxError:
             raise
         except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
@@ -1002,7 +1014,7 @@ class _Folding:
                             f"inputs: {exc}") from None
         for name, value in zip(node.outputs, values):
             if name:
-                self.constants[name] = np.asarray(value)
+                self.constants[name] = value
                 self.folded.append(name)
 
     def _prune(self):

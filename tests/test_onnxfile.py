@@ -109,6 +109,30 @@ class FlatNet:
         return Net().eval()
 
 
+class ResizeNet:
+    """conv - relu, then the maps max-pooled and resized back to their own size (read with ``x.shape``),
+    added, averaged and flattened with ``view(x.size(0), -1)``: shape arithmetic that torch's default
+    exporter leaves in the graph when H and W are dynamic."""
+
+    @staticmethod
+    def make(torch):
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c = torch.nn.Conv2d(3, 6, 3, padding=1)
+                self.fc = torch.nn.Linear(6, 5)
+
+            def forward(self, x):
+                f = torch.relu(self.c(x))
+                g = torch.nn.functional.max_pool2d(f, 2)
+                g = torch.nn.functional.interpolate(g, size=(f.shape[2], f.shape[3]))
+                m = (f + g).mean((2, 3))
+                return self.fc(m.view(m.size(0), -1))
+
+        torch.manual_seed(2)
+        return Net().eval()
+
+
 @pytest.fixture(scope="module")
 def torch_mod():
     torch = pytest.importorskip("torch")
@@ -198,13 +222,15 @@ def test_legacy_export_without_size_asks_for_it(torch_mod, tmp_path):
 
 def test_dynamo_export_with_external_data(torch_mod, tmp_path):
     pytest.importorskip("onnxscript")
-    net = GapNet.make(torch_mod)
+    net = ResizeNet.make(torch_mod)
     path = tmp_path / "dyn.onnx"
     import warnings
 
+    dim = torch_mod.export.Dim
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch_mod.onnx.export(net, (torch_mod.randn(1, 3, 20, 24),), str(path), dynamo=True, external_data=True,
+        torch_mod.onnx.export(net, (torch_mod.randn(2, 3, 20, 24),), str(path), dynamo=True, external_data=True,
+                              dynamic_shapes={"x": {0: dim("N"), 2: dim("H", min=8), 3: dim("W", min=8)}},
                               verbose=False)
     model = onnx.load(str(path), load_external_data=False)
     external = [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
@@ -215,16 +241,17 @@ def test_dynamo_export_with_external_data(torch_mod, tmp_path):
         model = onnx.load(str(path), load_external_data=False)
         external = [t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
     assert external and (tmp_path / "dyn.onnx.data").is_file()
-    g = read_onnx(path)
-    assert g.input_shape[1:] == (3, 20, 24)
+    g = read_onnx(path, size=(18, 22))
+    assert g.input_shape == (None, 3, 18, 22)
     assert not SHAPE_OPS & {n.op for n in g.nodes}
+    check_folded_against_ort(path, g, (18, 22), 3)
     weights = {k: v.numpy() for k, v in net.state_dict().items()}
     full = onnx.load(str(path))  # onnx's own reader of the external data, for comparison
     for t in full.graph.initializer:
         np.testing.assert_array_equal(g.constants[t.name], numpy_helper.to_array(t), err_msg=t.name)
     for name in external:
         assert any(np.array_equal(g.constants[name], w) for w in weights.values()), name
-    x = np.random.default_rng(2).standard_normal((1, 3, 20, 24)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((1, 3, 18, 22)).astype(np.float32)
     out = ort_values(path, [o.name for o in full.graph.output], x)
     expected = net(torch_mod.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(out[g.outputs[0]], expected, rtol=1e-4, atol=1e-5)
@@ -503,8 +530,20 @@ def test_huge_folded_value_refused_without_allocating(tmp_path):
     nodes = [helper.make_node("ConstantOfShape", ["mid"], ["c"], name="fill"),
              helper.make_node("Add", ["x", "c"], ["y"])]
     path = save(image_model(nodes, initializers=[init("mid", np.int64([1024, 1024]))]), tmp_path / "m.onnx")
-    with pytest.raises(OnnxError, match="over what is left of the"):
+    with pytest.raises(OnnxError, match="over what is left"):
         read_onnx(path, max_bytes=2**20)  # a 4 MB value from a 1 MB budget
+
+
+def test_folded_values_add_up_against_the_budget(tmp_path):
+    # Each Neg makes a value no larger than its input; ten of them are ten times the file.
+    nodes = [helper.make_node("Neg", [f"v{i}"], [f"v{i + 1}"]) for i in range(10)]
+    nodes.append(helper.make_node("Add", ["x", "v10"], ["y"]))
+    big = np.ones((1, 3, 256, 256), np.float32)  # 768 KB
+    path = save(image_model(nodes, initializers=[init("v0", big)], x_shape=(1, 3, 256, 256)), tmp_path / "n.onnx")
+    g = read_onnx(path)
+    np.testing.assert_array_equal(g.constants["v10"], big)
+    with pytest.raises(OnnxError, match=r"node 'Neg_\d' \(Neg\) cannot be computed.*over what is left"):
+        read_onnx(path, max_bytes=4 * 2**20)
 
 
 def test_file_over_max_bytes_and_garbage_refused(tmp_path):
