@@ -11,15 +11,15 @@ image was found; see ``cnn_cli.inputs``) holds, as ``ApplyOptions.save`` asks::
 
 and, at the end of a run, ``OUT/index.html`` lists its images and failures.
 
-Images flow through three overlapping stages: a reader thread decodes ahead,
-the calling thread runs the engine on batches of same-sized images, and a
-few writer threads encode and write (Pillow's encoder, zlib and file writes
-release the GIL). Only a few images are in flight at once, so memory does not
-grow with the number of inputs.
+Images flow through three overlapping stages: ``cnn_cli.runner`` decodes
+ahead on a reader thread and runs the engine on batches of same-sized images
+on the calling thread, and ``ApplySink`` writes on a few writer threads
+(Pillow's encoder, zlib and file writes release the GIL). Only a few images
+are in flight at once, so memory does not grow with the number of inputs.
 
 A folder is built under ``.<name>.partial`` beside its final path and renamed
 into place when complete, so a final path never holds partial output, and an
-output folder that exists is complete. A run holds a lock on OUT, so the
+output folder that exists is complete. The runner holds a lock on OUT, so the
 temporary files and folders of an earlier, killed run are known to be stale:
 each folder the run writes into is swept of them first, and the run says so.
 
@@ -36,20 +36,19 @@ import json
 import os
 import shutil
 import threading
-import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, choices, config, viz
-from .fileio import (NotRegularFileError, held_lock, remove_stale, replace_dir, save_npz_atomic, temporary_name,
-                     write_bytes_atomic)
+from . import __version__, choices, config, layersel, runner, viz
+from .fileio import NotRegularFileError, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
-from .inputs import Input, Problem, iter_inputs, safe_name
+from .inputs import safe_name
 from .report import ApplyIndex, apply_page, write_or_keep
-from .stream import Batch, CompileNote, Progress, batched, read_ahead
+from .runner import output_lock  # noqa: F401  (OUT's lock, as apply has always offered it)
+from .stream import Progress
 
 SAVE_CHOICES = choices.SAVE
 
@@ -73,8 +72,6 @@ PNG_BYTES_PER_PIXEL = 0.8
 #: one at 2.43 GiB for 1.76 GiB of raw maps (README). About 157 bytes per
 #: input pixel in all, against 130 bytes per pixel written to disk.
 MEMORY_OVERHEAD = 1.4
-
-LOCK_NAME = ".cnn-apply.lock"
 
 
 @dataclass
@@ -109,46 +106,26 @@ class ApplyOptions:
 
 
 @dataclass
-class Result:
-    path: Path
-    out_dir: Path
+class Result(runner.Result):
+    """One input's outcome (``runner.Result``), with its folder and what was written there."""
+
+    out_dir: Path | None = None
     maps: int = 0
     bytes: int = 0
-    error: str | None = None
-    skipped: bool = False
 
 
 @dataclass
-class Summary:
-    """What a run did: counts, totals and every failure (path or argument, message)."""
+class Summary(runner.Summary):
+    """What a run did (``runner.Summary``), with the maps and bytes written."""
 
-    done: int = 0
-    skipped: int = 0
     maps: int = 0
     bytes: int = 0
-    seconds: float = 0.0
-    failed: list = field(default_factory=list)
-    #: Temporary files and folders of killed runs removed from the output (paths).
-    removed: list = field(default_factory=list)
-    #: True when the run stopped at a KeyboardInterrupt (Ctrl-C, or a signal the CLI turns into one).
-    interrupted: bool = False
 
     def add(self, result):
-        if result.error:
-            self.failed.append((str(result.path), result.error))
-        elif result.skipped:
-            self.skipped += 1
-        else:
-            self.done += 1
+        super().add(result)
+        if not (result.error or result.skipped):
             self.maps += result.maps
             self.bytes += result.bytes
-
-
-@dataclass
-class _Loaded:
-    item: Input
-    out_dir: Path
-    image: np.ndarray = field(repr=False)
 
 
 # --------------------------------------------------------------------------- options
@@ -164,26 +141,8 @@ def parse_save(text):
 
 
 def select_layers(pipeline, text):
-    """Layer indices from '4', 'last', '0,2', 'layer3' or a layer kind that occurs once (e.g. 'corner')."""
-    count = len(pipeline.layers)
-    kinds = [layer.kind for layer in pipeline.layers]
-    chosen = []
-    for part in (p.strip() for p in str(text).split(",")):
-        if part in ("last", "-1"):
-            index = count - 1
-        elif part.lstrip("-").isdigit() or (part.startswith("layer") and part[5:].isdigit()):
-            index = int(part[5:] if part.startswith("layer") else part)
-            index = index + count if index < 0 else index
-        elif kinds.count(part) == 1:
-            index = kinds.index(part)
-        else:
-            names = ", ".join(f"{i} ({k})" for i, k in enumerate(kinds))
-            raise ValueError(f"--layers: no single layer {part!r}; give indices, 'last' or a kind, from: {names}")
-        if not 0 <= index < count:
-            raise ValueError(f"--layers: layer {part} does not exist; the pipeline has layers 0 to {count - 1}")
-        if index not in chosen:
-            chosen.append(index)
-    return tuple(sorted(chosen))
+    """The sorted indices ``--layers text`` names (``cnn_cli.layersel``); OptionError lists the layers."""
+    return layersel.select(layersel.sequential([layer.kind for layer in pipeline.layers]), text, option="--layers")
 
 
 def _chosen(pipeline, options):
@@ -357,34 +316,124 @@ def _triage(item, out_root, options):
     out_dir = out_root / item.name
     if os.path.lexists(out_dir) and not options.force:
         if options.skip_existing:
-            return Result(item.path, out_dir, skipped=True)
-        return Result(item.path, out_dir,
+            return Result(item.path, out_dir=out_dir, skipped=True)
+        return Result(item.path, out_dir=out_dir,
                       error=f"{out_dir} exists; use --skip-existing to keep it or --force to replace it")
     return None
 
 
-def _load(item, out_root, options, budget):
-    """Decode one input: a _Loaded, or a failed Result (also for an image over the budget)."""
-    out_dir = out_root / item.name
-    if options.prepare is None:  # a model resizes every image to its own size: checked after decoding
-        try:
-            shape = image_shape(item.path, color=options.color, max_size=options.max_size)
-        except (OSError, ImageError):
-            shape = None  # read_image says what is wrong with it
-        refusal = shape and budget.refusal(item.path, shape)
-        if refusal:
-            return Result(item.path, out_dir, error=refusal)
-    try:
+class ApplySink(runner.Sink):
+    """``cnn apply``'s part of a run (``runner.Sink``): decode within the memory and disk budget,
+    run the pipeline, and write each image's folder on ``WRITERS`` threads while the next batch runs.
+
+    Picklable for Dask workers; the threads and the budget are made when the
+    stream starts (``with``), and ``sizes`` (the client's estimates) stay behind.
+    """
+
+    def __init__(self, pipeline, options, out_root, sizes=None):
+        self.pipeline, self.options, self.out_root, self.sizes = pipeline, options, Path(out_root), sizes
+
+    def __getstate__(self):
+        return {"pipeline": self.pipeline, "options": self.options, "out_root": self.out_root, "sizes": None}
+
+    def __enter__(self):
+        self.budget = _Budget(self.pipeline, self.options, self.out_root)
+        self.writing = set()
+        self.stop = threading.Event()  # set when the run stops early: writes under way give up
+        self.writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="cnn-apply-write")
+        self.encoders = ThreadPoolExecutor(WRITERS + 1, thread_name_prefix="cnn-apply-encode")
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()  # when the stream ended early; a finished stream has no writes left
+        for job in self.writing:
+            job.cancel()
+        self.writers.shutdown(wait=True)
+        self.encoders.shutdown(wait=True)
+
+    def early(self, item):
+        if self.sizes is not None:
+            self.sizes.check(item)
+        return _triage(item, self.out_root, self.options) or item
+
+    def counted(self, images):
+        if self.sizes is not None:
+            self.sizes.counted(images)
+
+    def failure(self, item, message):
+        return Result(item.path, out_dir=self.out_root / item.name, error=message)
+
+    def load(self, item):
+        """Decode one input: a Loaded, or a failed Result (also for an image over the budget)."""
+        options, budget = self.options, self.budget
+        out_dir = self.out_root / item.name
+        if _triage(item, self.out_root, options) is not None:
+            # The client sent it, so its folder was written by an earlier attempt
+            # at this task (a Dask worker that died after writing it): done.
+            return Result(item.path, out_dir=out_dir)
+        if options.prepare is None:  # a model resizes every image to its own size: checked after decoding
+            try:
+                shape = image_shape(item.path, color=options.color, max_size=options.max_size)
+            except (OSError, ImageError):
+                shape = None  # read_image says what is wrong with it
+            refusal = shape and budget.refusal(item.path, shape)
+            if refusal:
+                return self.failure(item, refusal)
         image = read_image(item.path, color=options.color, max_size=options.max_size,
                            max_pixels=options.max_pixels)
         if options.prepare is not None:
             image = options.prepare(image)
-    except ImageError as exc:
-        return Result(item.path, out_dir, error=str(exc))
-    refusal = budget.refusal(item.path, image.shape)
-    if refusal:
-        return Result(item.path, out_dir, error=refusal)
-    return _Loaded(item, out_dir, image)
+        refusal = budget.refusal(item.path, image.shape)
+        if refusal:
+            return self.failure(item, refusal)
+        return runner.Loaded(item, image)
+
+    def make_room(self, batch):
+        need = sum(self.budget.memory(entry.image.shape) for entry in batch)
+        while self.writing and self.budget.over(need):  # the maps being written, and this batch's, would pass
+            yield from self._finished(wait_for_one=True)
+
+    def compute(self, batch):
+        return self.pipeline.forward(np.stack([entry.image for entry in batch]))
+
+    def deliver(self, batch, outputs):
+        chosen = set(_chosen(self.pipeline, self.options))
+        for b, entry in enumerate(batch):
+            while len(self.writing) >= WRITERS:
+                yield from self._finished(wait_for_one=True)
+            maps = [o[b] if i in chosen else None for i, o in enumerate(outputs)]
+            job = self.writers.submit(self._write, entry, maps)
+            self.budget.holding[job] = self.budget.memory(entry.image.shape)
+            self.writing.add(job)
+        del outputs
+        yield from self._finished(wait_for_one=False)
+
+    def drain(self):
+        while self.writing:
+            yield from self._finished(wait_for_one=True)
+
+    def _write(self, entry, maps):
+        item = entry.item
+        path, out_dir = item.path, self.out_root / item.name
+        try:
+            count, written = write_outputs(path, out_dir, maps, entry.image.shape, self.pipeline, self.options,
+                                           self.encoders, self.stop, item.name)
+        except Stopped:
+            return self.failure(item, f"{path}: stopped before its output was complete")
+        except FileExistsError:
+            return self.failure(item, f"{out_dir} exists; use --skip-existing to keep it or --force to replace it")
+        except NotRegularFileError as exc:
+            return self.failure(item, f"{path}: cannot write output: {exc.strerror}")
+        except (OSError, ValueError) as exc:
+            return self.failure(item, f"{path}: cannot write output: {exc}")
+        return Result(path, out_dir=out_dir, maps=count, bytes=written)
+
+    def _finished(self, wait_for_one):
+        done, _ = wait(self.writing, timeout=None if wait_for_one else 0, return_when=FIRST_COMPLETED)
+        for job in done:
+            self.writing.discard(job)
+            self.budget.holding.pop(job, None)
+            yield job.result()
 
 
 class _Budget:
@@ -445,114 +494,7 @@ class _Budget:
         return held > 0 and held + more > self.limit
 
 
-def process(items, out_root, pipeline, options, *, progress=None, triaged=False):
-    """Run ``pipeline`` over ``items`` (``Input``s) and write their folders; yield a Result each.
-
-    The three stages overlap (see the module docstring). With ``triaged``,
-    the caller has already skipped or refused inputs whose folders existed,
-    and a folder that exists now was written by an earlier attempt at the
-    same task (a worker that died after writing it), so it counts as done.
-    """
-    out_root = Path(out_root)
-
-    budget = _Budget(pipeline, options, out_root)
-
-    def load(item):
-        early = _triage(item, out_root, options)
-        if early is not None and triaged:
-            return Result(item.path, early.out_dir)
-        return early if early is not None else _load(item, out_root, options, budget)
-
-    writing = set()
-    stop = threading.Event()  # set when the run stops early: writes under way give up
-    compile_note = CompileNote(progress)
-    entries = batched(read_ahead(items, load), lambda e: e.image if isinstance(e, _Loaded) else None)
-    with ThreadPoolExecutor(WRITERS, thread_name_prefix="cnn-apply-write") as writers, \
-            ThreadPoolExecutor(WRITERS + 1, thread_name_prefix="cnn-apply-encode") as encoders:
-        try:
-            for entry in entries:
-                if isinstance(entry, Batch):
-                    yield from _run_batch(entry, pipeline, options, writers, encoders, writing, compile_note,
-                                          budget, stop)
-                else:
-                    yield entry
-            while writing:
-                yield from _finished(writing, budget, wait_for_one=True)
-        finally:
-            stop.set()  # when the loop ended early; a finished loop has no writes left
-            entries.close()
-            compile_note.cancel()
-            for job in writing:
-                job.cancel()
-
-
-def _run_batch(batch, pipeline, options, writers, encoders, writing, compile_note, budget, stop):
-    need = budget.batch_memory(batch)
-    while writing and budget.over(need):  # the maps being written, and this batch's, would pass the limit
-        yield from _finished(writing, budget, wait_for_one=True)
-    x = np.stack([entry.image for entry in batch])
-    compile_note.start()
-    try:
-        outputs = pipeline.forward(x)
-    except ValueError as exc:  # e.g. an image smaller than a kernel
-        for entry in batch:
-            yield Result(entry.item.path, entry.out_dir, error=f"{entry.item.path}: {exc}")
-        return
-    except MemoryError:
-        for entry in batch:
-            yield Result(entry.item.path, entry.out_dir,
-                         error=f"{entry.item.path}: out of memory; use --max-size to shrink the image")
-        return
-    finally:
-        compile_note.cancel()
-    chosen = set(_chosen(pipeline, options))
-    for b, entry in enumerate(batch):
-        while len(writing) >= WRITERS:
-            yield from _finished(writing, budget, wait_for_one=True)
-        maps = [o[b] if i in chosen else None for i, o in enumerate(outputs)]
-        job = writers.submit(_write_entry, entry, maps, pipeline, options, encoders, stop)
-        budget.holding[job] = budget.memory(entry.image.shape)
-        writing.add(job)
-    del outputs
-    yield from _finished(writing, budget, wait_for_one=False)
-
-
-def _write_entry(entry, maps, pipeline, options, encoders, stop):
-    path = entry.item.path
-    try:
-        count, written = write_outputs(path, entry.out_dir, maps, entry.image.shape, pipeline, options, encoders,
-                                       stop, entry.item.name)
-    except Stopped:
-        return Result(path, entry.out_dir, error=f"{path}: stopped before its output was complete")
-    except FileExistsError:
-        return Result(path, entry.out_dir,
-                      error=f"{entry.out_dir} exists; use --skip-existing to keep it or --force to replace it")
-    except NotRegularFileError as exc:
-        return Result(path, entry.out_dir, error=f"{path}: cannot write output: {exc.strerror}")
-    except (OSError, ValueError) as exc:
-        return Result(path, entry.out_dir, error=f"{path}: cannot write output: {exc}")
-    return Result(path, entry.out_dir, count, written)
-
-
-def _finished(jobs, budget, wait_for_one):
-    done, _ = wait(jobs, timeout=None if wait_for_one else 0, return_when=FIRST_COMPLETED)
-    for job in done:
-        jobs.discard(job)
-        budget.holding.pop(job, None)
-        yield job.result()
-
-
 # --------------------------------------------------------------------------- a run
-
-
-def output_lock(out_root):
-    """Hold OUT's lock for a run (``fileio.held_lock``); a second run into the same OUT is refused (ValueError)."""
-    out_root = Path(out_root)
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create output folder {out_root}: {exc.strerror or exc}") from None
-    return held_lock(out_root / LOCK_NAME, f"another cnn run is writing to {out_root}")
 
 
 def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
@@ -566,48 +508,20 @@ def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
     progress = progress or Progress()
     out_root = Path(out_root)
     summary = Summary()
-    start = time.perf_counter()
     if options.max_memory is None:  # fixed here, so Dask workers use the same limit
         options = replace(options, max_memory=config.memory_limit())
-    with output_lock(out_root):
+    sink = ApplySink(pipeline, options, out_root, _Sizes(pipeline, options, progress))
+    with runner.Run(out_root, summary, progress=progress) as run_:
         index = ApplyIndex(out_root) if options.html else None
 
-        def record(result):
-            summary.add(result)
-            progress.advance(result)
-            if index is not None and not result.error:
+        def note(result):
+            if not result.error:
                 index.add(result.out_dir, result.skipped)
 
-        sizes = _Sizes(pipeline, options, progress)
-        threading.Thread(target=sizes.count, args=(inputs, out_root), daemon=True).start()
-        sweep = _Sweep(out_root, summary, progress)
-        stream = _checked(iter_inputs(inputs, exclude=[out_root]), sizes, summary, sweep)
-        if cluster is None:
-            results = process(stream, out_root, pipeline, options, progress=progress)
-        else:
-            results = cluster.map_chunks(
-                _triaged(stream, out_root, options, record), apply_chunk, out_root, pipeline, options,
-                lost=lambda item, message: Result(item.path, out_root / item.name, error=f"{item.path}: {message}"))
-        try:
-            for result in results:
-                record(result)
-        except KeyboardInterrupt:
-            # Closing the stream cancels the writes not yet begun and waits for
-            # those under way, each of which finishes or removes its folder.
-            summary.interrupted = True
-        finally:
-            close = getattr(results, "close", None)
-            if close is not None:
-                close()
+        run_.stream(inputs, sink, cluster=cluster, on_result=note if index is not None else None)
         if index is not None:
             _write_index(index, summary, options, progress)
-    summary.seconds = time.perf_counter() - start
     return summary
-
-
-def apply_chunk(items, out_root, pipeline, options):
-    """A Dask task: process ``items`` (already triaged by the client) here; return their Results."""
-    return list(process(items, out_root, pipeline, options, triaged=True))
 
 
 class _Sizes:
@@ -623,10 +537,8 @@ class _Sizes:
         self.images = None
         self.lock = threading.Lock()
 
-    def count(self, inputs, out_root):
-        """Count the inputs (a second, background walk) for the progress bar and the run's estimate."""
-        images = sum(isinstance(i, Input) for i in iter_inputs(inputs, exclude=[out_root]))
-        self.progress.total(images)
+    def counted(self, images):
+        """The run's inputs have been counted (``runner.Run.stream``): warn when the whole output is large."""
         with self.lock:
             self.images = images
             self._warn_run()
@@ -635,8 +547,6 @@ class _Sizes:
         """Estimate the output of the first image of each new size (from its header)."""
         if len(self.seen) >= self.MOST or self.options.prepare is not None:
             return  # a model resizes every image to its own size
-        from .imageio import image_shape
-
         try:
             shape = image_shape(item.path, color=self.options.color, max_size=self.options.max_size)
             if shape in self.seen:
@@ -662,57 +572,6 @@ class _Sizes:
         if total > LARGE_RUN_BYTES and self.per_image[0] <= LARGE_IMAGE_BYTES:
             self.progress.note(_large_warning(f"{self.images} images, about {_size(total)} in all",
                                               *self.per_image, self.options))
-
-
-def _checked(stream, sizes, summary, sweep):
-    """Inputs only: Problems go into the summary; new image sizes are checked for a large output;
-    each output folder is swept of a killed run's leftovers before its first image goes out."""
-    for entry in stream:
-        if isinstance(entry, Problem):
-            summary.failed.append((None, entry.message))
-            continue
-        sweep.before(entry)
-        sizes.check(entry)
-        yield entry
-
-
-class _Sweep:
-    """Removes what killed runs left in each folder of OUT that this run writes into.
-
-    This run holds OUT's lock, so any temporary file or folder of ours there
-    (``fileio.temporary_kind``) belongs to a run that was killed. A folder is
-    swept once, when the first input that writes into it passes, before any
-    of this run's own writes into it can have begun, locally or on a cluster.
-    """
-
-    def __init__(self, out_root, summary, progress):
-        self.out_root, self.summary, self.progress = Path(out_root), summary, progress
-        self.swept = set()
-        self.folder(self.out_root)
-
-    def before(self, item):
-        parent = (self.out_root / item.name).parent
-        if parent not in self.swept:
-            self.folder(parent)
-
-    def folder(self, folder):
-        self.swept.add(folder)
-        removed = remove_stale(folder)
-        if removed:
-            self.summary.removed += [str(folder / name) for name in removed]
-            shown = ", ".join(removed[:3]) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
-            self.progress.note(f"removed {len(removed)} unfinished output(s) that an interrupted run left "
-                               f"in {folder}: {shown}")
-
-
-def _triaged(stream, out_root, options, record):
-    """For a cluster: inputs whose folders exist are answered here (``record``) and never sent."""
-    for item in stream:
-        early = _triage(item, out_root, options)
-        if early is None:
-            yield item
-        else:
-            record(early)
 
 
 def _write_index(index, summary, options, progress):

@@ -8,26 +8,28 @@ an index folder and its queries land in the index's space.
 
 ``run`` streams any number of images into an output folder (see
 ``cnn_cli.embedding`` for the files and why a killed run can always resume),
-on this machine or on a Dask cluster (``cnn_cli.cluster``), where each task
-embeds a chunk of images and returns only their rows.
+through ``cnn_cli.runner`` (the ``Embedder`` is its sink): on this machine or
+on a Dask cluster (``cnn_cli.cluster``), where each task embeds a chunk of
+images and returns only their rows. The run holds the folder's lock, so two
+runs never write one folder.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import layersel, runner
 from .embedding import POOLINGS, EmbeddingWriter, l2_normalize, pool_maps, read_embedding_folder
-from .imageio import MAX_PIXELS, ImageError, read_image
+from .imageio import MAX_PIXELS, read_image
 from .inputs import Input, Problem, iter_inputs
 from .retrieval import Pca, evaluate_retrieval, fit_pca, search
 from .sources import load_source
-from .stream import Batch, CompileNote, Progress, batched, read_ahead
+from .stream import Progress
 
 #: Rows transformed at once when a fitted PCA is applied to the first pass.
 PCA_ROWS = 65536
@@ -51,16 +53,17 @@ class EmbedOptions:
 
 
 @dataclass
-class EmbedSummary:
-    done: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
+class EmbedSummary(runner.Summary):
+    """What a run did (``runner.Summary``; ``skipped``: rows already in the folder), and the rows' dimension."""
+
     dimension: int = 0
-    failed: list = field(default_factory=list)
 
 
-class Embedder:
-    """Images (C, H, W) -> one row each, as ``settings`` describe. Picklable, for Dask workers."""
+class Embedder(runner.Sink):
+    """Images (C, H, W) -> one row each, as ``settings`` describe: ``cnn embed``'s sink (``runner.Sink``).
+
+    Picklable, for Dask workers (the set of paths already embedded stays behind).
+    """
 
     def __init__(self, source, layer, pool, normalize, *, pca=None, max_size=None, max_pixels=MAX_PIXELS):
         self.layers = source.vector_layers[:layer + 1]
@@ -68,6 +71,11 @@ class Embedder:
         self.layer, self.pool, self.normalize, self.pca = layer, pool, normalize, pca
         self.color, self.prepare = source.color, source.prepare
         self.max_size, self.max_pixels = max_size, max_pixels
+        #: Paths (as index.csv records them) whose rows the folder already holds: skipped.
+        self.done = frozenset()
+
+    def __getstate__(self):
+        return {**self.__dict__, "done": frozenset()}
 
     @property
     def dimension(self):
@@ -77,9 +85,22 @@ class Embedder:
             return int(self.shape[0])
         return self.shape[0] * (2 if self.pool == "stats" else 1)
 
-    def load(self, path):
-        image = read_image(path, color=self.color, max_size=self.max_size, max_pixels=self.max_pixels)
-        return self.prepare(image) if self.prepare is not None else image
+    def early(self, item):
+        key = _key(item.path)
+        if key in self.done:
+            return runner.Result(key, skipped=True)
+        return Input(Path(key), item.name)
+
+    def load(self, item):
+        image = read_image(item.path, color=self.color, max_size=self.max_size, max_pixels=self.max_pixels)
+        return runner.Loaded(item, self.prepare(image) if self.prepare is not None else image)
+
+    def compute(self, batch):
+        return self.rows(np.stack([entry.image for entry in batch]))
+
+    def deliver(self, batch, rows):
+        for entry, row in zip(batch, rows):
+            yield runner.Result(entry.item.path, value=row)
 
     def rows(self, x):
         """A batch (N, C, H, W) -> rows (N, D) float32."""
@@ -94,60 +115,16 @@ class Embedder:
                 rows = l2_normalize(rows)
         return rows
 
-    def embed(self, items, progress=None):
-        """Yield (item, row or None, error or None) for each ``Input``, streaming and batching."""
-        def load(item):
-            try:
-                return item, self.load(item.path), None
-            except ImageError as exc:
-                return item, None, str(exc)
-
-        compile_note = CompileNote(progress)
-        for entry in batched(read_ahead(items, load), lambda e: e[1]):
-            if not isinstance(entry, Batch):
-                yield entry
-                continue
-            compile_note.start()
-            try:
-                rows = self.rows(np.stack([image for _, image, _ in entry]))
-            except (ValueError, MemoryError) as exc:
-                message = "out of memory; use --max-size" if isinstance(exc, MemoryError) else str(exc)
-                for item, _, _ in entry:
-                    yield item, None, f"{item.path}: {message}"
-                continue
-            finally:
-                compile_note.cancel()
-            for (item, _, _), row in zip(entry, rows):
-                yield item, row, None
-
-
-def embed_chunk(items, embedder):
-    """A Dask task: the rows of ``items``, as ``Embedder.embed`` yields them."""
-    return list(embedder.embed(items))
-
 
 # --------------------------------------------------------------------------- settings
 
 
 def resolve_layer(source, spec):
-    """The index of the layer to embed: ``spec`` (index, 'last', 'layerN' or a kind) or the source's default."""
-    count = len(source.vector_layers)
+    """The index of the layer to embed: ``--layer spec`` (``cnn_cli.layersel``), or the source's default."""
     if spec is None:
         return source.default_layer
-    kinds = [layer.kind for layer in source.vector_layers]
-    text = str(spec).strip()
-    if text == "last":
-        return count - 1
-    number = text[5:] if text.startswith("layer") else text
-    if number.lstrip("-").isdigit():
-        index = int(number) + (count if int(number) < 0 else 0)
-        if 0 <= index < count:
-            return index
-        raise ValueError(f"--layer {spec}: the source has layers 0 to {count - 1}")
-    if kinds.count(text) == 1:
-        return kinds.index(text)
-    names = ", ".join(f"{i} ({k})" for i, k in enumerate(kinds))
-    raise ValueError(f"--layer: no single layer {spec!r}; give an index, 'last' or a kind, from: {names}")
+    records = layersel.sequential([layer.kind for layer in source.vector_layers])
+    return layersel.select_one(records, spec, option="--layer")
 
 
 def settings_of(source, layer, pool, options, pca_record):
@@ -185,7 +162,6 @@ def run(inputs, out_dir, source, options, *, progress=None, cluster=None):
     """
     progress = progress or Progress()
     out_dir = Path(out_dir)
-    start = time.perf_counter()
     layer = resolve_layer(source, options.layer)
     pool = _pool_for(source, layer, options.pool)
     if options.pca and options.pca_from:
@@ -203,26 +179,28 @@ def run(inputs, out_dir, source, options, *, progress=None, cluster=None):
                         max_size=options.max_size, max_pixels=options.max_pixels)
     settings = settings_of(source, layer, pool, options, pca_record)
     two_passes = bool(options.pca) and pca is None
-    first = out_dir / FIRST_PASS if two_passes else out_dir
-    if two_passes:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _refuse_finished(out_dir, options)
-        settings_first = {**settings, "pca": None}
-        writer = _open_writer(first, embedder.dimension, "float32", settings_first, options)
-    else:
-        writer = _open_writer(out_dir, embedder.dimension, options.dtype, settings, options)
     summary = EmbedSummary(dimension=embedder.dimension)
-    try:
-        _fill(writer, inputs, out_dir, embedder, summary, progress, cluster)
-        writer.close()
-    except BaseException:
-        writer.abandon()
-        raise
-    if options.pca_from:
-        shutil.copyfile(options.pca_from, out_dir / PCA_FILE)
-    if two_passes:
-        summary.dimension = _second_pass(first, out_dir, int(options.pca), options, settings, progress)
-    summary.seconds = time.perf_counter() - start
+    with runner.Run(out_dir, summary, progress=progress) as run_:
+        if two_passes:
+            _refuse_finished(out_dir, options)
+            writer = _open_writer(out_dir / FIRST_PASS, embedder.dimension, "float32", {**settings, "pca": None},
+                                  options)
+        else:
+            writer = _open_writer(out_dir, embedder.dimension, options.dtype, settings, options)
+        try:
+            _fill(run_, writer, inputs, embedder, cluster)
+            if summary.interrupted:  # the rows committed so far stay, for --resume
+                writer.abandon()
+                return summary
+            writer.close()
+        except BaseException:
+            writer.abandon()
+            raise
+        if options.pca_from:
+            shutil.copyfile(options.pca_from, out_dir / PCA_FILE)
+        if two_passes:
+            summary.dimension = _second_pass(out_dir / FIRST_PASS, out_dir, int(options.pca), options, settings,
+                                             progress)
     return summary
 
 
@@ -235,43 +213,29 @@ def _open_writer(folder, dim, dtype, settings, options):
     return EmbeddingWriter(folder, dim, dtype, settings, resume=options.resume, append=options.append)
 
 
-def _fill(writer, inputs, out_dir, embedder, summary, progress, cluster):
-    """Embed the inputs the writer has not done yet, writing rows as they come."""
-    def todo():
-        for entry in iter_inputs(inputs, exclude=[out_dir]):
-            if isinstance(entry, Problem):
-                summary.failed.append((None, entry.message))
-                continue
-            key = _key(entry.path)
-            if key in writer.done:
-                summary.skipped += 1
-                progress.advance(None)
-                continue
-            yield Input(Path(key), entry.name)
+#: Rows handed to the writer at once (each hand-over is flushed and fsync'd).
+WRITE_ROWS = 64
 
-    import threading
 
-    threading.Thread(target=lambda: progress.total(
-        sum(isinstance(i, Input) for i in iter_inputs(inputs, exclude=[out_dir]))), daemon=True).start()
-    if cluster is None:
-        results = embedder.embed(todo(), progress)
-    else:
-        results = cluster.map_chunks(todo(), embed_chunk, embedder,
-                                     lost=lambda item, message: (item, None, f"{item.path}: {message}"))
+def _fill(run_, writer, inputs, embedder, cluster):
+    """Embed the inputs the writer has not done yet, writing rows as they come (``runner.Run.stream``)."""
+    embedder.done = writer.done
     paths, rows = [], []
-    for item, row, error in results:
-        if error is not None:
-            writer.add_failed(str(item.path), error)
-            summary.failed.append((str(item.path), error))
-        else:
-            paths.append(str(item.path))
-            rows.append(row)
-            summary.done += 1
-        progress.advance(None)
-        if len(rows) >= 64:
-            writer.add(paths, np.stack(rows))
-            paths, rows = [], []
-    if rows:
+
+    def write(result):
+        if result.error is not None:
+            if result.path is not None:
+                writer.add_failed(str(result.path), result.error)
+        elif not result.skipped:
+            paths.append(str(result.path))
+            rows.append(result.value)
+            if len(rows) >= WRITE_ROWS:
+                writer.add(paths, np.stack(rows))
+                paths.clear()
+                rows.clear()
+
+    run_.stream(inputs, embedder, cluster=cluster, on_result=write)
+    if rows and not run_.summary.interrupted:
         writer.add(paths, np.stack(rows))
 
 
@@ -342,12 +306,12 @@ def search_images(queries, folder, k, *, progress=None):
             failed.append((None, entry.message))
         else:
             items.append(entry)
-    for item, row, error in embedder.embed(items, progress):
-        if error is not None:
-            failed.append((str(item.path), error))
+    for result in runner.process(items, embedder, progress):
+        if result.error is not None:
+            failed.append((str(result.path), result.error))
             continue
-        scores, rows = search(row[None], index.embeddings, k)
-        results.append({"query": str(item.path), "results": [
+        scores, rows = search(result.value[None], index.embeddings, k)
+        results.append({"query": str(result.path), "results": [
             {"path": index.paths[r], "score": float(s)} for s, r in zip(scores[0], rows[0])]})
     return results, failed
 

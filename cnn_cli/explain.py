@@ -38,22 +38,20 @@ import copy
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__, viz
-from .apply import output_lock
+from . import __version__, layersel, runner, viz
 from .choices import EXPLAIN_METHODS
-from .fileio import replace_dir, write_bytes_atomic
-from .imageio import MAX_PIXELS, ImageError, read_image
-from .inputs import Input, Problem, iter_inputs, safe_name
+from .fileio import replace_dir, temporary_name, write_bytes_atomic
+from .imageio import MAX_PIXELS, read_image
+from .inputs import safe_name
 from .nn import Param
 from .report import write_explain_index, write_or_keep
-from .stream import CompileNote, Progress, read_ahead
+from .stream import Progress
 
 METHODS = EXPLAIN_METHODS
 GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam")
@@ -83,7 +81,7 @@ class ExplainError(ValueError):
     """An explanation cannot be made as asked; the message says what to change."""
 
 
-class OptionError(ExplainError):
+class OptionError(ExplainError, layersel.OptionError):
     """An option's value does not fit the model or the method (a usage error)."""
 
 
@@ -113,41 +111,20 @@ def default_layer(network):
     return i
 
 
-def layer_index(kinds, spec, choices):
-    """The index that ``--layer spec`` names among layers of ``kinds``: an index (negative
-    counts from the end), ``layer<i>``, ``last``, or a kind that occurs once. ``choices``
-    lists the layers that may be named, for the error message."""
-    count = len(kinds)
-    text = str(spec).strip()
-    number = text[5:] if text.startswith("layer") else text
-    if text == "last":
-        return count - 1
-    if number.lstrip("-").isdigit():
-        index = int(number) + (count if int(number) < 0 else 0)
-        if not 0 <= index < count:
-            raise OptionError(f"--layer {spec}: there are layers 0 to {count - 1}")
-        return index
-    if kinds.count(text) == 1:
-        return kinds.index(text)
-    raise OptionError(f"--layer: no single layer {spec!r}; give an index or a kind, from: {choices}")
-
-
 def resolve_layer(network, spec):
-    """The layer index for ``--layer`` (see ``layer_index``; ``residual`` is no single layer
-    in ResNet); None gives ``default_layer``. The layer must give maps to later layers."""
+    """The layer index for ``--layer spec`` (``cnn_cli.layersel``); None gives ``default_layer``.
+    The layer must give maps to later layers."""
     if spec is None:
         return default_layer(network)
-    layers = network.layers
-    index = layer_index([layer.kind for layer in layers], spec, _choices(network))
-    if index not in map_layers(network):
-        raise OptionError(f"--layer {spec}: layer {index} ({layers[index].kind}) gives "
-                           f"{'a vector' if len(network.shapes[index]) != 3 else 'the logits'}, not maps; "
-                           f"choose one of {_choices(network)}")
-    return index
+    maps = set(map_layers(network))
 
+    def refuse(record):
+        if record.index in maps:
+            return None
+        return f"gives {'a vector' if len(network.shapes[record.index]) != 3 else 'the logits'}, not maps"
 
-def _choices(network):
-    return ", ".join(f"{i} ({network.layers[i].kind})" for i in map_layers(network))
+    records = layersel.sequential([layer.kind for layer in network.layers])
+    return layersel.select_one(records, spec, option="--layer", refuse=refuse)
 
 
 def layer_record(network, index):
@@ -391,17 +368,8 @@ def overlay_image(image, cam, caption, cmap=DEFAULT_CMAP):
     canvas.paste(bar, (8 + zero_w, top))
     draw.text((12 + zero_w + bar_w, top - 1), "1", fill=(230, 230, 230), font=font)
     left = 20 + 2 * zero_w + bar_w
-    draw.text((left, top - 1), _fit(draw, caption, width - left - 4, font), fill=(230, 230, 230), font=font)
+    draw.text((left, top - 1), viz.fit_label(draw, caption, width - left - 4, font), fill=(230, 230, 230), font=font)
     return canvas
-
-
-def _fit(draw, text, width, font):
-    """``text``, cut with an ellipsis to ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
 
 
 # --------------------------------------------------------------------------- a run
@@ -428,12 +396,10 @@ class ExplainOptions:
 
 
 @dataclass
-class ExplainSummary:
-    """What a run did: one record (explain.json, plus ``output``) per image written, and every failure."""
+class ExplainSummary(runner.Summary):
+    """What a run did (``runner.Summary``), and one record (explain.json, plus ``output``) per image written."""
 
     records: list = field(default_factory=list)
-    failed: list = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def file_stems(classes):
@@ -472,54 +438,62 @@ def run(inputs, out_root, network, meta, options, *, progress=None):
     is off. Returns an ``ExplainSummary``; a bad input is recorded there and the
     others go on.
     """
-    from .data import to_color
-    from .modelfile import image_transform
-
     progress = progress or Progress()
     explainer = check_options(network, meta, options)
     out_root = Path(out_root)
-    transform = image_transform(meta)
-    stems = file_stems(meta.classes)
     summary = ExplainSummary()
-    start = time.perf_counter()
+    sink = ExplainSink(out_root, explainer, meta, options)
+    with runner.Run(out_root, summary, progress=progress) as run_:
 
-    def load(item):
-        if isinstance(item, Problem):
-            return item, None, item.message
-        out_dir = out_root / item.name
-        if os.path.lexists(out_dir) and not options.force:
-            return item, None, f"{out_dir} exists; use --force to replace it"
-        try:
-            image = read_image(item.path, color="rgb", max_pixels=options.max_pixels)
-        except ImageError as exc:
-            return item, None, str(exc)
-        seen = image if meta.preprocessing.color == "rgb" else to_color(image[None], "gray")[0]
-        return item, (image, transform(seen)[None]), None
+        def keep(result):
+            if result.value is not None:
+                summary.records.append(result.value)
 
-    compile_note = CompileNote(progress)
-    with output_lock(out_root):
-        for item, loaded, error in read_ahead(iter_inputs(inputs, exclude=[out_root]), load):
-            if error is None:
-                compile_note.start()
-                try:
-                    record = explain_one(item, out_root / item.name, loaded, explainer, meta, stems, options)
-                except (ValueError, OSError) as exc:
-                    error = f"{item.path}: {exc}"
-                except MemoryError:
-                    error = f"{item.path}: out of memory"
-                finally:
-                    compile_note.cancel()
-            if error is None:
-                summary.records.append(record)
-            else:
-                summary.failed.append((str(item.path) if isinstance(item, Input) else None, error))
-            progress.advance(error)
-        if options.html and summary.records:  # an earlier run's index is replaced only with --force
+        run_.stream(inputs, sink, on_result=keep)
+        if options.html and summary.records and not summary.interrupted:
+            # An earlier run's index is replaced only with --force.
             write_or_keep(lambda: write_explain_index(out_root, summary.records, summary.failed,
                                                       replace=options.force),
                           out_root / "index.html", note=progress.note, failed=summary.failed, replaced_by="--force")
-    summary.seconds = time.perf_counter() - start
     return summary
+
+
+class ExplainSink(runner.Sink):
+    """``cnn explain``'s part of a run (``runner.Sink``): one image at a time, explained and written."""
+
+    batch_images = 1
+    out_of_memory = "out of memory"
+    #: A folder that cannot be written fails its image, as a map that cannot be made does.
+    errors = (ValueError, OSError)
+
+    def __init__(self, out_root, explainer, meta, options):
+        from .modelfile import image_transform
+
+        self.out_root, self.explainer, self.meta, self.options = out_root, explainer, meta, options
+        self.transform = image_transform(meta)
+        self.stems = file_stems(meta.classes)
+
+    def early(self, item):
+        out_dir = self.out_root / item.name
+        if os.path.lexists(out_dir) and not self.options.force:
+            return runner.Result(item.path, error=f"{out_dir} exists; use --force to replace it")
+        return item
+
+    def load(self, item):
+        from .data import to_color
+
+        image = read_image(item.path, color="rgb", max_pixels=self.options.max_pixels)
+        seen = image if self.meta.preprocessing.color == "rgb" else to_color(image[None], "gray")[0]
+        return runner.Loaded(item, self.transform(seen), image)
+
+    def compute(self, batch):
+        (entry,) = batch
+        item = entry.item
+        return explain_one(item, self.out_root / item.name, (entry.extra, entry.image[None]), self.explainer,
+                           self.meta, self.stems, self.options)
+
+    def deliver(self, batch, record):
+        yield runner.Result(batch[0].item.path, value=record)
 
 
 def explain_one(item, out_dir, loaded, explainer, meta, stems, options):
@@ -544,7 +518,7 @@ def explain_one(item, out_dir, loaded, explainer, meta, stems, options):
     }
     if explainer.method == "occlusion":
         record["occlusion"] = {"patch": explainer.patch, "stride": explainer.stride}
-    staging = out_dir.parent / f".{out_dir.name}.partial"
+    staging = out_dir.parent / temporary_name(out_dir.name, ".partial")
     if os.path.lexists(staging):  # left by a killed run: this run holds OUT's lock
         shutil.rmtree(staging)
     staging.mkdir(parents=True, mode=0o700)

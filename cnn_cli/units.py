@@ -31,22 +31,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__
+from . import __version__, layersel, runner
 from . import functional as F
-from .explain import OptionError, layer_index
-from .fileio import replace_dir, save_npz_atomic, write_bytes_atomic
-from .imageio import MAX_PIXELS, ImageError, read_image, resize
-from .inputs import Problem, iter_inputs
-from .stream import Batch, CompileNote, Progress, batched, read_ahead
-from .viz import png_bytes
+from .fileio import replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
+from .imageio import MAX_PIXELS, read_image, resize
+from .layersel import OptionError
+from .stream import Progress
+from .viz import fit_label, png_bytes
 
 #: Patches are drawn with their longer side between these (nearest-neighbour when enlarged).
 TILE_MIN, TILE_MAX = 48, 96
@@ -199,7 +196,7 @@ def units_grid(top, names):
     draw = ImageDraw.Draw(canvas)
     for ch in range(rows):
         y = GAP + ch * row_h
-        draw.text((GAP, y + LABEL_HEIGHT + side // 2 - 6), _fit(draw, names[ch], label_w - 2 * GAP, font),
+        draw.text((GAP, y + LABEL_HEIGHT + side // 2 - 6), fit_label(draw, names[ch], label_w - 2 * GAP, font),
                   fill=(230, 230, 230), font=font)
         for slot in range(top.filled(ch)):
             x = label_w + slot * (cell_w + GAP)
@@ -207,14 +204,6 @@ def units_grid(top, names):
             tile = _tile(top.patches[ch, slot], side)
             canvas.paste(tile, (x + (cell_w - tile.size[0]) // 2, y + LABEL_HEIGHT))
     return canvas
-
-
-def _fit(draw, text, width, font):
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
 
 
 # --------------------------------------------------------------------------- a run
@@ -231,30 +220,52 @@ class UnitsOptions:
 
 
 @dataclass
-class UnitsSummary:
-    images: int = 0
-    layers: list = field(default_factory=list)   # what units.json says about each layer
-    failed: list = field(default_factory=list)   # (path or None, message)
-    seconds: float = 0.0
+class UnitsSummary(runner.Summary):
+    """What a run did (``runner.Summary``; ``done``: the images read), and what units.json says of each layer."""
+
+    layers: list = field(default_factory=list)
     output: str = ""
+
+    @property
+    def images(self):
+        return self.done
 
 
 def resolve_layers(pipeline, specs):
-    """Sorted layer indices for ``--layer`` values, each a layer with local receptive fields."""
-    kinds = [layer.kind for layer in pipeline.layers]
+    """Sorted layer indices for ``--layer`` values (``cnn_cli.layersel``), each a layer with local receptive fields."""
+    records = layersel.sequential([layer.kind for layer in pipeline.layers])
     fields = receptive_fields(pipeline.layers)
-    choices = ", ".join(f"{i} ({k})" for i, (k, f) in enumerate(zip(kinds, fields)) if f is not None)
+
+    def refuse(record):
+        if fields[record.index] is None:
+            return "pools over the whole image, so its patches would be whole images"
+        return None
+
     chosen = set()
-    for spec in specs:
-        for part in (p.strip() for p in str(spec).split(",") if p.strip()):
-            index = layer_index(kinds, part, choices)
-            if fields[index] is None:
-                raise OptionError(f"--layer {part}: layer {index} ({kinds[index]}) pools over the whole image, "
-                                 f"so its patches would be whole images; choose one of {choices}")
-            chosen.add(index)
-    if not chosen:
-        raise OptionError("--layer: give a layer")
+    for spec in specs or ("",):
+        chosen.update(layersel.select(records, spec, option="--layer", refuse=refuse))
     return sorted(chosen)
+
+
+class UnitsSink(runner.Sink):
+    """``cnn units``'s part of a run (``runner.Sink``): offer each batch's maps to the layers' ``TopPatches``."""
+
+    def __init__(self, source, options, layers, tops):
+        self.source, self.options, self.layers, self.tops = source, options, layers, tops
+
+    def load(self, item):
+        source, options = self.source, self.options
+        image = read_image(item.path, color=source.color, max_size=options.max_size, max_pixels=options.max_pixels)
+        x = source.prepare(image) if source.prepare is not None else image
+        shown = image if image.shape[1:] == x.shape[1:] else resize(image, *x.shape[1:])
+        return runner.Loaded(item, x, shown)
+
+    def compute(self, batch):
+        _take(batch, self.layers, self.tops)
+
+    def deliver(self, batch, output):
+        for entry in batch:
+            yield runner.Result(entry.item.path)
 
 
 def run(inputs, out_dir, source, options, *, progress=None):
@@ -279,56 +290,22 @@ def run(inputs, out_dir, source, options, *, progress=None):
     image_channels = 3 if source.color == "rgb" else 1
     tops = {i: TopPatches(len(pipeline.channels[i]), options.k, fields[i], image_channels) for i in chosen}
     summary = UnitsSummary(output=str(out_dir))
-    start = time.perf_counter()
-
-    def load(item):
-        if isinstance(item, Problem):
-            return item, None, item.message
-        try:
-            image = read_image(item.path, color=source.color, max_size=options.max_size,
-                               max_pixels=options.max_pixels)
-        except ImageError as exc:
-            return item, None, str(exc)
-        x = source.prepare(image) if source.prepare is not None else image
-        shown = image if image.shape[1:] == x.shape[1:] else resize(image, *x.shape[1:])
-        return item, (x, shown), None
-
-    def failed(item, message):
-        summary.failed.append((None if isinstance(item, Problem) else str(item.path), message))
-        progress.advance(message)
-
-    compile_note = CompileNote(progress)
-    entries = batched(read_ahead(iter_inputs(inputs, exclude=[out_dir]), load),
-                      lambda e: e[1][0] if e[1] is not None else None)
-    for entry in entries:
-        if not isinstance(entry, Batch):
-            failed(entry[0], entry[2])
-            continue
-        compile_note.start()
-        try:
-            _take(entry, pipeline.layers[:chosen[-1] + 1], tops)
-        except (ValueError, MemoryError) as exc:
-            message = "out of memory; use --max-size" if isinstance(exc, MemoryError) else str(exc)
-            for item, _, _ in entry:
-                failed(item, f"{item.path}: {message}")
-            continue
-        finally:
-            compile_note.cancel()
-        summary.images += len(entry)
-        for _ in entry:
-            progress.advance(None)
-    if summary.images == 0:
-        raise UnitsError("no image could be read, so there are no patches to show")
-    summary.layers = _write(out_dir, source, tops, options, summary)
-    summary.seconds = time.perf_counter() - start
+    sink = UnitsSink(source, options, pipeline.layers[:chosen[-1] + 1], tops)
+    with runner.Run(out_dir, summary, progress=progress, whole=True) as run_:
+        run_.stream(inputs, sink)
+        if summary.interrupted:  # nothing is written: the patches of the images seen so far are incomplete
+            return summary
+        if summary.images == 0:
+            raise UnitsError("no image could be read, so there are no patches to show")
+        summary.layers = _write(out_dir, source, tops, options, summary)
     return summary
 
 
 def _take(batch, layers, tops):
     """Run a batch of same-sized images through ``layers`` and offer each chosen layer's maps to its ``TopPatches``."""
-    x = np.stack([loaded[0] for _, loaded, _ in batch])
-    shown = np.stack([loaded[1] for _, loaded, _ in batch])
-    paths = [item.path for item, _, _ in batch]
+    x = np.stack([entry.image for entry in batch])
+    shown = np.stack([entry.extra for entry in batch])
+    paths = [entry.item.path for entry in batch]
     for i, layer in enumerate(layers):
         x = layer.forward(x)
         if i in tops:
@@ -340,8 +317,10 @@ def _take(batch, layers, tops):
 def _write(out_dir, source, tops, options, summary):
     """Write the output folder whole; returns the layers' records."""
     pipeline = source.pipeline
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging = out_dir.parent / temporary_name(out_dir.name, ".partial")
+    if os.path.lexists(staging):  # left by a killed run: this run holds the output's lock
+        shutil.rmtree(staging)
+    staging.mkdir(mode=0o700)
     try:
         records = []
         for i, top in tops.items():

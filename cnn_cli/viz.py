@@ -259,7 +259,7 @@ def label_text(text):
     return _middle(_UNDRAWABLE.sub("?", str(text)), LABEL_MAX_CHARS - 1)
 
 
-def _fit_label(draw, text, width, font):
+def fit_label(draw, text, width, font):
     """The label, shortened with an ellipsis in the middle if it is wider than ``width``.
 
     The longest fitting form is found by bisection over the characters kept
@@ -329,7 +329,7 @@ def grid(tiles, labels, *, notes=None, footer=None, background=BACKGROUND):
         x = GAP + c * (cell_w + GAP)
         y = GAP + r * (th + label_h + GAP)
         for k, (text, fill) in enumerate(zip(line, (TEXT, NOTE_TEXT))):
-            draw.text((x, y + 1 + k * LABEL_HEIGHT), _fit_label(draw, text, cell_w, font), fill=fill, font=font)
+            draw.text((x, y + 1 + k * LABEL_HEIGHT), fit_label(draw, text, cell_w, font), fill=fill, font=font)
         canvas.paste(tile.convert("RGB"), (x + (cell_w - tw) // 2, y + label_h))
     if footer is not None:
         canvas.paste(footer.convert("RGB"), (GAP, height - GAP - footer.size[1]))
@@ -355,7 +355,7 @@ def colorbar(scale, cmap, width, title=""):
     bar = Image.fromarray(np.ascontiguousarray(np.repeat(ramp[None], COLORBAR_HEIGHT, axis=0)), mode="RGB")
     canvas = Image.new("RGB", (width, 2 * LABEL_HEIGHT + COLORBAR_HEIGHT + 2), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    draw.text((0, 1), _fit_label(draw, title, width, font), fill=NOTE_TEXT, font=font)
+    draw.text((0, 1), fit_label(draw, title, width, font), fill=NOTE_TEXT, font=font)
     canvas.paste(bar, (0, LABEL_HEIGHT))
     for fractions in ((0, 0.25, 0.5, 0.75, 1), (0, 0.5, 1), (0, 1)):
         texts = [format_value(scale.value_at(f)) for f in fractions]
@@ -403,7 +403,7 @@ def bar_chart(values, labels, low, high):
     zero = x_of(0.0)
     for i, (v, label, text) in enumerate(zip(values, labels, texts)):
         y = GAP + i * BAR_ROW
-        draw.text((GAP, y + 1), _fit_label(draw, label, label_w, font), fill=TEXT, font=font)
+        draw.text((GAP, y + 1), fit_label(draw, label, label_w, font), fill=TEXT, font=font)
         end = x_of(float(v))
         if v != 0 and end == zero:
             end += 1 if v > 0 else -1

@@ -256,7 +256,7 @@ def test_units_layer_errors_are_usage_errors(small_set, tmp_path):
                     '[[layer]]\ntype = "globalmaxpool"\n')
     for args, words in [(("--pipeline", spec, "--layer", "1"), "whole image"),
                         (("--bank", "edges", "--layer", "3"), "layers 0 to 0"),
-                        (("--pipeline", "default", "--layer", "conv"), "0 (conv)")]:
+                        (("--pipeline", "default", "--layer", "pool"), "0 (conv)")]:
         result = cnn("units", small_set, *args, "-o", tmp_path / "u")
         assert result.exit_code == 2, (args, result.output)
         assert words in result.stderr, (args, result.stderr)

@@ -1,4 +1,9 @@
-"""What every command shares: the app, exit codes, option types, one-line errors, clusters.
+"""What every command shares: the app, exit codes, option types, one-line errors, clusters, signals.
+
+Everything a command prints that may hold a file or class name goes through
+``printable`` (results, via ``echo``) or ``one_line`` (errors, via ``fail``
+and ``report_failures``), so a name holding a newline or an escape sequence
+can neither forge a line nor reach the terminal raw.
 
 Only the ``cnn_cli.cli`` package imports typer and rich. Commands import the
 engine (and so Numba) inside their bodies, so ``cnn --help`` answers at once.
@@ -13,7 +18,8 @@ import os
 import signal
 import sys
 from enum import Enum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, List, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -120,26 +126,58 @@ ExplainMethod = _choice("ExplainMethod", choices.EXPLAIN_METHODS)
 
 MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pixels than this (decompression bombs).")]
 
+# Where maps come from (``sources.load_source``): the same three options in every command that reads images.
+BankOption = Annotated[Optional[List[str]], typer.Option("--bank", help="Use this bank (name, file, or NAME:PATTERN) as one layer. Repeatable.")]
+PipelineOption = Annotated[Optional[str], typer.Option("--pipeline", help="Use this pipeline (name or file) instead of the default.")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Use a trained model's layers (its own size and colour).")]
+Workers = Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")]
+Scheduler = Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster (ADDRESS of its scheduler, e.g. tcp://host:8786).")]
+
 
 #: Error lines longer than this are shortened in the middle (a message may
 #: quote a value from a hostile file).
 MAX_ERROR_CHARS = 2000
 
 
+def printable(text):
+    """``text`` with control characters (a newline or an ESC in a file or class name) shown
+    escaped, as Python writes them (``\\n``, ``\\x1b``)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def one_line(message):
-    """``message`` as one printable line: control characters (a newline in a file name)
-    escaped, and at most MAX_ERROR_CHARS characters."""
-    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(message))
+    """``message`` as one printable line (``printable``), at most MAX_ERROR_CHARS characters."""
+    text = printable(message)
     if len(text) > MAX_ERROR_CHARS:
         half = MAX_ERROR_CHARS // 2
         text = f"{text[:half]} … {text[-half:]}"
     return text
 
 
+def echo(text, err=False):
+    """Print a line of results (or a note, with ``err``) that may hold names: ``printable``."""
+    typer.echo(printable(text), err=err)
+
+
 def fail(message, code=EXIT_FAILED):
     """Print one line, ``Error: ...``, to stderr and exit (no traceback)."""
     typer.echo(f"Error: {one_line(message)}", err=True)
     raise typer.Exit(code)
+
+
+def report_failures(failed):
+    """One ``Error: ...`` line on stderr per failed input of a batch ((path, message) pairs)."""
+    for _, message in failed:
+        typer.echo(f"Error: {one_line(message)}", err=True)
+
+
+def exit_batch(failed, succeeded):
+    """End a batch in which some inputs failed: exit 3 when others ``succeeded``, else 1."""
+    if failed:
+        raise typer.Exit(EXIT_PARTIAL if succeeded else EXIT_FAILED)
 
 
 def _version(value: bool):
@@ -162,8 +200,14 @@ def check_one_source(bank, pipeline, model):
         fail("give only one of --bank, --pipeline and --model", EXIT_USAGE)
 
 
+def check_cluster_options(workers, scheduler):
+    if workers and scheduler:
+        fail("give only one of --workers and --scheduler", EXIT_USAGE)
+
+
 def open_cluster(workers, scheduler):
     """A Dask cluster for --workers / --scheduler, or None; a missing Dask is a usage error."""
+    check_cluster_options(workers, scheduler)
     if not (workers or scheduler):
         return None
     from ..cluster import Cluster, ClusterError
@@ -188,27 +232,26 @@ def load_model_or_fail(path):
         fail(out_of_memory(exc))
 
 
-def out_of_memory(exc):
+def out_of_memory(exc, limit=None):
     """The message of a ValueError, or of a MemoryError (which can only come when the
-    memory limit was raised past what the machine has)."""
+    memory limit, ``limit`` or the default, was raised past what the machine has)."""
     if isinstance(exc, MemoryError):
-        return (f"out of memory ({exc}); the memory limit ({config.describe_bytes(config.memory_limit())}) "
+        limit = config.memory_limit() if limit is None else limit
+        return (f"out of memory ({exc}); the memory limit ({config.describe_bytes(limit)}) "
                 "is more than this machine can give: lower --max-memory or CNN_MAX_MEMORY")
     return str(exc)
 
 
-def use_memory_limit(text):
-    """Parse a ``--max-memory`` value (None: keep the default) and make it this process's
-    limit (``config.MEMORY_ENV``), so every library call sees it; returns it in bytes."""
+def memory_limit_option(text):
+    """A ``--max-memory`` value in bytes, to pass to the library; None keeps the default
+    (``config.memory_limit``). A bad value, or a bad CNN_MAX_MEMORY, is a usage error."""
     try:
         if text is None:
-            config.memory_limit()  # a bad CNN_MAX_MEMORY is a usage error too
+            config.memory_limit()
             return None
-        limit = config.parse_bytes(text)
+        return config.parse_bytes(text)
     except ValueError as exc:
         fail(f"--max-memory: {exc}" if text is not None else str(exc), EXIT_USAGE)
-    os.environ[config.MEMORY_ENV] = str(limit)
-    return limit
 
 
 def check_output_or_fail(path):
@@ -226,6 +269,7 @@ class _Stop:
 
     def __init__(self):
         self.signum = signal.SIGINT
+        self.requested = False
 
     @property
     def name(self):
@@ -236,18 +280,30 @@ class _Stop:
         return 128 + int(self.signum)
 
 
+#: The signals that stop a command that writes, cleanly.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
 @contextlib.contextmanager
-def stopped_by_signals(signals=("SIGINT", "SIGTERM", "SIGHUP")):
+def stopped_by_signals(signals=STOP_SIGNALS, *, gently=False):
     """Turn SIGTERM and SIGHUP, like Ctrl-C, into KeyboardInterrupt while the block runs,
     so that the library cleans up as it does for Ctrl-C; yields which signal came.
 
     A second signal while cleaning up is ignored, so the clean-up finishes.
+    With ``gently``, the first signal is only recorded (``requested``), for a
+    command that stops at its next safe point (``train``: after the batch, with
+    a checkpoint); a second one then raises KeyboardInterrupt at once.
     """
     stop = _Stop()
     numbers = [getattr(signal, name) for name in signals if hasattr(signal, name)]
 
     def on_signal(signum, frame):
-        stop.signum = signum
+        if gently and not stop.requested:
+            stop.signum, stop.requested = signum, True
+            return
+        if not stop.requested:
+            stop.signum = signum
+        stop.requested = True
         for number in numbers:
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(number, signal.SIG_IGN)
@@ -263,6 +319,24 @@ def stopped_by_signals(signals=("SIGINT", "SIGTERM", "SIGHUP")):
         for number, handler in previous.items():
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def stoppable(kept):
+    """``stopped_by_signals`` for a command that writes: a signal that lands outside the
+    library's own loop (which records it in its summary) ends the command with the same
+    line as ``end_if_interrupted``. ``kept`` says what is left and how to continue."""
+    with stopped_by_signals() as stopped:
+        try:
+            yield stopped
+        except KeyboardInterrupt:
+            fail(f"interrupted by {stopped.name}: {kept}", stopped.exit_code)
+
+
+def end_if_interrupted(summary, stopped, kept):
+    """Exit 128 + the signal's number, with one line, when the run stopped at a signal."""
+    if summary.interrupted:
+        fail(f"interrupted by {stopped.name}: {kept}", stopped.exit_code)
 
 
 def stdout_console():
@@ -302,7 +376,7 @@ def rich_table(header, rows, title):
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(*(escape(str(cell)) for cell in header), title=escape(title))
+    table = Table(*(escape(printable(cell)) for cell in header), title=escape(printable(title)))
     for row in rows:
-        table.add_row(*(escape(str(cell)) for cell in row))
+        table.add_row(*(escape(printable(cell)) for cell in row))
     return table

@@ -8,8 +8,9 @@ from typing import Annotated, List, Optional
 import typer
 
 from .common import (
-    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, Color, Colormap, ExplainMethod, MaxPixels, app, check_one_source,
-    echo_json, fail, load_model_or_fail, rich_table, stdout_console,
+    EXIT_USAGE, BankOption, Color, Colormap, ExplainMethod, MaxPixels, ModelOption, PipelineOption, app,
+    check_one_source, echo, echo_json, end_if_interrupted, exit_batch, fail, load_model_or_fail, report_failures,
+    rich_table, stdout_console, stoppable,
 )
 
 
@@ -21,7 +22,7 @@ def explain(
     method: Annotated[ExplainMethod, typer.Option("--method", help="gradcam (Selvaraju et al.), gradcam++ (Chattopadhyay et al.), hirescam (Draelos & Carin), scorecam (Wang et al.), or occlusion (Zeiler & Fergus).")] = ExplainMethod.gradcam,
     classes: Annotated[Optional[List[str]], typer.Option("--class", help="Explain this class (a class name of the model). Repeatable. [default: the top class]")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Explain the K most likely classes.")] = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer whose maps are weighed: an index, layer<i>, or a kind that occurs once. [default: the last conv layer after its activation; ResNet: the last block; NetVLAD: the backbone's last conv]")] = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer whose maps are weighed: an index (negative from the end), 'last', a name (layer<i>), or a kind that occurs once. [default: the last conv layer after its activation; ResNet: the last block; NetVLAD: the backbone's last conv]")] = None,
     patch: Annotated[Optional[int], typer.Option("--patch", min=1, help="Occlusion: side of the square patch, in pixels of the model's input. [default: an eighth of the input]")] = None,
     stride: Annotated[Optional[int], typer.Option("--stride", min=1, help="Occlusion: step of the patch, in pixels of the model's input. [default: half the patch]")] = None,
     check: Annotated[bool, typer.Option("--check", help="Also run the cascading model-parameter randomisation test (Adebayo et al., 2018) and report the Spearman correlation per step.")] = False,
@@ -49,7 +50,9 @@ def explain(
 
       cnn explain photo.png --model model.npz --class cat --check
     """
-    from ..explain import ExplainOptions, OptionError, run
+    from ..explain import ExplainOptions, run
+    from ..layersel import OptionError
+    from ..terminal import ProgressDisplay
 
     if classes and top_k is not None:
         fail("give only one of --class and --top-k", EXIT_USAGE)
@@ -59,23 +62,21 @@ def explain(
     options = ExplainOptions(method=method.value, layer=layer, classes=tuple(classes or ()), top_k=top_k or 1,
                              patch=patch, stride=stride, check=check, cmap=cmap.value, force=force,
                              max_pixels=max_pixels, model=str(model), html=not no_html)
-    from ..terminal import ProgressDisplay
-
+    kept = f"the images finished in {out}/ are kept, and no unfinished output is left"
     try:
-        with ProgressDisplay("explain") as progress:
+        with ProgressDisplay("explain") as progress, stoppable(kept) as stopped:
             summary = run(images, out, network, meta, options, progress=progress)
     except OptionError as exc:  # a bad --class, --layer or --patch for this model
         fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # OUT cannot be created, or another run holds it
         fail(str(exc))
-    for _, message in summary.failed:
-        typer.echo(f"Error: {message}", err=True)
+    end_if_interrupted(summary, stopped, kept)
+    report_failures(summary.failed)
     if json_out:
         echo_json(summary.records)
     else:
         _print_explanations(summary.records, check)
-    if summary.failed:
-        raise typer.Exit(EXIT_PARTIAL if summary.records else EXIT_FAILED)
+    exit_batch(summary.failed, summary.records)
 
 
 def _print_explanations(records, check):
@@ -85,8 +86,8 @@ def _print_explanations(records, check):
         where = f"{layer['name']} {layer['kind']}" if layer else f"patch {record['occlusion']['patch']}"
         shown = ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in record["targets"])
         notes = [f"{t['class']}: {t['note']}" for t in record["targets"] if t["note"]]
-        typer.echo(f"{record['input']}: {shown} [{record['method']}, {where}] -> {record['output']}"
-                   + "".join(f"; {n}" for n in notes))
+        echo(f"{record['input']}: {shown} [{record['method']}, {where}] -> {record['output']}"
+             + "".join(f"; {n}" for n in notes))
         if not check:
             continue
         for target in record["targets"]:
@@ -99,12 +100,12 @@ def _print_explanations(records, check):
 @app.command()
 def units(
     inputs: Annotated[List[str], typer.Argument(help="A dataset folder, image files, or globs (folders are walked recursively).", show_default=False)],
-    layer: Annotated[List[str], typer.Option("--layer", help="Layer to show: an index, layer<i>, last, or a kind that occurs once. Repeatable, or comma-separated.")],
+    layer: Annotated[List[str], typer.Option("--layer", help="Layers to show: indices (negative from the end), 'last', names (layer<i>), kinds (every layer of that kind), or ranges such as 2-4 or 2:. Repeatable, or comma-separated.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: layer<i>.png, patches.npz, units.json.")],
     k: Annotated[int, typer.Option("-k", min=1, help="Patches per channel.")] = 9,
-    model: Annotated[Optional[Path], typer.Option("--model", help="A trained model's layers (its own size and colour).")] = None,
-    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="A pipeline (name or file).")] = None,
-    bank: Annotated[Optional[List[str]], typer.Option("--bank", help="A bank (name, file, or NAME:PATTERN) as one layer. Repeatable.")] = None,
+    model: ModelOption = None,
+    pipeline: PipelineOption = None,
+    bank: BankOption = None,
     color: Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels (banks and pipelines).")] = Color.gray,
     max_size: Annotated[Optional[int], typer.Option(min=1, help="Downscale images so the longer side is at most this many pixels.")] = None,
     max_pixels: MaxPixels = 100_000_000,
@@ -127,8 +128,9 @@ def units(
 
       cnn units 'scans/*.png' --pipeline default --layer 0,2 -o units --force
     """
-    from ..explain import OptionError
+    from ..layersel import OptionError
     from ..sources import load_source
+    from ..terminal import ProgressDisplay
     from ..units import UnitsOptions, run
 
     check_one_source(bank, pipeline, model)
@@ -137,10 +139,9 @@ def units(
     except ValueError as exc:
         fail(str(exc))
     options = UnitsOptions(layers=tuple(layer), k=k, max_size=max_size, max_pixels=max_pixels, force=force)
-    from ..terminal import ProgressDisplay
-
+    kept = f"nothing was written to {out}"
     try:
-        with ProgressDisplay("units") as progress:
+        with ProgressDisplay("units") as progress, stoppable(kept) as stopped:
             summary = run(inputs, out, source, options, progress=progress)
     except OptionError as exc:  # a --layer the source does not have, or one without local fields
         fail(str(exc), EXIT_USAGE)
@@ -148,8 +149,8 @@ def units(
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
-    for _, message in summary.failed:
-        typer.echo(f"Error: {message}", err=True)
+    end_if_interrupted(summary, stopped, kept)
+    report_failures(summary.failed)
     if json_out:
         echo_json({"images": summary.images, "output": summary.output, "k": k,
                    "layers": [{"index": r["index"], "name": r["name"], "kind": r["kind"],
@@ -158,7 +159,6 @@ def units(
                    "failed": [{"input": p, "error": m} for p, m in summary.failed]})
     else:
         grids = ", ".join(f"{r['grid']} ({len(r['channels'])} channels)" for r in summary.layers)
-        typer.echo(f"{summary.images} image(s): top {k} patches per channel in {out}/: {grids}; "
-                   f"{len(summary.failed)} failed", err=True)
-    if summary.failed:
-        raise typer.Exit(EXIT_PARTIAL)
+        echo(f"{summary.images} image(s): top {k} patches per channel in {out}/: {grids}; "
+             f"{len(summary.failed)} failed", err=True)
+    exit_batch(summary.failed, summary.images)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import EXIT_USAGE, Color, app, echo_json, fail
+from .common import EXIT_USAGE, Color, app, echo, echo_json, fail, stoppable
 
 
 @app.command()
@@ -46,7 +46,8 @@ def export(
     except ExportError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
-        summary = export_onnx(target, out, opset=opset, color=color and color.value, force=force)
+        with stoppable(f"nothing was written to {out}"):
+            summary = export_onnx(target, out, opset=opset, color=color and color.value, force=force)
     except OnnxMissingError as exc:
         fail(str(exc), EXIT_USAGE)
     except ValueError as exc:  # ExportError, ModelError, SpecFileError
@@ -55,5 +56,5 @@ def export(
         echo_json(summary.to_json())
     else:
         outputs = ", ".join(o["name"] for o in summary.outputs)
-        typer.echo(f"{summary.kind} '{summary.name}' written to {summary.output} ({summary.bytes / 1024:.1f} kB, "
-                   f"opset {summary.opset}, IR version {summary.ir_version}); outputs: {outputs}", err=True)
+        echo(f"{summary.kind} '{summary.name}' written to {summary.output} ({summary.bytes / 1024:.1f} kB, "
+             f"opset {summary.opset}, IR version {summary.ir_version}); outputs: {outputs}", err=True)

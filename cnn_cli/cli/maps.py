@@ -9,20 +9,25 @@ import typer
 
 from .. import choices
 from .common import (
-    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, Color, Colormap, MaxPixels, Normalize, NormalizePer, RawDtype, app,
-    banks_app, check_one_source, check_output_or_fail, close_cluster, echo_json, fail, load_model_or_fail, one_line,
-    open_cluster, out_of_memory, rich_table, stdout_console, stopped_by_signals, use_memory_limit,
+    EXIT_USAGE, BankOption, Color, Colormap, MaxPixels, ModelOption, Normalize, NormalizePer, PipelineOption, RawDtype,
+    Scheduler, Workers, app, banks_app, check_one_source, check_output_or_fail, close_cluster, echo, echo_json,
+    end_if_interrupted, exit_batch, fail, load_model_or_fail, memory_limit_option, open_cluster, out_of_memory,
+    printable, report_failures, rich_table, stdout_console, stoppable,
 )
+
+#: What an interrupted apply leaves, and how to go on.
+APPLY_KEPT = ("the images finished in {out}/ are kept, and no unfinished output is left; continue with the same "
+              "command and --skip-existing")
 
 @app.command()
 def apply(
     inputs: Annotated[List[str], typer.Argument(help="Image files, folders (walked recursively) or globs.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; each image gets OUT/<name>/, mirroring folder inputs.")] = Path("cnn-out"),
-    bank: Annotated[Optional[List[str]], typer.Option("--bank", help="Apply this bank (name, file, or NAME:PATTERN) as one layer. Repeatable.")] = None,
-    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="Run this pipeline (name or file) instead of the default.")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Show what a trained model's layers see (its own size and colour).")] = None,
+    bank: BankOption = None,
+    pipeline: PipelineOption = None,
+    model: ModelOption = None,
     save: Annotated[str, typer.Option(help="What to write besides manifest.json: any of maps (a PNG per map), grids, raw (features.npz), comma-separated.")] = "maps,grids,raw",
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Write only these layers: indices, 'last', or a layer kind, comma-separated (e.g. 0,2).")] = None,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Write only these layers, comma-separated: indices (negative from the end), 'last', names (layer<i>), kinds (every layer of that kind), or ranges such as 2-4 or 2: (e.g. 0,2 or maxpool).")] = None,
     dtype: Annotated[RawDtype, typer.Option(help="Type of the raw maps in features.npz; float16 halves them.")] = RawDtype.float32,
     color: Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels.")] = Color.gray,
     normalize: Annotated[Normalize, typer.Option(help=(
@@ -39,8 +44,8 @@ def apply(
     max_memory: Annotated[Optional[str], typer.Option("--max-memory", help="Refuse images whose maps would need more memory than this (e.g. 8G) [default: half this machine's memory, or CNN_MAX_MEMORY].", show_default=False)] = None,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep inputs whose output folder exists (a finished image) and do the rest: resumes a stopped run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing output folders.")] = False,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster (ADDRESS of its scheduler, e.g. tcp://host:8786).")] = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run's summary as one JSON object on stdout.")] = False,
     no_html: Annotated[bool, typer.Option("--no-html", help="Write no HTML report (OUT/index.html and each folder's index.html).")] = False,
 ):
@@ -69,6 +74,7 @@ def apply(
       cnn apply photos/ -o feats --save raw --layers last --dtype float16 --workers 2
     """
     from ..apply import ApplyOptions, parse_save, run, select_layers
+    from ..layersel import OptionError
     from ..sources import load_source
 
     if force and skip_existing:
@@ -77,14 +83,12 @@ def apply(
     if alias and per is not None and per.value != alias[1]:
         fail(f"--normalize {normalize.value} already fits one scale per {alias[1]}; "
              f"use --normalize {alias[0]} --per {per.value}", EXIT_USAGE)
-    if workers and scheduler:
-        fail("give only one of --workers and --scheduler", EXIT_USAGE)
     check_one_source(bank, pipeline, model)
     try:
         chosen = parse_save(save)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
-    memory_limit = use_memory_limit(max_memory)
+    memory_limit = memory_limit_option(max_memory)
     check_output_or_fail(out)
     cluster = open_cluster(workers, scheduler)
     try:
@@ -96,21 +100,23 @@ def apply(
                                prepare=source.prepare, max_memory=memory_limit, html=not no_html)
         if layers is not None:
             options.layers = select_layers(source.pipeline, layers)
+    except OptionError as exc:  # a --layers the source does not have
+        close_cluster(cluster)
+        fail(str(exc), EXIT_USAGE)
     except (ValueError, MemoryError) as exc:
         close_cluster(cluster)
-        fail(out_of_memory(exc))
+        fail(out_of_memory(exc, memory_limit))
     from ..terminal import ProgressDisplay
 
+    kept = APPLY_KEPT.format(out=out)
     try:
-        with ProgressDisplay("apply") as progress, stopped_by_signals() as stopped:
+        with ProgressDisplay("apply") as progress, stoppable(kept) as stopped:
             summary = run(inputs, out, source.pipeline, options, progress=progress, cluster=cluster)
     except ValueError as exc:  # OUT cannot be created, or another run holds it
         fail(str(exc))
     finally:
         close_cluster(cluster)
-    if summary.interrupted:
-        fail(f"interrupted by {stopped.name}: the images finished in {out}/ are kept, and no unfinished output "
-             "is left; continue with the same command and --skip-existing", stopped.exit_code)
+    end_if_interrupted(summary, stopped, kept)
     _report_batch(summary, out, json_out)
 
 
@@ -175,7 +181,7 @@ def banks_show(
         write_bytes_atomic(out, png_bytes(image))
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
-    typer.echo(f"{len(kernels)} kernels drawn to {out}", err=True)
+    echo(f"{len(kernels)} kernels drawn to {out}", err=True)
 
 
 @app.command()
@@ -208,13 +214,12 @@ def info(
     console = stdout_console()
     console.print(rich_table(("#", "layer", "output shape", "params", "receptive field"), rows, summary.title))
     for note in summary.notes:
-        console.print(escape(note), highlight=False)
+        console.print(escape(printable(note)), highlight=False)
 
 
 def _report_batch(summary, out, json_out):
     """Print a batch's failures and summary; exit 3 when some inputs failed, 1 when all did."""
-    for _, message in summary.failed:
-        typer.echo(f"Error: {one_line(message)}", err=True)
+    report_failures(summary.failed)
     total = summary.done + summary.skipped + len(summary.failed)
     if json_out:
         echo_json({
@@ -227,8 +232,7 @@ def _report_batch(summary, out, json_out):
         # A batch ends with a summary; a single failed input has said all in its one line.
         rate = summary.done / summary.seconds if summary.seconds else 0.0
         skipped = f", {summary.skipped} skipped (output exists)" if summary.skipped else ""
-        typer.echo(f"{summary.done} image(s), {summary.maps} maps, {summary.bytes / 2**20:.1f} MB written to "
-                   f"{out}/ in {summary.seconds:.1f} s ({rate:.1f} images/s){skipped}; "
-                   f"{len(summary.failed)} failed", err=True)
-    if summary.failed:
-        raise typer.Exit(EXIT_PARTIAL if summary.done or summary.skipped else EXIT_FAILED)
+        echo(f"{summary.done} image(s), {summary.maps} maps, {summary.bytes / 2**20:.1f} MB written to "
+             f"{out}/ in {summary.seconds:.1f} s ({rate:.1f} images/s){skipped}; "
+             f"{len(summary.failed)} failed", err=True)
+    exit_batch(summary.failed, summary.done or summary.skipped)

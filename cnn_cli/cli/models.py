@@ -11,8 +11,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from .common import (
-    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, AugmentFill, Color, EvalSplit, MaxPixels, Optimizer, Schedule, app,
-    echo_json, fail, load_model_or_fail, rich_table, stdout_console,
+    EXIT_PARTIAL, EXIT_USAGE, AugmentFill, Color, EvalSplit, MaxPixels, Optimizer, Schedule, app, echo, echo_json,
+    exit_batch, fail, load_model_or_fail, report_failures, rich_table, stdout_console, stopped_by_signals,
 )
 from ..terminal import stderr_console
 
@@ -93,7 +93,6 @@ def train(
 
       cnn train photos/ -o m.npz --resume m.ckpt.npz
     """
-    import signal
     import warnings
 
     from ..train import TrainConfig, TrainingError, claimed
@@ -107,30 +106,19 @@ def train(
                          augment=[a.strip() for a in augment.split(",") if a.strip()],
                          patience=patience, init_bank=init_bank, max_pixels=max_pixels,
                          augment_fill=augment_fill.value, label_smoothing=label_smoothing, warmup=warmup)
-    stop = {}
-
-    def on_signal(signum, frame):
-        if stop:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     # Divergence is detected and reported in one line; numpy's overflow
     # warnings on the way there would only clutter it.
     warnings.filterwarnings("ignore", category=RuntimeWarning)
-    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
-    try:
-        with contextlib.ExitStack() as claim:
-            try:  # MODEL is checked and locked before any image is read
-                claim.enter_context(claimed(out, replace=force or resume is not None or find_lr, report=say))
-            except TrainingError as exc:
-                fail(str(exc))
-            prep, history = _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=not no_html)
-            if prep is None:
-                return
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    say = lambda msg: echo(msg, err=True)  # noqa: E731
+    # A signal stops training after the batch, with a checkpoint; a second one stops at once.
+    with stopped_by_signals(gently=True) as stop, contextlib.ExitStack() as claim:
+        try:  # MODEL is checked and locked before any image is read
+            claim.enter_context(claimed(out, replace=force or resume is not None or find_lr, report=say))
+        except TrainingError as exc:
+            fail(str(exc))
+        prep, history = _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=not no_html)
+        if prep is None:
+            return
     result = prep.result
     if len(history) < prep.config.epochs:
         say(f"stopped early after epoch {len(history)}: no lower validation loss for {prep.config.patience} "
@@ -157,8 +145,8 @@ def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
         prep = prepare(dataset, config, report=say, resume=resume)
     except (DatasetError, TrainingError, BankError, ValueError) as exc:
         fail(str(exc))
-    if stop:
-        fail("interrupted before training started; nothing was saved", _signal_exit(stop["signal"]))
+    if stop.requested:
+        fail("interrupted before training started; nothing was saved", stop.exit_code)
     prep.html = html
     cfg = prep.config
     if find_lr:
@@ -168,11 +156,11 @@ def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
         f"{len(prep.meta.classes)} classes, {cfg.image_size}x{cfg.image_size} {cfg.color}, "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
     try:
-        history = _fit_with_progress(prep, out, fit, lambda: stop.get("signal"))
+        history = _fit_with_progress(prep, out, fit, lambda: stop.signum if stop.requested else None)
     except Interrupted as exc:
         say(f"interrupted: checkpoint saved to {exc.checkpoint}; continue with: "
             f"cnn train {dataset} -o {out} --resume {exc.checkpoint}")
-        raise typer.Exit(_signal_exit(stop["signal"]))
+        raise typer.Exit(stop.exit_code)
     except TrainingError as exc:
         fail(str(exc))
     except MemoryError:
@@ -201,12 +189,6 @@ def _find_lr(prep, out, say):
         fail(f"cannot write {plot}: {exc.strerror or exc}")
     say(f"the loss came near its lowest at lr {finding.lowest:.2g} ({len(finding.rates)} batches); plot: {plot}")
     typer.echo(f"suggested --lr {finding.suggestion:.2g}")
-
-
-def _signal_exit(signum):
-    import signal
-
-    return 128 + int(signum if signum else signal.SIGINT)
 
 
 def _fit_with_progress(prep, out, fit, should_stop):
@@ -269,9 +251,8 @@ def evaluate(
         fail(str(exc), EXIT_USAGE)
     except DatasetError as exc:
         fail(str(exc))
-    typer.echo(note, err=True)
-    for _, reason in problems:
-        typer.echo(f"Error: {reason}", err=True)
+    echo(note, err=True)
+    report_failures(problems)
     if result["images"] == 0:
         fail(f"{dataset}: no readable images")
     if as_json:
@@ -314,13 +295,11 @@ def predict(
 
     network, meta, _ = load_model_or_fail(model)
     rows, errors = inference.predict(network, meta, inputs, top_k=top_k, max_pixels=max_pixels)
-    for message in errors:
-        typer.echo(f"Error: {message}", err=True)
+    report_failures((None, message) for message in errors)
     if as_json:
         echo_json(rows)
     else:
         for r in rows:
             shown = ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in r["predictions"])
-            typer.echo(f"{r['input']}: {shown}")
-    if errors:
-        raise typer.Exit(EXIT_PARTIAL if rows else EXIT_FAILED)
+            echo(f"{r['input']}: {shown}")
+    exit_batch(errors, rows)

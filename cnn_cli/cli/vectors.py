@@ -8,18 +8,19 @@ from typing import Annotated, List, Optional
 import typer
 
 from .common import (
-    EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, MaxPixels, Pooling, RawDtype, app, check_one_source,
-    check_output_or_fail, close_cluster, echo_json, fail, open_cluster,
+    EXIT_USAGE, BankOption, MaxPixels, ModelOption, PipelineOption, Pooling, RawDtype, Scheduler, Workers, app,
+    check_one_source, check_output_or_fail, close_cluster, echo, echo_json, end_if_interrupted, exit_batch, fail,
+    open_cluster, report_failures, stoppable,
 )
 
 @app.command()
 def embed(
     inputs: Annotated[List[str], typer.Argument(help="Image files, folders (walked recursively) or globs.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: embeddings.npy, index.csv, embed.json.")],
-    bank: Annotated[Optional[List[str]], typer.Option("--bank", help="Features from this bank (name, file, or NAME:PATTERN). Repeatable.")] = None,
-    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="Features from this pipeline (name or file) instead of the default.")] = None,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Features from a trained model (by default, what feeds its classifier).")] = None,
-    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to embed: an index, 'last', or a layer kind (default: a pipeline's last layer; a model's classifier input).")] = None,
+    bank: BankOption = None,
+    pipeline: PipelineOption = None,
+    model: ModelOption = None,
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to embed: an index (negative from the end), 'last', a name (layer<i>), or a kind that occurs once (default: a pipeline's last layer; a model's classifier input).")] = None,
     pool: Annotated[Optional[Pooling], typer.Option("--pool", help="How a layer's maps become one vector: gap (mean), gmp (max), gem (generalised mean, p=3), stats (mean and std).")] = None,
     no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Keep rows as they are instead of L2-normalising them.")] = False,
     pca: Annotated[Optional[int], typer.Option("--pca", min=1, help="Fit PCA-whitening to this many dimensions on the embedded set (written to OUT/pca.npz).")] = None,
@@ -29,8 +30,8 @@ def embed(
     max_pixels: MaxPixels = 100_000_000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run that stopped, keeping its rows.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Add new images to a finished folder (same settings only).")] = False,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster (ADDRESS of its scheduler).")] = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run's summary as one JSON object on stdout.")] = False,
 ):
     """Write one feature vector per image: a matrix for retrieval, clustering or a classifier.
@@ -49,40 +50,40 @@ def embed(
       cnn embed photos/ -o index --model digits.npz --workers 2
     """
     from ..embed import EmbedOptions, run
+    from ..layersel import OptionError
     from ..sources import load_source
+    from ..terminal import ProgressDisplay
 
     if resume and append:
         fail("give only one of --resume and --append", EXIT_USAGE)
     check_one_source(bank, pipeline, model)
     check_output_or_fail(out)
-    if workers and scheduler:
-        fail("give only one of --workers and --scheduler", EXIT_USAGE)
     cluster = open_cluster(workers, scheduler)
+    kept = (f"the rows embedded so far are kept in {out}/, and no unfinished file is left at a final path; "
+            "continue with the same command and --resume")
     try:
         source = load_source(banks=bank, pipeline=pipeline, model=model and str(model))
         options = EmbedOptions(layer=layer, pool=pool and pool.value, normalize=not no_normalize, pca=pca,
                                pca_from=pca_from and str(pca_from), dtype=dtype.value, max_size=max_size,
                                max_pixels=max_pixels, resume=resume, append=append)
-        from ..terminal import ProgressDisplay
-
-        with ProgressDisplay("embed") as progress:
+        with ProgressDisplay("embed") as progress, stoppable(kept) as stopped:
             summary = run(inputs, out, source, options, progress=progress, cluster=cluster)
+    except OptionError as exc:  # a --layer the source does not have
+        fail(str(exc), EXIT_USAGE)
     except (ValueError, FileExistsError) as exc:
         fail(str(exc))
     finally:
         close_cluster(cluster)
-    for _, message in summary.failed:
-        typer.echo(f"Error: {message}", err=True)
+    end_if_interrupted(summary, stopped, kept)
+    report_failures(summary.failed)
     if json_out:
         echo_json({"embedded": summary.done, "skipped": summary.skipped, "dimension": summary.dimension,
                    "seconds": round(summary.seconds, 3), "output": str(out),
                    "failed": [{"input": p, "error": m} for p, m in summary.failed]})
     else:
-        typer.echo(f"{summary.done} image(s) embedded in {summary.dimension} dimensions into {out}/ "
-                   f"in {summary.seconds:.1f} s; {summary.skipped} already there; {len(summary.failed)} failed",
-                   err=True)
-    if summary.failed:
-        raise typer.Exit(EXIT_PARTIAL if summary.done or summary.skipped else EXIT_FAILED)
+        echo(f"{summary.done} image(s) embedded in {summary.dimension} dimensions into {out}/ "
+             f"in {summary.seconds:.1f} s; {summary.skipped} already there; {len(summary.failed)} failed", err=True)
+    exit_batch(summary.failed, summary.done or summary.skipped)
 
 
 @app.command()
@@ -128,10 +129,8 @@ def search(
         echo_json(results)
     else:
         for entry in results:
-            typer.echo(entry["query"])
+            echo(entry["query"])
             for rank, hit in enumerate(entry["results"], 1):
-                typer.echo(f"  {rank}. {hit['score']:.4f}  {hit['path']}")
-    for _, message in failed:
-        typer.echo(f"Error: {message}", err=True)
-    if failed:
-        raise typer.Exit(EXIT_PARTIAL if results else EXIT_FAILED)
+                echo(f"  {rank}. {hit['score']:.4f}  {hit['path']}")
+    report_failures(failed)
+    exit_batch(failed, results)
