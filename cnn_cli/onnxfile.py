@@ -613,6 +613,8 @@ def _slice(f, inputs):
         dim = data.shape[axis]
         if step == 0:
             raise ValueError("a step is 0")
+        if step < 0 and end in (2**63 - 1, 2**31 - 1):
+            end = -dim - 1  # ONNX Runtime reads "INT_MAX" as "through index 0" for a backward step
         start = start + dim if start < 0 else start
         end = end + dim if end < 0 else end
         if step > 0:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -210,6 +214,20 @@ def test_legacy_export_fixed_size_flatten(torch_mod, tmp_path, opset):
     with pytest.raises(OnnxError, match=r"fixed at 16x16 in the file.*--size 20,16"):
         read_onnx(path, size=(20, 16))
     assert read_onnx(path, size=(16, 16)).input_shape == (None, 1, 16, 16)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17])
+def test_legacy_export_resize_to_a_computed_size(torch_mod, tmp_path, opset):
+    # Upsample (opset 9) and Resize take the size from Shape -> Slice/Gather -> Cast -> Concat.
+    path = legacy_export(torch_mod, ResizeNet.make(torch_mod), torch_mod.randn(1, 3, 16, 20),
+                         tmp_path / "r.onnx", opset, {0: "N", 2: "H", 3: "W"})
+    g = read_onnx(path, size=(12, 18))
+    assert [n.op for n in g.nodes] == ["Conv", "Relu", "MaxPool", "Upsample" if opset == 9 else "Resize", "Add",
+                                       "ReduceMean", "Reshape", "Gemm"]
+    resize = g.nodes[3]
+    assert all(x in g.constants for x in resize.inputs[1:] if x)
+    assert g.shapes[resize.outputs[0]] == (1, 6, 12, 18)
+    check_folded_against_ort(path, g, (12, 18), 3)
 
 
 def test_legacy_export_without_size_asks_for_it(torch_mod, tmp_path):
@@ -722,6 +740,23 @@ def test_fold_table_against_ort(tmp_path, op, values, attrs, opset):
         assert ours.dtype == (np.bool_ if expected.dtype == np.bool_ else np.int64)
         np.testing.assert_array_equal(ours, expected, err_msg=op)
     assert ours.shape == expected.shape
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(0, 6), step=st.sampled_from([-3, -2, -1, 1, 2, 3]),
+       start=st.one_of(st.integers(-8, 8), st.sampled_from([-2**63, 2**63 - 1])),
+       end=st.one_of(st.integers(-8, 8), st.sampled_from([-2**63, 2**63 - 1])))
+def test_slice_clamping_against_ort(length, step, start, end):
+    # ONNX clamps starts and ends differently for negative steps; ORT is the reference.
+    values = [np.arange(length, dtype=I64), I64([start]), I64([end]), I64([0]), I64([step])]
+    names = [f"in{i}" for i in range(5)]
+    model = image_model([helper.make_node("Slice", names, ["out"]), helper.make_node("Relu", ["x"], ["y"])],
+                        outputs=("y", "out"), initializers=[init(n, v) for n, v in zip(names, values)],
+                        x_shape=(1, 1, 1, 1))
+    with tempfile.TemporaryDirectory() as folder:
+        g = read_onnx(save(model, Path(folder) / "s.onnx"))
+    expected = ort_values(model, ["out"], np.zeros((1, 1, 1, 1), np.float32))["out"]
+    np.testing.assert_array_equal(g.constants["out"], expected)
 
 
 def test_every_folder_is_tested_against_ort():
