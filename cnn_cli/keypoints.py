@@ -1,0 +1,701 @@
+"""Keypoints from a corner response, descriptors from feature maps, matches, and the geometry between two views.
+
+The steps of a feature matcher, each a function on numpy arrays (no files,
+no printing; ``cnn_cli.keypointing`` runs them for ``cnn keypoints`` and
+``cnn match``):
+
+1. ``find_peaks``: non-maximum suppression of a response map, as
+   scikit-image's ``peak_local_max`` and ``corner_peaks`` do it;
+2. ``refine_peaks``: sub-pixel positions by a quadratic fit;
+3. ``image_pyramid`` and ``detect``: peaks over a pyramid of scales, in the
+   input image's coordinates, best first;
+4. ``orientations``: each point's angle by its intensity centroid (ORB);
+5. ``describe``: feature maps sampled on a grid rotated to each point's
+   angle and scaled to its scale, normalised as SIFT does;
+6. ``match_descriptors``: mutual nearest neighbours with Lowe's ratio test;
+7. ``ransac``: a homography or an affine map from matches with outliers.
+
+Coordinates: ``x`` is the column and ``y`` the row, with pixel centres at
+integers, as in scikit-image and OpenCV. A point found at ``(x, y)`` on a
+map of ``w`` columns that covers an image of ``W`` columns lies at
+``(x + 0.5) * W / w - 0.5`` in the image. Angles are in degrees in [0, 360),
+measured from +x towards +y (clockwise on the screen, as OpenCV's
+``KeyPoint.angle``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+#: Size ratio between neighbouring pyramid levels. sqrt(2): two levels per
+#: octave, so a view up to 1.4x larger or smaller (bench/keypoints.py's
+#: range) has a level within a factor 1.19 of it. SIFT uses 2**(1/3), ORB 1.2:
+#: a finer ratio detects more scales for more response maps to compute.
+SCALE_FACTOR = 2 ** 0.5
+
+#: Radius, in pixels of the level a point was found on, of the disc whose
+#: intensity centroid gives the point's angle. ORB's patch is 31 px (radius 15);
+#: 12 keeps angles within 5 degrees on bench/keypoints.py's photos at lower cost.
+ORIENTATION_RADIUS = 12
+
+#: The descriptor's grid: CELLS x CELLS cells, each the mean of SAMPLES x
+#: SAMPLES bilinear samples SPACING level pixels apart (SIFT: 4 x 4 cells
+#: of 4 x 4 gradients; our window is 4 * 4 * 1.5 = 24 px wide).
+CELLS = 4
+SAMPLES = 4
+SPACING = 1.5
+
+#: Orientation bins of a steered gradient descriptor (SIFT's 8).
+GRADIENT_BINS = 8
+
+#: SIFT's clipping of normalised descriptor entries, which keeps a few large
+#: gradients (a lighting edge) from dominating; renormalised afterwards.
+DESCRIPTOR_CLIP = 0.2
+
+
+@dataclass(frozen=True)
+class Keypoints:
+    """K keypoints, best first, in the input image's pixels.
+
+    Attributes
+    ----------
+    x, y : ndarray, shape (K,), float64
+        Column and row (pixel centres at integers).
+    score : ndarray, shape (K,), float64
+        The response at the peak.
+    scale : ndarray, shape (K,), float64
+        Image pixels per pixel of the response map the point was found on
+        (1 for the full-size map of a pipeline with ``same`` padding; the
+        pyramid and strided layers make it larger).
+    angle : ndarray, shape (K,), float64
+        Orientation in degrees, [0, 360); 0 before ``orientations``.
+    level : ndarray, shape (K,), int64
+        Index of the pyramid level the point was found on.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    score: np.ndarray
+    scale: np.ndarray
+    angle: np.ndarray
+    level: np.ndarray
+
+    def __len__(self):
+        return len(self.x)
+
+    @classmethod
+    def empty(cls):
+        f = np.zeros(0)
+        return cls(f, f, f, f, f, np.zeros(0, np.int64))
+
+    def take(self, index):
+        """The keypoints at ``index`` (an integer array or a boolean mask), in that order."""
+        return Keypoints(*(getattr(self, name)[index] for name in self.__dataclass_fields__))
+
+    def with_angle(self, angle):
+        return Keypoints(self.x, self.y, self.score, self.scale, np.asarray(angle, np.float64), self.level)
+
+    def rows(self):
+        """[(x, y, score, scale, angle), ...] as Python floats (for CSV and JSON)."""
+        return [tuple(float(v) for v in row)
+                for row in zip(self.x, self.y, self.score, self.scale, self.angle)]
+
+
+# --------------------------------------------------------------------------- peaks
+
+
+def find_peaks(response, *, min_distance=1, threshold_abs=None, threshold_rel=None, exclude_border=True,
+               num_peaks=None):
+    """Local maxima of ``response``, strongest first: scikit-image's ``corner_peaks``.
+
+    A pixel is a peak when it equals the maximum of the (2D+1) x (2D+1)
+    window around it (D = ``min_distance``; the window is clipped at the
+    image's edge as ``mode='nearest'`` does) and is above the threshold:
+    ``threshold_abs`` (default: the map's minimum), raised to
+    ``threshold_rel * response.max()`` when that is given. With
+    ``exclude_border`` (True: D pixels; or an int) no peak lies that close to
+    the edge. A map that is constant everywhere has no peaks.
+
+    Plateaus: two peaks within D of each other (Chebyshev distance) can only
+    have equal values. They are resolved greedily, as ``corner_peaks``
+    does: points in order of decreasing value, ties in raster order (row,
+    then column); a point within D of one kept before it is dropped. So a
+    2 x 2 plateau gives its top-left pixel.
+
+    Parameters
+    ----------
+    response : ndarray, shape (H, W)
+    min_distance : int >= 1
+    threshold_abs, threshold_rel : float or None
+    exclude_border : bool or int
+    num_peaks : int or None
+        Keep at most this many (the strongest).
+
+    Returns
+    -------
+    ndarray, shape (K, 2), int64
+        (row, column) of each peak, strongest first.
+
+    Examples
+    --------
+    >>> r = np.zeros((5, 5)); r[2:4, 2:4] = 1
+    >>> find_peaks(r).tolist()
+    [[2, 2]]
+    """
+    response = np.asarray(response)
+    if response.ndim != 2:
+        raise ValueError(f"a response map must be 2-D (H, W), but got shape {response.shape}")
+    if int(min_distance) != min_distance or min_distance < 1:
+        raise ValueError(f"min_distance must be an integer of at least 1, but got {min_distance}")
+    if num_peaks is not None and num_peaks < 1:
+        raise ValueError(f"the number of peaks must be at least 1, but got {num_peaks}")
+    min_distance = int(min_distance)
+    border = min_distance if exclude_border is True else int(exclude_border or 0)
+    if response.size == 0 or not np.all(np.isfinite(response)):
+        if response.size:
+            raise ValueError("the response map holds NaN or infinite values")
+        return np.zeros((0, 2), np.int64)
+    size = 2 * min_distance + 1
+    local_max = ndimage.maximum_filter(response, size=size, mode="nearest")
+    mask = response == local_max
+    if mask.all():
+        return np.zeros((0, 2), np.int64)  # a constant map has no peaks
+    threshold = response.min() if threshold_abs is None else threshold_abs
+    if threshold_rel is not None:
+        threshold = max(threshold, threshold_rel * response.max())
+    mask &= response > threshold
+    if border:
+        mask[:border] = mask[-border:] = False
+        mask[:, :border] = mask[:, -border:] = False
+    rows, cols = np.nonzero(mask)  # raster order
+    values = response[rows, cols]
+    order = np.argsort(-values, kind="stable")
+    peaks = np.stack([rows[order], cols[order]], axis=1).astype(np.int64)
+    peaks = _resolve_plateaus(peaks, values[order], min_distance)
+    return peaks if num_peaks is None else peaks[:int(num_peaks)]
+
+
+def _resolve_plateaus(peaks, values, min_distance):
+    """Drop each peak within ``min_distance`` of an earlier one (greedy, in the given order).
+
+    Only peaks of equal value can be that close (each is the maximum of a
+    window holding the other), so only values that occur twice are looked at.
+    """
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    tied = np.flatnonzero(counts[inverse] > 1)
+    if len(tied) == 0:
+        return peaks
+    keep = np.ones(len(peaks), bool)
+    for group in np.unique(inverse[tied]):
+        members = np.flatnonzero(inverse == group)  # in the peaks' order
+        tree = cKDTree(peaks[members])
+        for n, m in enumerate(members):
+            if keep[m]:
+                close = tree.query_ball_point(peaks[m], r=min_distance, p=np.inf)
+                keep[members[[c for c in close if c > n]]] = False
+    return peaks[keep]
+
+
+def refine_peaks(response, peaks):
+    """Sub-pixel positions of ``peaks`` by fitting a quadratic to each 3 x 3 neighbourhood.
+
+    The fit is the second-order Taylor expansion from central differences
+    (as SIFT refines its extrema): offset = -H^-1 g, with g the gradient and
+    H the Hessian at the peak. A fit whose Hessian is not negative definite
+    (a ridge, a flat top), or whose offset leaves the pixel, keeps the
+    integer position; offsets are clipped to half a pixel. Neighbours past
+    the edge repeat the edge.
+
+    Parameters
+    ----------
+    response : ndarray, shape (H, W)
+    peaks : ndarray, shape (K, 2), int
+        (row, column) as ``find_peaks`` gives them.
+
+    Returns
+    -------
+    ndarray, shape (K, 2), float64
+        (row, column) of each peak, refined.
+    """
+    peaks = np.asarray(peaks, np.int64).reshape(-1, 2)
+    out = peaks.astype(np.float64)
+    if len(peaks) == 0:
+        return out
+    h, w = response.shape
+    r, c = peaks[:, 0], peaks[:, 1]
+    up, down = np.maximum(r - 1, 0), np.minimum(r + 1, h - 1)
+    left, right = np.maximum(c - 1, 0), np.minimum(c + 1, w - 1)
+    f = np.asarray(response, np.float64)
+    centre = f[r, c]
+    gx = (f[r, right] - f[r, left]) / 2
+    gy = (f[down, c] - f[up, c]) / 2
+    hxx = f[r, right] - 2 * centre + f[r, left]
+    hyy = f[down, c] - 2 * centre + f[up, c]
+    hxy = (f[down, right] - f[down, left] - f[up, right] + f[up, left]) / 4
+    det = hxx * hyy - hxy * hxy
+    peak_shaped = (hxx < 0) & (det > 0)
+    safe = np.where(peak_shaped, det, 1.0)
+    dx = -(hyy * gx - hxy * gy) / safe
+    dy = -(hxx * gy - hxy * gx) / safe
+    good = peak_shaped & (np.abs(dx) <= 1) & (np.abs(dy) <= 1)
+    out[good, 0] += np.clip(dy[good], -0.5, 0.5)
+    out[good, 1] += np.clip(dx[good], -0.5, 0.5)
+    return out
+
+
+# --------------------------------------------------------------------------- pyramid and detection
+
+
+def pyramid_shapes(height, width, levels, factor=SCALE_FACTOR):
+    """(H_l, W_l) of each level: level l is ``factor**l`` times smaller, rounded, at least 1 px.
+
+    Levels that would be smaller than 8 px on a side are left out, so a
+    small image can have fewer levels than asked for.
+    """
+    if levels < 1:
+        raise ValueError(f"the number of scales must be at least 1, but got {levels}")
+    shapes = [(int(height), int(width))]
+    for level in range(1, int(levels)):
+        h, w = round(height / factor ** level), round(width / factor ** level)
+        if min(h, w) < 8:
+            break
+        shapes.append((h, w))
+    return shapes
+
+
+def resample(image, height, width):
+    """``image`` (C, H, W) resized to (C, height, width): Gaussian anti-aliasing, then bilinear.
+
+    The Gaussian's sigma is 0.5 * sqrt(s^2 - 1) for a shrink by s, so the
+    result has about the blur of an image taken at the smaller size.
+    """
+    image = np.asarray(image, np.float32)
+    _c, h, w = image.shape
+    if (h, w) == (height, width):
+        return image
+    sy, sx = h / height, w / width
+    sigma = (0, 0.5 * np.sqrt(max(sy * sy - 1, 0)), 0.5 * np.sqrt(max(sx * sx - 1, 0)))
+    smooth = ndimage.gaussian_filter(image, sigma, mode="nearest") if max(sigma) > 0 else image
+    rows = (np.arange(height) + 0.5) * sy - 0.5
+    cols = (np.arange(width) + 0.5) * sx - 0.5
+    # Separable bilinear interpolation: rows, then columns.
+    r0 = np.clip(np.floor(rows).astype(int), 0, h - 1)
+    r1 = np.minimum(r0 + 1, h - 1)
+    fr = np.clip(rows - r0, 0, 1).astype(np.float32)[None, :, None]
+    tmp = smooth[:, r0] * (1 - fr) + smooth[:, r1] * fr
+    c0 = np.clip(np.floor(cols).astype(int), 0, w - 1)
+    c1 = np.minimum(c0 + 1, w - 1)
+    fc = np.clip(cols - c0, 0, 1).astype(np.float32)[None, None, :]
+    return np.ascontiguousarray(tmp[:, :, c0] * (1 - fc) + tmp[:, :, c1] * fc, dtype=np.float32)
+
+
+def image_pyramid(image, levels, factor=SCALE_FACTOR):
+    """``image`` (C, H, W) at ``levels`` sizes, each ``factor`` smaller (``pyramid_shapes``); a list."""
+    shapes = pyramid_shapes(image.shape[1], image.shape[2], levels, factor)
+    return [resample(image, h, w) for h, w in shapes]
+
+
+def to_image(position, map_size, image_size):
+    """A coordinate on a map of ``map_size`` pixels along its axis, in an image of ``image_size`` pixels."""
+    return (np.asarray(position, np.float64) + 0.5) * (image_size / map_size) - 0.5
+
+
+def detect(responses, image_shape, *, num_peaks=500, threshold_rel=0.01, min_distance=3, subpixel=True):
+    """Keypoints from response maps of one image at several scales.
+
+    Each map's peaks (``find_peaks``, with borders of ``min_distance``
+    excluded) are refined (``refine_peaks``) and placed in the image
+    (``to_image``). The threshold is ``threshold_rel`` times the strongest
+    response over all maps. Each level gets a share of ``num_peaks`` in
+    proportion to its map's area, as ORB shares its features among levels
+    (responses of different levels are not on one scale); what a level
+    leaves unused goes to the strongest remaining points of the others.
+
+    Parameters
+    ----------
+    responses : list of ndarray, each shape (h_l, w_l)
+        The response of level l; it covers the whole image.
+    image_shape : (H, W)
+        The input image's size, which coordinates refer to.
+    num_peaks : int >= 1
+    threshold_rel : float
+    min_distance : int >= 1
+
+    Returns
+    -------
+    Keypoints
+        At most ``num_peaks``, strongest first within each level's share
+        (angles 0: see ``orientations``).
+    """
+    if num_peaks < 1:
+        raise ValueError(f"the number of keypoints must be at least 1, but got {num_peaks}")
+    if not responses:
+        return Keypoints.empty()
+    height, width = image_shape
+    strongest = max(float(r.max()) if r.size else -np.inf for r in responses)
+    found = []
+    for level, response in enumerate(responses):
+        h, w = response.shape
+        threshold = threshold_rel * strongest
+        # find_peaks also asks for more than the map's minimum: a flat map has no peaks.
+        peaks = find_peaks(response, min_distance=min_distance, threshold_abs=max(threshold, response.min()),
+                           num_peaks=num_peaks)
+        where = refine_peaks(response, peaks) if subpixel else peaks.astype(np.float64)
+        scale = np.sqrt((height / h) * (width / w))
+        found.append(Keypoints(to_image(where[:, 1], w, width), to_image(where[:, 0], h, height),
+                               response[peaks[:, 0], peaks[:, 1]].astype(np.float64),
+                               np.full(len(peaks), scale), np.zeros(len(peaks)),
+                               np.full(len(peaks), level, np.int64)))
+    areas = np.array([r.size for r in responses], np.float64)
+    quota = np.floor(num_peaks * areas / areas.sum()).astype(int)
+    quota[0] += num_peaks - quota.sum()
+    chosen = [kp.take(np.arange(min(len(kp), q))) for kp, q in zip(found, quota)]
+    spare = num_peaks - sum(len(kp) for kp in chosen)
+    rest = [kp.take(np.arange(len(c), len(kp))) for kp, c in zip(found, chosen)]
+    extra = _concatenate(rest)
+    if spare > 0 and len(extra):
+        extra = extra.take(np.argsort(-extra.score, kind="stable")[:spare])
+        chosen.append(extra)
+    return _concatenate(chosen)
+
+
+def _concatenate(parts):
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Keypoints.empty()
+    return Keypoints(*(np.concatenate([getattr(p, name) for p in parts]) for name in Keypoints.__dataclass_fields__))
+
+
+def level_position(keypoints, image_shape, level_shape):
+    """(x, y) of ``keypoints`` in the pixels of an image of ``level_shape`` (H_l, W_l) covering the input."""
+    (height, width), (h, w) = image_shape, level_shape
+    return to_image(keypoints.x, width, w), to_image(keypoints.y, height, h)
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+def _disc(radius):
+    """Integer offsets (dy, dx) within ``radius`` of the centre, and Gaussian weights (sigma = radius / 2)."""
+    r = int(np.ceil(radius))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    inside = dy * dy + dx * dx <= radius * radius
+    dy, dx = dy[inside].astype(np.float64), dx[inside].astype(np.float64)
+    weight = np.exp(-(dx * dx + dy * dy) / (2 * (radius / 2) ** 2))
+    return dy, dx, weight
+
+
+def intensity_angle(image, x, y, *, radius=ORIENTATION_RADIUS):
+    """Orientation of each point by its intensity centroid (Rosin 1999; ORB), in degrees.
+
+    The angle of the vector from the point to the centroid of the
+    intensities (minus their mean) in a Gaussian-weighted disc of
+    ``radius`` pixels, sampled bilinearly.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+    x, y : ndarray, shape (K,)
+        Positions in ``image``'s pixels.
+
+    Returns
+    -------
+    ndarray, shape (K,), float64, in [0, 360)
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if len(x) == 0:
+        return np.zeros(0)
+    dy, dx, weight = _disc(radius)
+    values = ndimage.map_coordinates(np.asarray(image, np.float32), [y[:, None] + dy, x[:, None] + dx],
+                                     order=1, mode="nearest").astype(np.float64)
+    values -= (values * weight).sum(axis=1, keepdims=True) / weight.sum()
+    m10 = (values * weight * dx).sum(axis=1)
+    m01 = (values * weight * dy).sum(axis=1)
+    angle = np.degrees(np.arctan2(m01, m10)) % 360
+    return np.where(angle >= 360, 0.0, angle)  # -1e-15 % 360 rounds to 360
+
+
+def orientations(images, keypoints, image_shape, *, radius=ORIENTATION_RADIUS):
+    """``keypoints`` with angles from ``intensity_angle`` on the pyramid level each was found on.
+
+    ``images`` are the levels, each (H_l, W_l) (grey); the disc's radius is
+    ``radius`` level pixels times the response map's stride on that level.
+    """
+    angle = np.zeros(len(keypoints))
+    height, width = image_shape
+    for level, image in enumerate(images):
+        on = np.flatnonzero(keypoints.level == level)
+        if len(on) == 0:
+            continue
+        h, w = image.shape
+        x, y = level_position(keypoints.take(on), image_shape, (h, w))
+        stride = keypoints.scale[on[0]] / np.sqrt((height / h) * (width / w))
+        angle[on] = intensity_angle(image, x, y, radius=radius * max(stride, 1.0))
+    return keypoints.with_angle(angle)
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def sampling_grid(cells=CELLS, samples=SAMPLES, spacing=SPACING):
+    """Offsets (u, v), shape (cells * samples)^2 each, of the grid's samples around its centre, in
+    units of pixels before rotation, ordered cell by cell (row of cells, column of cells, then samples)."""
+    n = cells * samples
+    ticks = (np.arange(n) - (n - 1) / 2) * spacing
+    v, u = np.meshgrid(ticks, ticks, indexing="ij")
+    # Reorder so that each cell's samples are contiguous: (cell row, cell col, sample row, sample col).
+    u = u.reshape(cells, samples, cells, samples).transpose(0, 2, 1, 3).reshape(-1)
+    v = v.reshape(cells, samples, cells, samples).transpose(0, 2, 1, 3).reshape(-1)
+    return u, v
+
+
+def describe(maps, x, y, angle, *, stride=1.0, steer=False, cells=CELLS, samples=SAMPLES, spacing=SPACING,
+             clip=DESCRIPTOR_CLIP):
+    """Descriptors of points sampled from feature maps on a grid rotated to each point's angle.
+
+    The grid has ``cells`` x ``cells`` cells of ``samples`` x ``samples``
+    bilinear samples ``spacing * stride`` map pixels apart, centred on the
+    point and rotated by its angle. Each sample is weighted by a Gaussian
+    (sigma: half the grid's width) and each cell is the weighted sum of its
+    samples, for every channel. The vector is L2-normalised, its entries
+    clipped to ±``clip`` and normalised again (SIFT's treatment; ``clip=None``
+    skips it).
+
+    With ``steer`` the maps are an x and a y derivative (C = 2), a vector
+    field that turns with the image: each sampled gradient is rotated into
+    the point's frame and spread over ``GRADIENT_BINS`` orientation bins by
+    its magnitude (linear interpolation between the two nearest bins), as
+    SIFT's histograms do. Other maps (textures, learned channels) are
+    sampled as they are: their channels do not turn with the image.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (C, H, W)
+    x, y : ndarray, shape (K,)
+        Positions in the maps' pixels.
+    angle : ndarray, shape (K,)
+        Degrees.
+    stride : float
+        Map pixels per pixel of the grid's units (the scale of the map).
+
+    Returns
+    -------
+    ndarray, shape (K, D), float32
+        D = cells^2 * C, or cells^2 * GRADIENT_BINS with ``steer``.
+    """
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"feature maps must be (C, H, W), but got shape {maps.shape}")
+    if steer and maps.shape[0] != 2:
+        raise ValueError(f"a steered descriptor needs 2 maps (x and y derivatives), but got {maps.shape[0]}")
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    k = len(x)
+    u, v = sampling_grid(cells, samples, spacing)
+    width = cells * samples * spacing
+    weight = np.exp(-(u * u + v * v) / (2 * (width / 2) ** 2))
+    theta = np.radians(np.asarray(angle, np.float64))[:, None]
+    cos, sin = np.cos(theta), np.sin(theta)
+    # Grid axis u runs along the point's angle, v perpendicular (x right, y down).
+    sx = x[:, None] + stride * (u * cos - v * sin)
+    sy = y[:, None] + stride * (u * sin + v * cos)
+    sampled = np.stack([ndimage.map_coordinates(m, [sy, sx], order=1, mode="nearest") for m in maps], axis=-1)
+    if steer:
+        gx, gy = sampled[..., 0].astype(np.float64), sampled[..., 1].astype(np.float64)
+        # The gradient in the point's frame: rotate by -angle.
+        gu, gv = gx * cos + gy * sin, -gx * sin + gy * cos
+        magnitude = np.hypot(gu, gv)
+        position = (np.arctan2(gv, gu) % (2 * np.pi)) / (2 * np.pi) * GRADIENT_BINS
+        low = np.floor(position).astype(np.int64) % GRADIENT_BINS
+        upper = position - np.floor(position)
+        bins = np.zeros((k, len(u), GRADIENT_BINS))
+        rows = np.arange(k)[:, None]
+        cols = np.arange(len(u))[None, :]
+        np.add.at(bins, (rows, cols, low), magnitude * (1 - upper))
+        np.add.at(bins, (rows, cols, (low + 1) % GRADIENT_BINS), magnitude * upper)
+        sampled = bins
+    sampled = sampled * weight[None, :, None]
+    per_cell = sampled.reshape(k, cells * cells, samples * samples, -1).sum(axis=2)
+    return normalize_descriptors(per_cell.reshape(k, -1), clip)
+
+
+def normalize_descriptors(d, clip=DESCRIPTOR_CLIP):
+    """Rows of ``d`` (K, D) L2-normalised, then clipped to ±``clip`` and normalised again; float32.
+    A row of zeros stays zero."""
+    d = np.asarray(d, np.float64)
+
+    def unit(a):
+        norm = np.linalg.norm(a, axis=1, keepdims=True)
+        return a / np.where(norm > 0, norm, 1)
+
+    d = unit(d)
+    if clip is not None:
+        d = unit(np.clip(d, -clip, clip))
+    return d.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- matching
+
+
+def match_descriptors(da, db, *, ratio=0.8, mutual=True):
+    """Pairs (i, j) whose descriptors ``da[i]`` and ``db[j]`` are nearest neighbours.
+
+    Euclidean distance. Lowe's ratio test keeps a pair when the distance to
+    the nearest ``db`` row is below ``ratio`` times the distance to the
+    second nearest; ``mutual`` also asks that ``da[i]`` be the nearest row of
+    ``da`` to ``db[j]``. This is scikit-image's ``match_descriptors(...,
+    cross_check=mutual, max_ratio=ratio)``. Ties go to the lower index.
+
+    Parameters
+    ----------
+    da : ndarray, shape (Ka, D)
+    db : ndarray, shape (Kb, D)
+    ratio : float in (0, 1]
+
+    Returns
+    -------
+    pairs : ndarray, shape (M, 2), int64
+        (i, j), in order of i.
+    distance : ndarray, shape (M,), float64
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"the ratio must be in (0, 1], but got {ratio}")
+    da, db = np.asarray(da, np.float64), np.asarray(db, np.float64)
+    if da.ndim != 2 or db.ndim != 2 or da.shape[1] != db.shape[1]:
+        raise ValueError(f"descriptors must be (K, D) with the same D, but got {da.shape} and {db.shape}")
+    if len(da) == 0 or len(db) == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    squared = (da * da).sum(1)[:, None] + (db * db).sum(1)[None, :] - 2 * da @ db.T
+    distance = np.sqrt(np.maximum(squared, 0))
+    nearest = np.argmin(distance, axis=1)
+    i = np.arange(len(da))
+    best = distance[i, nearest]
+    keep = np.ones(len(da), bool)
+    if mutual:
+        keep &= np.argmin(distance, axis=0)[nearest] == i
+    if ratio < 1 and len(db) > 1:
+        second = np.partition(distance, 1, axis=1)[:, 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            keep &= np.where(second > 0, best / second, 1.0) < ratio
+    elif ratio < 1:
+        keep[:] = False  # a single candidate has no second to compare with
+    return np.stack([i[keep], nearest[keep]], axis=1).astype(np.int64), best[keep]
+
+
+# --------------------------------------------------------------------------- geometry
+
+GEOMETRIES = ("homography", "affine")
+
+
+def _normalizing(points):
+    """Hartley's similarity T (3, 3): moves ``points`` (M, 2) to mean 0 and mean distance sqrt(2)."""
+    mean = points.mean(axis=0)
+    spread = np.sqrt(((points - mean) ** 2).sum(axis=1)).mean()
+    s = np.sqrt(2) / spread if spread > 0 else 1.0
+    return np.array([[s, 0, -s * mean[0]], [0, s, -s * mean[1]], [0, 0, 1]])
+
+
+def fit_homography(src, dst):
+    """The homography H (3, 3), H[2, 2] = 1, taking ``src`` (M >= 4, 2) to ``dst`` in the least-squares
+    sense of the DLT, with Hartley's normalisation; None when the points are degenerate (collinear)."""
+    ts, td = _normalizing(src), _normalizing(dst)
+    s = src @ ts[:2, :2].T + ts[:2, 2]
+    d = dst @ td[:2, :2].T + td[:2, 2]
+    m = len(s)
+    a = np.zeros((2 * m, 9))
+    a[0::2, 0:2], a[0::2, 2] = s, 1
+    a[0::2, 6:8], a[0::2, 8] = -d[:, :1] * s, -d[:, 0]
+    a[1::2, 3:5], a[1::2, 5] = s, 1
+    a[1::2, 6:8], a[1::2, 8] = -d[:, 1:] * s, -d[:, 1]
+    _, sv, vt = np.linalg.svd(a)
+    if m == 4 and sv[7] < 1e-9 * sv[0]:
+        return None  # four points with three on a line fit no unique homography
+    h = np.linalg.inv(td) @ vt[-1].reshape(3, 3) @ ts
+    if abs(h[2, 2]) < 1e-12 or not np.all(np.isfinite(h)):
+        return None
+    h /= h[2, 2]
+    return h if abs(np.linalg.det(h[:2, :2])) > 1e-9 else None
+
+
+def fit_affine(src, dst):
+    """The affine map A (3, 3), last row (0, 0, 1), taking ``src`` (M >= 3, 2) to ``dst`` by least
+    squares; None when the points are collinear."""
+    a = np.hstack([src, np.ones((len(src), 1))])
+    if np.linalg.matrix_rank(a) < 3:
+        return None
+    solution, *_ = np.linalg.lstsq(a, dst, rcond=None)
+    return np.vstack([solution.T, [0, 0, 1]])
+
+
+def project(matrix, points):
+    """``points`` (M, 2) mapped by the 3 x 3 ``matrix`` (homogeneous coordinates); (M, 2)."""
+    p = points @ matrix[:, :2].T + matrix[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return p[:, :2] / p[:, 2:]
+
+
+def ransac(src, dst, *, geometry="homography", threshold=3.0, max_trials=2000, confidence=0.999, seed=0):
+    """The homography or affine map taking ``src`` to ``dst``, robust to wrong pairs (RANSAC).
+
+    Each trial fits a minimal sample (4 pairs for a homography, 3 for an
+    affine map) drawn by ``numpy.random.default_rng(seed)``, and counts
+    the pairs it maps within ``threshold`` pixels of their partner
+    (inliers). Trials stop when ``confidence`` says that a better sample is
+    unlikely (Fischler & Bolles; Hartley & Zisserman 4.7), or at
+    ``max_trials``. The best model is refitted on its inliers by least
+    squares, and the inliers counted again, twice. The same input and seed
+    give the same answer.
+
+    Parameters
+    ----------
+    src, dst : ndarray, shape (M, 2)
+        (x, y) of matched points.
+
+    Returns
+    -------
+    matrix : ndarray, shape (3, 3), or None
+        None when fewer pairs than a sample, or no sample fits.
+    inliers : ndarray, shape (M,), bool
+    """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, but got {geometry!r}")
+    src, dst = np.asarray(src, np.float64).reshape(-1, 2), np.asarray(dst, np.float64).reshape(-1, 2)
+    fit, size = (fit_homography, 4) if geometry == "homography" else (fit_affine, 3)
+    m = len(src)
+    none = np.zeros(m, bool)
+    if m < size:
+        return None, none
+    rng = np.random.default_rng(seed)
+
+    def inliers_of(model):
+        error = np.linalg.norm(project(model, src) - dst, axis=1)
+        return np.nan_to_num(error, nan=np.inf) < threshold
+
+    best, best_in, trials, needed = None, none, 0, max_trials
+    while trials < min(needed, max_trials):
+        trials += 1
+        sample = rng.choice(m, size, replace=False)
+        model = fit(src[sample], dst[sample])
+        if model is None:
+            continue
+        found = inliers_of(model)
+        if found.sum() > best_in.sum():
+            best, best_in = model, found
+            share = found.sum() / m
+            needed = trials if share >= 1 else np.log(1 - confidence) / np.log(1 - share ** size)
+    if best is None:
+        return None, none
+    for _ in range(2):
+        if best_in.sum() < size:
+            break
+        refit = fit(src[best_in], dst[best_in])
+        if refit is None:
+            break
+        found = inliers_of(refit)
+        if found.sum() < best_in.sum():
+            break
+        best, best_in = refit, found
+    return best, best_in
