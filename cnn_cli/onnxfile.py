@@ -229,10 +229,11 @@ def count_elements(dims, what, *, max_elements=None, max_rank=None):
 class _Reader:
     """Reads tensors of one model file: in-file data, typed fields, or bounded external data."""
 
-    def __init__(self, path, budget):
+    def __init__(self, path, budget, max_bytes):
         self.path = Path(path)
         self.folder = self.path.parent
         self.budget = budget          # bytes that external data may still take
+        self.max_bytes = max_bytes    # the limit for the file and its external data together
         self._files = {}              # location -> open file, size
 
     def close(self):
@@ -289,7 +290,8 @@ class _Reader:
             return (np.asarray(values, np.int64).astype(np.uint32) << 16).view(np.float32).reshape(shape)
         if code == 9:
             return (np.asarray(values, np.int64) != 0).reshape(shape)
-        return np.asarray(values, dtype=np.float64 if code in (1, 11) else np.int64).astype(ours).reshape(shape)
+        wide = np.float64 if code in (1, 11) else np.uint64 if code in (12, 13) else np.int64  # holds every value
+        return np.asarray(values, dtype=wide).astype(ours).reshape(shape)
 
     def _external(self, t, what, nbytes):
         info = {e.key: e.value for e in t.external_data}
@@ -309,8 +311,8 @@ class _Reader:
                             f"'{location}', which holds only {size:,} bytes; the data file is truncated "
                             f"or belongs to another model")
         if length > self.budget:
-            raise OnnxError(f"{self.path}: its external data hold more than the {config.ONNX_MAX_BYTES:,}-byte "
-                            f"limit for a model")
+            raise OnnxError(f"{self.path}: the model and its external data hold more than the "
+                            f"{self.max_bytes:,}-byte limit for a model")
         self.budget -= length
         fh.seek(offset)
         raw = fh.read(length)
@@ -377,23 +379,25 @@ def _decode(data, reader, what):
 
 
 def _refusals(graph, functions):
-    """'node 'x' (LSTM)' descriptions of every node refused by category, and the categories."""
-    named, why = [], []
+    """(descriptions such as "node 'x' (LSTM)" of every node refused by category, why they are refused)."""
+    named, kinds, others = [], [], []
     for i, n in enumerate(graph.node):
         label = f"node '{n.name or f'{n.op_type}_{i}'}' ({n.op_type}"
         if n.domain not in ("", "ai.onnx"):
             named.append(f"{label} in domain '{n.domain}')")
-            why.append("operators of other domains than ONNX's own")
+            others.append("operators outside ONNX's own domain")
         elif (n.domain, n.op_type) in functions:
             named.append(f"{label}, a function defined in the file)")
-            why.append("functions defined in the file")
-        elif n.op_type in _REFUSED_OPS:
+            others.append("functions defined in the file")
+        elif n.op_type in _REFUSED_OPS or any(a.type in (5, 10) for a in n.attribute):  # 5, 10: GRAPH(S)
             named.append(label + ")")
-            why.append(f"{_REFUSED_OPS[n.op_type]} layers")
-        elif any(a.type in (5, 10) for a in n.attribute):
-            named.append(f"{label} with a subgraph)")
-            why.append("control flow")
-    return named, list(dict.fromkeys(why))
+            kind = _REFUSED_OPS.get(n.op_type, "control flow")
+            (others if kind == "control flow" else kinds).append(kind)
+        else:
+            continue
+    reasons = ([f"{' and '.join(dict.fromkeys(kinds))} layers"] if kinds else []) + list(dict.fromkeys(others))
+    why = ", ".join(reasons[:-1]) + (" and " if len(reasons) > 1 else "") + reasons[-1] if reasons else ""
+    return named, why
 
 
 def _unique_name(name, op, index, used):
@@ -1069,7 +1073,7 @@ def _image_input(graph, initializers, size, path):
         raise OnnxError(f"{path}: input '{v.name}' is not a tensor; cnn imports image networks with one "
                         "(N, C, H, W) input")
     t = v.type.tensor_type
-    if t.elem_type not in (1, 10, 11, 16):
+    if t.elem_type not in _FLOAT_TYPES:
         raise OnnxError(f"{path}: input '{v.name}' is of type {_type_name(t.elem_type)}; cnn feeds images as "
                         "floats, so the input must be float (float32, float16, bfloat16 or double)")
     if not t.HasField("shape"):
@@ -1155,13 +1159,12 @@ def read_onnx(path, *, size=None, max_bytes=None) -> OnnxGraph:
     named, why = _refusals(graph, functions)
     if named:
         verb = "is" if len(named) == 1 else "are"
-        raise OnnxError(f"{path}: {', '.join(named)} {verb} not supported: {' and '.join(why)} cannot run on "
-                        "cnn's engine")
+        raise OnnxError(f"{path}: {', '.join(named)} {verb} not supported: {why} cannot run on cnn's engine")
     if len(graph.sparse_initializer):
         raise OnnxError(f"{path}: holds sparse initializers, which cnn does not read; re-export with dense "
                         "weights")
     input_name, input_shape, _ = _image_input(graph, {t.name for t in graph.initializer}, size, path)
-    reader = _Reader(path, max_bytes - nbytes)
+    reader = _Reader(path, max_bytes - nbytes, max_bytes)
     try:
         constants = {}
         for t in graph.initializer:

@@ -317,6 +317,16 @@ def test_refused_nodes_are_all_named_in_one_error(tmp_path):
     assert "recurrent" in message and "quantized" in message and "cannot run on cnn's engine" in message
 
 
+def test_refusal_message_reads_as_one_sentence(tmp_path):
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["h"], hidden_size=2, name="lstm_1"),
+             helper.make_node("ConvInteger", ["xi", "wi"], ["q_out"], name="q")]
+    path = save(image_model(nodes, outputs=("h",)), tmp_path / "model.onnx")
+    with pytest.raises(OnnxError) as info:
+        read_onnx(path)
+    assert str(info.value) == (f"{path}: node 'lstm_1' (LSTM), node 'q' (ConvInteger) are not supported: "
+                               "recurrent and quantized layers cannot run on cnn's engine")
+
+
 def test_two_image_inputs_refused(tmp_path):
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("a", "b")]
     model = image_model([helper.make_node("Add", ["a", "b"], ["y"])], inputs=inputs)
