@@ -1,0 +1,186 @@
+"""``cnn keypoints`` and ``cnn match``: exit codes and the files PRODUCT.md fixes."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from clirunner import cnn
+from PIL import Image
+from tinymodel import save_tiny_model
+
+from cnn_cli import keypoints as K
+
+skdata = pytest.importorskip("skimage.data")
+sktransform = pytest.importorskip("skimage.transform")
+
+#: A known view change: B is A seen under this homography (a turn of about 8 degrees and some perspective).
+TRUTH = np.array([[0.95, 0.14, 20.0], [-0.12, 0.97, 30.0], [1e-4, 5e-5, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pair")
+    image = skdata.camera()[::2, ::2]  # 256 x 256 keeps the tests quick
+    warped = sktransform.warp(image, np.linalg.inv(TRUTH), output_shape=image.shape, preserve_range=True)
+    Image.fromarray(image).save(folder / "a.png")
+    Image.fromarray(warped.astype(np.uint8)).save(folder / "b.png")
+    return folder / "a.png", folder / "b.png"
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def _no_partials(folder):
+    return not [p for p in folder.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_keypoints_writes_the_three_files(pair, tmp_path):
+    out = tmp_path / "out"
+    result = cnn("keypoints", pair[0], pair[1], "-o", out, "-n", "80")
+    assert result.exit_code == 0, result.output
+    for name in ("a", "b"):
+        folder = out / name
+        rows = _rows(folder / "keypoints.csv")
+        assert rows[0] == ["x", "y", "score", "scale", "angle"]
+        assert 20 < len(rows) - 1 <= 80
+        record = json.loads((folder / "keypoints.json").read_text())
+        assert record["count"] == len(rows) - 1 == len(record["keypoints"])
+        assert set(record["keypoints"][0]) == {"x", "y", "score", "scale", "angle"}
+        values = np.array(rows[1:], float)
+        assert np.all(np.diff(values[:, 2]) <= 0)  # strongest first
+        assert values[:, :2].min() >= 0 and values[:, :2].max() < 256
+        assert np.all((values[:, 4] >= 0) & (values[:, 4] < 360))
+        with Image.open(folder / "overlay.png") as overlay:
+            assert overlay.size == (256, 256) and overlay.mode == "RGB"
+    assert _no_partials(out)
+
+
+def test_keypoints_are_the_harris_peaks_of_the_image(pair, tmp_path):
+    """The command's points are the library's, on the harris pipeline's response of the decoded image."""
+    from cnn_cli.imageio import read_image
+    from cnn_cli.sources import load_source
+
+    result = cnn("keypoints", pair[0], "-o", tmp_path / "out", "-n", "50", "--min-distance", "4")
+    assert result.exit_code == 0, result.output
+    image = read_image(pair[0])
+    response = load_source(pipeline="harris").pipeline.forward(image[None])[-1][0, 0]
+    peaks = K.find_peaks(response, min_distance=4, threshold_rel=0.01, num_peaks=50)
+    values = np.array(_rows(tmp_path / "out" / "a" / "keypoints.csv")[1:], float)
+    assert len(values) == len(peaks)
+    assert np.abs(values[:, 0] - peaks[:, 1]).max() <= 0.5 and np.abs(values[:, 1] - peaks[:, 0]).max() <= 0.5
+
+
+def test_keypoints_json_scales_and_refusal_to_overwrite(pair, tmp_path):
+    out = tmp_path / "out"
+    result = cnn("keypoints", pair[0], "-o", out, "--scales", "3", "-n", "100", "--json")
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert record["output"] == str(out / "a") and record["settings"]["scales"] == 3
+    assert len({round(p["scale"], 3) for p in record["keypoints"]}) == 3
+    again = cnn("keypoints", pair[0], "-o", out)
+    assert again.exit_code == 1, again.output
+    assert "exists; use --force" in again.stderr
+    assert cnn("keypoints", pair[0], "-o", out, "--force").exit_code == 0
+    assert _no_partials(out)
+
+
+def test_a_batch_with_a_bad_input_exits_3_after_the_others(pair, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = cnn("keypoints", broken, pair[0], "-o", out)
+    assert result.exit_code == 3, result.output
+    assert (out / "a" / "keypoints.csv").is_file() and not (out / "broken").exists()
+    assert next(line for line in result.stderr.splitlines() if line.startswith("Error:")).count("broken.png") == 1
+
+
+def test_an_image_smaller_than_the_window_gives_no_points(tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (5, 5), np.uint8)).save(tiny)
+    result = cnn("keypoints", tiny, "-o", tmp_path / "out", "--min-distance", "3")
+    assert result.exit_code == 0, result.output
+    assert _rows(tmp_path / "out" / "tiny" / "keypoints.csv") == [["x", "y", "score", "scale", "angle"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "0"], "-n"),
+    (["--min-distance", "0"], "--min-distance"),
+    (["--layer", "9"], "no such layer"),
+    (["--pipeline", "harris", "--model", "m.npz"], "only one of"),
+])
+def test_usage_errors_exit_2(pair, tmp_path, args, message):
+    result = cnn("keypoints", pair[0], "-o", tmp_path / "out", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out" / "a").exists()
+
+
+def test_a_model_layer_with_and_without_positions(pair, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    ok = cnn("keypoints", pair[0], "-o", tmp_path / "out", "--model", model, "--layer", "0", "--min-distance", "1")
+    assert ok.exit_code == 0, ok.output
+    values = np.array(_rows(tmp_path / "out" / "a" / "keypoints.csv")[1:], float).reshape(-1, 5)
+    # The model sees an 8 x 8 image; its points are placed back in the 256 x 256 input.
+    assert len(values) and np.all(values[:, 3] == pytest.approx(32.0))
+    flat = cnn("keypoints", pair[0], "-o", tmp_path / "flat", "--model", model, "--layer", "flatten")
+    assert flat.exit_code == 2, flat.output
+    assert "gives a vector, not maps" in flat.stderr
+
+
+def test_match_recovers_the_view_change(pair, tmp_path):
+    out = tmp_path / "out"
+    result = cnn("match", pair[0], pair[1], "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    folder = out / "a__b"
+    assert record["output"] == str(folder)
+    saved = json.loads((folder / "match.json").read_text())
+    assert saved["matches"] == record["matches"] > 20
+    assert 0.8 * saved["matches"] <= saved["inliers"] <= saved["matches"]
+    matrix = np.array(saved["homography"])
+    assert matrix.shape == (3, 3)
+    corners = np.array([[0, 0], [255, 0], [255, 255], [0, 255]], float)
+    assert np.linalg.norm(K.project(matrix, corners) - K.project(TRUTH, corners), axis=1).max() < 3
+    rows = _rows(folder / "matches.csv")
+    assert rows[0] == ["xa", "ya", "xb", "yb", "distance", "inlier"]
+    assert len(rows) - 1 == saved["matches"]
+    assert sum(int(r[5]) for r in rows[1:]) == saved["inliers"]
+    values = np.array([r[:4] for r in rows[1:]], float)
+    inlier = np.array([r[5] == "1" for r in rows[1:]])
+    moved = np.linalg.norm(K.project(TRUTH, values[inlier, :2]) - values[inlier, 2:], axis=1)
+    assert np.median(moved) < 1.5
+    with Image.open(folder / "matches.png") as picture:
+        assert picture.size == (512, 256)
+    assert cnn("match", pair[0], pair[1], "-o", out).exit_code == 1  # exists
+    assert _no_partials(out)
+
+
+def test_match_without_geometry_and_with_an_affine_map(pair, tmp_path):
+    none = cnn("match", pair[0], pair[1], "-o", tmp_path / "none", "--geometry", "none")
+    assert none.exit_code == 0, none.output
+    record = json.loads((tmp_path / "none" / "a__b" / "match.json").read_text())
+    assert record["homography"] is None and record["inliers"] is None
+    assert {r[5] for r in _rows(tmp_path / "none" / "a__b" / "matches.csv")[1:]} == {""}
+    affine = cnn("match", pair[0], pair[1], "-o", tmp_path / "affine", "--geometry", "affine", "--json")
+    assert affine.exit_code == 0, affine.output
+    matrix = np.array(json.loads(affine.stdout)["homography"])
+    assert np.allclose(matrix[2], [0, 0, 1])
+
+
+def test_match_refusals(pair, tmp_path):
+    missing = cnn("match", pair[0], tmp_path / "nothing.png", "-o", tmp_path / "out")
+    assert missing.exit_code == 1 and "nothing.png" in missing.stderr, missing.output
+    assert not (tmp_path / "out" / "a__nothing").exists()
+    bad = cnn("match", pair[0], pair[1], "-o", tmp_path / "out", "--ratio", "0")
+    assert bad.exit_code == 2 and "--ratio" in bad.stderr, bad.output
+    descriptor = cnn("match", pair[0], pair[1], "-o", tmp_path / "out", "--descriptor", "12")
+    assert descriptor.exit_code == 2 and "--descriptor" in descriptor.stderr, descriptor.output
+
+
+@pytest.mark.parametrize("command", ["keypoints", "match"])
+def test_help_has_examples(command):
+    result = cnn(command, "--help")
+    assert result.exit_code == 0 and f"cnn {command} " in result.output and "Examples" in result.output
