@@ -25,8 +25,10 @@ builder                                 source of the layout
 ``alexnet_lrn_onnx``                    Krizhevsky et al. 2012 (LRN, grouped convs)
 =====================================  ==============================================
 
-Bench scripts import this module the way they import ``bench/_torch_twin.py``:
-with the repository root and ``tests/`` put on ``sys.path`` first.
+Tests import it as ``torch_zoo`` (pytest puts ``tests/`` on ``sys.path``). Bench scripts
+put the repository root on ``sys.path`` first, as ``bench/train.py`` does for
+``bench/_torch_twin.py``, then ``from tests import torch_zoo`` (``tests/`` is a namespace
+package: it has no ``__init__.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ EXPORTERS = ("legacy", "dynamo")
 # The lowest opset torch 2.13's dynamo exporter implements: asked for 17, it exports 18 and
 # then tries onnx's version converter, which fails on some graphs (Squeeze/ReduceMean axes).
 DYNAMO_MIN_OPSET = 18
+DEFAULT_OPSETS = {"legacy": 17, "dynamo": DYNAMO_MIN_OPSET}
 MTCNN_NETS = ("pnet", "rnet", "onet")
 
 
@@ -73,7 +76,10 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4; ``(N, C_in, H, W) -> (N, 4*planes, H/s, W/s)``."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4.
+
+    ``(N, C_in, H, W) -> (N, 4 * planes, H/s, W/s)``.
+    """
 
     expansion = 4
 
@@ -173,7 +179,7 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, inp, oup, stride, expand_ratio):
         super().__init__()
-        hidden = int(round(inp * expand_ratio))
+        hidden = round(inp * expand_ratio)
         self.use_res_connect = stride == 1 and inp == oup
         layers = [ConvNormActivation(inp, hidden, 1)] if expand_ratio != 1 else []
         layers += [ConvNormActivation(hidden, hidden, 3, stride, groups=hidden),
@@ -187,7 +193,10 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """torchvision's MobileNetV2 at width 1.0: ``(N, 3, H, W) -> (N, num_classes)``; last map H/32."""
+    """torchvision's MobileNetV2 at width 1.0: ``(N, 3, H, W) -> (N, num_classes)``.
+
+    The last map is H/32 x W/32.
+    """
 
     # (t, c, n, s) from table 2 of Sandler et al.: expansion, channels, repeats, first stride.
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -283,7 +292,7 @@ def mobilenet_v3_small_block(num_classes=10):
     return MobileNetV3SmallBlockNet(num_classes)
 
 
-# ---------------------------------------------------------------- SqueezeNet 1.1 (torchvision names)
+# -------------------------------------------------------- SqueezeNet 1.1 (torchvision names)
 
 class Fire(nn.Module):
     """1x1 squeeze + ReLU, then 1x1 and 3x3 expands + ReLU, concatenated on channels.
@@ -336,10 +345,10 @@ def squeezenet1_1(num_classes=1000):
     return SqueezeNet(num_classes)
 
 
-# ---------------------------------------------------------------- AlexNet and VGG (torchvision names)
+# ------------------------------------------------------- AlexNet and VGG (torchvision names)
 
 class AlexNet(nn.Module):
-    """torchvision's AlexNet (64-192-384-256-256 channels, no LRN): ``(N, 3, H, W) -> (N, classes)``.
+    """torchvision's AlexNet (64-192-384-256-256 channels, no LRN): ``(N, 3, H, W) -> (N, K)``.
 
     ``avgpool`` is AdaptiveAvgPool2d((6, 6)); at 224 x 224 the features are
     already 6 x 6, so it is the identity there (and exports as such).
@@ -608,7 +617,7 @@ class SmallUNet(nn.Module):
 
 
 def small_unet(num_classes=2):
-    """A three-level U-Net, 8-16-32 channels (ConvTranspose, bilinear and nearest Resize, Concat)."""
+    """A three-level U-Net, 8-16-32 channels: ConvTranspose, bilinear and nearest Resize, Concat."""
     return SmallUNet(num_classes)
 
 
@@ -801,18 +810,20 @@ def _ir_version(model_proto):
 
 
 def _output_names(model, example):
-    """"output" for a single tensor, else "output0", "output1", ... (MTCNN returns tuples)."""
+    """Graph output names: "output" for one tensor, else "output0", "output1", ... (MTCNN)."""
     with torch.no_grad():
         out = model(example)
     return ["output"] if isinstance(out, torch.Tensor) else [f"output{i}" for i in range(len(out))]
 
 
-def export_onnx(model, path, size, *, batch=1, exporter="legacy", opset=17, dynamic_hw=False):
+def export_onnx(model, path, size, *, batch=1, exporter="legacy", opset=None, dynamic_hw=False):
     """Export ``model`` (in eval mode) for a ``(batch, *size)`` input named "input"; return path.
 
-    exporter "legacy": ``torch.onnx.export(dynamo=False, opset_version=opset)``, one file.
+    exporter "legacy": ``torch.onnx.export(dynamo=False, opset_version=opset)``, one file;
+    opset defaults to 17.
     exporter "dynamo": torch's default exporter (through onnxscript), which writes the weights
-    as external data in ``path`` + ".data" beside the graph; it needs opset >= 18.
+    as external data in ``path`` + ".data" beside the graph; opset defaults to, and must be
+    at least, 18 (``DYNAMO_MIN_OPSET``).
     dynamic_hw marks input dims 2 and 3 symbolic ("height", "width").
     Outputs are "output" or "output0", "output1", .... The IR version is then pinned to
     onnx's table for the opset (``_ir_version``) and the file checked with onnx.checker.
@@ -821,6 +832,8 @@ def export_onnx(model, path, size, *, batch=1, exporter="legacy", opset=17, dyna
         raise ValueError(f"exporter must be one of {EXPORTERS}, but got {exporter!r}")
     if len(size) != 3:
         raise ValueError(f"size must be (C, H, W), but got {size!r}")
+    if opset is None:
+        opset = DEFAULT_OPSETS[exporter]
     if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
         raise ValueError(f"the dynamo exporter of torch {torch.__version__} writes opset "
                          f"{DYNAMO_MIN_OPSET} and later (it converts lower opsets down for some "
@@ -867,9 +880,12 @@ ALEXNET_2012_CONVS = (("conv1", 96, 11, 4, 0, 1), ("conv2", 256, 5, 1, 2, 2),
 
 
 def _alexnet_2012_map_size(h):
-    """Spatial size after conv5's max pool (floor pooling, as ONNX's default)."""
-    pool = lambda n: (n - 3) // 2 + 1   # noqa: E731 - 3x3/2 max pool
-    return pool(pool(pool((h - 11) // 4 + 1)))
+    """Spatial size after conv5's max pool: conv1 11x11/4, then three 3x3/2 max pools with
+    floor rounding (ONNX's default); conv2-5 keep the size."""
+    h = (h - 11) // 4 + 1
+    for _ in range(3):
+        h = (h - 3) // 2 + 1
+    return h
 
 
 def alexnet_lrn_onnx(path, seed=0, *, size=(3, 227, 227), num_classes=1000, hidden=4096):
