@@ -787,7 +787,7 @@ def randomize(model, seed):
 
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, nn.BatchNorm2d):
                 uniform_(m.weight, 0.5, 1.5)
                 uniform_(m.bias, -0.2, 0.2)
                 uniform_(m.running_mean, -0.2, 0.2)
@@ -824,7 +824,8 @@ def export_onnx(model, path, size, *, batch=1, exporter="legacy", opset=None, dy
     exporter "dynamo": torch's default exporter (through onnxscript), which writes the weights
     as external data in ``path`` + ".data" beside the graph; opset defaults to, and must be
     at least, 18 (``DYNAMO_MIN_OPSET``).
-    dynamic_hw marks input dims 2 and 3 symbolic ("height", "width").
+    dynamic_hw makes input dims 2 and 3 symbolic (legacy names them "height" and "width";
+    dynamo names its own symbols).
     Outputs are "output" or "output0", "output1", .... The IR version is then pinned to
     onnx's table for the opset (``_ir_version``) and the file checked with onnx.checker.
     """
