@@ -1228,7 +1228,8 @@ def _plain(value, path):
     """``value`` as we hand it out: floats as float32, integers as int64, booleans as bool."""
     value = np.asarray(value)
     if value.dtype.kind == "f":
-        return value.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a double beyond float32's range becomes inf, as a cast in ORT
+            return value.astype(np.float32, copy=False)
     if value.dtype == np.uint64 and value.size and value.max() > np.iinfo(np.int64).max:
         raise OnnxError(f"{path}: a uint64 constant holds {value.max()}, which cnn's int64 cannot")
     if value.dtype.kind in "iu":

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnn_cli import config  # noqa: E402
 from cnn_cli.onnxfile import FOLDERS, OnnxError, read_onnx  # noqa: E402
+from test_tensorfile import damage  # noqa: E402
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Cast", "Slice", "ConstantOfShape"}
 
@@ -783,3 +784,33 @@ def test_fold_errors_name_the_node(tmp_path):
     with pytest.raises(OnnxError, match=r"node 'bad_gather' \(Gather\) cannot be computed on its constant inputs: "
                                         r"an index is out of range"):
         read_onnx(save(image_model(nodes, initializers=inits), tmp_path / "g.onnx"))
+
+
+# ----------------------------------------------------------------------------- damaged files: only OnnxError
+
+
+def fuzz_seed_model():
+    """A small model that exercises most of the reader: initializers of three types, Constant nodes,
+    a shape chain, an old-style attribute, Identity, and a real layer."""
+    nodes, inits = flatten_chain(13)
+    nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.float16([0.5, 2])))] + nodes
+    nodes[-1] = helper.make_node("Reshape", ["x", "shape"], ["flat"])
+    nodes += [helper.make_node("Identity", ["flat"], ["same"]),
+              helper.make_node("Slice", ["same", "st", "en"], ["cut"]),
+              helper.make_node("Gemm", ["cut", "w"], ["y"], transB=1)]
+    inits += [init("st", I64([0])), init("en", I64([2**62])), init("w", np.ones((2, 48), np.float64))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    return image_model(nodes, initializers=inits, inputs=inputs).SerializeToString()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_files_raise_only_onnx_error(data):
+    raw = damage(data, fuzz_seed_model(), max_cut=16)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.onnx"
+        path.write_bytes(raw)
+        try:
+            read_onnx(path, size=(4, 4))
+        except OnnxError:
+            pass

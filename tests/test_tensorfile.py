@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnn_cli import config
 from cnn_cli.tensorfile import TensorFileError, read_safetensors, read_safetensors_metadata
@@ -128,17 +132,21 @@ def test_overlapping_and_gapped_offsets_refused(tmp_path):
         read_safetensors(write_raw(tmp_path / "g.safetensors", header, b"\0" * 20))
 
 
+def peak_while_refused(path, message):
+    """The most memory Python held while ``read_safetensors(path)`` refused the file with ``message``."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(TensorFileError, match=message):
+            read_safetensors(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_huge_header_length_refused_without_allocating(tmp_path):
     path = tmp_path / "h.safetensors"
     path.write_bytes(struct.pack("<Q", 2**60) + b"{}")
-    tracemalloc.start()
-    try:
-        with pytest.raises(TensorFileError, match=r"declares a 1,152,921,504,606,846,976-byte header"):
-            read_safetensors(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 2**20
+    assert peak_while_refused(path, r"declares a 1,152,921,504,606,846,976-byte header") < 2**20
     path.write_bytes(struct.pack("<Q", 1000) + b"{}")
     with pytest.raises(TensorFileError, match=r"declares a 1,000-byte header but holds only 2 bytes"):
         read_safetensors(path)
@@ -148,14 +156,7 @@ def test_tiny_file_declaring_a_huge_tensor_refused_without_allocating(tmp_path):
     n = 2**30  # within the element cap, so only the offsets stand between it and 4 GB
     header = {"t": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}
     path = write_raw(tmp_path / "t.safetensors", header, b"\0" * 8)
-    tracemalloc.start()
-    try:
-        with pytest.raises(TensorFileError, match="run past the end of the data"):
-            read_safetensors(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 2**20
+    assert peak_while_refused(path, "run past the end of the data") < 2**20
 
 
 def test_short_files_and_limits(tmp_path, monkeypatch):
@@ -178,3 +179,34 @@ def test_header_padding_and_empty_file_of_tensors(tmp_path):
     path = write_raw(tmp_path / "p.safetensors", text, np.float32([3, 4]).tobytes())
     np.testing.assert_array_equal(read_safetensors(path)["t"], [3, 4])
     assert read_safetensors(write_raw(tmp_path / "e.safetensors", {})) == {}
+
+
+def damage(data, raw, max_cut=8):
+    """``raw`` with one to four bytes overwritten or runs of up to ``max_cut`` bytes cut, as hypothesis draws."""
+    raw = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        if data.draw(st.booleans()):
+            raw[at] = data.draw(st.integers(0, 255))
+        else:
+            del raw[at:at + data.draw(st.integers(1, max_cut))]
+    return bytes(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_damaged_files_raise_only_tensor_file_error(data):
+    header = {"__metadata__": {"format": "pt"},
+              "a": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
+              "b": {"dtype": "I64", "shape": [1], "data_offsets": [12, 20]},
+              "c": {"dtype": "BF16", "shape": [], "data_offsets": [20, 22]}}
+    text = json.dumps(header).encode()
+    raw = damage(data, struct.pack("<Q", len(text)) + text + bytes(range(22)))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "f.safetensors"
+        path.write_bytes(raw)
+        try:
+            out = read_safetensors(path)
+        except TensorFileError:
+            return
+    assert all(v.dtype in (np.float32, np.int64, np.bool_) for v in out.values())
