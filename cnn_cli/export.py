@@ -237,26 +237,28 @@ def _own_onnx_form(cls):
     return next(c for c in cls.__mro__ if "forward" in vars(c) or c is owner) is owner
 
 
-def _emit_layers(g, layers, x, name_outputs=False):
-    """Nodes for ``layers`` in order from the tensor ``x``; returns each layer's output name.
+def _emit_layers(g, graph, x, name_outputs=False):
+    """Nodes for the layers of ``graph`` (a Network or Pipeline) from the tensor ``x``; returns
+    each layer's output name.
 
     With ``name_outputs`` each output is named ``layer<i>``. Initializers take
-    the state-dict names (``<i>.weight``...), so they match the model file.
+    the state-dict names (``<name>.weight``...), so they match the model file.
     """
     outputs = []
-    for i, layer in enumerate(layers):
+    for i, (layer, ins, name) in enumerate(zip(graph.layers, graph.inputs, graph.names)):
         what = f"layer {i} ({layer.kind}, {type(layer).__name__}) cannot be exported to ONNX"
         if not _own_onnx_form(type(layer)):
             raise ExportError(f"{what}: its forward pass is its own, but its ONNX form would be its base class's")
+        given = [x if j < 0 else outputs[j] for j in ins]
         try:
-            x = layer.to_onnx(g, x, f"layer{i}", f"{i}.")
+            y = layer.to_onnx(g, given[0] if layer.arity == 1 else given, f"layer{i}", f"{name}.")
         except NotImplementedError as exc:
             raise ExportError(f"{what}: {exc}") from None
         except (ValueError, KeyError) as exc:
             raise ExportError(f"layer {i} ({layer.kind}) cannot be exported to ONNX: {exc}") from None
         if name_outputs:
-            x = g.expose(x, f"layer{i}", f"layer{i}")
-        outputs.append(x)
+            y = g.expose(y, f"layer{i}", f"layer{i}")
+        outputs.append(y)
     return outputs
 
 
@@ -281,7 +283,7 @@ def model_to_onnx(network, meta, *, opset=DEFAULT_OPSET):
     std = np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
     x = g.op("Sub", ["image", g.const("preprocessing.mean", mean)], "normalize")
     x = g.op("Div", [x, g.const("preprocessing.std", std)], "normalize")
-    logits = _emit_layers(g, network.layers, x)[-1]
+    logits = _emit_layers(g, network, x)[-1]
     logits = g.expose(logits, "logits", "logits")
     g.nodes.append(g.helper.make_node("Softmax", [logits], ["probabilities"], name="probabilities", axis=1))
     doc = (f"cnn model '{meta.architecture.name}': image float32 (N, {pre.channels}, {pre.image_size}, "
@@ -312,7 +314,7 @@ def pipeline_to_onnx(pipeline, *, opset=DEFAULT_OPSET, color="gray"):
     channels = len(pipeline.input_channels)
     if not channels:
         raise ExportError(f"pipeline '{pipeline.name}' is not bound to input channels; call bind() first")
-    names = _emit_layers(g, pipeline.layers, "image", name_outputs=True)
+    names = _emit_layers(g, pipeline, "image", name_outputs=True)
     sizes = _spatial_names(pipeline)
     outputs = [_tensor(g, name, ["N", len(maps), *hw]) for name, maps, hw in zip(names, pipeline.channels, sizes)]
     layers = [{"output": name, "kind": layer.kind, "description": layer.describe(), "channels": maps}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Layer, LayerError, maps_shape, torch_lambda
+from .layers import Layer, LayerError, OnnxNode, maps_shape, torch_lambda
 from .trainable import Param
 
 
@@ -87,6 +87,12 @@ class Add(_Merge):
     def torch_twin(self, in_shapes):
         return torch_lambda(lambda *xs: sum(xs[1:], xs[0]))
 
+    onnx_in = ("Add", "Sum")
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        return _binary(node, ctx, "add")
+
 
 class Mul(_Merge):
     """The product of its inputs, broadcast (squeeze-and-excitation, swish as x * sigmoid(x))."""
@@ -129,6 +135,12 @@ class Mul(_Merge):
             return y
         return torch_lambda(product)
 
+    onnx_in = ("Mul",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        return _binary(node, ctx, "mul")
+
 
 class Concat(_Merge):
     """Its inputs' maps side by side, along the channels (inception, DenseNet, U-Net)."""
@@ -159,6 +171,17 @@ class Concat(_Merge):
         import torch
 
         return torch_lambda(lambda *xs: torch.cat(xs, 1))
+
+    onnx_in = ("Concat",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        rank = len(ctx.shape(node.outputs[0]) or (0, 0, 0, 0))
+        if len(node.inputs) == 1:
+            return OnnxNode(None, {}, list(node.inputs))
+        if int(node.attrs["axis"]) % rank != 1 or any(ctx.const(i) is not None for i in node.inputs):
+            raise LayerError("only a concatenation of computed maps along the channels (axis 1) is supported")
+        return OnnxNode({"type": "concat"}, {}, list(node.inputs))
 
 
 class Clip(Layer):
@@ -191,6 +214,24 @@ class Clip(Layer):
     def torch_twin(self, in_shape):
         return torch_lambda(lambda x: x.clamp(self.min, self.max))
 
+    onnx_in = ("Clip",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        """Bounds as attributes (before opset 11) or constant inputs; a missing one is unbounded."""
+        if ctx.opset < 11:
+            low, high = node.attrs.get("min", -np.inf), node.attrs.get("max", np.inf)
+        else:
+            bounds = [ctx.const(n) if n else None for n in (list(node.inputs[1:]) + ["", ""])[:2]]
+            if any(n and b is None for n, b in zip(node.inputs[1:3], bounds)):
+                raise LayerError("the bounds must be constants")
+            low, high = (-np.inf if b is None else float(b) for b in bounds)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            if low == 0 and high == np.inf:  # a ReLU written as a clip
+                return OnnxNode({"type": "relu"}, {}, [node.inputs[0]])
+            raise LayerError(f"only finite bounds are supported, not [{low}, {high}]")
+        return OnnxNode({"type": "clip", "min": float(low), "max": float(high)}, {}, [node.inputs[0]])
+
     def describe(self):
         return f"clip {self.min:g}, {self.max:g}"
 
@@ -220,6 +261,14 @@ class HardSigmoid(Layer):
     def torch_twin(self, in_shape):
         return torch_lambda(lambda x: (x * self.alpha + self.beta).clamp(0, 1))
 
+    onnx_in = ("HardSigmoid",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        table = {"type": "hardsigmoid", "alpha": float(node.attrs.get("alpha", 0.2)),
+                 "beta": float(node.attrs.get("beta", 0.5))}
+        return OnnxNode(table, {}, ctx.dynamic(node))
+
     def describe(self):
         return f"hardsigmoid {self.alpha:g}, {self.beta:g}"
 
@@ -247,6 +296,12 @@ class HardSwish(Layer):
         from torch import nn
 
         return nn.Hardswish()
+
+    onnx_in = ("HardSwish",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        return OnnxNode({"type": "hardswish"}, {}, ctx.dynamic(node))
 
 
 class PReLU(Param):
@@ -295,6 +350,16 @@ class PReLU(Param):
 
         return self.load_into_torch(nn.PReLU(self.params["weight"].size))
 
+    onnx_in = ("PRelu",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        """Slopes of shape (C, 1, 1), (1, C, 1, 1), (C,) or one for all."""
+        slope = ctx.const(node.inputs[1])
+        if slope is None or (slope.size > 1 and sorted(slope.shape)[:-1] != [1] * (slope.ndim - 1)):
+            raise LayerError("the slope must be a constant, one per channel or one for all")
+        return OnnxNode({"type": "prelu"}, {"weight": slope.reshape(-1).astype(np.float32)}, [node.inputs[0]])
+
 
 class Softmax(Layer):
     """exp(x) / sum(exp(x)) over the features of a flat input (N, F), or the channels of maps."""
@@ -320,6 +385,18 @@ class Softmax(Layer):
 
     def torch_twin(self, in_shape):
         return torch_lambda(lambda x: x.softmax(1))
+
+    onnx_in = ("Softmax",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        """Over axis 1: before opset 13 the input is flattened from ``axis``, the same for (N, F)."""
+        shape = ctx.shape(node.inputs[0]) or ()
+        axis = int(node.attrs.get("axis", 1 if ctx.opset < 13 else -1)) % max(len(shape), 1)
+        if axis != 1 or (ctx.opset < 13 and len(shape) != 2) or (ctx.opset >= 13 and len(shape) not in (2, 4)):
+            raise LayerError(f"only a softmax over the features or channels (axis 1) is supported, "
+                             f"not axis {axis} of {shape}")
+        return OnnxNode({"type": "softmax"}, {}, [node.inputs[0]])
 
 
 class LRN(Layer):
@@ -371,5 +448,151 @@ class LRN(Layer):
 
         return nn.LocalResponseNorm(self.size, self.alpha, self.beta, self.bias)
 
+    onnx_in = ("LRN",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        table = {"type": "lrn", "size": int(node.attrs["size"]), "alpha": float(node.attrs.get("alpha", 1e-4)),
+                 "beta": float(node.attrs.get("beta", 0.75)), "bias": float(node.attrs.get("bias", 1.0))}
+        return OnnxNode(table, {}, [node.inputs[0]])
+
     def describe(self):
         return f"lrn {self.size}, alpha {self.alpha:g}, beta {self.beta:g}, bias {self.bias:g}"
+
+
+class Transpose(Layer):
+    """The axes of each example permuted: ``perm`` orders (C, H, W) as 0, 1, 2 (a flatten
+    after (N, W, H, C)-order, as MTCNN's R- and O-Net write it, is ``perm = [2, 1, 0]``)."""
+
+    kind = "transpose"
+
+    def __init__(self, perm=(0, 1, 2)):
+        if not isinstance(perm, (list, tuple)) or sorted(perm) != list(range(len(perm))) or len(perm) != 3:
+            raise LayerError(f"transpose perm must order the axes 0, 1, 2 of (C, H, W), but got {perm!r}")
+        self.perm = [int(p) for p in perm]
+
+    def build(self, in_shape, rng=None):
+        shape = maps_shape(in_shape, self.kind)
+        return tuple(shape[p] for p in self.perm)
+
+    def channel_names(self, names):
+        return list(names) if self.perm[0] == 0 else [f"axis{self.perm[0]}.{i}" for i in range(len(names))]
+
+    def forward(self, x, train=False):
+        return np.ascontiguousarray(x.transpose(0, *(p + 1 for p in self.perm)))
+
+    def backward(self, grad):
+        return np.ascontiguousarray(grad.transpose(0, *(int(p) + 1 for p in np.argsort(self.perm))))
+
+    def window(self):
+        return None  # rows and columns change places: the field along rows is no longer defined
+
+    def to_onnx(self, g, x, scope, prefix):
+        return g.op("Transpose", [x], scope, perm=[0, *(p + 1 for p in self.perm)])
+
+    def torch_twin(self, in_shape):
+        return torch_lambda(lambda x: x.permute(0, *(p + 1 for p in self.perm)))
+
+    onnx_in = ("Transpose",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        perm = list(node.attrs.get("perm", [0, 3, 2, 1]))
+        if len(perm) != 4 or perm[0] != 0:
+            raise LayerError(f"only a permutation of (C, H, W) that keeps the batch first is supported, not {perm}")
+        return OnnxNode({"type": "transpose", "perm": [p - 1 for p in perm[1:]]}, {}, [node.inputs[0]])
+
+    def describe(self):
+        return f"transpose {self.perm}"
+
+
+class Affine(Param):
+    """y = x * weight + bias, with ``weight`` and ``bias`` of ``shape``, broadcast over each example
+    (a constant scale or shift in an imported graph: Mul, Div, Add or Sub by a constant)."""
+
+    kind = "affine"
+    keeps_maps = True
+
+    def __init__(self, shape=(1,)):
+        if not isinstance(shape, (list, tuple)) or len(shape) > 3 or \
+                not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 1 << 20 for d in shape):
+            raise LayerError(f"affine shape must list up to 3 sizes, but got {shape!r}")
+        self.shape = tuple(shape)
+        self.params, self.buffers = {}, {}
+
+    def build(self, in_shape, rng=None):
+        if self._fresh(rng):
+            self.params = {"weight": np.ones(self.shape, np.float32), "bias": np.zeros(self.shape, np.float32)}
+            self.zero_grad()
+        return _with_unknown(_broadcast_shape([in_shape, self.shape], self.kind), [in_shape])
+
+    def plan(self, in_shape):
+        return self.build(in_shape) if self.params else \
+            _with_unknown(_broadcast_shape([in_shape, self.shape], self.kind), [in_shape]), 2 * int(np.prod(self.shape))
+
+    def forward(self, x, train=False):
+        if train:
+            self.save_for_backward(x)
+        return (x * self.params["weight"] + self.params["bias"]).astype(np.float32)
+
+    def backward(self, grad):
+        (x,) = self.saved
+        self.grads["weight"] += _unbroadcast(grad * x, self.shape).sum(axis=0).reshape(self.shape)
+        self.grads["bias"] += _unbroadcast(grad, self.shape).sum(axis=0).reshape(self.shape)
+        return _unbroadcast(grad * self.params["weight"], x.shape[1:]).astype(np.float32)
+
+    def to_onnx(self, g, x, scope, prefix):
+        scaled = g.op("Mul", [x, g.const(f"{prefix}weight", self.params["weight"])], scope)
+        return g.op("Add", [scaled, g.const(f"{prefix}bias", self.params["bias"])], scope)
+
+    def torch_twin(self, in_shape):
+        import torch
+        from torch import nn
+
+        class TorchAffine(nn.Module):
+            def __init__(self, shape):
+                super().__init__()
+                self.weight = nn.Parameter(torch.ones(shape))
+                self.bias = nn.Parameter(torch.zeros(shape))
+
+            def forward(self, x):
+                return x * self.weight + self.bias
+
+        return self.load_into_torch(TorchAffine(self.shape))
+
+    onnx_in = ("Sub", "Div")
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        return _binary(node, ctx, None)
+
+
+def _binary(node, ctx, merge):
+    """An Add, Mul, Sum, Sub or Div node: a ``merge`` layer of computed tensors, or an ``affine``
+    layer when one operand is a constant (x + c, x * c, x - c, x / c, c - x...)."""
+    consts = [ctx.const(name) for name in node.inputs]
+    computed = [name for name, c in zip(node.inputs, consts) if c is None]
+    if len(computed) == len(node.inputs) and merge:
+        return OnnxNode({"type": merge}, {}, list(node.inputs))
+    if len(node.inputs) != 2 or len(computed) != 1:
+        raise LayerError(f"{node.op} is supported between a computed tensor and a constant"
+                         + (", or between computed tensors" if merge else ""))
+    first = consts[0] is None
+    c = (consts[1] if first else consts[0]).astype(np.float32)
+    if c.ndim > 3:  # (1, C, 1, 1) and the like: drop the batch axis
+        if c.shape[0] != 1 or c.ndim > 4:
+            raise LayerError(f"a constant of shape {c.shape} would change the batch")
+        c = c[0]
+    ones, zeros = np.ones_like(c), np.zeros_like(c)
+    weight, bias = {"Add": (ones, c), "Sum": (ones, c), "Mul": (c, zeros),
+                    "Sub": (ones, -c) if first else (-ones, c)}.get(node.op, (None, None))
+    if node.op == "Div":
+        if not first:
+            raise LayerError("a constant divided by a tensor is not supported")
+        weight, bias = 1 / c, zeros
+    shape = [int(d) for d in (c.shape or (1,))]
+    return OnnxNode({"type": "affine", "shape": shape}, {"weight": weight.reshape(shape), "bias": bias.reshape(shape)},
+                    computed)
+
+    def describe(self):
+        return f"affine {list(self.shape)}"

@@ -339,6 +339,9 @@ class ModelMeta:
     training: Optional[Training] = None
     checkpoint: Optional[Checkpoint] = None   # set in checkpoints only
     cnn_version: str = __version__     # of the cnn that started the run
+    #: Where an imported or fine-tuned model came from: its format, file, SHA-256 and what was
+    #: assumed; flat JSON values (str, int, float, bool, lists of str). None for a model trained here.
+    source: Optional[dict] = None
 
     @classmethod
     def from_json(cls, obj):
@@ -362,10 +365,12 @@ class ModelMeta:
             raise ModelError(f"metadata field 'classes' must name each class once, not {classes!r}"[:300])
         training = _optional(obj, "training", dict, "")
         checkpoint = _optional(obj, "checkpoint", dict, "")
+        source = _optional(obj, "source", dict, "")
         return cls(Architecture.from_json(obj["architecture"]), classes,
                    Preprocessing.from_json(obj["preprocessing"]),
                    None if training is _ABSENT else Training.from_json(training),
-                   None if checkpoint is _ABSENT else Checkpoint.from_json(checkpoint), cnn_version)
+                   None if checkpoint is _ABSENT else Checkpoint.from_json(checkpoint), cnn_version,
+                   None if source is _ABSENT else _lineage(source))
 
     def to_json(self):
         """The ``__meta__`` object, with the same keys in the same order as ``from_json`` read."""
@@ -376,4 +381,18 @@ class ModelMeta:
             out["training"] = self.training.to_json()
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint.to_json()
+        if self.source is not None:
+            out["source"] = dict(self.source)
         return out
+
+
+def _lineage(obj):
+    """The ``source`` object, checked: string keys, flat JSON values or lists of strings."""
+    def flat(v):
+        return isinstance(v, (str, int, float, bool)) or v is None
+
+    for key, value in obj.items():
+        if not isinstance(key, str) or not (flat(value) or (isinstance(value, list)
+                                                             and all(isinstance(x, str) for x in value))):
+            raise ModelError(f"damaged source metadata at {key!r}"[:200])
+    return dict(obj)

@@ -8,7 +8,7 @@ A pipeline file lists ``[[layer]]`` tables, each with a ``type``::
     [[layer]]
     type = "conv"                    # filters from banks (see cnn_cli.filterbank)
     banks = ["edges:sobel_*"]
-    mode = "mean"                    # or "depthwise"; see layers.BankConv
+    mode = "mean"                    # or "depthwise"; see filterlayers.BankConv
     padding = "same"                 # int, [h, w], "same" or "valid"
     padding_mode = "reflect"         # zeros, reflect, replicate, circular
     stride = 1
@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config, filterbank, registry
-from .layers import BankConv, LayerError
+from .filterlayers import BankConv
+from .layers import LayerError
 from .nn import INPUT, topology
 from .specfile import SpecFileError, read_spec
 

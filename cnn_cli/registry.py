@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .blocks import NetVLAD, Residual
-from .graphlayers import LRN, Add, Clip, Concat, HardSigmoid, HardSwish, Mul, PReLU, Softmax
-from .layers import ACTIVATIONS, Activation, BankConv, CornerResponse, GlobalPool, LayerError, Normalize, Pool, Products
+from .graphlayers import LRN, Add, Affine, Clip, Concat, HardSigmoid, HardSwish, Mul, PReLU, Softmax, Transpose
+from .filterlayers import BankConv, CornerResponse, Normalize, Products
+from .layers import ACTIVATIONS, Activation, GlobalPool, LayerError, Pool
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear
 
 PIPELINE, NETWORK = "pipeline", "network"
@@ -50,7 +51,7 @@ class LayerType:
 
 
 _CONV = ("stride", "padding", "dilation", "padding_mode")
-_POOL = ("kernel_size", "stride", "padding")
+_POOL = ("kernel_size", "stride", "padding", "ceil_mode")
 
 LAYER_TYPES = (
     LayerType("conv", BankConv, ("banks", "mode", *_CONV), PIPELINE_ONLY, key="banks", means="fixed filters"),
@@ -59,7 +60,7 @@ LAYER_TYPES = (
     LayerType("linear", Linear, ("out_features", "bias"), NETWORK_ONLY),
     LayerType("flatten", Flatten, (), NETWORK_ONLY),
     LayerType("dropout", Dropout, ("p",), NETWORK_ONLY),
-    LayerType("batchnorm", BatchNorm2d, (), NETWORK_ONLY),
+    LayerType("batchnorm", BatchNorm2d, ("eps",), NETWORK_ONLY),
     LayerType("residual", Residual, ("out_channels", "stride"), NETWORK_ONLY),
     LayerType("netvlad", NetVLAD, ("clusters",), NETWORK_ONLY),
     LayerType("maxpool", Pool, _POOL, named=True),
@@ -79,7 +80,18 @@ LAYER_TYPES = (
     LayerType("prelu", PReLU, ("init",), NETWORK_ONLY),
     LayerType("softmax", Softmax),
     LayerType("lrn", LRN, ("size", "alpha", "beta", "bias")),
+    LayerType("transpose", Transpose, ("perm",)),
+    LayerType("affine", Affine, ("shape",), NETWORK_ONLY),
 )
+
+
+def onnx_importers():
+    """ONNX op type -> the class whose ``from_onnx`` imports it: each type lists its ops (``onnx_in``)."""
+    table = {}
+    for entry in LAYER_TYPES:
+        for op in getattr(entry.cls, "onnx_in", ()):
+            table.setdefault(op, entry.cls)
+    return table
 
 
 def names():

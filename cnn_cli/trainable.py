@@ -15,7 +15,7 @@ import numpy as np
 import copy
 
 from . import functional as F
-from .layers import Layer, LayerError, maps_out, maps_shape, torch_conv
+from .layers import Layer, LayerError, OnnxNode, maps_out, maps_shape, onnx_pads, onnx_pair, torch_conv
 
 #: Limits that catch typos in architecture files before memory is allocated.
 MAX_CHANNELS = 4096
@@ -169,6 +169,20 @@ class Conv2d(Param):
         return torch_conv(in_shape[0], self.params["weight"], self.params.get("bias"), self.options["groups"],
                           self.options)
 
+    onnx_in = ("Conv",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        weight, bias = ctx.const(node.inputs[1]), ctx.const(node.inputs[2] if len(node.inputs) > 2 else "")
+        if weight is None or weight.ndim != 4:
+            raise LayerError("the weights must be a constant (C_out, C_in/groups, kH, kW) tensor")
+        table = {"type": "conv", "out_channels": int(weight.shape[0]), "kernel_size": list(weight.shape[2:]),
+                 "stride": onnx_pair(node.attrs.get("strides"), "strides", 1), "padding": onnx_pads(node),
+                 "dilation": onnx_pair(node.attrs.get("dilations"), "dilations", 1),
+                 "groups": int(node.attrs.get("group", 1)), "bias": bias is not None}
+        arrays = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+        return OnnxNode(table, arrays, [node.inputs[0]])
+
     def describe(self):
         return (f"conv {self.out_channels}x{self.kernel_size[0]}x{self.kernel_size[1]}, "
                 f"stride {self.options['stride']}, padding {self.options['padding']!r}")
@@ -233,6 +247,23 @@ class Linear(Param):
 
         return self.load_into_torch(nn.Linear(in_shape[0], self.out_features, bias=self.use_bias))
 
+    onnx_in = ("Gemm", "MatMul")
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        """Y = alpha * A B' + beta * C with B' = B or Bᵀ (transB) and constant B, C: weight alpha * B'ᵀ."""
+        b = ctx.const(node.inputs[1])
+        if b is None or b.ndim != 2 or node.attrs.get("transA", 0) or ctx.const(node.inputs[0]) is not None:
+            raise LayerError("only x @ W with a constant 2-D W is supported (no transA, no constant x)")
+        weight = (b if node.attrs.get("transB", 0) else b.T) * np.float32(node.attrs.get("alpha", 1.0))
+        c = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+        arrays = {"weight": np.ascontiguousarray(weight, np.float32)}
+        if c is not None:
+            arrays["bias"] = np.broadcast_to(c * np.float32(node.attrs.get("beta", 1.0)),
+                                             (weight.shape[0],)).astype(np.float32)
+        table = {"type": "linear", "out_features": int(weight.shape[0]), "bias": c is not None}
+        return OnnxNode(table, arrays, [node.inputs[0]])
+
     def describe(self):
         return f"linear {self.out_features}"
 
@@ -263,6 +294,19 @@ class Flatten(Layer):
         from torch import nn
 
         return nn.Flatten()
+
+    onnx_in = ("Flatten", "Reshape")
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        """Flatten from axis 1, or a Reshape to (N, -1): what a classifier head does."""
+        out = ctx.shape(node.outputs[0])
+        if node.op == "Flatten":
+            if int(node.attrs.get("axis", 1)) != 1:
+                raise LayerError("only Flatten from axis 1 is supported")
+        elif out is None or len(out) != 2 or ctx.const(node.inputs[1]) is None:
+            raise LayerError(f"only a Reshape to (N, features) is supported, not to {out}")
+        return OnnxNode({"type": "flatten"}, {}, [node.inputs[0]])
 
 
 class Dropout(Layer):
@@ -385,6 +429,20 @@ class BatchNorm2d(Param):
         from torch import nn
 
         return self.load_into_torch(nn.BatchNorm2d(in_shape[0], eps=self.eps, momentum=self.momentum))
+
+    onnx_in = ("BatchNormalization",)
+
+    @classmethod
+    def from_onnx(cls, node, ctx):
+        """The inference form: the ``momentum`` attribute of old opsets is about training, not a switch."""
+        arrays = [ctx.const(name) for name in node.inputs[1:5]]
+        if any(a is None or a.ndim != 1 for a in arrays) or ctx.used_beyond_first(node):
+            raise LayerError("batch normalisation needs constant (C,) scale, bias, mean and variance, "
+                             "and only its first output (training mode is not supported)")
+        names = ("weight", "bias", "running_mean", "running_var")
+        out = {n: a.astype(np.float32) for n, a in zip(names, arrays)}
+        out["num_batches_tracked"] = np.zeros((), np.int64)
+        return OnnxNode({"type": "batchnorm", "eps": float(node.attrs.get("epsilon", 1e-5))}, out, [node.inputs[0]])
 
 
 class _FrozenBatchNorm(Layer):

@@ -31,7 +31,8 @@ from cnn_cli.export import (  # noqa: E402
 from cnn_cli.filterbank import builtin_names, load_bank  # noqa: E402
 from cnn_cli.imageio import read_image, resize  # noqa: E402
 from cnn_cli.inference import predict_batches  # noqa: E402
-from cnn_cli.layers import Activation, BankConv, Layer  # noqa: E402
+from cnn_cli.filterlayers import BankConv  # noqa: E402
+from cnn_cli.layers import Activation, Layer  # noqa: E402
 from cnn_cli.meta import ModelMeta  # noqa: E402
 from cnn_cli.modelfile import build_network, load_model, save_model  # noqa: E402
 from cnn_cli.nn import Flatten, Linear, Network, softmax_cross_entropy  # noqa: E402
@@ -275,8 +276,9 @@ def test_every_layer_class_in_the_registry_has_an_onnx_form():
 @pytest.mark.parametrize("entry", registry.LAYER_TYPES, ids=lambda t: f"{t.name}-{t.cls.__name__}")
 def test_every_registered_layer_type_matches_our_forward(entry):
     layer = entry.make({f: make() for f, make in REQUIRED_FIELDS.items() if f in entry.fields})
+    reads = [(-1,)] if layer.arity == 1 else [(-1, -1)]  # a merge reads the image twice
     if registry.PIPELINE in entry.where:  # alone in a pipeline over R, G, B, at two sizes
-        pipe = Pipeline([layer], entry.name).bind(["R", "G", "B"])
+        pipe = Pipeline([layer], entry.name, inputs=reads).bind(["R", "G", "B"])
         model = pipeline_to_onnx(pipe, color="rgb")
         onnx.checker.check_model(model, full_check=True)
         assert_pipeline_matches(pipe, model, random_images(3, normal=True, sizes=((2, 12, 10), (1, 15, 9))))
@@ -287,7 +289,7 @@ def test_every_registered_layer_type_matches_our_forward(entry):
         layers = [layer, Linear(3)]
     else:
         layers = [layer, Flatten(), Linear(3)]
-    network = Network(layers, (3, 12, 12), seed=0)
+    network = Network(layers, (3, 12, 12), seed=0, inputs=reads + [(i,) for i in range(len(layers) - 1)])
     _randomize(network)
     meta = make_meta(entry.name, [{"type": entry.name}], "rgb", 12)
     model = model_to_onnx(network, meta)

@@ -8,7 +8,7 @@ import scipy.ndimage as ndi
 
 from cnn_cli import filterbank, registry
 from cnn_cli.filterbank import load_bank
-from cnn_cli.layers import BankConv
+from cnn_cli.filterlayers import BankConv
 from cnn_cli.pipeline import bank_pipeline, load_pipeline
 from cnn_cli.specfile import SpecFileError
 
