@@ -19,7 +19,9 @@ what to change:
 - nodes in a custom domain, quantized, recurrent and control-flow nodes (all
   named in one message), model-local functions, sparse initializers;
 - anything but exactly one float image input of rank 4 with a fixed channel
-  count; a spatial size that is neither fixed in the file nor given;
+  count; a spatial size that is neither fixed in the file nor given (an
+  (N, H, W, C) input read only by a Transpose to (N, C, H, W), as tf2onnx
+  writes Keras models, is taken as an (N, C, H, W) input without it);
 - external data whose location leaves the model's folder, whose file is
   missing, or whose offset and length run past its end;
 - a ``Shape`` whose input's shape is not known after folding.
@@ -102,7 +104,7 @@ class Node:
     one). After ``read_onnx`` an input names a constant (in
     ``OnnxGraph.constants``), the image input or another node's output:
     never an alias. ``attrs`` holds ints, floats, str, lists of them and
-    numpy arrays (TENSOR attributes).
+    numpy arrays (TENSOR attributes; float32, int64 or bool, as constants).
     """
 
     name: str          # the node's name; "<op>_<index>" if the file gave none, "_2"... added to repeats
@@ -122,7 +124,11 @@ class OnnxGraph:
     with ``resolve(name)``: a node output, a constant or ``input_name``.
     ``aliases`` maps every removed name to the name it stands for.
     ``shapes`` holds (N, ...) static shapes of non-constant tensors, at batch
-    ``input_shape[0] or 1``. ``batch_dependent`` maps each folded constant
+    ``input_shape[0] or 1``. ``input_layout`` is "NHWC" when the file's
+    input was (N, H, W, C) and read only by a Transpose to (N, C, H, W), as
+    tf2onnx writes Keras models: that Transpose is removed (its output is
+    an alias of the input), so the graph described here takes (N, C, H, W)
+    as ``input_shape`` says. ``batch_dependent`` maps each folded constant
     whose value depends on the batch size to its value at batch 2 (empty
     when the file fixes N). ``metadata`` is ``metadata_props``; ``cnn
     export`` writes ``kind`` ("model" or "pipeline"), ``cnn_version``, and
@@ -143,6 +149,7 @@ class OnnxGraph:
     sha256: str
     aliases: dict = field(default_factory=dict)
     batch_dependent: dict = field(default_factory=dict)
+    input_layout: str = "NCHW"   # "NHWC": the file took (N, H, W, C) and transposed it; that Transpose is gone
     path: str = ""
 
     def resolve(self, name):
@@ -924,13 +931,13 @@ class _Folding:
     """Folds one graph for one bound input shape (see the module docstring)."""
 
     def __init__(self, onnx, model, nodes, protos, constants, input_name, input_shape, outputs, opset, path,
-                 max_bytes):
+                 max_bytes, aliases):
         self.onnx, self.model, self.protos = onnx, model, protos
         self.input_name, self.input_shape, self.outputs = input_name, input_shape, outputs
         self.opset, self.path = opset, path
         self.constants = dict(constants)
         self.folded = []                    # names of the values folding made, in order
-        self.aliases = {}
+        self.aliases = dict(aliases)        # removed name -> the name it stands for
         self.budget = [max_bytes]
         self.todo = [Node(n.name, n.op, n.domain, list(n.inputs), list(n.outputs), n.attrs) for n in nodes]
         for new, old in zip(self.todo, nodes):
@@ -1058,8 +1065,22 @@ def _check_size(size, path):
     return h, w
 
 
+def _nhwc_transposes(graph, name):
+    """The nodes that turn the input ``name`` from (N, H, W, C) to (N, C, H, W), if that is all that reads it.
+
+    Keras models converted by tf2onnx take NHWC images and transpose them
+    first (perm 0, 3, 1, 2). Empty when anything else reads the input.
+    """
+    readers = [n for n in graph.node if name in n.input]
+    if readers and all(n.op_type == "Transpose" and list(n.input) == [name] and n.domain in ("", "ai.onnx")
+                       and [list(a.ints) for a in n.attribute if a.name == "perm"] == [[0, 3, 1, 2]]
+                       for n in readers) and name not in {v.name for v in graph.output}:
+        return readers
+    return []
+
+
 def _image_input(graph, initializers, size, path):
-    """(name, (N, C, H, W) with N None when symbolic, elem_type) of the one image input."""
+    """(name, (N, C, H, W) with N None when symbolic, "NCHW" or "NHWC") of the one image input."""
     inputs = [v for v in graph.input if v.name not in initializers]
     if not inputs:
         raise OnnxError(f"{path}: has no input (every graph input is an initializer); cnn imports image "
@@ -1083,7 +1104,8 @@ def _image_input(graph, initializers, size, path):
     if len(dims) != 4:
         raise OnnxError(f"{path}: input '{v.name}' has rank {len(dims)}; cnn imports image networks with one "
                         "(N, C, H, W) input")
-    n, c, h, w = dims
+    layout = "NHWC" if _nhwc_transposes(graph, v.name) else "NCHW"
+    n, c, h, w = (dims[0], dims[3], dims[1], dims[2]) if layout == "NHWC" else dims
     if c is None:
         raise OnnxError(f"{path}: input '{v.name}' has no fixed channel count; cnn needs C fixed in the file "
                         "(re-export with a fixed number of channels)")
@@ -1098,7 +1120,7 @@ def _image_input(graph, initializers, size, path):
                             f"--size {size[0]},{size[1]} contradicts; leave out --size or re-export with "
                             "dynamic height and width")
         h, w = size
-    return v.name, (n, c, h, w), t.elem_type
+    return v.name, (n, c, h, w), layout
 
 
 def _parse(onnx, path, max_bytes):
@@ -1163,7 +1185,7 @@ def read_onnx(path, *, size=None, max_bytes=None) -> OnnxGraph:
     if len(graph.sparse_initializer):
         raise OnnxError(f"{path}: holds sparse initializers, which cnn does not read; re-export with dense "
                         "weights")
-    input_name, input_shape, _ = _image_input(graph, {t.name for t in graph.initializer}, size, path)
+    input_name, input_shape, layout = _image_input(graph, {t.name for t in graph.initializer}, size, path)
     reader = _Reader(path, max_bytes - nbytes, max_bytes)
     try:
         constants = {}
@@ -1188,11 +1210,14 @@ def read_onnx(path, *, size=None, max_bytes=None) -> OnnxGraph:
     missing = [o for o in outputs if o not in made]
     if missing:
         raise OnnxError(f"{path}: graph output(s) {missing} are made by no node")
+    transposes = {n.name for n in nodes if layout == "NHWC" and input_name in n.inputs}
+    nhwc_aliases = {n.outputs[0]: input_name for n in nodes if n.name in transposes}
+    nodes = [n for n in nodes if n.name not in transposes]  # the graph now takes (N, C, H, W)
 
     def fold(batch):
         bound = (batch, *input_shape[1:])
         folding = _Folding(onnx, model, nodes, protos, constants, input_name, bound, outputs, opset, path,
-                           max_bytes)
+                           max_bytes, nhwc_aliases)
         kept, shapes = folding.run()
         return folding, kept, shapes
 
@@ -1207,6 +1232,8 @@ def read_onnx(path, *, size=None, max_bytes=None) -> OnnxGraph:
             batch_dependent = {name: _plain(twice.constants[name], path) for name in folding.folded
                                if name in twice.constants
                                and not np.array_equal(folding.constants[name], twice.constants[name])}
+    for node in kept:  # TENSOR attributes handed out in the same dtypes as constants
+        node.attrs = {k: _plain(v, path) if isinstance(v, np.ndarray) else v for k, v in node.attrs.items()}
     return OnnxGraph(
         nodes=kept,
         constants={name: _plain(v, path) for name, v in folding.constants.items()},
@@ -1220,6 +1247,7 @@ def read_onnx(path, *, size=None, max_bytes=None) -> OnnxGraph:
         sha256=digest,
         aliases=dict(folding.aliases),
         batch_dependent=batch_dependent,
+        input_layout=layout,
         path=str(path),
     )
 

@@ -375,6 +375,24 @@ def test_size_binds_symbolic_dims(tmp_path):
         read_onnx(path, size=(12,))
 
 
+def test_keras_style_nhwc_input_becomes_nchw(tmp_path):
+    w = np.ones((4, 3, 3, 3), np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["t", "w"], ["y"], kernel_shape=[3, 3], name="conv")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "H", "W", 3])]
+    path = save(image_model(nodes, initializers=[init("w", w)], inputs=inputs), tmp_path / "keras.onnx")
+    g = read_onnx(path, size=(10, 12))
+    assert g.input_layout == "NHWC" and g.input_shape == (None, 3, 10, 12)
+    assert [(n.name, n.inputs[0]) for n in g.nodes] == [("conv", "x")] and g.aliases == {"t": "x"}
+    assert g.shapes["x"] == (1, 3, 10, 12) and g.shapes["y"] == (1, 4, 8, 10)
+    # Read by anything else too, the input is taken as (N, C, H, W) as it stands.
+    nodes.append(helper.make_node("ReduceMax", ["x"], ["z"], name="other"))
+    path = save(image_model(nodes, initializers=[init("w", w)], inputs=inputs, outputs=("y", "z")),
+                tmp_path / "mixed.onnx")
+    with pytest.raises(OnnxError, match="no fixed channel count"):
+        read_onnx(path, size=(10, 12))
+
+
 def test_opset_6_refused(tmp_path):
     model = image_model([helper.make_node("Relu", ["x"], ["y"])], opset=6, ir_version=3)
     with pytest.raises(OnnxError, match=r"old\.onnx: uses opset 6; cnn reads opsets 7 to \d+"):
