@@ -17,7 +17,8 @@ what to change:
   dimensions, or declaring more elements than its stored bytes hold;
 - a default-domain opset below 7 or newer than the installed onnx knows;
 - nodes in a custom domain, quantized, recurrent and control-flow nodes (all
-  named in one message), model-local functions, sparse initializers;
+  named in one message), model-local functions, sparse initializers; no
+  subgraph is ever read, so graphs do not nest;
 - anything but exactly one float image input of rank 4 with a fixed channel
   count; a spatial size that is neither fixed in the file nor given (an
   (N, H, W, C) input read only by a Transpose to (N, C, H, W), as tf2onnx
@@ -37,8 +38,10 @@ constant. Static shapes come from ``onnx.shape_inference.infer_shapes`` on
 the graph that remains, with the input bound and small constants given as
 initializers; inference and folding alternate until nothing changes (a
 Reshape whose target was folded has a known shape only on the next round).
-Folded values and their bytes are bounded as initializers are, before
-they are computed. ``Identity`` and ``Dropout`` (without a used mask and not
+An op whose output may outgrow its inputs (ConstantOfShape, Expand,
+Tile, Range...) checks the output's size against the element cap and the
+budget before computing it, and all folded values together may take at
+most ``max_bytes``. ``Identity`` and ``Dropout`` (without a used mask and not
 in training mode) are removed: their outputs become aliases of their inputs
 (see ``OnnxGraph.aliases``). Nodes that no graph output depends on are
 dropped.
@@ -48,6 +51,8 @@ None when it is symbolic. Folding and ``shapes`` use that size, or 1 when it
 is None; then values that depend on the batch (a flatten written as
 ``x.view(x.size(0), -1)`` folds to the shape ``[1, -1]``) are computed again
 for a batch of 2 and listed in ``OnnxGraph.batch_dependent``.
+
+``sha256`` is the digest of the ``.onnx`` file alone (not its external data).
 
 **dtypes in ``constants``.** Floating-point values (float16, bfloat16,
 float64) become float32, integers int64, booleans stay bool. Folding itself
