@@ -185,17 +185,12 @@ class Augmenter:
         return m
 
     def _geometric(self, batch, rng):
-        from .functional import threads
-        from .kernels.affine import FILL_CONSTANT, FILL_EDGE, FILL_REFLECT, affine_bilinear
+        from .functional import affine_bilinear
 
-        n, c, h, w = batch.shape
-        m = self.matrices(n, h, w, rng)
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        out = np.empty_like(x)
-        mode = {"zeros": FILL_CONSTANT, "edge": FILL_EDGE, "reflect": FILL_REFLECT}[self.fill]
-        black = ((0 - self.mean) / self.std).astype(np.float32)
-        threads.run(affine_bilinear, x, m, mode, black, out, tasks=n, work=8 * x.size)
-        return out
+        n, _, h, w = batch.shape
+        black = ((0 - self.mean) / self.std).astype(np.float32)  # zeros are black pixels, normalised
+        fill = "constant" if self.fill == "zeros" else self.fill
+        return affine_bilinear(batch, self.matrices(n, h, w, rng), fill=fill, value=black)
 
     def _photometric(self, batch, rng):
         aug = self.augmentations

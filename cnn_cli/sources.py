@@ -1,6 +1,6 @@
 """Where feature maps come from: banks, a pipeline, or a trained model (``--bank``, ``--pipeline``, ``--model``).
 
-``cnn apply``, ``cnn embed`` and ``cnn search`` take the same three options;
+``cnn apply``, ``cnn embed``, ``cnn units`` and ``cnn search`` take the same three options;
 ``load_source`` turns them into one bound pipeline, the colour its images are
 read in, the transform a model applies to them, and a record of the files
 (with their SHA-256) that an output can name.

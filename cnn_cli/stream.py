@@ -1,7 +1,7 @@
 """Streaming images through the engine: decode ahead on a thread, batch same-sized images.
 
-``cnn apply`` and ``cnn embed`` both read a stream of inputs of any length.
-``read_ahead`` decodes up to ``READ_AHEAD`` images on a background thread
+Every streaming command reads a stream of inputs of any length, through
+``cnn_cli.runner``. ``read_ahead`` decodes up to ``READ_AHEAD`` images on a background thread
 (Pillow's decoders release the GIL) while the engine works on the last batch,
 and ``batched`` groups consecutive images of one shape into engine batches,
 so only a few images are in memory at any time.

@@ -15,6 +15,16 @@ import time
 PLAIN_EVERY = 5.0
 
 
+def printable(text):
+    """``text`` with control characters (a newline or an ESC in a file or class name) shown
+    escaped, as Python writes them (``\\n``, ``\\x1b``), so a name can neither forge a line
+    nor reach the terminal raw."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def stderr_console():
     from rich.console import Console
 
@@ -74,6 +84,7 @@ class ProgressDisplay:
                       file=sys.stderr, flush=True)
 
     def note(self, text):
+        text = printable(text)  # notes name files
         with self.lock:
             if self.bar is not None:
                 self.bar.console.print(text, markup=False)

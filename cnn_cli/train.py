@@ -141,34 +141,18 @@ def sibling(model_path, suffix):
 
 
 def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
-    """Scan, check and load the dataset; build (or restore) the network and optimizer.
+    """Scan, check and load the dataset; build (or restore, from the checkpoint ``resume``) the network and optimizer.
 
     ``report`` receives one-line messages worth showing (image size chosen,
-    files skipped, class imbalance).
+    files skipped, class imbalance). The caller's ``config`` is left as it
+    is: the run's settings, defaults filled in, are ``Prepared.config``.
     """
-    extra = {}
-    if resume is not None:
-        network, meta, extra = load_model(resume)
-        if meta.checkpoint is None:
-            raise TrainingError(f"{resume}: is a finished model, not a checkpoint (*.ckpt.npz)")
-        if meta.training is None or not isinstance(meta.training.config, TrainConfig):
-            raise TrainingError(f"{resume}: the checkpoint does not record its training settings")
-        config = meta.training.config
-    _check_settings(config, "the settings" if resume is None else f"{resume}: the checkpoint's settings")
-    if resume is None:
-        arch = load_architecture(config.arch)  # a bad --arch fails before any image is decoded
-    if config.lr is None:
-        config.lr = DEFAULT_LR[config.optimizer]
+    start = _Fresh(config) if resume is None else _Resumed(resume)
+    config = start.config
     optimizer = make_optimizer(config.optimizer, config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     dataset = D.find_dataset(dataset_root, config.val_split, config.seed)
-    best = {}
-    if resume is not None:  # the checkpoint is checked whole before any image is decoded
-        _check_resume(resume, meta, dataset, dataset_root)
-        best = _restore(resume, network, optimizer, extra)
-        if not isinstance(meta.training.dataset_fingerprint, str):
-            report(f"warning: {resume} does not record its dataset's files (an older checkpoint), "
-                   f"so it cannot be checked that {dataset_root} is the same")
+    best = start.restore(dataset, dataset_root, optimizer, report)  # before any image is decoded
     size = config.image_size or D.default_image_size(dataset.train.paths)
     if config.image_size is None:
         report(f"image size {size}x{size} (median of the images' shorter sides; set --image-size to change)")
@@ -191,25 +175,75 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
         config.color = "gray" if gray_tr.all() else "rgb"
         report(f"colour: {config.color} (detected; set --color to change)")
     x_tr, x_va = D.to_color(x_tr, config.color), D.to_color(x_va, config.color)
-    if resume is not None:
-        pre = meta.preprocessing
-        mean, std = np.array(pre.mean, np.float32), np.array(pre.std, np.float32)
-    else:
-        mean, std = D.channel_stats(x_tr)
-        name, description, tables = arch
-        meta = ModelMeta(
-            Architecture(name, tables, description), dataset.classes,
-            Preprocessing(size, config.color, x_tr.shape[1], mean.tolist(), std.tolist(), RESIZE_NOTE, SCALE_NOTE),
-            Training(config, dataset.split_rule, int(len(y_tr)), int(len(y_va)), dataset.sha256,
-                     dataset_fingerprint=dataset.fingerprint))
-        network = build_network(meta, seed=[config.seed, STREAM_TAGS["init"]])
-        if config.init_bank:
-            _init_from_bank(network, config.init_bank)
+    network, meta = start.network_and_meta(dataset, x_tr, len(y_tr), len(y_va))
+    mean, std = np.array(meta.preprocessing.mean, np.float32), np.array(meta.preprocessing.std, np.float32)
     augmenter = A.Augmenter(config.augment, mean=mean, std=std, fill=config.augment_fill)
     val_names = [Path(p).relative_to(dataset_root).as_posix() for p, ok in zip(dataset.val.paths, ok_va) if ok]
     return Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
                     network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best, augmenter,
                     val_names=val_names)
+
+
+def _run_settings(config, source):
+    """A checked copy of ``config`` with the learning rate's default filled in."""
+    config = replace(config)
+    _check_settings(config, source)
+    if config.lr is None:
+        config.lr = DEFAULT_LR[config.optimizer]
+    return config
+
+
+class _Fresh:
+    """A run from new weights: the architecture of ``config``, read before any image is decoded."""
+
+    def __init__(self, config):
+        self.config = _run_settings(config, "the settings")
+        self.arch = load_architecture(self.config.arch)
+
+    def restore(self, dataset, dataset_root, optimizer, report):
+        return {}
+
+    def network_and_meta(self, dataset, x_train, n_train, n_val):
+        """New weights, and the metadata of the run (the images' mean and std normalise them)."""
+        config = self.config
+        mean, std = D.channel_stats(x_train)
+        name, description, tables = self.arch
+        meta = ModelMeta(
+            Architecture(name, tables, description), dataset.classes,
+            Preprocessing(config.image_size, config.color, x_train.shape[1], mean.tolist(), std.tolist(),
+                          RESIZE_NOTE, SCALE_NOTE),
+            Training(config, dataset.split_rule, int(n_train), int(n_val), dataset.sha256,
+                     dataset_fingerprint=dataset.fingerprint))
+        network = build_network(meta, seed=[config.seed, STREAM_TAGS["init"]])
+        if config.init_bank:
+            _init_from_bank(network, config.init_bank)
+        return network, meta
+
+
+class _Resumed:
+    """A run that goes on from the checkpoint ``path``, with the settings it records."""
+
+    def __init__(self, path):
+        self.path = path
+        self.network, meta, self.extra = load_model(path)
+        if meta.checkpoint is None:
+            raise TrainingError(f"{path}: is a finished model, not a checkpoint (*.ckpt.npz)")
+        if meta.training is None or not isinstance(meta.training.config, TrainConfig):
+            raise TrainingError(f"{path}: the checkpoint does not record its training settings")
+        self.config = _run_settings(meta.training.config, f"{path}: the checkpoint's settings")
+        self.meta = replace(meta, training=replace(meta.training, config=self.config))
+
+    def restore(self, dataset, dataset_root, optimizer, report):
+        """Check the checkpoint whole against the dataset, then load its weights and state; the best weights."""
+        _check_resume(self.path, self.meta, dataset, dataset_root)
+        best = _restore(self.path, self.network, optimizer, self.extra)
+        if not isinstance(self.meta.training.dataset_fingerprint, str):
+            report(f"warning: {self.path} does not record its dataset's files (an older checkpoint), "
+                   f"so it cannot be checked that {dataset_root} is the same")
+        return best
+
+    def network_and_meta(self, dataset, x_train, n_train, n_val):
+        return self.network, self.meta
 
 
 #: Each setting's rule, as (test, what it must be); the CLI's options enforce the same.

@@ -295,3 +295,20 @@ def test_erase_sets_one_rectangle_to_the_mean_in_about_p_of_the_images():
 def test_no_augmentation_returns_the_batch_itself():
     x = np.zeros((2, 1, 4, 4), np.float32)
     assert Augmenter([], mean=MEAN, std=STD)(x, np.random.default_rng(0)) is x
+
+
+def test_the_public_affine_entry_resamples_as_the_kernel_and_says_what_is_wrong():
+    from cnn_cli import functional as F
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    m = np.array([[[0.9, 0.2, 0.4], [-0.1, 1.1, -0.3]], [[-1, 0, 4], [0, 1, 0]]], np.float64)
+    value = np.array([0.5, -1, 2], np.float32)
+    for fill, mode in (("constant", FILL_CONSTANT), ("edge", FILL_EDGE), ("reflect", FILL_REFLECT)):
+        want = np.empty_like(x)
+        affine_bilinear(x, m, mode, value, want, 0, len(x))
+        assert np.array_equal(F.affine_bilinear(x, m, fill=fill, value=value), want), fill
+    for kwargs, words in (({"matrices": m[:1]}, "one per image"), ({"fill": "wrap"}, "fill must be one of"),
+                          ({"value": value[:2]}, "one number per channel")):
+        with pytest.raises(ValueError, match=words):
+            F.affine_bilinear(x, kwargs.pop("matrices", m), **kwargs)

@@ -25,6 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__, choices, config
+from ..terminal import printable
 
 # BLAS on one thread, and an allocator that reuses freed memory: see
 # config.tune_process. This must happen before numpy is first imported.
@@ -137,15 +138,6 @@ Scheduler = Annotated[Optional[str], typer.Option(help="Run on an existing Dask 
 #: Error lines longer than this are shortened in the middle (a message may
 #: quote a value from a hostile file).
 MAX_ERROR_CHARS = 2000
-
-
-def printable(text):
-    """``text`` with control characters (a newline or an ESC in a file or class name) shown
-    escaped, as Python writes them (``\\n``, ``\\x1b``)."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def one_line(message):

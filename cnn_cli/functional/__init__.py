@@ -19,9 +19,11 @@ with one job:
 - ``paths``, ``fft``, ``weight_grad``: the convolution paths, each a function
   with one signature per kind (forward, weight gradient);
 - ``dispatch``: which path runs, by the thresholds in ``cnn_cli.config``;
-- ``conv``, ``pool``: the public API below.
+- ``conv``, ``pool``: the public API below;
+- ``affine``: the batched affine resampling of ``cnn train --augment``.
 """
 
+from .affine import affine_bilinear
 from .conv import conv2d, conv2d_backward, conv2d_max_pool2d
 from .pool import (
     avg_pool2d,
@@ -49,6 +51,7 @@ __all__ = [
     "PADDING_MODES",
     "ConvSpec",
     "PoolSpec",
+    "affine_bilinear",
     "avg_pool2d",
     "avg_pool2d_backward",
     "check_conv_options",
