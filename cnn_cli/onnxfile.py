@@ -135,7 +135,8 @@ class OnnxGraph:
     an alias of the input), so the graph described here takes (N, C, H, W)
     as ``input_shape`` says. ``batch_dependent`` maps each folded constant
     whose value depends on the batch size to its value at batch 2 (empty
-    when the file fixes N). ``metadata`` is ``metadata_props``; ``cnn
+    when the file fixes N, or when the graph cannot be folded for a batch
+    of 2: then it takes one image at a time). ``metadata`` is ``metadata_props``; ``cnn
     export`` writes ``kind`` ("model" or "pipeline"), ``cnn_version``, and
     for models ``architecture``, ``classes`` (JSON list) and
     ``preprocessing`` (JSON object), for pipelines ``pipeline``,
