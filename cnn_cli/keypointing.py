@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 from . import __version__, layersel, runner, viz
 from . import keypoints as kp
 from .fileio import replace_dir, temporary_name, write_bytes_atomic
-from .imageio import LUMA, MAX_PIXELS, read_image
+from .imageio import LUMA, MAX_PIXELS, image_shape, read_image
 from .inputs import safe_name
 from .layersel import OptionError
 from .pipeline import receptive_fields
@@ -95,7 +95,31 @@ class Features:
 
     keypoints: kp.Keypoints
     descriptors: np.ndarray | None
-    shape: tuple  # (H, W) of the input image
+    shape: tuple  # (H, W) of the image as read (after --max-size)
+
+
+def read(path, source, options):
+    """(image (C, H, W) in [0, 1] as read, (H, W) of the file itself): they differ under ``--max-size``."""
+    image = read_image(path, color=source.color, max_size=options.max_size, max_pixels=options.max_pixels)
+    original = image_shape(path)[1:] if options.max_size else image.shape[1:]
+    return image, tuple(original)
+
+
+def input_frame(shape, original):
+    """The 3 x 3 map from the pixels of an image of ``shape`` (H, W) to those of the same view at
+    ``original`` (H, W), pixel centres kept (``keypoints.to_image``); the identity when equal."""
+    sy, sx = original[0] / shape[0], original[1] / shape[1]
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+
+
+def in_input(points, shape, original):
+    """``points`` found on an image of ``shape`` placed in the file's own pixels (``original``)."""
+    if tuple(shape) == tuple(original):
+        return points
+    frame = input_frame(shape, original)
+    x, y = frame[0, 0] * points.x + frame[0, 2], frame[1, 1] * points.y + frame[1, 2]
+    return kp.Keypoints(x, y, points.score, points.scale * np.sqrt(frame[0, 0] * frame[1, 1]), points.angle,
+                        points.level)
 
 
 # --------------------------------------------------------------------------- layers
@@ -108,7 +132,7 @@ def _records(source):
 def _spatial_refusal(source):
     """A layersel ``refuse`` that names layers without positions (vectors, global pooling)."""
     count = len(source.pipeline.layers)
-    fields = receptive_fields(source.pipeline.layers)
+    fields = receptive_fields(source.pipeline.layers, source.pipeline.inputs)
 
     def refuse(record):
         if record.index >= count:
@@ -267,16 +291,14 @@ class KeypointSink(runner.Sink):
         return item
 
     def load(self, item):
-        o = self.detector.options
-        image = read_image(item.path, color=self.detector.source.color, max_size=o.max_size,
-                           max_pixels=o.max_pixels)
-        return runner.Loaded(item, image)
+        image, original = read(item.path, self.detector.source, self.detector.options)
+        return runner.Loaded(item, image, original)
 
     def compute(self, batch):
         (entry,) = batch
         features = self.detector.features(entry.image)
         return write_keypoints(entry.item.path, self.out_root / entry.item.name, entry.image, features,
-                               self.detector)
+                               self.detector, entry.extra)
 
     def deliver(self, batch, record):
         yield runner.Result(batch[0].item.path, value=record)
@@ -297,14 +319,19 @@ def keypoints_csv(keypoints):
     return buf.getvalue()
 
 
-def write_keypoints(path, out_dir, image, features, detector):
-    """Write one image's folder (keypoints.csv, keypoints.json, overlay.png); returns its record."""
+def write_keypoints(path, out_dir, image, features, detector, original):
+    """Write one image's folder (keypoints.csv, keypoints.json, overlay.png); returns its record.
+
+    Coordinates are in the pixels of the file (``original``, (H, W)), also
+    when ``image`` was read smaller (``--max-size``); the overlay is drawn on ``image``.
+    """
     layer, _ = detector.describe_layers()
-    points = features.keypoints
+    points = in_input(features.keypoints, features.shape, original)
     record = {
         "cnn_version": __version__,
         "input": str(path),
-        "image_size": list(features.shape),
+        "image_size": list(original),
+        "processed_size": list(features.shape),
         "source": detector.source.describe(),
         "layer": layer,
         "settings": detector.settings(),
@@ -315,7 +342,7 @@ def write_keypoints(path, out_dir, image, features, detector):
     with _staging(out_dir, detector.options.force) as staging:
         write_bytes_atomic(staging / "keypoints.csv", keypoints_csv(points).encode())
         write_bytes_atomic(staging / "keypoints.json", json.dumps(record, indent=1).encode())
-        write_bytes_atomic(staging / "overlay.png", viz.png_bytes(overlay_picture(image, points)))
+        write_bytes_atomic(staging / "overlay.png", viz.png_bytes(overlay_picture(image, features.keypoints)))
     return {**record, "output": str(out_dir)}
 
 
@@ -421,12 +448,13 @@ def match_pair(a, b, out_root, source, options, *, progress=None):
         if os.path.lexists(out_dir) and not options.force:
             raise ValueError(f"{out_dir} exists; use --force to replace it")
         start = time.perf_counter()
-        images = [read_image(p, color=source.color, max_size=options.max_size, max_pixels=options.max_pixels)
-                  for p in (a, b)]
+        (images, originals) = zip(*(read(p, source, options) for p in (a, b)))
         fa, fb = (detector.features(image, descriptors=True) for image in images)
         pairs, distance = kp.match_descriptors(fa.descriptors, fb.descriptors, ratio=options.ratio)
-        src = np.stack([fa.keypoints.x[pairs[:, 0]], fa.keypoints.y[pairs[:, 0]]], axis=1)
-        dst = np.stack([fb.keypoints.x[pairs[:, 1]], fb.keypoints.y[pairs[:, 1]]], axis=1)
+        # Matched and fitted in the pixels of the files themselves (which --max-size may have shrunk).
+        pa, pb = in_input(fa.keypoints, fa.shape, originals[0]), in_input(fb.keypoints, fb.shape, originals[1])
+        src = np.stack([pa.x[pairs[:, 0]], pa.y[pairs[:, 0]]], axis=1)
+        dst = np.stack([pb.x[pairs[:, 1]], pb.y[pairs[:, 1]]], axis=1)
         if options.geometry == "none":
             matrix, inliers = None, None
         else:
@@ -437,7 +465,8 @@ def match_pair(a, b, out_root, source, options, *, progress=None):
         record = {
             "cnn_version": __version__,
             "a": str(a), "b": str(b),
-            "image_size": {"a": list(fa.shape), "b": list(fb.shape)},
+            "image_size": {"a": list(originals[0]), "b": list(originals[1])},
+            "processed_size": {"a": list(fa.shape), "b": list(fb.shape)},
             "source": source.describe(),
             "layer": layer,
             "descriptor": {**descriptor, "dimension": int(fa.descriptors.shape[1]) if len(fa.keypoints) else 0},

@@ -184,3 +184,18 @@ def test_match_refusals(pair, tmp_path):
 def test_help_has_examples(command):
     result = cnn(command, "--help")
     assert result.exit_code == 0 and f"cnn {command} " in result.output and "Examples" in result.output
+
+
+def test_max_size_keeps_coordinates_in_the_files_pixels(pair, tmp_path):
+    result = cnn("keypoints", pair[0], "-o", tmp_path / "kp", "--max-size", "128", "--json", "--min-distance", "2")
+    assert result.exit_code == 0, result.output
+    (record,) = json.loads(result.stdout)
+    assert record["image_size"] == [256, 256] and record["processed_size"] == [128, 128]
+    xy = np.array([[p["x"], p["y"]] for p in record["keypoints"]])
+    assert xy.max() > 160  # placed in the 256-pixel image, not the 128-pixel one it was read at
+    assert {p["scale"] for p in record["keypoints"]} == {2.0}
+    matched = cnn("match", pair[0], pair[1], "-o", tmp_path / "m", "--max-size", "128", "--json")
+    assert matched.exit_code == 0, matched.output
+    matrix = np.array(json.loads(matched.stdout)["homography"])
+    corners = np.array([[0, 0], [255, 0], [255, 255], [0, 255]], float)
+    assert np.linalg.norm(K.project(matrix, corners) - K.project(TRUTH, corners), axis=1).max() < 6
