@@ -301,7 +301,7 @@ def receptive_field(pipeline, i):
     """Input pixels (along rows) that one output of layer i sees, or "global"."""
     from .pipeline import receptive_fields
 
-    return receptive_fields(pipeline.layers[:i + 1])[i]
+    return receptive_fields(pipeline.layers[:i + 1], pipeline.inputs[:i + 1])[i]
 
 
 def _write_png(path, image):

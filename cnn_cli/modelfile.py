@@ -87,8 +87,17 @@ def load_model(path):
 
     The metadata is read first, and the memory the architecture needs is
     checked (see ``build_network``) before any weight is read; the weights
-    may declare no more bytes than the architecture can use.
+    may declare no more bytes than the architecture can use. An ``.onnx``
+    file is imported in memory with ``cnn import``'s defaults.
     """
+    if str(path).lower().endswith(".onnx"):
+        from .onnximport import import_onnx
+
+        try:
+            imported = import_onnx(path)
+        except ValueError as exc:  # OnnxError, ImportRefused
+            raise ModelError(str(exc)) from None
+        return imported.network, imported.meta, {}
     try:
         keys = npz_keys(path)
         if META_KEY not in keys:

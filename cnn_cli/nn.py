@@ -87,6 +87,14 @@ class Network:
     def backward(self, grad):
         return _back(self._steps, len(self.layers) - 1, grad, INPUT)
 
+    def node_outputs(self, x):
+        """Every node's output for the batch ``x`` in eval mode, in node order (each made, no rewrites)."""
+        values = {INPUT: x}
+        for i, layer in enumerate(self.layers):
+            given = [values[j] for j in self.inputs[i]]
+            values[i] = layer.evaluating().forward(given[0] if layer.arity == 1 else given)
+        return [values[i] for i in range(len(self.layers))]
+
     def segment(self, start=0, stop=None):
         """Nodes ``start`` to ``stop - 1`` as a ``Segment``: run as in eval mode, with a backward pass.
 

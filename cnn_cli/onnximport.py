@@ -59,6 +59,8 @@ class Imported:
     meta: ModelMeta
     assumed: list = field(default_factory=list)   # what was assumed, one sentence each
     nodes: int = 0
+    #: Our node name -> the ONNX tensor it computes (to check each node against ONNX Runtime).
+    tensors: dict = field(default_factory=dict)
 
 
 class _Context:
@@ -98,13 +100,19 @@ def _ancestors(graph, output):
 
 def _node_name(node, arrays, used):
     """A state-dict-friendly name: the weights' own prefix (``layer1.0.conv1``) where the file
-    names them so, else the node's name with ``/`` as ``.``."""
+    names them so; else the module path torch's exporter writes into the node's name
+    (``/layer1/layer1.0/conv1/Conv`` is ``layer1.0.conv1``); else the node's name, ``/`` as ``.``."""
     name = ""
     weight = node.inputs[1] if len(node.inputs) > 1 else ""
     if arrays and weight.endswith(".weight") and not weight.startswith("onnx::"):
         name = weight[: -len(".weight")]
     if not name:
-        name = re.sub(r"[^A-Za-z0-9_.\-]+", ".", node.name.strip("/")).strip(".") or node.op.lower()
+        parts = [p for p in node.name.strip("/").split("/") if p]
+        if len(parts) > 1 and parts[-1].split("_")[0] == node.op:
+            parts.pop()  # the op's own name closes the path
+        full = max((k for k, p in enumerate(parts) if "." in p), default=0)
+        name = ".".join(parts[full:])
+        name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or node.op.lower()
     base, i = name, 1
     while name in used or name == "input":
         i += 1
@@ -124,7 +132,8 @@ def _refusal(path, unsupported, refused):
 
 
 def _tables(graph, output, path):
-    """(graph-form tables, weights by state-dict name, node count) for the nodes ``output`` needs."""
+    """(graph-form tables, weights by state-dict name, node count, {our name: ONNX tensor}) for the
+    nodes ``output`` needs."""
     importers = registry.onnx_importers()
     nodes = _ancestors(graph, output)
     readers = {}
@@ -158,7 +167,7 @@ def _tables(graph, output, path):
         raise _refusal(path, unsupported, refused)
     if output not in tensors or tensors[output] == "input":
         raise ImportRefused(f"{path}: the output '{output}' is not computed from the image input")
-    return tables, weights, len(nodes)
+    return tables, weights, len(nodes), {name: t for t, name in tensors.items() if name != "input"}
 
 
 def _preprocessing(graph, options, assumed):
@@ -222,7 +231,7 @@ def import_onnx(path, options=None):
     output = graph.resolve(options.output or graph.outputs[0])
     if options.output and options.output not in graph.outputs:
         raise ImportRefused(f"{path}: no output '{options.output}'; the outputs are {graph.outputs}")
-    tables, weights, count = _tables(graph, output, path)
+    tables, weights, count, made = _tables(graph, output, path)
     assumed = []
     if len(tables) > 1 and tables[-1]["type"] == "softmax" and tables[-1]["inputs"] == [tables[-2]["name"]]:
         # A classifier's final softmax: cnn predict applies it, and explanations need the logits.
@@ -244,7 +253,7 @@ def import_onnx(path, options=None):
                                      "classes": classes, "preprocessing": pre, "source": source})
     except ModelError as exc:
         raise ImportRefused(f"{path}: {exc}") from None
-    return Imported(network, meta, assumed, count)
+    return Imported(network, meta, assumed, count, made)
 
 
 __all__ = ["ImportOptions", "ImportRefused", "Imported", "OnnxError", "import_onnx"]

@@ -13,6 +13,9 @@ from .choices import CHANNEL_NAMES
 #: shapes for this many classes, and its title says so.
 ASSUMED_CLASSES = 10
 
+#: ``cnn info`` names this many classes at most (an ImageNet model has 1,000).
+MAX_CLASSES_SHOWN = 20
+
 
 @dataclass
 class LayerRow:
@@ -30,16 +33,26 @@ class Summary:
     notes: list = field(default_factory=list)  # lines to show below the table
 
 
-def _row(index, layer, shape, rf):
-    return LayerRow(index, layer.describe(), tuple(shape), layer.num_params, rf if rf == "global" else f"{rf}x{rf}")
+def _row(index, layer, shape, rf, name=None, inputs=None):
+    """A row; in a graph, the layer is shown with its node name and the nodes it reads."""
+    text = layer.describe()
+    if name is not None:
+        text = f"{name}: {text}" + (f" <- {', '.join(inputs)}" if inputs else "")
+    return LayerRow(index, text, tuple(shape), layer.num_params, rf if rf == "global" else f"{rf}x{rf}")
 
 
 def network_rows(network):
     """One ``LayerRow`` per layer of a ``Network``."""
     from .pipeline import receptive_fields
 
-    fields = receptive_fields(network.layers)
-    return [_row(i, layer, shape, rf) for i, (layer, shape, rf) in enumerate(zip(network.layers, network.shapes, fields))]
+    fields = receptive_fields(network.layers, network.inputs)
+    if network.inputs == [(i - 1,) for i in range(len(network.layers))] and \
+            network.names == [str(i) for i in range(len(network.layers))]:
+        return [_row(i, layer, shape, rf) for i, (layer, shape, rf)
+                in enumerate(zip(network.layers, network.shapes, fields))]
+    names = ["input" if j < 0 else network.names[j] for j in range(-1, len(network.layers))]
+    return [_row(i, layer, shape, rf, network.names[i], [names[j + 1] for j in ins] if ins != (i - 1,) else [])
+            for i, (layer, shape, rf, ins) in enumerate(zip(network.layers, network.shapes, fields, network.inputs))]
 
 
 def model_summary(path):
@@ -48,8 +61,14 @@ def model_summary(path):
 
     network, meta, _ = load_model(path)
     pre = meta.preprocessing
-    notes = [f"classes ({len(meta.classes)}): {', '.join(meta.classes)}",
+    shown = meta.classes[:MAX_CLASSES_SHOWN]
+    more = f", ... ({len(meta.classes) - len(shown)} more)" if len(meta.classes) > len(shown) else ""
+    notes = [f"classes ({len(meta.classes)}): {', '.join(shown)}{more}",
              f"input: {pre.color} {pre.image_size}x{pre.image_size}, mean {pre.mean}, std {pre.std}"]
+    if meta.source is not None:
+        src = meta.source
+        notes.append(f"imported from {src.get('format')} file {src.get('file')} (SHA-256 {src.get('sha256')})")
+        notes += [f"assumed: {note}" for note in src.get("assumed", [])]
     if meta.training is not None and meta.training.result is not None:
         notes.append(f"validation accuracy: {meta.training.result.final_val_accuracy}")
     return Summary(f"{path}: {meta.architecture.name}", network_rows(network), notes)
@@ -84,7 +103,7 @@ def summarize(target, *, color="gray", size=512):
     model records its own. Raises ``ModelError`` or ``BankError`` (both
     ``ValueError``) for a target that cannot be read.
     """
-    if target.endswith(".npz"):
+    if target.endswith((".npz", ".onnx")):
         return model_summary(Path(target))
     if _is_architecture(target):
         return architecture_summary(target, color, size)

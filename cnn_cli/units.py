@@ -234,7 +234,7 @@ class UnitsSummary(runner.Summary):
 def resolve_layers(pipeline, specs):
     """Sorted layer indices for ``--layer`` values (``cnn_cli.layersel``), each a layer with local receptive fields."""
     records = layersel.sequential([layer.kind for layer in pipeline.layers])
-    fields = receptive_fields(pipeline.layers)
+    fields = receptive_fields(pipeline.layers, pipeline.inputs)
 
     def refuse(record):
         if fields[record.index] is None:
@@ -286,7 +286,7 @@ def run(inputs, out_dir, source, options, *, progress=None):
         raise OptionError(f"-k must be at least 1, but got {options.k}")
     if os.path.lexists(out_dir) and not options.force:
         raise UnitsError(f"{out_dir} exists; use --force to replace it")
-    fields = receptive_fields(pipeline.layers)
+    fields = receptive_fields(pipeline.layers, pipeline.inputs)
     image_channels = 3 if source.color == "rgb" else 1
     tops = {i: TopPatches(len(pipeline.channels[i]), options.k, fields[i], image_channels) for i in chosen}
     summary = UnitsSummary(output=str(out_dir))

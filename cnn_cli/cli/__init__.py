@@ -22,6 +22,7 @@ from . import vectors  # noqa: F401
 from . import explain  # noqa: F401
 from . import export  # noqa: F401
 from . import keypoints  # noqa: F401
+from . import importing  # noqa: F401
 from .common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app  # noqa: F401
 
 
