@@ -67,7 +67,7 @@ def test_keypoints_are_the_harris_peaks_of_the_image(pair, tmp_path):
     assert result.exit_code == 0, result.output
     image = read_image(pair[0])
     response = load_source(pipeline="harris").pipeline.forward(image[None])[-1][0, 0]
-    peaks = K.find_peaks(response, min_distance=4, threshold_rel=0.01, num_peaks=50)
+    peaks = K.find_peaks(response, min_distance=4, threshold_rel=0.001, num_peaks=50)
     values = np.array(_rows(tmp_path / "out" / "a" / "keypoints.csv")[1:], float)
     assert len(values) == len(peaks)
     assert np.abs(values[:, 0] - peaks[:, 1]).max() <= 0.5 and np.abs(values[:, 1] - peaks[:, 0]).max() <= 0.5
