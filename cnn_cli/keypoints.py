@@ -518,8 +518,8 @@ def describe(maps, x, y, angle, *, stride=1.0, steer=False, cells=CELLS, samples
         np.add.at(bins, (rows, cols, (low + 1) % GRADIENT_BINS), magnitude * upper)
         sampled = bins
     sampled = sampled * weight[None, :, None]
-    per_cell = sampled.reshape(k, cells * cells, samples * samples, -1).sum(axis=2)
-    return normalize_descriptors(per_cell.reshape(k, -1), clip)
+    per_cell = sampled.reshape(k, cells * cells, samples * samples, sampled.shape[-1]).sum(axis=2)
+    return normalize_descriptors(per_cell.reshape(k, cells * cells * sampled.shape[-1]), clip)
 
 
 def normalize_descriptors(d, clip=DESCRIPTOR_CLIP):

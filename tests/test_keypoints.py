@@ -208,6 +208,9 @@ def test_descriptors_of_plain_maps_and_clipping():
     np.testing.assert_allclose(grid_only[0], expected, rtol=1e-5)
     with pytest.raises(ValueError, match="2 maps"):
         K.describe(maps, [1.0], [1.0], [0.0], steer=True)
+    # No points: no rows, of the same width.
+    assert K.describe(maps, [], [], []).shape == (0, K.CELLS ** 2 * 3)
+    assert K.describe(maps[:2], [], [], [], steer=True).shape == (0, K.CELLS ** 2 * K.GRADIENT_BINS)
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.8, 0.6])

@@ -170,6 +170,16 @@ def test_match_without_geometry_and_with_an_affine_map(pair, tmp_path):
     assert np.allclose(matrix[2], [0, 0, 1])
 
 
+def test_match_with_an_image_too_small_for_any_point(pair, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((3, 3), 128, np.uint8)).save(tiny)
+    result = cnn("match", tiny, pair[0], "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["keypoints"]["a"] == 0 and record["matches"] == 0 and record["homography"] is None
+    assert _rows(tmp_path / "out" / "tiny__a" / "matches.csv") == [["xa", "ya", "xb", "yb", "distance", "inlier"]]
+
+
 def test_match_refusals(pair, tmp_path):
     missing = cnn("match", pair[0], tmp_path / "nothing.png", "-o", tmp_path / "out")
     assert missing.exit_code == 1 and "nothing.png" in missing.stderr, missing.output
