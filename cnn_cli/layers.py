@@ -20,12 +20,15 @@ from . import functional as F
 
 class ActivationForm(NamedTuple):
     """One activation: f(x, a), df/dx given (x, y = f(x), a), its ONNX node (an op name, or a
-    function (graph, x, slope, scope) -> output name) and its torch twin (slope -> torch.nn.Module)."""
+    function (graph, x, slope, scope) -> output name) and its torch twin (slope -> torch.nn.Module).
+    ``slope`` is the default of the one parameter ``a`` (the ONNX ``alpha``) for the forms that
+    take one (leaky_relu, elu), None for the others."""
 
     f: Callable
     df: Callable
     onnx: object
     torch: Callable
+    slope: float = None
 
 
 def torch_lambda(fn):
@@ -45,6 +48,9 @@ def _torch_nn(name, *args):
     return getattr(nn, name)(*args)
 
 
+#: SELU's constants (Klambauer et al., 2017), as torch and ONNX's Selu defaults give them.
+SELU_ALPHA, SELU_SCALE = np.float32(1.6732632423543772), np.float32(1.0507009873554805)
+
 #: Activations by name, each an ``ActivationForm`` on float32 arrays.
 ACTIVATIONS = {
     "relu": ActivationForm(lambda x, a: np.maximum(x, 0, dtype=np.float32),
@@ -52,7 +58,7 @@ ACTIVATIONS = {
                            "Relu", lambda a: _torch_nn("ReLU")),
     "leaky_relu": ActivationForm(lambda x, a: np.where(x > 0, x, x * np.float32(a)).astype(np.float32),
                                  lambda x, y, a: np.where(x > 0, 1, a).astype(np.float32),
-                                 "LeakyRelu", lambda a: _torch_nn("LeakyReLU", a)),
+                                 "LeakyRelu", lambda a: _torch_nn("LeakyReLU", a), 0.01),
     "abs": ActivationForm(lambda x, a: np.abs(x), lambda x, y, a: np.sign(x),
                           "Abs", lambda a: torch_lambda(abs)),
     "square": ActivationForm(lambda x, a: np.square(x), lambda x, y, a: 2 * x,
@@ -62,6 +68,19 @@ ACTIVATIONS = {
     # The tanh form of the logistic function never overflows.
     "sigmoid": ActivationForm(lambda x, a: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
                               lambda x, y, a: y * (1 - y), "Sigmoid", lambda a: _torch_nn("Sigmoid")),
+    # Clevert et al. (2016): x for x > 0, else alpha (e^x - 1), whose slope there is y + alpha.
+    "elu": ActivationForm(lambda x, a: np.where(x > 0, x, np.float32(a) * np.expm1(np.minimum(x, 0))).astype(np.float32),
+                          lambda x, y, a: np.where(x > 0, 1, y + np.float32(a)).astype(np.float32),
+                          "Elu", lambda a: _torch_nn("ELU", a), 1.0),
+    # Klambauer et al. (2017): SELU_SCALE * elu(x) with alpha SELU_ALPHA (torch's and ONNX's constants).
+    "selu": ActivationForm(lambda x, a: (SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))))
+                           .astype(np.float32),
+                           lambda x, y, a: np.where(x > 0, SELU_SCALE, y + SELU_SCALE * SELU_ALPHA).astype(np.float32),
+                           "Selu", lambda a: _torch_nn("SELU")),
+    # log(1 + e^x) without overflow; its slope is the logistic function (in its tanh form).
+    "softplus": ActivationForm(lambda x, a: np.logaddexp(np.float32(0), x).astype(np.float32),
+                               lambda x, y, a: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
+                               "Softplus", lambda a: _torch_nn("Softplus")),
 }
 
 
@@ -70,9 +89,17 @@ def torch_conv(c_in, weight, bias, groups, options):
     import torch
     from torch import nn
 
+    padding = options["padding"]
+    asymmetric = isinstance(padding, (list, tuple)) and len(padding) == 4
     conv = nn.Conv2d(c_in, weight.shape[0], weight.shape[2:], stride=options["stride"],
-                     padding=options["padding"], dilation=options["dilation"], groups=groups,
+                     padding=0 if asymmetric else padding, dilation=options["dilation"], groups=groups,
                      bias=bias is not None, padding_mode=options["padding_mode"])
+    if asymmetric:  # torch's convolutions pad symmetrically: F.pad first, keeping the state-dict names
+        import torch.nn.functional as tf
+
+        top, bottom, left, right = padding
+        mode = {"zeros": "constant", "replicate": "replicate"}.get(options["padding_mode"], options["padding_mode"])
+        conv.register_forward_pre_hook(lambda module, args: (tf.pad(args[0], (left, right, top, bottom), mode),))
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(np.asarray(weight, np.float32)))
         if bias is not None:
@@ -98,15 +125,36 @@ def onnx_pair(values, name, default):
     return [int(v) for v in values]
 
 
-def onnx_pads(node):
-    """Symmetric (h, w) padding of a Conv or pooling node (``pads`` or ``auto_pad``), or a LayerError."""
+def onnx_pads(node, ctx, kernel):
+    """The padding of a Conv or pooling node with ``kernel`` (kH, kW), from ``pads`` or ``auto_pad``:
+    [h, w] where it is symmetric, else [top, bottom, left, right]; or a LayerError.
+
+    SAME_UPPER and SAME_LOWER pad a total of max((ceil(size / stride) - 1) * stride
+    + dilation * (k - 1) + 1 - size, 0) per axis, the odd pixel at the end or the
+    start (ONNX's definition); that needs the input's size, which import knows.
+    """
     auto = node.attrs.get("auto_pad", "NOTSET")
-    if auto not in ("NOTSET", "VALID"):
-        raise LayerError(f"auto_pad {auto} is not supported yet; export with explicit pads")
-    pads = node.attrs.get("pads", [0, 0, 0, 0]) if auto == "NOTSET" else [0, 0, 0, 0]
-    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-        raise LayerError(f"asymmetric pads {list(pads)} are not supported yet")
-    return [int(pads[0]), int(pads[1])]
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        shape = ctx.shape(node.inputs[0])
+        if shape is None or len(shape) != 4:
+            raise LayerError(f"auto_pad {auto} needs the input's size, which is not known")
+        strides = onnx_pair(node.attrs.get("strides"), "strides", 1)
+        dilations = onnx_pair(node.attrs.get("dilations"), "dilations", 1)
+        begin, end = [], []
+        for size, k, s, d in zip(shape[2:], kernel, strides, dilations):
+            total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+            small = total // 2
+            begin.append(small if auto == "SAME_UPPER" else total - small)
+            end.append(total - begin[-1])
+        pads = [*begin, *end]
+    elif auto in ("NOTSET", "VALID"):
+        pads = node.attrs.get("pads", [0, 0, 0, 0]) if auto == "NOTSET" else [0, 0, 0, 0]
+    else:
+        raise LayerError(f"auto_pad must be NOTSET, VALID, SAME_UPPER or SAME_LOWER, not {auto}")
+    if len(pads) != 4 or min(pads) < 0:
+        raise LayerError(f"pads must be 4 amounts of at least 0 for an image network, not {list(pads)}")
+    top, left, bottom, right = (int(p) for p in pads)  # ONNX orders them (begins, then ends)
+    return [top, left] if (top, left) == (bottom, right) else [top, bottom, left, right]
 
 
 class LayerError(ValueError):
@@ -217,9 +265,11 @@ class Layer:
 class Activation(Layer):
     """An element-wise function from ``ACTIVATIONS``; saves its input and output (x, y)."""
 
-    def __init__(self, kind, slope=0.01):
+    def __init__(self, kind, slope=None):
         if kind not in ACTIVATIONS:
             raise LayerError(f"unknown activation {kind!r}; use one of {', '.join(ACTIVATIONS)}")
+        if slope is None:  # the form's own default (elu's alpha is 1), else a placeholder nothing reads
+            slope = ACTIVATIONS[kind].slope if ACTIVATIONS[kind].slope is not None else 0.01
         if isinstance(slope, bool) or not isinstance(slope, (int, float)):
             raise LayerError(f"slope must be a number, but got {slope!r}")
         self.kind = kind
@@ -241,7 +291,7 @@ class Activation(Layer):
         op = ACTIVATIONS[self.kind].onnx
         if callable(op):
             return op(g, x, self.slope, scope)
-        attrs = {"alpha": float(self.slope)} if self.kind == "leaky_relu" else {}
+        attrs = {"alpha": float(self.slope)} if ACTIVATIONS[self.kind].slope is not None else {}
         return g.op(op, [x], scope, **attrs)
 
     def torch_twin(self, in_shape):
@@ -253,12 +303,17 @@ class Activation(Layer):
     def from_onnx(cls, node, ctx):
         kind = next(name for name, form in ACTIVATIONS.items() if form.onnx == node.op)
         table = {"type": kind}
-        if kind == "leaky_relu":
-            table["slope"] = float(node.attrs.get("alpha", 0.01))
+        if ACTIVATIONS[kind].slope is not None:  # LeakyRelu's and Elu's alpha
+            table["slope"] = float(node.attrs.get("alpha", ACTIVATIONS[kind].slope))
+        if kind == "selu":
+            given = [float(node.attrs.get(k, d)) for k, d in (("alpha", SELU_ALPHA), ("gamma", SELU_SCALE))]
+            if not np.allclose(given, [SELU_ALPHA, SELU_SCALE], rtol=1e-6, atol=0):
+                raise LayerError(f"only Selu with the standard alpha {SELU_ALPHA} and gamma {SELU_SCALE} "
+                                 f"is supported, not alpha {given[0]}, gamma {given[1]}")
         return OnnxNode(table, {}, ctx.dynamic(node))
 
     def describe(self):
-        return f"leaky_relu {self.slope}" if self.kind == "leaky_relu" else self.kind
+        return f"{self.kind} {self.slope}" if ACTIVATIONS[self.kind].slope is not None else self.kind
 
 
 class Pool(Layer):
@@ -373,10 +428,12 @@ class Pool(Layer):
         if any(d != 1 for d in node.attrs.get("dilations", [1, 1])):
             raise LayerError("dilated pooling is not supported")
         kind = "maxpool" if node.op == "MaxPool" else "avgpool"
-        pads = onnx_pads(node)
+        kernel = onnx_pair(node.attrs.get("kernel_shape"), "kernel_shape", 1)
+        pads = onnx_pads(node, ctx, kernel)
+        if len(pads) == 4:
+            raise LayerError(f"pooling with asymmetric pads (top, bottom, left, right) {pads} is not supported")
         if kind == "avgpool" and any(pads) and not node.attrs.get("count_include_pad", 0):
             raise LayerError("average pooling with count_include_pad=0 over padding is not supported yet")
-        kernel = onnx_pair(node.attrs.get("kernel_shape"), "kernel_shape", 1)
         table = {"type": kind, "kernel_size": kernel, "stride": onnx_pair(node.attrs.get("strides"), "strides", 1),
                  "padding": pads, "ceil_mode": bool(node.attrs.get("ceil_mode", 0))}
         return OnnxNode(table, {}, ctx.dynamic(node))

@@ -22,6 +22,7 @@ from .graphlayers import LRN, Add, Affine, Clip, Concat, HardSigmoid, HardSwish,
 from .filterlayers import BankConv, CornerResponse, Normalize, Products
 from .layers import ACTIVATIONS, Activation, GlobalPool, LayerError, Pool
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear
+from .upsampling import ConvTranspose2d, Pad, Resize
 
 PIPELINE, NETWORK = "pipeline", "network"
 BOTH = frozenset({PIPELINE, NETWORK})
@@ -70,7 +71,8 @@ LAYER_TYPES = (
     LayerType("products", Products, (), PIPELINE_ONLY),
     LayerType("corner_response", CornerResponse, ("method", "k"), PIPELINE_ONLY),
     LayerType("normalize", Normalize, ("method",), PIPELINE_ONLY),
-    *(LayerType(name, Activation, ("slope",) if name == "leaky_relu" else (), named=True) for name in ACTIVATIONS),
+    *(LayerType(name, Activation, ("slope",) if form.slope is not None else (), named=True)
+      for name, form in ACTIVATIONS.items()),
     LayerType("add", Add),
     LayerType("mul", Mul),
     LayerType("concat", Concat),
@@ -82,6 +84,11 @@ LAYER_TYPES = (
     LayerType("lrn", LRN, ("size", "alpha", "beta", "bias")),
     LayerType("transpose", Transpose, ("perm",)),
     LayerType("affine", Affine, ("shape",), NETWORK_ONLY),
+    LayerType("convtranspose", ConvTranspose2d,
+              ("out_channels", "kernel_size", "stride", "padding", "output_padding", "dilation", "groups", "bias"),
+              NETWORK_ONLY),
+    LayerType("resize", Resize, ("scale", "size", "mode", "coordinates", "nearest")),
+    LayerType("pad", Pad, ("pads", "mode", "value")),
 )
 
 

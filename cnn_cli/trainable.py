@@ -177,7 +177,8 @@ class Conv2d(Param):
         if weight is None or weight.ndim != 4:
             raise LayerError("the weights must be a constant (C_out, C_in/groups, kH, kW) tensor")
         table = {"type": "conv", "out_channels": int(weight.shape[0]), "kernel_size": list(weight.shape[2:]),
-                 "stride": onnx_pair(node.attrs.get("strides"), "strides", 1), "padding": onnx_pads(node),
+                 "stride": onnx_pair(node.attrs.get("strides"), "strides", 1),
+                 "padding": onnx_pads(node, ctx, weight.shape[2:]),
                  "dilation": onnx_pair(node.attrs.get("dilations"), "dilations", 1),
                  "groups": int(node.attrs.get("group", 1)), "bias": bias is not None}
         arrays = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}

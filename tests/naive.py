@@ -122,6 +122,10 @@ def conv_args(x_shape, w_shape, bias_shape=None, *, stride=1, padding=0, dilatio
             pads = (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
         else:
             raise InvalidArguments(f"unknown padding {padding!r}")
+    elif isinstance(padding, (tuple, list)) and len(padding) == 4:  # (top, bottom, left, right)
+        pads = pair(padding[:2], "padding") + pair(padding[2:], "padding")
+        if min(pads) < 0:
+            raise InvalidArguments("padding must be >= 0")
     else:
         ph, pw = pair(padding, "padding")
         if ph < 0 or pw < 0:

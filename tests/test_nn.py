@@ -317,6 +317,9 @@ def test_activation_values():
     expect = {
         "relu": [0, 0, 0.5, 3], "leaky_relu": [-0.2, -0.05, 0.5, 3], "abs": [2, 0.5, 0.5, 3],
         "square": [4, 0.25, 0.25, 9], "tanh": np.tanh(x[0]), "sigmoid": 1 / (1 + np.exp(-x[0])),
+        "elu": [0.1 * np.expm1(-2), 0.1 * np.expm1(-0.5), 0.5, 3],
+        "selu": 1.0507009873554805 * np.where(x[0] > 0, x[0], 1.6732632423543772 * np.expm1(x[0])),
+        "softplus": np.log1p(np.exp(x[0])),
     }
     assert set(expect) == set(ACTIVATIONS)
     for kind, want in expect.items():

@@ -70,8 +70,11 @@ def pair(name, value, minimum):
 def conv_padding(padding, kernel, dilation, stride):
     """Resolve ``padding`` to (top, bottom, left, right).
 
-    ``"same"`` pads a total of dilation*(k-1) per axis and, like torch, puts the
-    odd extra pixel at the bottom/right, so even kernels work too.
+    ``padding`` is an int, an (h, w) pair, four ints (top, bottom, left, right)
+    for asymmetric padding (ONNX ``pads`` and ``auto_pad`` SAME_UPPER, as
+    TensorFlow exports write them), ``"same"`` or ``"valid"``. ``"same"`` pads
+    a total of dilation*(k-1) per axis and, like torch, puts the odd extra
+    pixel at the bottom/right, so even kernels work too.
     """
     if isinstance(padding, str):
         if padding == "valid":
@@ -87,7 +90,11 @@ def conv_padding(padding, kernel, dilation, stride):
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
-        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', but got {padding!r}")
+        raise ValueError(f"padding must be an int, a pair, four ints, 'same' or 'valid', but got {padding!r}")
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        top, bottom = pair("padding", padding[:2], 0)
+        left, right = pair("padding", padding[2:], 0)
+        return (top, bottom, left, right)
     ph, pw = pair("padding", padding, 0)
     return (ph, ph, pw, pw)
 
@@ -210,9 +217,15 @@ class ConvSpec:
         into the border, so the border's gradient is added to the pixel it came
         from (this is what torch's autograd does through ``F.pad``).
         """
-        top, bottom, left, right = self.pads
-        g = _fold_axis(gxp, 2, top, bottom, self.padding_mode)
-        return np.ascontiguousarray(_fold_axis(g, 3, left, right, self.padding_mode))
+        return fold_padding(gxp, self.pads, self.padding_mode)
+
+
+def fold_padding(grad_padded, pads, padding_mode):
+    """The gradient of an input padded by ``pads`` (top, bottom, left, right) in ``padding_mode``,
+    from the gradient of the padded array (see ``ConvSpec.unpad_grad``; the ``pad`` layer uses it too)."""
+    top, bottom, left, right = pads
+    g = _fold_axis(grad_padded, 2, top, bottom, padding_mode)
+    return np.ascontiguousarray(_fold_axis(g, 3, left, right, padding_mode))
 
 
 def _fold_axis(g, axis, before, after, mode):
