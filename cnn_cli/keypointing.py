@@ -128,7 +128,7 @@ def in_input(points, shape, original):
 
 
 def _records(source):
-    return layersel.sequential([layer.kind for layer in source.vector_layers])
+    return layersel.of(source.vector_layers, source.vector_names)
 
 
 def _spatial_refusal(source):
@@ -175,8 +175,8 @@ def _steered(channels):
 def response_of(maps):
     """A layer's maps (C, h, w) as one response (h, w): the map itself, or the norm over channels."""
     if maps.shape[0] == 1:
-        return maps[0].astype(np.float64)
-    return np.sqrt(np.square(maps, dtype=np.float64).sum(axis=0))
+        return maps[0]
+    return np.sqrt(np.square(maps).sum(axis=0))
 
 
 class Detector:

@@ -45,6 +45,14 @@ def test_peaks_equal_corner_peaks_on_harris_maps_of_photos(name, min_distance):
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("radius", [1, 3, K.SHIFTED_MAX_RADIUS, K.SHIFTED_MAX_RADIUS + 1])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 9), (40, 33)])
+def test_window_max_is_maximum_filter(radius, shape):
+    response = np.random.default_rng(radius).random(shape).astype(np.float32)
+    expected = ndimage.maximum_filter(response, size=2 * radius + 1, mode="nearest")
+    np.testing.assert_array_equal(K.window_max(response, radius), expected)
+
+
 def test_a_single_peak_and_a_plateau():
     response = np.zeros((9, 9))
     response[4, 5] = 2.0
