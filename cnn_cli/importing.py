@@ -9,18 +9,22 @@ from pathlib import Path
 from .meta import ModelError
 from .modelfile import save_model
 from .onnximport import ImportOptions, import_onnx
+from .safetensorsimport import ARCHITECTURES, import_safetensors
 
 #: The file kinds ``cnn import`` reads, by suffix.
-READERS = (".onnx",)
+READERS = (".onnx", ".safetensors")
 
 
 @dataclass
 class ImportSummary:
     output: str
     source: str
+    format: str           # "onnx" or "safetensors"
     sha256: str
-    opset: int
-    nodes: int            # ONNX nodes the output depends on
+    opset: int | None     # ONNX files only
+    nodes: int | None     # ONNX nodes the output depends on (ONNX files only)
+    tensors: int | None   # tensors read (safetensors files only)
+    architecture: str     # the file's name (ONNX), or the --arch the weights were read for
     layers: int           # our layers they became
     params: int
     input: list           # (C, H, W)
@@ -35,26 +39,40 @@ class ImportFailed(ValueError):
     """The file cannot be imported or the output cannot be written; the message says why."""
 
 
-def run(source, out, options=None, *, force=False):
+def run(source, out, options=None, *, force=False, arch=None):
     """Import ``source`` and write it to ``out`` (refused if it exists, unless ``force``).
 
+    An ONNX file (``.onnx``) carries its graph; a ``.safetensors`` file holds
+    weights alone, for the architecture ``arch`` (one of ``ARCHITECTURES``).
     Everything is read and checked before ``out`` is touched, and the model
     file is written atomically. Returns an ``ImportSummary``; raises a
-    ValueError (OnnxError, ImportRefused, ModelError, ImportFailed) for the user.
+    ValueError (OnnxError, TensorFileError, ImportRefused, ModelError,
+    ImportFailed) for the user.
     """
     source, out = Path(source), Path(out)
-    if source.suffix.lower() not in READERS:
+    suffix = source.suffix.lower()
+    if suffix not in READERS:
         raise ImportFailed(f"{source}: cnn import reads {', '.join(READERS)} files, not '{source.suffix}'")
+    if suffix == ".safetensors" and arch is None:
+        raise ImportFailed(f"{source}: a safetensors file holds weights without their network; say whose they "
+                           f"are with --arch ({', '.join(ARCHITECTURES)})")
+    if suffix == ".onnx" and arch is not None:
+        raise ImportFailed(f"{source}: an ONNX file carries its own network, so --arch is for safetensors "
+                           "files only; leave it out")
     if os.path.lexists(out) and not force:
         raise ImportFailed(f"{out} exists; use --force to replace it")
     if out.suffix != ".npz":
         raise ImportFailed(f"{out}: a model file ends in .npz")
-    imported = import_onnx(source, options or ImportOptions())
+    options = options or ImportOptions()
+    imported = import_onnx(source, options) if arch is None else import_safetensors(source, arch, options)
     try:
         save_model(out, imported.network, imported.meta)
     except OSError as exc:
         raise ModelError(f"cannot write {out}: {exc.strerror or exc}") from None
     net, meta = imported.network, imported.meta
-    return ImportSummary(str(out), str(source), meta.source["sha256"], meta.source["opset"], imported.nodes,
+    onnx = meta.source["format"] == "onnx"
+    return ImportSummary(str(out), str(source), meta.source["format"], meta.source["sha256"],
+                         meta.source["opset"] if onnx else None, imported.nodes if onnx else None,
+                         None if onnx else meta.source["tensors"], meta.architecture.name,
                          len(net.layers), net.num_params, list(net.input_shape), len(meta.classes),
                          list(imported.assumed))

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..safetensorsimport import ARCHITECTURES
 from .common import EXIT_USAGE, Color, app, echo, echo_json, fail, stoppable
 
 #: The longest --classes file read: a name a line, for up to a few hundred thousand classes.
@@ -49,9 +50,14 @@ def _classes(path):
 
 @app.command("import")
 def import_(
-    source: Annotated[Path, typer.Argument(help="An ONNX file (.onnx; external data beside it is read too).", show_default=False)],
+    source: Annotated[Path, typer.Argument(help="An ONNX file (.onnx; external data beside it is read too), or "
+                                                "weights for --arch (.safetensors).", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Model file to write (.npz).", show_default=False)],
-    size: Annotated[Optional[str], typer.Option(help="Input size H,W (or one size) where the file leaves it open [default: the file's].")] = None,
+    arch: Annotated[Optional[str], typer.Option(help=f"The network a .safetensors file holds weights for, with "
+                                                     f"torchvision's state-dict names (timm's for resnets): "
+                                                     f"{', '.join(ARCHITECTURES)}. "
+                                                     "Example: --arch resnet18.", show_default=False)] = None,
+    size: Annotated[Optional[str], typer.Option(help="Input size H,W (or one size) where the file leaves it open [default: the file's; 224 for --arch].")] = None,
     color: Annotated[Optional[Color], typer.Option(help="Channels the network expects: rgb or gray [default: rgb for 3 channels].")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean R,G,B subtracted after scaling [default: ImageNet's 0.485,0.456,0.406 for RGB].")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std R,G,B divided by [default: ImageNet's 0.229,0.224,0.225 for RGB].")] = None,
@@ -61,7 +67,7 @@ def import_(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print what was imported as one JSON object on stdout.")] = False,
 ):
-    """Import a network from another tool (an ONNX file) as a cnn model file.
+    """Import a network from another tool (an ONNX file, or safetensors weights with --arch) as a cnn model file.
 
     The result is an ordinary model: apply, predict, evaluate, info, embed,
     search, explain, units, export and train --from take it, and show every
@@ -70,11 +76,21 @@ def import_(
     input is assumed to take ImageNet-normalised RGB in [0, 1]; what was
     assumed is printed and recorded. A model that cnn export wrote needs no
     options. Nodes cnn cannot run are all named before anything is written.
-    Needs the onnx package: pip install 'cnn-cli[onnx]'.
+    ONNX files need the onnx package: pip install 'cnn-cli[onnx]'.
+
+    A .safetensors file holds torchvision's (or timm's) weights for one of
+    the architectures cnn ships (see cnn info resnet18 --size 224); every
+    tensor's name and shape is checked against it, and the class count is
+    read from the classifier. AlexNet and VGG take 224x224 images only (they
+    end in adaptive pooling, which cnn does not have).
 
     Examples:
 
       cnn import resnet18.onnx -o resnet18.npz
+
+      cnn import resnet50.safetensors --arch resnet50 -o resnet50.npz
+
+      cnn import mobilenet_v2.safetensors --arch mobilenet_v2 --size 160 --classes imagenet.txt -o mnv2.npz
 
       cnn import mobilenet.onnx -o mobilenet.npz --size 224 --classes imagenet.txt
 
@@ -86,6 +102,8 @@ def import_(
     from ..onnxfile import INSTALL_HINT
     from ..onnximport import ImportOptions
 
+    if arch is not None and arch not in ARCHITECTURES:
+        fail(f"--arch takes one of {', '.join(ARCHITECTURES)}, but got {arch!r}", EXIT_USAGE)
     if scale is not None and scale not in (1, 255):
         fail(f"--scale takes 1 or 255, but got {scale:g}", EXIT_USAGE)
     options = ImportOptions(size=size and _size(size), color=color and color.value,
@@ -93,8 +111,8 @@ def import_(
                             scale=scale, classes=classes and _classes(classes), output=output)
     try:
         with stoppable(f"nothing was written to {out}"):
-            summary = run(source, out, options, force=force)
-    except ValueError as exc:  # OnnxError, ImportRefused, ModelError, ImportFailed
+            summary = run(source, out, options, force=force, arch=arch)
+    except ValueError as exc:  # OnnxError, TensorFileError, ImportRefused, ModelError, ImportFailed
         code = EXIT_USAGE if INSTALL_HINT in str(exc) else 1
         fail(str(exc), code)
     for note in summary.assumed:
@@ -103,5 +121,7 @@ def import_(
         echo_json(summary.to_json())
     else:
         c, h, w = summary.input
-        echo(f"imported {summary.nodes} ONNX nodes as {summary.layers} layers ({summary.params:,} parameters, "
+        what = (f"{summary.nodes} ONNX nodes" if summary.format == "onnx" else
+                f"{summary.tensors} tensors for {summary.architecture}")
+        echo(f"imported {what} as {summary.layers} layers ({summary.params:,} parameters, "
              f"input {c}x{h}x{w}, {summary.classes} outputs) into {summary.output}", err=True)
