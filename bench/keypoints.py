@@ -1,6 +1,7 @@
 """Keypoints and matching, HPatches-style, on scikit-image's photos: ours against OpenCV and scikit-image.
 
     python bench/keypoints.py [--photos astronaut,camera,...] [--views 10] [--budget 60] [--seed 0]
+                              [--model M.npz [--layer L]]
 
 A quick run: ``--views 3 --budget 20``.
 
@@ -16,7 +17,8 @@ of A that the homography carries inside B, and of B's that its inverse
 carries inside A, the share that have a point of the other image within
 3 px, over the smaller of the two counts. Ours with the ``harris`` and
 ``shi_tomasi`` pipelines (one scale, and three with ``--scales 3``)
-against ``cv2.goodFeaturesToTrack`` (Harris, and the minimum eigenvalue)
+(and, with ``--model M [--layer L]``, a model's layer) against
+``cv2.goodFeaturesToTrack`` (Harris, and the minimum eigenvalue)
 and ``skimage.feature.corner_peaks`` of ``corner_harris``; every detector
 with min_distance 3 (ours and skimage: a 7 x 7 window; OpenCV: no stronger
 point closer than 3 px) and a quality threshold of 0.001 of the strongest,
@@ -211,6 +213,8 @@ def main(argv=None):
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds for the timing rounds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="also a model's layer as the response (cnn keypoints --model M --layer L)")
+    parser.add_argument("--layer", help="the model's layer (default: its last layer with maps)")
     args = parser.parse_args(argv)
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M}; load average before: "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} cores; cv2 {cv2.__version__}")
@@ -231,6 +235,9 @@ def main(argv=None):
         "ours harris": ours(Detector(harris, single)),
         "ours shi_tomasi": ours(Detector(shi, single)),
         "ours harris --scales 3": ours(Detector(harris, triple)),
+        **({f"ours {Path(args.model).name} layer {args.layer or 'default'}": ours(Detector(
+            load_source(model=args.model), KeypointOptions(num=N, threshold=QUALITY, min_distance=MIN_DISTANCE,
+                                                           layer=args.layer)))} if args.model else {}),
         "cv2 GFTT Harris": gftt(True),
         "cv2 GFTT min-eigen": gftt(False),
         "skimage corner_peaks": corner_peaks,
