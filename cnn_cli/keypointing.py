@@ -341,14 +341,14 @@ def write_keypoints(path, out_dir, image, features, detector, original):
         "files": {"csv": "keypoints.csv", "overlay": "overlay.png"},
         "keypoints": keypoint_rows(points),
     }
-    with _staging(out_dir, detector.options.force) as staging:
+    with _Staging(out_dir, detector.options.force) as staging:
         write_bytes_atomic(staging / "keypoints.csv", keypoints_csv(points).encode())
         write_bytes_atomic(staging / "keypoints.json", json.dumps(record, indent=1).encode())
         write_bytes_atomic(staging / "overlay.png", viz.png_bytes(overlay_picture(image, features.keypoints)))
     return {**record, "output": str(out_dir)}
 
 
-class _staging:
+class _Staging:
     """A ``with`` block around a hidden ``.NAME.partial`` folder that becomes ``out_dir`` when it ends
     without an exception (``fileio.replace_dir``), and is removed when one is raised."""
 
@@ -481,7 +481,7 @@ def match_pair(a, b, out_root, source, options, *, progress=None):
             "files": {"csv": "matches.csv", "picture": "matches.png"},
         }
         shown = np.ones(len(pairs), bool) if inliers is None else inliers
-        with _staging(out_dir, options.force) as staging:
+        with _Staging(out_dir, options.force) as staging:
             write_bytes_atomic(staging / "matches.csv", matches_csv(src, dst, distance, inliers).encode())
             write_bytes_atomic(staging / "match.json", json.dumps(record, indent=1).encode())
             picture = matches_picture(images[0], images[1], fa.keypoints, fb.keypoints, pairs, shown)
