@@ -209,3 +209,16 @@ def test_max_size_keeps_coordinates_in_the_files_pixels(pair, tmp_path):
     matrix = np.array(json.loads(matched.stdout)["homography"])
     corners = np.array([[0, 0], [255, 0], [255, 255], [0, 255]], float)
     assert np.linalg.norm(K.project(matrix, corners) - K.project(TRUTH, corners), axis=1).max() < 6
+
+
+def test_a_layer_pooled_over_the_whole_image_is_refused(pair, tmp_path):
+    spec = tmp_path / "pooled.toml"
+    spec.write_text('kind = "pipeline"\n\n[[layer]]\ntype = "conv"\nbanks = ["edges:sobel_x", "edges:sobel_y"]\n'
+                    'padding = "same"\n\n[[layer]]\ntype = "globalmaxpool"\n')
+    pooled = cnn("keypoints", pair[0], "-o", tmp_path / "out", "--pipeline", spec, "--layer", "1")
+    assert pooled.exit_code == 2, pooled.output
+    assert "pools over the whole image" in pooled.stderr and "0 (conv)" in pooled.stderr
+    # With no --layer, the last layer that keeps positions responds.
+    default = cnn("keypoints", pair[0], "-o", tmp_path / "out", "--pipeline", spec, "--json")
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.stdout)[0]["layer"]["index"] == 0
