@@ -16,7 +16,15 @@ import numpy as np
 from . import config
 from . import functional as F
 from .functional.specs import fold_padding
-from .layers import Layer, LayerError, OnnxNode, maps_out, maps_shape, onnx_pair, torch_lambda
+from .layers import (
+    Layer,
+    LayerError,
+    OnnxNode,
+    maps_out,
+    maps_shape,
+    onnx_pair,
+    torch_lambda,
+)
 from .trainable import MAX_CHANNELS, MAX_KERNEL, Param, torch_uniform, whole_number
 
 
@@ -118,7 +126,7 @@ class ConvTranspose2d(Param):
         return out, F.n_elements(self._weight_shape(c_in)) + (self.out_channels if self.use_bias else 0)
 
     def _options(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
 
     def forward(self, x, train=False):
         if train:
@@ -281,7 +289,7 @@ class Resize(Layer):
         self.mode, self.coordinates, self.nearest = mode, coordinates, nearest
 
     def _out_hw(self, h, w):
-        out = self.size or tuple(int(math.floor(n * s)) for n, s in zip((h, w), self.scale))
+        out = self.size or tuple(math.floor(n * s) for n, s in zip((h, w), self.scale))
         if min(out) < 1 or max(out) > config.MAX_SIDE:
             raise LayerError(f"resize of a {h}x{w} input gives {out[0]}x{out[1]}; "
                              f"each side must be from 1 to {config.MAX_SIDE}")
