@@ -142,7 +142,7 @@ def parse_save(text):
 
 def select_layers(pipeline, text):
     """The sorted indices ``--layers text`` names (``cnn_cli.layersel``); OptionError lists the layers."""
-    return layersel.select(layersel.sequential([layer.kind for layer in pipeline.layers]), text, option="--layers")
+    return layersel.select(layersel.of(pipeline.layers, pipeline.names), text, option="--layers")
 
 
 def _chosen(pipeline, options):
@@ -294,7 +294,15 @@ def _write_layer(staging, i, maps, pipeline, options, encoders, jobs):
         "receptive_field": receptive_field(pipeline, i),
         "shape": list(maps.shape), "npz_key": key if "raw" in options.save else None,
         "grid": grid_png, "maps": entries,
+        **_graph_record(pipeline, i),
     }
+
+
+def _graph_record(pipeline, i):
+    """A graph node's name and the nodes it reads, for the manifest (nothing for a chain's layer)."""
+    if pipeline.names[i] == str(i) and pipeline.inputs[i] == (i - 1,):
+        return {}
+    return {"node": pipeline.names[i], "inputs": ["input" if j < 0 else pipeline.names[j] for j in pipeline.inputs[i]]}
 
 
 def receptive_field(pipeline, i):

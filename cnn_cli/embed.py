@@ -27,6 +27,7 @@ from . import layersel, runner
 from .embedding import POOLINGS, EmbeddingWriter, l2_normalize, pool_maps, read_embedding_folder
 from .imageio import MAX_PIXELS, read_image
 from .inputs import Input, Problem, iter_inputs
+from .nn import iter_nodes
 from .retrieval import Pca, evaluate_retrieval, fit_pca, search
 from .sources import load_source
 from .stream import Progress
@@ -67,6 +68,7 @@ class Embedder(runner.Sink):
 
     def __init__(self, source, layer, pool, normalize, *, pca=None, max_size=None, max_pixels=MAX_PIXELS):
         self.layers = source.vector_layers[:layer + 1]
+        self.inputs = source.vector_inputs[:layer + 1]
         self.shape = source.vector_shapes[layer]
         self.layer, self.pool, self.normalize, self.pca = layer, pool, normalize, pca
         self.color, self.prepare = source.color, source.prepare
@@ -104,8 +106,8 @@ class Embedder(runner.Sink):
 
     def rows(self, x):
         """A batch (N, C, H, W) -> rows (N, D) float32."""
-        for layer in self.layers:
-            x = layer.forward(x)
+        for _, x in iter_nodes(self.layers, self.inputs, x):
+            pass
         rows = pool_maps(x, self.pool) if x.ndim == 4 else np.asarray(x, np.float32)
         if self.normalize:
             rows = l2_normalize(rows)
@@ -123,7 +125,7 @@ def resolve_layer(source, spec):
     """The index of the layer to embed: ``--layer spec`` (``cnn_cli.layersel``), or the source's default."""
     if spec is None:
         return source.default_layer
-    records = layersel.sequential([layer.kind for layer in source.vector_layers])
+    records = layersel.of(source.vector_layers, source.vector_names)
     return layersel.select_one(records, spec, option="--layer")
 
 

@@ -123,7 +123,7 @@ def resolve_layer(network, spec):
             return None
         return f"gives {'a vector' if len(network.shapes[record.index]) != 3 else 'the logits'}, not maps"
 
-    records = layersel.sequential([layer.kind for layer in network.layers])
+    records = layersel.of(network.layers, network.names)
     return layersel.select_one(records, spec, option="--layer", refuse=refuse)
 
 
@@ -131,8 +131,11 @@ def layer_record(network, index):
     """What explain.json says about a layer."""
     if index is None:
         return None
-    return {"index": index, "name": f"layer{index}", "kind": network.layers[index].kind,
-            "shape": list(network.shapes[index])}
+    record = {"index": index, "name": f"layer{index}", "kind": network.layers[index].kind,
+              "shape": list(network.shapes[index])}
+    if network.names[index] != str(index):  # a graph's node has a name of its own
+        record["node"] = network.names[index]
+    return record
 
 
 # --------------------------------------------------------------------------- maps
@@ -333,7 +336,7 @@ def randomization_check(network, x, target, method, *, layer=None, patch=None, s
         layer_i = net.layers[i]
         if not isinstance(layer_i, Param):
             continue
-        layer_i.build(net.shapes[i - 1] if i else net.input_shape, rng)
+        layer_i.build(net.in_shape(i), rng)
         again = Explainer(net, method, layer=layer, patch=patch, stride=stride).maps(x, [target])[0]
         steps.append({"layer": i, "name": f"layer{i}", "kind": layer_i.kind, "spearman": spearman(original, again)})
     return steps

@@ -62,6 +62,7 @@ class Add(_Merge):
     """The sum of its inputs, broadcast (a residual connection)."""
 
     kind = "add"
+    keeps_maps = True  # per pixel: the default CAM layer moves on over a residual sum
 
     def _out_shape(self, shapes):
         return _with_unknown(_broadcast_shape(shapes, self.kind), shapes)
@@ -98,6 +99,7 @@ class Mul(_Merge):
     """The product of its inputs, broadcast (squeeze-and-excitation, swish as x * sigmoid(x))."""
 
     kind = "mul"
+    keeps_maps = True
 
     def _out_shape(self, shapes):
         return _with_unknown(_broadcast_shape(shapes, self.kind), shapes)

@@ -51,6 +51,14 @@ def sequential(kinds):
     return [LayerRecord(i, f"layer{i}", kind) for i, kind in enumerate(kinds)]
 
 
+def of(layers, names=None):
+    """Records of ``layers`` (a pipeline's or network's), named by their node ``names`` where a
+    graph gives them (``layer<i>`` names them too), else ``layer<i>``."""
+    names = names or [str(i) for i in range(len(layers))]
+    return [LayerRecord(i, f"layer{i}" if name == str(i) else name, layer.kind)
+            for i, (layer, name) in enumerate(zip(layers, names))]
+
+
 def listing(records, subset=False):
     """'there are layers 0 to N: 0 (conv), 1 (abs), ...' (shortened past ``LISTED``); with
     ``subset``, the records are those of the layers that may be chosen."""

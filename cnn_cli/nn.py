@@ -89,11 +89,7 @@ class Network:
 
     def node_outputs(self, x):
         """Every node's output for the batch ``x`` in eval mode, in node order (each made, no rewrites)."""
-        values = {INPUT: x}
-        for i, layer in enumerate(self.layers):
-            given = [values[j] for j in self.inputs[i]]
-            values[i] = layer.evaluating().forward(given[0] if layer.arity == 1 else given)
-        return [values[i] for i in range(len(self.layers))]
+        return [y for _, y in iter_nodes(self.layers, self.inputs, x)]
 
     def segment(self, start=0, stop=None):
         """Nodes ``start`` to ``stop - 1`` as a ``Segment``: run as in eval mode, with a backward pass.
@@ -195,6 +191,26 @@ def _TorchGraph(nn, twins, inputs, names):
 
 #: The image, as a node's input.
 INPUT = -1
+
+
+def iter_nodes(layers, inputs, x, last=None):
+    """(index, output) of nodes 0 to ``last`` (default: all) of a graph for the batch ``x``, in
+    order and in eval mode; each value is let go once no node up to ``last`` reads it."""
+    last = len(layers) - 1 if last is None else last
+    last_read = {}
+    for i in range(last + 1):
+        for j in inputs[i]:
+            last_read[j] = i
+    values = {INPUT: x}
+    for i in range(last + 1):
+        given = [values[j] for j in inputs[i]]
+        y = layers[i].forward(given[0] if layers[i].arity == 1 else given)
+        for j in set(inputs[i]):
+            if last_read[j] == i:
+                del values[j]
+        if last_read.get(i, -1) > i:
+            values[i] = y
+        yield i, y
 
 
 def chain(count):

@@ -110,8 +110,13 @@ def _node_name(node, arrays, used):
         parts = [p for p in node.name.strip("/").split("/") if p]
         if len(parts) > 1 and parts[-1].split("_")[0] == node.op:
             parts.pop()  # the op's own name closes the path
-        full = max((k for k, p in enumerate(parts) if "." in p), default=0)
-        name = ".".join(parts[full:])
+        path = []
+        for part in parts:  # "layer2", "layer2.0", "downsample", "downsample.0": each extends the one before
+            if path and part.startswith(path[-1] + "."):
+                path[-1] = part
+            else:
+                path.append(part)
+        name = ".".join(path)
         name = re.sub(r"[^A-Za-z0-9_.\-]+", "_", name).strip("._") or node.op.lower()
     base, i = name, 1
     while name in used or name == "input":

@@ -38,6 +38,9 @@ class Source:
     vector_shapes: list = field(default_factory=list)
     default_layer: int = -1
     default_pool: str = "gap"
+    #: The graph of ``vector_layers``: the nodes each reads (``nn.INPUT`` the image) and their names.
+    vector_inputs: list = field(default_factory=list)
+    vector_names: list = field(default_factory=list)
 
     def describe(self):
         """A JSON-ready record of the source (what an output names as its origin)."""
@@ -77,7 +80,7 @@ def load_source(*, banks=None, pipeline=None, model=None, color="gray"):
     pipe.bind(list(choices.CHANNEL_NAMES[color]))
     shapes = [(len(channels), None, None) for channels in pipe.channels]
     return Source(pipe, color, None, kind, files, spec, list(pipe.layers), shapes, len(pipe.layers) - 1,
-                  DEFAULT_PIPELINE_POOL)
+                  DEFAULT_PIPELINE_POOL, list(pipe.inputs), list(pipe.names))
 
 
 def _model_source(model):
@@ -91,7 +94,7 @@ def _model_source(model):
     layers = list(network.layers[:last_linear])
     return Source(pipe, meta.preprocessing.color, image_transform(meta), "model", [file_record(model)],
                   {"model": str(Path(model).resolve())}, layers, list(network.shapes[:last_linear]),
-                  len(layers) - 1, "gap")
+                  len(layers) - 1, "gap", list(network.inputs[:last_linear]), list(network.names[:last_linear]))
 
 
 def _bank_name(spec):

@@ -42,6 +42,7 @@ from . import functional as F
 from .fileio import replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, read_image, resize
 from .layersel import OptionError
+from .nn import iter_nodes, topology
 from .stream import Progress
 from .viz import fit_label, png_bytes
 
@@ -87,15 +88,20 @@ def _padding_before(layer, window):
     return (window[0][0] - 1) // 2, (window[1][0] - 1) // 2
 
 
-def receptive_fields(layers):
-    """The ``Field`` of each layer's outputs, or None from the first global layer on."""
-    size, jump, offset = [1, 1], [1, 1], [0, 0]
+def receptive_fields(layers, inputs=None):
+    """The ``Field`` of each layer's outputs, or None from a global layer on. In a graph
+    (``inputs``, as ``nn.topology``), a node that reads several grows the widest field."""
+    inputs, _ = topology(layers, inputs)
+    image = Field((1, 1), (1, 1), (0, 0))
     fields = []
-    for layer in layers:
+    for layer, ins in zip(layers, inputs):
+        before = [image if j < 0 else fields[j] for j in ins]
         window = layer.window()
-        if window is None or (fields and fields[-1] is None):
+        if window is None or any(f is None for f in before):
             fields.append(None)
             continue
+        base = max(before, key=lambda f: f.size)
+        size, jump, offset = list(base.size), list(base.jump), list(base.offset)
         pads = _padding_before(layer, window)
         for axis, (extent, stride) in enumerate(window):
             offset[axis] -= pads[axis] * jump[axis]
@@ -233,7 +239,7 @@ class UnitsSummary(runner.Summary):
 
 def resolve_layers(pipeline, specs):
     """Sorted layer indices for ``--layer`` values (``cnn_cli.layersel``), each a layer with local receptive fields."""
-    records = layersel.sequential([layer.kind for layer in pipeline.layers])
+    records = layersel.of(pipeline.layers, pipeline.names)
     fields = receptive_fields(pipeline.layers, pipeline.inputs)
 
     def refuse(record):
@@ -250,8 +256,8 @@ def resolve_layers(pipeline, specs):
 class UnitsSink(runner.Sink):
     """``cnn units``'s part of a run (``runner.Sink``): offer each batch's maps to the layers' ``TopPatches``."""
 
-    def __init__(self, source, options, layers, tops):
-        self.source, self.options, self.layers, self.tops = source, options, layers, tops
+    def __init__(self, source, options, tops):
+        self.source, self.options, self.tops = source, options, tops
 
     def load(self, item):
         source, options = self.source, self.options
@@ -261,7 +267,7 @@ class UnitsSink(runner.Sink):
         return runner.Loaded(item, x, shown)
 
     def compute(self, batch):
-        _take(batch, self.layers, self.tops)
+        _take(batch, self.source.pipeline, self.tops)
 
     def deliver(self, batch, output):
         for entry in batch:
@@ -290,7 +296,7 @@ def run(inputs, out_dir, source, options, *, progress=None):
     image_channels = 3 if source.color == "rgb" else 1
     tops = {i: TopPatches(len(pipeline.channels[i]), options.k, fields[i], image_channels) for i in chosen}
     summary = UnitsSummary(output=str(out_dir))
-    sink = UnitsSink(source, options, pipeline.layers[:chosen[-1] + 1], tops)
+    sink = UnitsSink(source, options, tops)
     with runner.Run(out_dir, summary, progress=progress, whole=True) as run_:
         run_.stream(inputs, sink)
         if summary.interrupted:  # nothing is written: the patches of the images seen so far are incomplete
@@ -301,17 +307,16 @@ def run(inputs, out_dir, source, options, *, progress=None):
     return summary
 
 
-def _take(batch, layers, tops):
-    """Run a batch of same-sized images through ``layers`` and offer each chosen layer's maps to its ``TopPatches``."""
+def _take(batch, pipeline, tops):
+    """Run a batch of same-sized images through ``pipeline`` and offer each chosen layer's maps to its ``TopPatches``."""
     x = np.stack([entry.image for entry in batch])
     shown = np.stack([entry.extra for entry in batch])
     paths = [entry.item.path for entry in batch]
-    for i, layer in enumerate(layers):
-        x = layer.forward(x)
+    for i, y in iter_nodes(pipeline.layers, pipeline.inputs, x, last=max(tops)):
         if i in tops:
-            if not np.all(np.isfinite(x)):
-                raise ValueError(f"layer {i} ({layer.kind}) produced NaN or inf values")
-            tops[i].add(x, shown, paths)
+            if not np.all(np.isfinite(y)):
+                raise ValueError(f"layer {i} ({pipeline.layers[i].kind}) produced NaN or inf values")
+            tops[i].add(y, shown, paths)
 
 
 def _write(out_dir, source, tops, options, summary):

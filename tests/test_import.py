@@ -51,11 +51,9 @@ def close(ours, ref):
     return float(np.abs(ours - ref).max()) <= 1e-4 * float(np.abs(ref).max()) + 1e-5
 
 
-@pytest.mark.parametrize("exporter, opset", EXPORTS, ids=[f"{e}{o}" for e, o in EXPORTS])
-@pytest.mark.parametrize("name", MODELS)
-def test_every_node_matches_onnx_runtime(tmp_path, name, exporter, opset):
-    path, size = exported(tmp_path, name, exporter, opset)
-    imported = import_onnx(path, ImportOptions())
+def assert_every_node_matches(path, size, tmp_path, options=None):
+    """Import ``path`` and check each node's output against ONNX Runtime's for one random input."""
+    imported = import_onnx(path, options or ImportOptions())
     net = imported.network
     probe = with_every_node_as_output(path, imported.tensors.values(), tmp_path / "probe.onnx")
     sess = session(probe)
@@ -72,7 +70,43 @@ def test_every_node_matches_onnx_runtime(tmp_path, name, exporter, opset):
             continue
         worst = max(worst, float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12)))
         assert close(ours, ref), f"node {node} ({net.layers[i].kind}): {np.abs(ours - ref).max()}"
-    assert worst < 1e-4
+    return worst
+
+
+@pytest.mark.parametrize("exporter, opset", EXPORTS, ids=[f"{e}{o}" for e, o in EXPORTS])
+@pytest.mark.parametrize("name", MODELS)
+def test_every_node_matches_onnx_runtime(tmp_path, name, exporter, opset):
+    path, size = exported(tmp_path, name, exporter, opset)
+    assert assert_every_node_matches(path, size, tmp_path) < 1e-4
+
+
+def test_alexnet_with_lrn_nodes_matches_onnx_runtime(tmp_path):
+    """The 2012 AlexNet, LRN and grouped convolutions included, written with onnx.helper."""
+    size = (3, 67, 67)
+    path = zoo.alexnet_lrn_onnx(tmp_path / "alexnet.onnx", size=size, num_classes=10, hidden=64)
+    assert assert_every_node_matches(path, size, tmp_path) < 1e-4
+    assert [layer.kind for layer in import_onnx(path).network.layers].count("lrn") == 2
+
+
+def test_real_rnet_weights_tell_faces_from_non_faces(tmp_path):
+    """MTCNN's R-Net with facenet-pytorch's weights, imported, on scikit-image's lfw_subset."""
+    from PIL import Image
+    from skimage import data
+
+    path, _ = exported(tmp_path, "rnet", "legacy", 17)
+    crops = data.lfw_subset()
+    for k in list(range(0, 100, 5)) + list(range(100, 200, 5)):
+        folder = tmp_path / "lfw" / ("face" if k < 100 else "not_face")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((crops[k] * 255).astype(np.uint8)).save(folder / f"{k:03d}.png")
+    (tmp_path / "classes.txt").write_text("not_face\nface\n")
+    model = tmp_path / "rnet.npz"
+    result = cnn("import", path, "-o", model, "--scale", "255", "--mean", "127.5", "--std", "128",
+                 "--output", "output1", "--classes", tmp_path / "classes.txt")
+    assert result.exit_code == 0, result.output
+    result = cnn("evaluate", tmp_path / "lfw", "--model", model, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["accuracy"] >= 0.95
 
 
 @pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1", "mobilenet_v2"])
