@@ -26,7 +26,8 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnn_cli import config  # noqa: E402
-from cnn_cli.onnxfile import FOLDERS, OnnxError, read_onnx  # noqa: E402
+from cnn_cli.onnxfile import OnnxError, read_onnx  # noqa: E402
+from cnn_cli.onnxfold import FOLDERS  # noqa: E402
 from test_tensorfile import damage  # noqa: E402
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Constant", "Cast", "Slice", "ConstantOfShape"}
