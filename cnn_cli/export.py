@@ -101,6 +101,9 @@ class _Graph:
         self.nodes, self.initializers = [], []
         self._used = set()
         self._exposed = set()  # tensors already given a graph output's name
+        # Which nodes make and read each tensor, so a rename touches only those (a pass over
+        # every node per exposed output made exporting a long pipeline quadratic).
+        self._makers, self._readers = {}, {}
 
     def _name(self, hint):
         name, i = hint, 1
@@ -123,8 +126,15 @@ class _Graph:
     def op(self, op_type, inputs, scope, **attrs):
         """One node of ``op_type`` under ``scope`` (e.g. ``layer3``); returns its output's name."""
         out = self._name(f"{scope}/{op_type}")
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        self._append(self.helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
         return out
+
+    def _append(self, node):
+        self.nodes.append(node)
+        for name in node.input:
+            self._readers.setdefault(name, []).append(node)
+        for name in node.output:
+            self._makers.setdefault(name, []).append(node)
 
     def reduce(self, op_type, x, axes, scope, keepdims=1):
         """A Reduce* node over ``axes``: an attribute before opset 18 (ReduceSum: 13), an input after."""
@@ -139,16 +149,19 @@ class _Graph:
         name can take: those all contain "/" or ".".
         """
         self._used.add(new)
-        for node in self.nodes:
+        for node in self._readers.pop(old, []):
             node.input[:] = [new if n == old else n for n in node.input]
+            self._readers.setdefault(new, []).append(node)
+        for node in self._makers.pop(old, []):
             node.output[:] = [new if n == old else n for n in node.output]
+            self._makers.setdefault(new, []).append(node)
 
     def expose(self, x, name, scope):
         """Make ``x`` available under ``name`` (a graph output): renamed if a node made it, else copied."""
-        if x not in self._exposed and any(x in node.output for node in self.nodes):
+        if x not in self._exposed and self._makers.get(x):
             self.rename(x, name)
         else:  # the graph's input, or a tensor that already is an output (a layer that passes x on)
-            self.nodes.append(self.helper.make_node("Identity", [x], [name], name=f"{scope}/Identity"))
+            self._append(self.helper.make_node("Identity", [x], [name], name=f"{scope}/Identity"))
             self._used.add(name)
         self._exposed.add(name)
         return name
@@ -285,7 +298,7 @@ def model_to_onnx(network, meta, *, opset=DEFAULT_OPSET):
     x = g.op("Div", [x, g.const("preprocessing.std", std)], "normalize")
     logits = _emit_layers(g, network, x)[-1]
     logits = g.expose(logits, "logits", "logits")
-    g.nodes.append(g.helper.make_node("Softmax", [logits], ["probabilities"], name="probabilities", axis=1))
+    g._append(g.helper.make_node("Softmax", [logits], ["probabilities"], name="probabilities", axis=1))
     doc = (f"cnn model '{meta.architecture.name}': image float32 (N, {pre.channels}, {pre.image_size}, "
            f"{pre.image_size}) in [0, 1], {_color_note(pre.color)}; (x - mean) / std is inside the graph. "
            f"Outputs logits and probabilities (N, {len(classes)}) over the classes in metadata 'classes'.")

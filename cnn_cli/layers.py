@@ -270,8 +270,8 @@ class Activation(Layer):
             raise LayerError(f"unknown activation {kind!r}; use one of {', '.join(ACTIVATIONS)}")
         if slope is None:  # the form's own default (elu's alpha is 1), else a placeholder nothing reads
             slope = ACTIVATIONS[kind].slope if ACTIVATIONS[kind].slope is not None else 0.01
-        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
-            raise LayerError(f"slope must be a number, but got {slope!r}")
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not np.isfinite(slope):
+            raise LayerError(f"slope must be a finite number, but got {slope!r}")
         self.kind = kind
         self.slope = slope
 
@@ -429,14 +429,35 @@ class Pool(Layer):
             raise LayerError("dilated pooling is not supported")
         kind = "maxpool" if node.op == "MaxPool" else "avgpool"
         kernel = onnx_pair(node.attrs.get("kernel_shape"), "kernel_shape", 1)
+        stride, ceil_mode = onnx_pair(node.attrs.get("strides"), "strides", 1), bool(node.attrs.get("ceil_mode", 0))
         pads = onnx_pads(node, ctx, kernel)
         if len(pads) == 4:
-            raise LayerError(f"pooling with asymmetric pads (top, bottom, left, right) {pads} is not supported")
+            pads, ceil_mode = cls._pads_as_ceil_mode(kind, pads, kernel, stride, ceil_mode, ctx.shape(node.inputs[0]))
         if kind == "avgpool" and any(pads) and not node.attrs.get("count_include_pad", 0):
             raise LayerError("average pooling with count_include_pad=0 over padding is not supported yet")
-        table = {"type": kind, "kernel_size": kernel, "stride": onnx_pair(node.attrs.get("strides"), "strides", 1),
-                 "padding": pads, "ceil_mode": bool(node.attrs.get("ceil_mode", 0))}
+        table = {"type": kind, "kernel_size": kernel, "stride": stride, "padding": pads, "ceil_mode": ceil_mode}
         return OnnxNode(table, {}, ctx.dynamic(node))
+
+    @staticmethod
+    def _pads_as_ceil_mode(kind, pads, kernel, stride, ceil_mode, shape):
+        """Asymmetric pads (top, bottom, left, right) of a max pooling as the top and left ones on
+        both sides, with ceil mode, where that is exact: ceil mode pads the bottom and right with
+        -inf as ONNX's MaxPool pads, so if it makes as many windows, they are the same windows
+        (TensorFlow's SAME_UPPER at stride 2 and above). Anything else is a LayerError."""
+        top, bottom, left, right = pads
+        refusal = LayerError(f"pooling with asymmetric pads (top, bottom, left, right) {pads} is supported "
+                             "only for max pooling whose extra padding is at the bottom and right, as ceil mode adds it")
+        if kind != "maxpool" or ceil_mode or shape is None or len(shape) != 4 or bottom < top or right < left:
+            raise refusal
+        want = [(size + begin + end - k) // s + 1
+                for size, begin, end, k, s in zip(shape[2:], (top, left), (bottom, right), kernel, stride)]
+        try:
+            got = Pool(kind, kernel, stride, [top, left], ceil_mode=True).build((1, *shape[2:]))[1:]
+        except ValueError:
+            raise refusal from None
+        if list(got) != want:
+            raise refusal
+        return [top, left], True
 
     def torch_twin(self, in_shape):
         return _torch_nn("MaxPool2d" if self.kind == "maxpool" else "AvgPool2d", self.kernel_size, self.stride,

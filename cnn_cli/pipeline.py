@@ -256,6 +256,12 @@ def receptive_fields(layers, inputs=None):
     return fields
 
 
+#: The most layers a pipeline or architecture may list: DenseNet-201 and the largest
+#: EfficientNets have about a thousand nodes; a file of 100,000 layers made `cnn info`
+#: take 41 s and is no network anyone runs.
+MAX_LAYERS = 10_000
+
+
 class Layers(list):
     """Layers in file order, with the graph form's ``names`` and ``inputs`` (both None for a chain)."""
 
@@ -301,6 +307,8 @@ def build_layers(tables, where, base_dir=Path("."), substitutions=None):
     """
     if not isinstance(tables, list) or not tables:
         raise SpecFileError(f"{where}: needs [[layer]] entries")
+    if len(tables) > MAX_LAYERS:
+        raise SpecFileError(f"{where}: {len(tables):,} layers; cnn takes at most {MAX_LAYERS:,}")
     if not all(isinstance(t, dict) for t in tables):
         raise SpecFileError(f"{where}: layer {next(i for i, t in enumerate(tables) if not isinstance(t, dict))}: "
                             "must be a table")

@@ -105,9 +105,26 @@ def summarize(target, *, color="gray", size=512):
     """
     if target.endswith((".npz", ".onnx")):
         return model_summary(Path(target))
+    if _is_image(target):
+        raise ValueError(f"{target} is an image; cnn info takes a model (.npz or .onnx), a pipeline or an "
+                         "architecture (a name or a .toml file). To see an image's maps: cnn apply IMAGE")
     if _is_architecture(target):
         return architecture_summary(target, color, size)
     return pipeline_summary(target, color, size)
+
+
+#: The first bytes of the image formats cnn reads.
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6")
+
+
+def _is_image(target):
+    """Whether ``target`` is a file that starts as an image does."""
+    try:
+        with open(target, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return False
+    return head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def _is_architecture(target):
