@@ -167,11 +167,25 @@ def _write_json(path, obj):
             os.fsync(fh.fileno())
 
 
+#: The largest embed.json or progress record read: a few KB, plus the failed inputs' list.
+MAX_RECORD_BYTES = 64 * 2**20
+
+
 def _read_json(path):
+    """The JSON object in ``path``; ValueError naming the file for anything else."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"over {MAX_RECORD_BYTES // 2**20} MB")
+        obj = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: not readable: nested too deeply") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not readable: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not an embedding record (a JSON object); rebuild the folder with cnn embed")
+    return obj
 
 
 def _index_lines(first_row, paths):
@@ -183,13 +197,16 @@ def _index_lines(first_row, paths):
 def _parse_index(data, source, count):
     """Paths from index.csv bytes; ValueError unless rows are 0..count-1 in order."""
     reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""))
-    if next(reader, None) != ["row", "path"]:
-        raise ValueError(f"{source}: does not start with the header 'row,path'")
     paths = []
-    for line in reader:
-        if len(line) != 2 or line[0] != str(len(paths)):
-            raise ValueError(f"{source}: line for row {len(paths)} reads {line!r}")
-        paths.append(line[1])
+    try:
+        if next(reader, None) != ["row", "path"]:
+            raise ValueError(f"{source}: does not start with the header 'row,path'")
+        for line in reader:
+            if len(line) != 2 or line[0] != str(len(paths)):
+                raise ValueError(f"{source}: line for row {len(paths)} reads {line!r}"[:300])
+            paths.append(line[1])
+    except csv.Error as exc:  # a field over csv's limit (128 KB), a stray quote or NUL
+        raise ValueError(f"{source}: line for row {len(paths)} is not a row,path line ({exc})") from None
     if len(paths) != count:
         raise ValueError(f"{source}: lists {len(paths)} rows, but {count} were written")
     return paths
@@ -221,7 +238,14 @@ def read_embedding_folder(folder, *, mmap_mode="r"):
     if (folder / PROGRESS).exists():
         raise ValueError(f"{folder}: an embedding run there has not finished; resume it first")
     info = _read_json(folder / INFO)
-    embeddings = np.load(folder / EMBEDDINGS, mmap_mode=mmap_mode, allow_pickle=False)
+    try:
+        embeddings = np.load(folder / EMBEDDINGS, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # empty, truncated, not an .npy
+        raise ValueError(f"{folder / EMBEDDINGS}: not a readable array ({exc or 'empty'}); "
+                         "rebuild the folder with cnn embed") from None
+    if str(embeddings.dtype) not in DTYPES:
+        raise ValueError(f"{folder / EMBEDDINGS}: holds {embeddings.dtype} values; cnn embed writes "
+                         f"{' or '.join(DTYPES)}, so the folder is not one it made")
     count = info.get("count")
     if embeddings.ndim != 2 or embeddings.shape != (count, info.get("dimension")):
         raise ValueError(f"{folder}: {EMBEDDINGS} has shape {embeddings.shape}, but {INFO} says "

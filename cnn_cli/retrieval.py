@@ -159,6 +159,10 @@ def search(queries, index, k, *, chunk_rows=SEARCH_CHUNK_ROWS):
     block = max(1, MAX_SCORES // chunk_rows)
     for start in range(0, n, chunk_rows):
         chunk = np.asarray(index[start:start + chunk_rows], dtype=np.float32)
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():  # an inf row would rank first and a NaN row anywhere: refuse, do not rank
+            raise ValueError(f"row {start + int(np.argmin(finite))} of the index is not finite; "
+                             "the embeddings are damaged, so rebuild them")
         scores, rows = [], []
         for q in range(0, n_queries, block):
             s, r = _top_k(queries[q:q + block] @ chunk.T, k)

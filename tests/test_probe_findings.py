@@ -42,3 +42,59 @@ def test_a_long_pipeline_exports_every_layer(tmp_path):
     assert result.exit_code == 0, result.output
     model = onnx.load(str(tmp_path / "long.onnx"))
     assert [o.name for o in model.graph.output][-1] == "layer2999" and len(model.graph.output) == 3000
+
+
+# --------------------------------------------------------------------------- damaged embedding folders
+
+
+@pytest.fixture(scope="module")
+def index_folder(tmp_path_factory):
+    """A small finished embedding folder to damage, and an image to search with."""
+    root = tmp_path_factory.mktemp("index")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(root / f"im{k}.png")
+    result = cnn("embed", root / "im0.png", root / "im1.png", root / "im2.png", "-o", root / "index")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def damaged_copy(index_folder, tmp_path, name, content):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(index_folder / "index", copy)
+    target = copy / name
+    if callable(content):
+        content(target)
+    else:
+        target.write_bytes(content)
+    return copy
+
+
+def _as_int8(path):
+    rows = np.load(path)
+    np.save(path, (rows * 100).astype(np.int8))
+
+
+def _with_inf(path):
+    rows = np.load(path)
+    rows[1] = np.inf
+    np.save(path, rows)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("index.csv", b"row,path\n0," + b"x" * 200_000 + b"\n", "index.csv: line for row 0"),
+    ("embed.json", b"[1, 2, 3]", "not an embedding record"),
+    ("embed.json", b"[" * 100_000 + b"]" * 100_000, "embed.json: not readable"),
+    ("embeddings.npy", b"", "embeddings.npy: not a readable array"),
+    ("embeddings.npy", lambda p: p.write_bytes(p.read_bytes()[:-40]), "embeddings.npy: not a readable array"),
+    ("embeddings.npy", _as_int8, "holds int8 values"),
+    ("embeddings.npy", _with_inf, "row 1 of the index is not finite"),
+], ids=["long-row", "json-list", "json-deep", "npy-empty", "npy-truncated", "npy-int8", "npy-inf"])
+def test_a_damaged_index_gives_one_line_naming_what_is_wrong(index_folder, tmp_path, name, content, message):
+    folder = damaged_copy(index_folder, tmp_path, name, content)
+    result = cnn("search", index_folder / "im0.png", "--index", folder)
+    assert result.exit_code == 1, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert result.stderr.strip().count("\n") == 0, result.stderr
