@@ -217,36 +217,38 @@ def _mobilenet_v2():
 
 # ------------------------------------------------------------------------ the files
 
-_SIZE_NOTE = ("torchvision's AdaptiveAvgPool2d(({n}, {n})) before the classifier is left out: it is the identity "
-              "where the last max pool gives {n}x{n} maps, as a 224x224 input does, and cnn refuses to import "
-              "these weights at sizes where it is not")
+#: What every file says at its top, as comments.
+_HEADER = """\
+Written by tests/arch_files.py; edit the recipe there and run it again.
+Node names are torchvision's module paths, so its state_dict keys (and timm's,
+for ResNets) are this network's weight names: cnn import FILE.safetensors --arch {arch}.
+A node named after a torchvision module computes what that module returns."""
 
-RECIPES = {
+#: AlexNet and VGG end their features in an adaptive average pool, which cnn does not have.
+_SIZE_NOTE = """
+torchvision's AdaptiveAvgPool2d(({n}, {n})) before the classifier is left out:
+it is the identity where the last max pool already gives {n}x{n} maps, as a
+224x224 input does. At other sizes the classifier would read another number
+of features, so cnn import refuses them, naming the sizes that fit."""
+
+RECIPES = {  # --arch name: (tables, description, note)
     "resnet18": (lambda: _resnet((2, 2, 2, 2), False),
-                 ("torchvision's ResNet-18 (He et al., 2016): basic blocks [2, 2, 2, 2]; torchvision's and timm's "
-                  "state-dict names; cnn import weights.safetensors --arch resnet18")),
+                 "torchvision's ResNet-18 (He et al., 2016): basic blocks [2, 2, 2, 2]", ""),
     "resnet34": (lambda: _resnet((3, 4, 6, 3), False),
-                 ("torchvision's ResNet-34 (He et al., 2016): basic blocks [3, 4, 6, 3]; torchvision's and timm's "
-                  "state-dict names; cnn import weights.safetensors --arch resnet34")),
+                 "torchvision's ResNet-34 (He et al., 2016): basic blocks [3, 4, 6, 3]", ""),
     "resnet50": (lambda: _resnet((3, 4, 6, 3), True),
-                 ("torchvision's ResNet-50 v1.5 (He et al., 2016; the stride on the 3x3): bottleneck blocks "
-                  "[3, 4, 6, 3]; torchvision's and timm's state-dict names; "
-                  "cnn import weights.safetensors --arch resnet50")),
-    "alexnet": (_alexnet,
-                "torchvision's AlexNet (Krizhevsky, 2014, one-GPU variant) for 224x224 ImageNet images; "
-                + _SIZE_NOTE.format(n=6) + "; cnn import weights.safetensors --arch alexnet"),
+                 "torchvision's ResNet-50 v1.5 (He et al., 2016): bottleneck blocks [3, 4, 6, 3], stride on the 3x3",
+                 ""),
+    "alexnet": (_alexnet, "torchvision's AlexNet (Krizhevsky, 2014, one-GPU variant) for 224x224 images",
+                _SIZE_NOTE.format(n=6)),
     "vgg11": (lambda: _vgg(VGG_CONFIGS["vgg11"]),
-              "torchvision's VGG-11 (Simonyan and Zisserman, 2014, configuration A) for 224x224 ImageNet images; "
-              + _SIZE_NOTE.format(n=7) + "; cnn import weights.safetensors --arch vgg11"),
+              "torchvision's VGG-11 (Simonyan and Zisserman, 2014, configuration A) for 224x224 images",
+              _SIZE_NOTE.format(n=7)),
     "vgg16": (lambda: _vgg(VGG_CONFIGS["vgg16"]),
-              "torchvision's VGG-16 (Simonyan and Zisserman, 2014, configuration D) for 224x224 ImageNet images; "
-              + _SIZE_NOTE.format(n=7) + "; cnn import weights.safetensors --arch vgg16"),
-    "squeezenet1_1": (_squeezenet1_1,
-                      ("torchvision's SqueezeNet 1.1 (Iandola et al., 2016): Fire modules, ceil-mode max pools, "
-                       "a 1x1 convolution as classifier; cnn import weights.safetensors --arch squeezenet1_1")),
-    "mobilenet_v2": (_mobilenet_v2,
-                     ("torchvision's MobileNetV2 (Sandler et al., 2018), width 1.0: inverted residuals, depthwise "
-                      "3x3, ReLU6 as clip [0, 6]; cnn import weights.safetensors --arch mobilenet_v2")),
+              "torchvision's VGG-16 (Simonyan and Zisserman, 2014, configuration D) for 224x224 images",
+              _SIZE_NOTE.format(n=7)),
+    "squeezenet1_1": (_squeezenet1_1, "torchvision's SqueezeNet 1.1 (Iandola et al., 2016): Fire modules", ""),
+    "mobilenet_v2": (_mobilenet_v2, "torchvision's MobileNetV2 (Sandler et al., 2018): ReLU6 as clip [0, 6]", ""),
 }
 
 
@@ -262,9 +264,9 @@ def _value(v):
 
 def toml_text(arch):
     """The text of ``arch``'s shipped file."""
-    build, description = RECIPES[arch]
-    lines = ["# Written by tests/arch_files.py; edit the recipe there and run it again.",
-             'kind = "architecture"', f"description = {_value(description)}"]
+    build, description, note = RECIPES[arch]
+    lines = [f"# {line}".rstrip() for line in (_HEADER.format(arch=arch) + note).split("\n")]
+    lines += ['kind = "architecture"', f"description = {_value(description)}"]
     for table in build():
         lines.append("")
         lines.append("[[layer]]")

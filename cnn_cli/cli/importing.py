@@ -81,8 +81,9 @@ def import_(
     A .safetensors file holds torchvision's (or timm's) weights for one of
     the architectures cnn ships (see cnn info resnet18 --size 224); every
     tensor's name and shape is checked against it, and the class count is
-    read from the classifier. AlexNet and VGG take 224x224 images only (they
-    end in adaptive pooling, which cnn does not have).
+    read from the classifier. AlexNet and VGG end in adaptive pooling, which
+    cnn does not have: they import at 224 (and the few sizes where that
+    pooling does nothing); other sizes are refused, naming those that fit.
 
     Examples:
 
