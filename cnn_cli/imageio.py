@@ -264,6 +264,24 @@ def jpeg_cut_short(data, decoded):
         return not np.array_equal(np.asarray(again), decoded)
 
 
+def _orientation(im):
+    """The EXIF orientation of an opened image, from its header alone.
+
+    Pillow's ``getexif`` on a PNG decodes the whole image to look for an eXIf
+    chunk after the pixels: a 60-byte PNG declaring 100000x100000 then took
+    2.7 GB before its size was refused. A PNG's orientation is taken from an
+    eXIf chunk before the pixels, as browsers read it.
+    """
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return exif.get(0x0112, 1)
+    return im.getexif().get(0x0112, 1)
+
+
 def image_shape(path, *, color="gray", max_size=None):
     """The (C, H, W) that ``read_image`` would return, from the header alone (OSError or
     ImageError when the header cannot be read; ``read_image`` then says why)."""
@@ -275,7 +293,7 @@ def image_shape(path, *, color="gray", max_size=None):
             warnings.simplefilter("ignore")
             with Image.open(fh, formats=FORMATS) as im:
                 w, h = im.size
-                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that turn the image
+                if _orientation(im) in (5, 6, 7, 8):  # EXIF orientations that turn the image
                     w, h = h, w
     except (Image.UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{path}: {exc}") from None

@@ -98,3 +98,41 @@ def test_a_damaged_index_gives_one_line_naming_what_is_wrong(index_folder, tmp_p
     assert result.exit_code == 1, result.output
     assert message in result.stderr and "Traceback" not in result.output
     assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+def _png_declaring(path, side):
+    """A PNG of a few dozen bytes whose header declares side x side grey pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_reading_a_bombs_size_costs_what_a_tiny_image_costs(tmp_path):
+    """Pillow's getexif decoded a PNG to find its orientation: 2.7 GB for a declared 100000x100000."""
+    import subprocess
+    import sys
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 100_000)
+    script = ("import resource, sys; from cnn_cli.imageio import image_shape; "
+              "print(image_shape(sys.argv[1])); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, peak_kb = done.stdout.split("\n")[:2]
+    assert shape == "(1, 100000, 100000)"
+    assert int(peak_kb) < 300_000, f"{int(peak_kb) // 1024} MB to read a header"
+
+
+def test_apply_refuses_a_bomb_by_its_declared_size(tmp_path):
+    bomb = _png_declaring(tmp_path / "bomb.png", 100_000)
+    result = cnn("apply", bomb, "-o", tmp_path / "out")
+    assert result.exit_code != 0 and "declares 100000x100000" in result.stderr, result.output
