@@ -135,4 +135,4 @@ def test_reading_a_bombs_size_costs_what_a_tiny_image_costs(tmp_path):
 def test_apply_refuses_a_bomb_by_its_declared_size(tmp_path):
     bomb = _png_declaring(tmp_path / "bomb.png", 100_000)
     result = cnn("apply", bomb, "-o", tmp_path / "out")
-    assert result.exit_code != 0 and "declares 100000x100000" in result.stderr, result.output
+    assert result.exit_code != 0 and "100000x100000" in result.stderr, result.output
