@@ -57,3 +57,9 @@ SAVE = ("maps", "grids", "raw")
 
 #: How ``cnn embed`` pools a layer's maps into one vector (``embedding.pool_maps``).
 POOLINGS = ("gap", "gmp", "gem", "stats")
+
+#: ``cnn import --arch``: the named architectures whose torchvision-named weights a
+#: safetensors file may hold, and the architecture file (in ``filters/``) of each.
+IMPORT_ARCHITECTURES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
+                        "alexnet": "alexnet_imagenet", "vgg11": "vgg11", "vgg16": "vgg16",
+                        "squeezenet1_1": "squeezenet1_1", "mobilenet_v2": "mobilenet_v2"}

@@ -175,7 +175,7 @@ def _tables(graph, output, path):
     return tables, weights, len(nodes), {name: t for t, name in tensors.items() if name != "input"}
 
 
-def _preprocessing(graph, options, assumed):
+def preprocessing_of(graph, options, assumed):
     """The model's preprocessing: options, else what ``cnn export`` recorded, else the defaults."""
     _, channels, h, w = graph.input_shape
     if h != w:
@@ -216,7 +216,7 @@ def _recorded(graph, key, kind):
     return value if isinstance(value, kind) else None
 
 
-def _classes(graph, options, out_shape):
+def class_names(graph, options, out_shape):
     if options.classes is not None:
         classes = list(options.classes)
     else:
@@ -242,14 +242,14 @@ def import_onnx(path, options=None):
         # A classifier's final softmax: cnn predict applies it, and explanations need the logits.
         tables.pop()
         assumed.append("the final Softmax is left to cnn predict, which applies it to the logits")
-    pre = _preprocessing(graph, options, assumed)
+    pre = preprocessing_of(graph, options, assumed)
     try:
         layers = build_layers(tables, str(path))
         network = Network(layers, (pre["channels"], pre["image_size"], pre["image_size"]), seed=0)
         network.load_state_dict(weights)
     except (LayerError, ValueError) as exc:
         raise ImportRefused(f"{path}: {exc}") from None
-    classes = _classes(graph, options, network.shapes[-1])
+    classes = class_names(graph, options, network.shapes[-1])
     source = {"format": "onnx", "file": Path(path).name, "sha256": graph.sha256, "opset": graph.opset,
               "producer": graph.producer, "assumed": assumed}
     try:

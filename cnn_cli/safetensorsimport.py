@@ -31,10 +31,11 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+from .choices import IMPORT_ARCHITECTURES
 from .layers import LayerError
 from .meta import ModelError, ModelMeta
 from .nn import INPUT, Network
-from .onnximport import Imported, ImportOptions, ImportRefused, _classes, _preprocessing
+from .onnximport import Imported, ImportOptions, ImportRefused, class_names, preprocessing_of
 from .pipeline import build_layers, check_memory, load_architecture, plan_layers
 from .tensorfile import read_safetensors
 from .trainable import Param
@@ -42,9 +43,7 @@ from .trainable import Param
 #: ``--arch`` name -> the shipped architecture file (``filters/<file>.toml``). ``alexnet``
 #: is the name of the small AlexNet-style preset for ``cnn train``, so torchvision's is
 #: shipped as ``alexnet_imagenet``.
-ARCHITECTURES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
-                 "alexnet": "alexnet_imagenet", "vgg11": "vgg11", "vgg16": "vgg16",
-                 "squeezenet1_1": "squeezenet1_1", "mobilenet_v2": "mobilenet_v2"}
+ARCHITECTURES = IMPORT_ARCHITECTURES
 
 #: The input size when ``--size`` is not given: the one torchvision's ImageNet weights were trained at.
 DEFAULT_SIZE = 224
@@ -81,7 +80,7 @@ def import_safetensors(path, arch, options=None) -> Imported:
     # The option rules (square size, colour, ImageNet defaults) are ONNX import's; a safetensors
     # file records no preprocessing, so the input is described to them as a 3-channel image.
     described = SimpleNamespace(path=str(path), input_shape=(1, 3, h, w), metadata={})
-    pre = _preprocessing(described, options, assumed)
+    pre = preprocessing_of(described, options, assumed)
     tensors = read_safetensors(path)
     name, description, tables = load_architecture(ARCHITECTURES[arch])
     _check_layers(path, arch, tables, tensors)
@@ -98,7 +97,7 @@ def import_safetensors(path, arch, options=None) -> Imported:
     except (LayerError, ValueError) as exc:
         raise ImportRefused(str(exc) if str(exc).startswith(str(path)) else f"{where}: {exc}") from None
     _load(path, arch, network, tensors)
-    classes = _classes(described, options, network.shapes[-1])
+    classes = class_names(described, options, network.shapes[-1])
     source = {"format": "safetensors", "file": path.name, "sha256": _sha256(path), "architecture": arch,
               "tensors": len(tensors), "assumed": assumed}
     try:

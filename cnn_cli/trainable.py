@@ -20,7 +20,7 @@ from .layers import Layer, LayerError, OnnxNode, maps_out, maps_shape, onnx_pads
 #: Limits that catch typos in architecture files before memory is allocated.
 MAX_CHANNELS = 4096
 MAX_KERNEL = 63
-MAX_PARAMS = 50_000_000
+MAX_PARAMS = 2**27  # VGG's first classifier layer, 25088 x 4096, has 102.8 M weights
 
 
 def whole_number(name, value, maximum, minimum=1):
@@ -203,7 +203,7 @@ class Linear(Param):
             raise LayerError(f"linear needs a flat input; put a flatten layer before it (input is {tuple(in_shape)})")
         features = in_shape[0]
         if features * self.out_features > MAX_PARAMS:
-            raise LayerError(f"linear {features} -> {self.out_features} would have over {MAX_PARAMS} weights; "
+            raise LayerError(f"linear {features} -> {self.out_features} would have over {MAX_PARAMS:,} weights; "
                              "pool more before it or use a smaller --image-size")
         if self._fresh(rng):
             self.params = {"weight": torch_uniform(rng, (self.out_features, features), features)}

@@ -16,8 +16,6 @@ st_torch = pytest.importorskip("safetensors.torch")
 import arch_files
 from clirunner import cnn
 
-from cnn_cli import trainable
-from cnn_cli.layers import LayerError
 from cnn_cli.modelfile import load_model
 from cnn_cli.nn import Network
 from cnn_cli.onnximport import ImportOptions, ImportRefused
@@ -31,12 +29,6 @@ from tests import torch_zoo as zoo
 FORWARD = {"resnet18": (64, 2), "resnet34": (64, 2), "resnet50": (64, 2), "squeezenet1_1": (64, 2),
            "mobilenet_v2": (64, 2), "alexnet": (224, 2), "vgg11": (224, 1)}
 
-#: VGG's first classifier layer (25088 x 4096) is over the per-layer weight cap that
-#: catches typos in architecture files (trainable.MAX_PARAMS): until that cap is raised,
-#: VGG is refused, and these tests expect exactly that refusal.
-VGG_CLASSIFIER = 512 * 7 * 7 * 4096
-vgg_capped = pytest.mark.xfail(trainable.MAX_PARAMS < VGG_CLASSIFIER, strict=True, raises=(ImportRefused, LayerError),
-                               reason="trainable.MAX_PARAMS is below VGG's 25088 x 4096 classifier layer")
 
 
 def close(ours, ref):
@@ -60,7 +52,7 @@ def test_the_shipped_files_are_what_the_recipes_write(arch):
         "run python tests/arch_files.py and commit the files"
 
 
-@pytest.mark.parametrize("arch", [pytest.param(a, marks=vgg_capped) if a == "vgg11" else a for a in FORWARD])
+@pytest.mark.parametrize("arch", list(FORWARD))
 def test_imported_weights_give_torchs_outputs(tmp_path, arch):
     size, images = FORWARD[arch]
     model, path = saved(tmp_path, arch)
@@ -75,7 +67,6 @@ def test_imported_weights_give_torchs_outputs(tmp_path, arch):
         f"{arch}: max|diff| {np.abs(ours - ref).max()}, max|torch| {np.abs(ref).max()}"
 
 
-@vgg_capped
 def test_vgg16_has_torchvisions_names_and_shapes():
     # A forward pass of VGG-16 at 224 takes too long here; VGG-11 runs through the same recipe.
     with torch.device("meta"):

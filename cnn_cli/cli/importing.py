@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..safetensorsimport import ARCHITECTURES
+from ..choices import IMPORT_ARCHITECTURES as ARCHITECTURES
 from .common import EXIT_USAGE, Color, app, echo, echo_json, fail, stoppable
 
 #: The longest --classes file read: a name a line, for up to a few hundred thousand classes.
