@@ -229,3 +229,40 @@ SAFETENSORS_MAX_HEADER_BYTES = 100 * 2**20
 #: The largest safetensors file cnn import reads, for the same reason as
 #: ONNX_MAX_BYTES: the architectures it imports hold at most about 550 MB.
 SAFETENSORS_MAX_BYTES = 2 * 2**30
+
+
+# ----------------------------------------------------------------------------- deep networks' layers
+# The matrix-product path of cnn_cli.functional.gemm (ResNet, VGG, MobileNet,
+# SqueezeNet layers imported from ONNX). Measured on the same 2-core EPYC
+# with bench/zoo.py and bench/engine.py, interleaved, under a load average of
+# 2 to 7 from other work on the machine.
+
+#: Bytes of one thread's im2col columns: the tile of output rows a task
+#: copies and multiplies. OpenBLAS (one thread) runs 64x576 @ 576xP at
+#: 74-76 GFLOP/s for P from 256 to 3136, so the tile's size only needs to keep
+#: the columns in the core's 512 KB second-level cache between the copy that
+#: writes them and the product that reads them.
+GEMM_TILE_BYTES = 512 * 2**10
+
+#: Filters are split into blocks, each its own task, until the batch's tiles
+#: and blocks make this many tasks a thread (a batch of one 7x7 map is one
+#: tile), but never into blocks under GEMM_MIN_BLOCK_FILTERS filters: a block
+#: re-copies its tile's columns when another thread made them.
+GEMM_MIN_TASKS_PER_THREAD = 2
+GEMM_MIN_BLOCK_FILTERS = 32
+
+#: 1x1 convolutions at stride 1 are one matrix product per image on the
+#: input's own planes (no columns): measured here per core, 16 -> 96 channels
+#: at 112x112 took 1.36 ms against 3.10 ms on the stacked direct loops, and
+#: 32 -> 16 0.45 ms against 1.11 ms, so they are taken from this many input
+#: channels and filters per group.
+POINTWISE_MIN_DEPTH = 16
+POINTWISE_MIN_OUT_CHANNELS = 16
+
+#: Convolutions at strides above 1 run as tiled matrix products from this many
+#: filters per group, however shallow: the direct loops read every other pixel,
+#: which does not vectorise. Measured here per core, MobileNetV2's first layer
+#: (3 -> 32, 3x3, stride 2, at 224x224) took 1.43 ms against 12.4 ms on the
+#: direct loops, 3 -> 16 at 64x64 0.09 ms against 0.39 ms, and 8 -> 16 with a
+#: 5x5 kernel 0.45 ms against 2.24 ms.
+STRIDED_GEMM_MIN_OUT_CHANNELS = 16

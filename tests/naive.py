@@ -272,6 +272,35 @@ def naive_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, group
     return y
 
 
+def naive_conv2d_depthwise(x, weight, bias=None, *, stride=1, padding=0, dilation=1):
+    """One filter per channel, the engine's depthwise path:
+    y[n, c, oh, ow] = b[c] + sum_{i, j} w[c, 0, i, j] * xpad[n, c, oh*sH + i*dH, ow*sW + j*dW].
+
+    ``weight`` must be (C, 1, kH, kW) for an input of C channels (a depthwise
+    bank: ``naive_conv2d`` with ``groups=C``); zero padding only.
+    """
+    x_shape, w_shape = _shape(x), _shape(weight)
+    if len(x_shape) != 4 or len(w_shape) != 4 or w_shape[1] != 1 or w_shape[0] != x_shape[1]:
+        raise InvalidArguments(f"a depthwise conv needs weight (C, 1, kH, kW) for x (N, C, H, W), "
+                               f"got {w_shape} for {x_shape}")
+    a = conv_args(x_shape, w_shape, None if bias is None else _shape(bias), stride=stride,
+                  padding=padding, dilation=dilation, groups=x_shape[1])
+    xp = pad_image(_f64(x), a.pads, "zeros")
+    w = _f64(weight)
+    b = np.zeros(w_shape[0]) if bias is None else _f64(bias)
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    n, c, h_out, w_out = a.out_shape
+    y = np.zeros(a.out_shape, dtype=np.float64)
+    for k in range(n):
+        for ch in range(c):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    window = xp[k, ch, oh * sh:oh * sh + dh * (w_shape[2] - 1) + 1:dh,
+                                ow * sw:ow * sw + dw * (w_shape[3] - 1) + 1:dw]
+                    y[k, ch, oh, ow] = b[ch] + float((window * w[ch, 0]).sum())
+    return y
+
+
 def naive_conv2d_backward(x, weight, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
                           padding_mode="zeros"):
     """Gradients of sum(grad_y * conv2d(x, weight, bias)) by the scatter definition.

@@ -11,6 +11,9 @@ from naive import assert_close
 
 F = pytest.importorskip("cnn_cli.functional")
 fft_tiles = pytest.importorskip("cnn_cli.functional.fft").fft_tiles
+gemm = pytest.importorskip("cnn_cli.functional.gemm")
+config = pytest.importorskip("cnn_cli.config")
+dispatch = pytest.importorskip("cnn_cli.functional.dispatch")
 
 ALGORITHMS = ["direct", "im2col", "fft", "auto"]
 MODES = ["zeros", "reflect", "replicate", "circular"]
@@ -311,3 +314,48 @@ def test_weight_gradient_with_non_finite_input_matches_naive(algorithm, w_shape,
     np.testing.assert_array_equal(np.isinf(grad_w), np.isinf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(grad_w[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
+# The paths "auto" takes on deep networks' layers, run directly on every case
+# they accept: their shapes in the tests above are too small for "auto".
+@pytest.mark.parametrize("name", CASES)
+def test_gemm_path(name):
+    x, w, b, kwargs, y, _, _ = _case(name)
+    spec = F.ConvSpec(x.shape, w.shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                      kwargs.get("dilation", 1), kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"), "auto")
+    assert_close(gemm.gemm(x, w, b, spec), y, "forward")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((2, 3, 7, 6), (3, 1, 3, 3), dict(padding=1)),
+    ((3, 5, 12, 11), (5, 1, 3, 3), dict(stride=2, padding=1)),
+    ((1, 4, 9, 9), (4, 1, 3, 2), dict(stride=(2, 1), padding=(2, 0), dilation=(2, 3))),
+    ((2, 3, 5, 5), (3, 1, 1, 1), {}),
+])
+def test_depthwise_path(x_shape, w_shape, kwargs):
+    rng = np.random.default_rng(_seed(str(x_shape)))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    y = naive.naive_conv2d_depthwise(x, w, b, **kwargs)
+    spec = F.ConvSpec(x.shape, w.shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                      kwargs.get("dilation", 1), x_shape[1], "zeros", "auto")
+    assert dispatch.forward_path(spec) is gemm.depthwise
+    assert_close(gemm.depthwise(x, w, b, spec), y, "forward")
+    assert_close(F.conv2d(x, w, b, groups=x_shape[1], **kwargs), y, "forward")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((1, 64, 7, 7), (96, 64, 3, 3), dict(padding=1)),  # deep and small: tiles split by filters
+    ((2, 32, 9, 10), (48, 32, 1, 1), {}),               # pointwise: no columns
+    ((1, 3, 17, 15), (16, 3, 3, 3), dict(stride=2, padding=1)),
+])
+def test_auto_takes_gemm_on_deep_networks_layers(x_shape, w_shape, kwargs, monkeypatch):
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)  # threads, and filters split into blocks
+    rng = np.random.default_rng(_seed(str(w_shape)))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    spec = F.ConvSpec(x.shape, w.shape, kwargs.get("stride", 1), kwargs.get("padding", 0), 1, 1, "zeros", "auto")
+    assert dispatch.forward_path(spec) is gemm.gemm
+    assert_close(F.conv2d(x, w, b, **kwargs), naive.naive_conv2d(x, w, b, **kwargs), "forward")

@@ -160,3 +160,26 @@ def test_naive_pool_rejects_what_torch_rejects(torch_ref, kind, x_shape, kwargs)
     assert naive.pool_args_or_none(x_shape, **kwargs) is None
     with pytest.raises(Exception):
         torch_ref.pool(kind, np.zeros(x_shape, np.float32), **kwargs)
+
+
+DEPTHWISE_CASES = [
+    ((2, 3, 7, 6), (3, 1, 3, 3), True, dict(padding=1)),
+    ((1, 4, 9, 8), (4, 1, 3, 3), False, dict(stride=2, padding=1)),
+    ((1, 2, 9, 9), (2, 1, 3, 2), True, dict(stride=(2, 1), padding=(2, 0), dilation=(2, 3))),
+    ((1, 3, 5, 5), (3, 1, 1, 1), True, {}),
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}")
+def test_naive_depthwise_matches_torch(torch_ref, case):
+    x_shape, w_shape, with_bias, kwargs = case
+    rng, x, w, b = _data(x_shape, w_shape, with_bias, seed=4)
+    y = naive.naive_conv2d_depthwise(x, w, b, **kwargs)
+    t_y = torch_ref.conv2d(x, w, b, np.zeros(y.shape, np.float32), groups=x_shape[1], **kwargs)[0]
+    np.testing.assert_allclose(y, t_y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("x_shape, w_shape", [((1, 3, 5, 5), (3, 2, 3, 3)), ((1, 3, 5, 5), (6, 1, 3, 3))])
+def test_naive_depthwise_refuses_other_groupings(x_shape, w_shape):
+    with pytest.raises(naive.InvalidArguments):
+        naive.naive_conv2d_depthwise(np.zeros(x_shape), np.zeros(w_shape))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
-from . import paths, weight_grad
+from . import gemm, paths, weight_grad
 from .fft import fft
 from .paths import BLOCKED_WIDTH
 
@@ -19,21 +19,35 @@ from .paths import BLOCKED_WIDTH
 def forward_path(spec):
     """The forward path of ``paths`` (or ``fft``) for a call: ``spec.algorithm``, with "auto" resolved.
 
-    "fft" is the FFT path; "im2col" is row im2col at stride 1 (``paths.rows``)
-    and im2col at other strides; "direct" is the stacked loops at stride 1 for
-    kernels 3 wide or narrow maps, and the row-tile loops otherwise.
+    "fft" is the FFT path; "im2col" is row im2col at stride 1 for kernels
+    wider than one (``paths.rows``) and tiled matrix products otherwise
+    (``gemm.gemm``, which "auto" also takes for small deep maps); "direct" is
+    the depthwise kernel for one filter per channel, the stacked loops at
+    stride 1 for kernels 3 wide or narrow maps, and the row-tile loops
+    otherwise.
     """
     algorithm = spec.algorithm
     if algorithm == "auto":
         algorithm = _choose_algorithm(spec)
     if algorithm == "fft":
         return fft
+    _, cin_g, kh, kw = spec.w_shape
     stride_1 = spec.stride == (1, 1)
+    if algorithm == "gemm" or algorithm == "im2col" and not (stride_1 and kh * kw > 1):
+        return gemm.gemm
     if algorithm == "im2col":
-        return paths.rows if stride_1 else paths.im2col
-    if stride_1 and (spec.w_shape[3] == BLOCKED_WIDTH or spec.out_hw[1] < config.NARROW_MAP):
+        return paths.rows
+    if _depthwise(spec):
+        return gemm.depthwise
+    if stride_1 and (kw == BLOCKED_WIDTH or spec.out_hw[1] < config.NARROW_MAP):
         return paths.stacked
     return paths.direct
+
+
+def _depthwise(spec):
+    """One filter per channel, over several channels (MobileNet's 3x3 convolutions)."""
+    c_out, cin_g = spec.w_shape[:2]
+    return spec.groups > 1 and cin_g == 1 and c_out == spec.groups
 
 
 def fused_max_pool_path(path, spec, pooling):
@@ -45,19 +59,29 @@ def fused_max_pool_path(path, spec, pooling):
 
 
 def _choose_algorithm(spec):
-    """"auto" for a shape: "fft", "im2col" or "direct", by the thresholds in ``cnn_cli.config``."""
+    """"auto" for a shape: "fft", "im2col", "gemm" or "direct", by the thresholds in ``cnn_cli.config``."""
     n = spec.x_shape[0]
     c_out, cin_g, kh, kw = spec.w_shape
     cout_g = c_out // spec.groups
     stride_1 = spec.stride == (1, 1)
     if kh * kw >= config.FFT_MIN_TAPS and stride_1:
         return "fft"
+    if _depthwise(spec):
+        return "direct"
     if kw == BLOCKED_WIDTH and stride_1:
-        # The filter-blocked direct kernel, unless the layer is deep, wide and
-        # batched enough for the matrix products of row im2col to win.
+        # The filter-blocked direct kernel, unless the layer is deep: then the
+        # matrix products of row im2col on batches of larger maps, and the
+        # tiled ones, which split one image's filters between threads, on
+        # small maps.
         deep = cin_g * kh * kw >= config.ROWS_MIN_DEPTH and cout_g >= config.ROWS_MIN_OUT_CHANNELS
-        large = spec.out_hw[0] * spec.out_hw[1] >= config.ROWS_MIN_PIXELS and n >= config.THREADS
-        return "im2col" if deep and large else "direct"
+        pixels = spec.out_hw[0] * spec.out_hw[1]
+        if deep and pixels < config.ROWS_MIN_PIXELS:
+            return "gemm"
+        return "im2col" if deep and n >= config.THREADS else "direct"
+    if kh * kw == 1 and cin_g >= config.POINTWISE_MIN_DEPTH and cout_g >= config.POINTWISE_MIN_OUT_CHANNELS:
+        return "gemm"
+    if not stride_1 and cout_g >= config.STRIDED_GEMM_MIN_OUT_CHANNELS:
+        return "gemm"
     if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH and cout_g >= config.IM2COL_MIN_OUT_CHANNELS:
         return "im2col"
     return "direct"

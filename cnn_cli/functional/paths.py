@@ -91,19 +91,6 @@ def rows(x, w, bias, spec):
     return _add_bias(y, bias)
 
 
-def im2col(x, w, bias, spec):
-    """im2col + BLAS at any stride: the columns of chunks of images, one matrix product per image and group."""
-    xp = spec.pad(x)
-    y = np.empty(spec.y_shape, np.float32)
-    c_out = w.shape[0]
-    cout_g = c_out // spec.groups
-    for n0, g, col in im2col_chunks(xp, w.shape, spec.stride, spec.dilation, spec.groups, spec.out_hw):
-        out_rows = slice(g * cout_g, (g + 1) * cout_g)
-        threads.batched_matmul(w[out_rows].reshape(cout_g, -1), col,
-                               y[n0:n0 + col.shape[0], out_rows].reshape(col.shape[0], cout_g, -1))
-    return _add_bias(y, bias)
-
-
 def _add_bias(y, bias):
     if bias is not None:
         y += bias[None, :, None, None]

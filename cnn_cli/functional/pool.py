@@ -39,8 +39,10 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 
     ``stride`` defaults to ``kernel_size``; padding is at most half the kernel.
     Output size: ``(H + 2*padding - kernel_size) // stride + 1`` (floor mode).
+    Without the argmax (``max_pool2d_with_argmax``), the windows' maxima are
+    taken a whole output row at a time, vectorised.
     """
-    return max_pool2d_with_argmax(x, kernel_size, stride, padding)[0]
+    return _pool_forward(pool_kernels.max_pool_values, x, kernel_size, stride, padding)
 
 
 def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0):

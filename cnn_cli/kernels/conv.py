@@ -357,3 +357,25 @@ def conv_grad_weight_direct(xp, gy, sh, sw, dh, dw, groups, gw, first, last):
         for i in range(kh):
             for j in range(kw):
                 gw[co, ci, i, j] = acc[i, j]
+
+
+@kernel
+def im2col_tile(xp, n, c0, kh, kw, sh, sw, dh, dw, oh0, wo, col, first, last):
+    """col[(ci*kH + i)*kW + j, (oh - oh0)*W_out + ow] = xp[n, c0+ci, oh*sh+i*dh, ow*sw+j*dw].
+
+    The columns of one image's output rows oh0 .. oh0 + col.shape[1] // W_out - 1:
+    a tile small enough to stay in cache between this copy and the matrix
+    product that reads it (see ``cnn_cli.functional.gemm``). Task t fills row t.
+    """
+    rows = col.shape[1] // wo
+    for r in range(first, last):
+        ci, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        off = j * dw
+        for t in range(rows):
+            xrow = xp[n, c0 + ci, (oh0 + t) * sh + i * dh]
+            dst = col[r, t * wo:(t + 1) * wo]
+            if sw == 1:
+                dst[:] = xrow[off:off + wo]
+            else:
+                for ow in range(wo):
+                    dst[ow] = xrow[off + ow * sw]

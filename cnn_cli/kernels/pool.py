@@ -169,3 +169,35 @@ def avg_pool_backward(gy, kh, kw, sh, sw, ph, pw, gx, first, last):
                     lo, hi = _row_span(wo, w, sw, pw, j)
                     for ow in range(lo, hi):
                         xrow[ow * sw - pw + j] += grow[ow] * inv
+
+
+@kernel_exact
+def max_pool_values(x, kh, kw, sh, sw, ph, pw, y, first, last):
+    """``max_pool_forward`` without the argmax, for inference: y[n,c,oh,ow] = max over the window; NaN wins.
+
+    Without an index to keep, the maximum is a select between values, which
+    LLVM vectorises along an output row: each window offset (i, j) updates
+    every output of the row whose window has that pixel inside the input
+    (``_row_span``), as average pooling does. Equal values are equal, so the
+    order of the visits changes nothing; a NaN, once in, stays.
+    """
+    ch, h, w = x.shape[1], x.shape[2], x.shape[3]
+    ho, wo = y.shape[2], y.shape[3]
+    acc = np.empty(wo, np.float32)
+    for plane in range(first, last):
+        n = plane // ch
+        c = plane % ch
+        for oh in range(ho):
+            acc[:] = -np.inf
+            for i in range(kh):
+                ih = oh * sh - ph + i
+                if ih < 0 or ih >= h:
+                    continue
+                row = x[n, c, ih]
+                for j in range(kw):
+                    lo, hi = _row_span(wo, w, sw, pw, j)
+                    off = j - pw
+                    for ow in range(lo, hi):
+                        v = row[ow * sw + off]
+                        acc[ow] = v if _beats(v, acc[ow]) else acc[ow]
+            y[n, c, oh, :] = acc

@@ -1,0 +1,93 @@
+"""The matrix-product and depthwise forward paths of deep networks' layers.
+
+Both have the signature of ``paths.py``'s paths, ``path(x, w, bias, spec) -> y``.
+
+``gemm`` runs a convolution as matrix products, (filters x C_in/groups*kH*kW)
+@ (columns of a tile of output pixels), with BLAS on one thread per task and
+the tasks shared between the engine's threads. A task is one image's group,
+a tile of its output rows and a block of its filters: tiles keep each
+thread's columns in its own core's cache from the copy that makes them to the
+product that reads them, and the filters are split into blocks only when the
+batch and tiles are too few to keep every thread busy (a batch of one 7x7
+map). A 1x1 convolution at stride 1 needs no columns at all: the input's
+planes already are the matrix, read in place.
+
+``depthwise`` runs one filter per channel (``kernels.depthwise``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import config
+from ..kernels import conv as conv_kernels
+from ..kernels import depthwise as depthwise_kernels
+from . import threads
+
+
+def gemm(x, w, bias, spec):
+    """Tiled im2col + BLAS at any stride, dilation and groups; 1x1 at stride 1 without columns."""
+    xp = spec.pad(x)
+    y = np.empty(spec.y_shape, np.float32)
+    n = x.shape[0]
+    c_out, cin_g, kh, kw = w.shape
+    groups = spec.groups
+    cout_g = c_out // groups
+    ho, wo = spec.out_hw
+    depth = cin_g * kh * kw
+    pointwise = kh == kw == 1 and spec.stride == (1, 1)  # then H_out, W_out = H_p, W_p
+    wmat = w.reshape(c_out, depth)
+    y_flat = y.reshape(n, c_out, ho * wo)
+    parallel = n * c_out * ho * wo * depth >= config.PARALLEL_MIN_WORK
+    tile_rows, tiles, blocks, block = _plan(n, groups, cout_g, ho, wo, depth, parallel)
+
+    def worker(next_task):
+        buffer = None if pointwise else np.empty(depth * tile_rows * wo, np.float32)
+        made = None  # the (image, group, tile) whose columns are in buffer
+        task = next_task()
+        while task is not None:
+            rest, blk = divmod(task, blocks)
+            rest, tile = divmod(rest, tiles)
+            b, g = divmod(rest, groups)
+            oh0 = tile * tile_rows
+            p0, p1 = oh0 * wo, min(ho, oh0 + tile_rows) * wo
+            if pointwise:
+                cols = xp[b, g * cin_g:(g + 1) * cin_g].reshape(cin_g, -1)[:, p0:p1]
+            else:
+                cols = buffer[:depth * (p1 - p0)].reshape(depth, p1 - p0)
+                if made != (b, g, tile):
+                    conv_kernels.im2col_tile(xp, b, g * cin_g, kh, kw, *spec.stride, *spec.dilation, oh0, wo,
+                                             cols, 0, depth)
+                    made = (b, g, tile)
+            c0 = g * cout_g + blk * block
+            c1 = min((g + 1) * cout_g, c0 + block)
+            out = y_flat[b, c0:c1, p0:p1]
+            threads.matmul(wmat[c0:c1], cols, out)
+            if bias is not None:
+                out += bias[c0:c1, None]
+            task = next_task()
+
+    threads.share(worker, n * groups * tiles * blocks, None if parallel else 1)
+    return y
+
+
+def _plan(n, groups, cout_g, ho, wo, depth, parallel):
+    """(rows a tile, tiles an image, filter blocks a group, filters a block) for ``gemm``;
+    filters are split only for a ``parallel`` call."""
+    tile_rows = int(max(1, min(ho, config.GEMM_TILE_BYTES // (4 * depth * wo))))
+    tiles = -(-ho // tile_rows)
+    blocks = 1
+    while parallel and n * groups * tiles * blocks < config.GEMM_MIN_TASKS_PER_THREAD * config.THREADS \
+            and cout_g // (2 * blocks) >= config.GEMM_MIN_BLOCK_FILTERS:
+        blocks *= 2
+    return tile_rows, tiles, blocks, -(-cout_g // blocks)
+
+
+def depthwise(x, w, bias, spec):
+    """One filter per channel (groups = C_in = C_out) at any stride and dilation: ``kernels.depthwise``."""
+    xp = spec.pad(x)
+    y = np.empty(spec.y_shape, np.float32)
+    b = bias if bias is not None else np.zeros(w.shape[0], np.float32)
+    threads.run(depthwise_kernels.conv_depthwise, xp, w, b, *spec.stride, *spec.dilation, y,
+                tasks=y.shape[0] * y.shape[1], work=y.size * w[0].size)
+    return y
