@@ -11,6 +11,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import torch.nn.functional as TF  # noqa: E402
+from clirunner import cnn  # noqa: E402
 from naive import InvalidArguments, naive_conv2d, naive_conv2d_backward  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from test_export import _randomize, assert_model_matches, assert_pipeline_matches, make_meta, random_images  # noqa: E402
@@ -19,6 +20,7 @@ from test_import import close, session, with_every_node_as_output  # noqa: E402
 from cnn_cli import functional as F  # noqa: E402
 from cnn_cli.export import model_to_onnx, pipeline_to_onnx  # noqa: E402
 from cnn_cli.layers import Activation  # noqa: E402
+from cnn_cli.modelfile import load_model  # noqa: E402
 from cnn_cli.onnximport import ImportOptions, ImportRefused, import_onnx  # noqa: E402
 from cnn_cli.nn import Network  # noqa: E402
 from cnn_cli.pipeline import Pipeline  # noqa: E402
@@ -306,12 +308,22 @@ def test_conv_asymmetric_pads(tmp_path):
     matches_ort(hand_built(tmp_path, [node], 13, conv_weights(13)))
 
 
-def test_maxpool_same_upper_symmetric_runs_and_asymmetric_is_refused(tmp_path):
-    node = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[3, 3])
-    matches_ort(hand_built(tmp_path, [node], 13, name="same1"))
-    node = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[3, 3], strides=[2, 2])
+@pytest.mark.parametrize("size", [8, 9])
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (2, 2), (4, 3)])
+def test_maxpool_auto_pad_same_upper(tmp_path, kernel, stride, size):
+    """Symmetric SAME pads are plain padding; TensorFlow's extra pixel at the end is ceil mode's."""
+    node = helper.make_node("MaxPool", ["x"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[kernel, kernel],
+                            strides=[stride, stride])
+    matches_ort(hand_built(tmp_path, [node], 13, size=size), size=size)
+
+
+@pytest.mark.parametrize("op, attrs", [("MaxPool", {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
+                                       ("AveragePool", {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+                                       ("MaxPool", {"pads": [0, 0, 2, 2]})])
+def test_pooling_pads_ceil_mode_cannot_give_are_refused(tmp_path, op, attrs):
+    node = helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3], **attrs)
     with pytest.raises(ImportRefused, match="asymmetric"):
-        import_onnx(hand_built(tmp_path, [node], 13, name="same2"), ImportOptions())
+        import_onnx(hand_built(tmp_path, [node], 13), ImportOptions())
 
 
 @pytest.mark.parametrize("attrs, weight_shape", [
@@ -409,3 +421,16 @@ def test_network_export_imports_back_to_the_same_outputs(tmp_path):
     pre = meta.preprocessing  # (image - mean) / std is inside the exported graph, so inside the import
     x = (image - np.float32(pre.mean)[:, None, None]) / np.float32(pre.std)[:, None, None]
     assert_near(imported.network.forward(image), network.forward(x.astype(np.float32)), "imported again")
+
+
+def test_cli_import_of_the_unet_writes_a_model_file_that_runs_the_same(tmp_path):
+    build, size = zoo.tiny_models()["small_unet"]
+    path = zoo.export_onnx(zoo.randomize(build(), 0), tmp_path / "unet.onnx", size)
+    result = cnn("import", path, "-o", tmp_path / "unet.npz")
+    assert result.exit_code == 0, result.output
+    info = cnn("info", tmp_path / "unet.npz")
+    assert info.exit_code == 0, info.output
+    assert "convtranspose" in info.stdout and "resize" in info.stdout
+    network, _, _ = load_model(tmp_path / "unet.npz")
+    x = rand((2, *size), 19)
+    assert_near(network.forward(x), import_onnx(path, ImportOptions()).network.forward(x), "model file")
