@@ -56,7 +56,7 @@ class ModelError(ValueError):
 _NONE = type(None)
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object",
-               _NONE: "null"}
+               bool: "true or false", _NONE: "null"}
 
 
 def _is(value, kind):
@@ -213,6 +213,12 @@ class TrainConfig:
     augment_fill: str = "zeros"         # borders that augmentation exposes (choices.AUGMENT_FILLS)
     label_smoothing: float = 0.0
     warmup: int = 0                     # epochs of linear learning-rate warm-up
+    # Fine-tuning (``cnn train --from``); written only when ``from_model`` is set.
+    from_model: Optional[str] = None    # the model file trained from
+    head: Optional[str] = None          # the node cut after; None: before the model's classifier
+    freeze: str = "none"                # "none", "all" (all but the head) or the last frozen node
+    backbone_lr_mult: float = 0.1       # learning rate of the unfrozen nodes before the head, times lr
+    probe: bool = False                 # train the head on features computed once
 
     @classmethod
     def from_json(cls, obj):
@@ -228,14 +234,21 @@ class TrainConfig:
         return config
 
     def to_json(self):
-        return asdict(self)
+        out = asdict(self)
+        if self.from_model is None:  # a run from scratch writes the settings it always wrote
+            for name in FINE_TUNE_KEYS:
+                del out[name]
+        return out
 
+
+FINE_TUNE_KEYS = ("from_model", "head", "freeze", "backbone_lr_mult", "probe")
 
 _SETTING_TYPES = {
     "arch": str, "epochs": int, "batch_size": int, "lr": (float, _NONE), "optimizer": str,
     "momentum": float, "weight_decay": float, "schedule": str, "val_split": float, "seed": int,
     "image_size": (int, _NONE), "color": (str, _NONE), "augment": list, "patience": (int, _NONE),
     "init_bank": (str, _NONE), "max_pixels": int, "augment_fill": str, "label_smoothing": float, "warmup": int,
+    "from_model": (str, _NONE), "head": (str, _NONE), "freeze": str, "backbone_lr_mult": float, "probe": bool,
 }
 
 

@@ -51,14 +51,15 @@ class Network:
     the state-dict names ``<name>.<param>``, with ``names[i]`` the node's name
     (by default its index, as in ``Sequential``). Layers that read several
     nodes (add, concat, mul) have ``arity != 1``; their ``build``, ``forward``
-    and ``backward`` take and give lists.
+    and ``backward`` take and give lists. ``seed=None`` draws no initial
+    weights (they are placeholders): for a network whose weights are loaded next.
     """
 
     def __init__(self, layers, input_shape, seed=0, inputs=None, names=None):
         self.inputs, self.names = topology(layers, inputs, names)
         self.layers = list(layers)
         self.input_shape = tuple(input_shape)
-        rng = np.random.default_rng(seed)
+        rng = _NoDraws() if seed is None else np.random.default_rng(seed)
         self.shapes = []
         for i, layer in enumerate(self.layers):
             if not registry.allows(layer, registry.NETWORK):
@@ -191,6 +192,17 @@ def _TorchGraph(nn, twins, inputs, names):
 
 #: The image, as a node's input.
 INPUT = -1
+
+
+class _NoDraws:
+    """Stands in for a random generator where every weight is loaded right after building
+    (an import): drawing VGG-16's 138 M initial weights took seconds for nothing."""
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return np.ones(size, np.float32)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return np.ones(size, dtype)
 
 
 def iter_nodes(layers, inputs, x, last=None):
@@ -399,3 +411,40 @@ class Segment:
 
     def backward(self, grad):
         return _back(self._steps, self.stop - 1, grad, self.before)
+
+
+def partial_training(network, first, given=None):
+    """Forward and backward passes of ``network`` that train only its nodes ``first`` onwards.
+
+    Returns ``(forward(x, train) -> output, backward(grad))``. The nodes before
+    ``first`` are fixed: they run as eval mode runs them (``evaluating()``: batch
+    norm on its running statistics, which do not move; dropout lets everything
+    through), keep nothing for a backward pass, and get no gradient, so a
+    backward pass stops where they end. With ``given`` (a node index), ``x`` is
+    that node's output and only nodes ``first`` onwards run: they must read
+    ``given`` or one another (a fine-tune's head trained on features computed
+    once). ``forward(x, train=True)`` keeps what ``backward`` needs, as
+    ``Network.forward`` does; with ``train=False`` it is the eval-mode output.
+    """
+    count = len(network.layers)
+    after = _steps(network.layers, network.inputs, range(first, count))
+    read_after = {j for ins in network.inputs[first:] for j in ins if j < first}
+    if given is not None and not read_after <= {given}:
+        raise LayerError(f"nodes {first} onwards read nodes other than {given}: {sorted(read_after)}")
+    fixed = [layer.evaluating() for layer in network.layers[:first]] + network.layers[first:]
+    before = [] if given is not None else _steps(fixed, network.inputs, range(first))
+    last_read = {j: n for n, step in enumerate(before) for j in step.ins}
+
+    def forward(x, train=False):
+        values = {INPUT if given is None else given: x}
+        for n, step in enumerate(before):  # what the trained nodes read is kept; the rest goes at once
+            values[step.out] = step.forward([values[j] for j in step.ins], False)
+            for j in step.ins:
+                if last_read[j] == n and j not in read_after:
+                    values.pop(j, None)
+        return _run(after, {j: values[j] for j in read_after}, count - 1, train)
+
+    def backward(grad):
+        _back(after, count - 1, grad, INPUT)
+
+    return forward, backward

@@ -14,13 +14,20 @@ from .choices import OPTIMIZERS, SCHEDULES
 
 
 class Optimizer:
-    """Base: ``step(params)`` updates every (name, param, grad) in place."""
+    """Base: ``step(params)`` updates every (name, param, grad) in place.
+
+    ``lr_mults`` ({param name: factor}) gives parameter groups, as torch's
+    ``param_groups`` do: the parameter ``name`` moves at ``lr * lr_mults[name]``
+    (1 for a name not listed). A fine-tune trains the layers before its new head
+    so, at a fraction of the head's rate. ``lr`` stays the one the schedule sets.
+    """
 
     #: The arrays kept per parameter, saved as ``state.<param>.<slot>``.
     SLOTS = ()
 
-    def __init__(self, lr, weight_decay=0.0):
+    def __init__(self, lr, weight_decay=0.0, lr_mults=None):
         self.lr, self.weight_decay = lr, weight_decay
+        self.lr_mults = dict(lr_mults or {})
         self.state = {}  # name -> array
         self.steps = 0
 
@@ -29,7 +36,7 @@ class Optimizer:
         for name, p, g in params:
             if self.weight_decay:
                 g = g + np.float32(self.weight_decay) * p
-            self._update(name, p, g)
+            self._update(name, p, g, self.lr * self.lr_mults.get(name, 1.0))
 
     def state_dict(self):
         return {"steps": np.array(self.steps), **{f"state.{k}": v for k, v in self.state.items()}}
@@ -63,11 +70,11 @@ class SGD(Optimizer):
 
     SLOTS = ("momentum",)
 
-    def __init__(self, lr, momentum=0.9, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr, momentum=0.9, weight_decay=0.0, lr_mults=None):
+        super().__init__(lr, weight_decay, lr_mults)
         self.momentum = momentum
 
-    def _update(self, name, p, g):
+    def _update(self, name, p, g, lr):
         if self.momentum:
             buf = self.state.get(f"{name}.momentum")
             if buf is None:
@@ -76,7 +83,7 @@ class SGD(Optimizer):
                 buf *= np.float32(self.momentum)
                 buf += g
             g = buf
-        p -= np.float32(self.lr) * g
+        p -= np.float32(lr) * g
 
 
 class Adam(Optimizer):
@@ -84,11 +91,11 @@ class Adam(Optimizer):
 
     SLOTS = ("m", "v")
 
-    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, lr_mults=None):
+        super().__init__(lr, weight_decay, lr_mults)
         self.betas, self.eps = betas, eps
 
-    def _update(self, name, p, g):
+    def _update(self, name, p, g, lr):
         b1, b2 = self.betas
         m = self.state.setdefault(f"{name}.m", np.zeros_like(p))
         v = self.state.setdefault(f"{name}.v", np.zeros_like(p))
@@ -97,17 +104,18 @@ class Adam(Optimizer):
         v *= np.float32(b2)
         v += np.float32(1 - b2) * g * g
         t = self.steps
-        step = self.lr / (1 - b1**t)
+        step = lr / (1 - b1**t)
         denom = np.sqrt(v) / np.float32(math.sqrt(1 - b2**t)) + np.float32(self.eps)
         p -= np.float32(step) * m / denom
 
 
-def make_optimizer(name, lr, *, momentum=0.9, weight_decay=0.0):
-    """The optimizer ``name`` (one of ``choices.OPTIMIZERS``); ``momentum`` applies to sgd only."""
+def make_optimizer(name, lr, *, momentum=0.9, weight_decay=0.0, lr_mults=None):
+    """The optimizer ``name`` (one of ``choices.OPTIMIZERS``); ``momentum`` applies to sgd only;
+    ``lr_mults`` as ``Optimizer`` says."""
     if name == "sgd":
-        return SGD(lr, momentum=momentum, weight_decay=weight_decay)
+        return SGD(lr, momentum=momentum, weight_decay=weight_decay, lr_mults=lr_mults)
     if name == "adam":
-        return Adam(lr, weight_decay=weight_decay)
+        return Adam(lr, weight_decay=weight_decay, lr_mults=lr_mults)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {name!r}")
 
 

@@ -32,6 +32,7 @@ from .choices import COLORS, OPTIMIZERS, SCHEDULES
 from .nn import Dropout, softmax_cross_entropy
 from .optim import learning_rate, make_optimizer, warmup_factor
 from .pipeline import load_architecture
+from .lrfind import LR_FIND_WINDOW, LrFinding, find_lr  # noqa: F401 - the range test, in its own module
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05}
 
@@ -85,6 +86,13 @@ class Prepared:
     result: object = None                      # meta.TrainingResult, once finished
     html: bool = True                          # write MODEL.report.html when finished
     val_names: list = field(default_factory=list)  # each validation image's path under the dataset
+    trainer: object = None      # what the steps train, when not the whole network (finetune.Trainer)
+    val_images: object = None   # the validation images, when x_val holds features (--probe)
+
+    @property
+    def trained(self):
+        """What the training steps run: the network, or the part of it a fine-tune trains."""
+        return self.network if self.trainer is None else self.trainer
 
 
 #: What a run writes next to MODEL, by suffix (``sibling``), besides MODEL itself.
@@ -147,7 +155,14 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
     files skipped, class imbalance). The caller's ``config`` is left as it
     is: the run's settings, defaults filled in, are ``Prepared.config``.
     """
-    start = _Fresh(config) if resume is None else _Resumed(resume)
+    if resume is not None:
+        start = _Resumed(resume)
+    elif config.from_model is not None:
+        from .finetune import FromModel
+
+        start = FromModel(config)
+    else:
+        start = _Fresh(config)
     config = start.config
     optimizer = make_optimizer(config.optimizer, config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
@@ -174,17 +189,26 @@ def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
     if config.color is None:
         config.color = "gray" if gray_tr.all() else "rgb"
         report(f"colour: {config.color} (detected; set --color to change)")
+    elif config.from_model is not None and resume is None:  # fine-tuning: the source's colour
+        from .finetune import colour_note
+
+        colour_note(config.color, gray_tr, report)
     x_tr, x_va = D.to_color(x_tr, config.color), D.to_color(x_va, config.color)
     network, meta = start.network_and_meta(dataset, x_tr, len(y_tr), len(y_va))
     mean, std = np.array(meta.preprocessing.mean, np.float32), np.array(meta.preprocessing.std, np.float32)
     augmenter = A.Augmenter(config.augment, mean=mean, std=std, fill=config.augment_fill)
     val_names = [Path(p).relative_to(dataset_root).as_posix() for p, ok in zip(dataset.val.paths, ok_va) if ok]
-    return Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
+    prep = Prepared(D.normalize(x_tr, mean, std), y_tr, D.normalize(x_va, mean, std), y_va,
                     network, optimizer, meta, config, skipped, meta.checkpoint or Checkpoint(), best, augmenter,
                     val_names=val_names)
+    if config.from_model is not None:
+        from .finetune import attach
+
+        attach(prep, report)
+    return prep
 
 
-def _run_settings(config, source):
+def run_settings(config, source):
     """A checked copy of ``config`` with the learning rate's default filled in."""
     config = replace(config)
     _check_settings(config, source)
@@ -197,7 +221,7 @@ class _Fresh:
     """A run from new weights: the architecture of ``config``, read before any image is decoded."""
 
     def __init__(self, config):
-        self.config = _run_settings(config, "the settings")
+        self.config = run_settings(config, "the settings")
         self.arch = load_architecture(self.config.arch)
 
     def restore(self, dataset, dataset_root, optimizer, report):
@@ -230,7 +254,7 @@ class _Resumed:
             raise TrainingError(f"{path}: is a finished model, not a checkpoint (*.ckpt.npz)")
         if meta.training is None or not isinstance(meta.training.config, TrainConfig):
             raise TrainingError(f"{path}: the checkpoint does not record its training settings")
-        self.config = _run_settings(meta.training.config, f"{path}: the checkpoint's settings")
+        self.config = run_settings(meta.training.config, f"{path}: the checkpoint's settings")
         self.meta = replace(meta, training=replace(meta.training, config=self.config))
 
     def restore(self, dataset, dataset_root, optimizer, report):
@@ -279,7 +303,9 @@ def _number(value):
 def _check_settings(config, source="the settings"):
     """Refuse settings no run can use, naming the first (the CLI checks its options first;
     a checkpoint's come unchecked); write the augmentations out in full."""
-    for name, (test, rule) in _RULES.items():
+    from .finetune import RULES
+
+    for name, (test, rule) in ({**_RULES, **RULES} if config.from_model is not None else _RULES).items():
         value = getattr(config, name)
         if not test(value):
             raise TrainingError(f"{source}: {name} must be {rule}, not {value!r}"[:300])
@@ -368,7 +394,7 @@ def train_step(prep, idx, rng, epoch, batch):
     Raises TrainingError, before updating anything, when the loss shows the
     run diverged (see the module's docstring).
     """
-    net = prep.network
+    net = prep.trained
     for layer in net.layers:
         if isinstance(layer, Dropout):
             layer.rng = rng
@@ -415,7 +441,7 @@ def run_epoch(prep, epoch, *, start_batch=0, sums=(0.0, 0, 0), on_batch=None, sh
             return (loss_sum, correct, seen), b + 1
     # A diverging update shows up in the next batch's loss; the last one of an
     # epoch has no next batch, so look at the weights themselves.
-    for name, p, _ in prep.network.parameters():
+    for name, p, _ in prep.trained.parameters():
         if not np.all(np.isfinite(p)):
             raise TrainingError(f"training diverged: weight '{name}' became NaN or infinite at epoch {epoch + 1}, "
                                 f"batch {batches}; try a lower --lr (now {cfg.lr:g})")
@@ -443,7 +469,7 @@ def fit(prep, model_path, *, on_batch=None, on_epoch=None, should_stop=lambda: N
                                          sums=progress.sums if start_batch else (0.0, 0, 0),
                                          on_batch=on_batch, should_stop=should_stop)
             val_loss, val_acc, _ = (None, None, None) if stopped_at is not None else \
-                evaluate_arrays(net, prep.x_val, prep.y_val)
+                evaluate_arrays(prep.trained, prep.x_val, prep.y_val)
             if val_loss is not None and not np.isfinite(val_loss):
                 raise TrainingError(f"training diverged: the validation loss became {val_loss} after epoch "
                                     f"{epoch + 1}; try a lower --lr (now {prep.config.lr:g})")
@@ -517,7 +543,7 @@ def finish(prep, model_path, history, kept):
 
     for entry in history:
         entry["kept"] = entry["epoch"] == kept
-    val_loss, val_acc, probs = evaluate_arrays(prep.network, prep.x_val, prep.y_val)
+    val_loss, val_acc, probs = evaluate_arrays(prep.trained, prep.x_val, prep.y_val)
     result = TrainingResult(len(history), history, val_loss, val_acc, time.strftime("%Y-%m-%dT%H:%M:%S%z"), kept)
     meta = replace(prep.meta, checkpoint=None, training=replace(prep.meta.training, result=result))
     save_model(model_path, prep.network, meta)
@@ -531,64 +557,9 @@ def finish(prep, model_path, history, kept):
     if prep.html:  # last: the report shows the files above
         from .report import train_report, write_page
 
-        write_page(report, train_report(model_path, meta, prep.network, prep.x_val, prep.y_val, probs,
+        images = prep.x_val if prep.val_images is None else prep.val_images
+        write_page(report, train_report(model_path, meta, prep.network, images, prep.y_val, probs,
                                         prep.val_names), replace=True)
     else:  # a report left by an earlier run would describe another model
         report.unlink(missing_ok=True)
     return result
-
-
-@dataclass
-class LrFinding:
-    """The learning-rate range test's record: the rates tried, the batch losses and their smoothed curve."""
-
-    rates: list
-    losses: list
-    smoothed: list      # a centred moving average of the losses (``LR_FIND_WINDOW``), without lag
-    suggestion: float   # a tenth of ``lowest``
-    lowest: float       # the first rate by which the smoothed loss made 98% of its fall to its lowest
-
-
-#: Batches each side of a point that ``find_lr`` averages the loss over.
-LR_FIND_WINDOW = 4
-
-
-def find_lr(prep, *, start=1e-7, end=10.0, steps=100, stop_factor=4.0):
-    """The learning-rate range test (Smith 2017; fastai's ``lr_find``): train for
-    ``steps`` batches at rates growing exponentially from ``start`` to ``end``.
-
-    The test stops early when the loss stops being finite or exceeds
-    ``stop_factor`` times the lowest running mean of 2 * LR_FIND_WINDOW + 1
-    batches. The suggestion is a tenth of the first rate by which the
-    smoothed loss (centred, so it does not lag behind the rate as fastai's
-    running average does) has made 98% of its fall to its lowest value: a
-    rate at which the loss still falls fast. The network and optimizer of ``prep`` are changed and
-    should not be saved; nothing is written.
-    """
-    cfg = prep.config
-    n, bs = len(prep.x_train), cfg.batch_size
-    batches = max(1, -(-n // bs))
-    rates, losses = [], []
-    span = 2 * LR_FIND_WINDOW + 1
-    for step in range(steps):
-        epoch, b = divmod(step, batches)
-        order = random_stream(cfg.seed, "shuffle", epoch).permutation(n)
-        prep.optimizer.lr = start * (end / start) ** (step / max(steps - 1, 1))
-        try:
-            loss, _ = train_step(prep, order[b * bs:(b + 1) * bs], random_stream(cfg.seed, "batch", epoch, b),
-                                 epoch, b)
-        except TrainingError:
-            break
-        rates.append(prep.optimizer.lr)
-        losses.append(loss)
-        if len(losses) >= span:
-            means = np.convolve(losses, np.ones(span) / span, mode="valid")
-            if means[-1] > stop_factor * means.min():
-                break
-    if len(losses) < 2:
-        raise TrainingError(f"the range test diverged at once, from {start:g}; the data cannot be trained on")
-    smoothed = [float(np.mean(losses[max(0, i - LR_FIND_WINDOW):i + LR_FIND_WINDOW + 1]))
-                for i in range(len(losses))]
-    low, first = min(smoothed), smoothed[0]
-    near = next(i for i, v in enumerate(smoothed) if v <= low + 0.02 * (first - low))
-    return LrFinding(rates, losses, smoothed, rates[near] / 10, rates[near])

@@ -34,6 +34,10 @@ def _non_negative(value):
     return value
 
 
+def _non_negative_or_none(value):
+    return value if value is None else _non_negative(value)
+
+
 def _augmentations(value):
     from ..augment import AugmentError, parse
 
@@ -48,7 +52,7 @@ def _augmentations(value):
 def train(
     dataset: Annotated[Path, typer.Argument(help="Folder with one subfolder of images per class.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Model file to write (.npz).")] = Path("model.npz"),
-    arch: Annotated[str, typer.Option(help="Architecture: lenet, alexnet, resnet, netvlad, or a file.")] = "lenet",
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: lenet, alexnet, resnet, netvlad, or a file [default: lenet].")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training images.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient step.")] = 32,
     lr: Annotated[Optional[float], typer.Option(callback=_positive_float, help="Learning rate [default: 0.001 for adam, 0.05 for sgd].")] = None,
@@ -67,6 +71,11 @@ def train(
     patience: Annotated[Optional[int], typer.Option(min=1, help="Stop after this many epochs without a lower validation loss, and keep the best weights.")] = None,
     init_bank: Annotated[Optional[str], typer.Option(help="Start the first conv layer from this bank's kernels.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue from a checkpoint (MODEL.ckpt.npz) with its settings.")] = None,
+    from_model: Annotated[Optional[Path], typer.Option("--from", help="Start from this trained model (cnn train's, cnn import's, or an .onnx file): its layers, weights and preprocessing, with a new head for DATASET's classes.")] = None,
+    head: Annotated[Optional[str], typer.Option(help="With --from: the node to cut after (a name or index, as cnn info lists them); global average pooling and a linear layer follow [default: before the model's classifier].")] = None,
+    freeze: Annotated[Optional[str], typer.Option(help="With --from: keep the weights fixed up to and including this node, or 'all' (everything but the head) or 'none'; frozen batch norms keep their running statistics [default: none].")] = None,
+    backbone_lr_mult: Annotated[Optional[float], typer.Option(callback=_non_negative_or_none, help="With --from: the learning rate of the unfrozen layers before the head, as a multiple of --lr [default: 0.1].")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="With --from: train the head alone, on features computed once per image (no augmentation); as --freeze all, in seconds rather than minutes. It pays when the network is large next to the head, and the data set small.")] = False,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: plot the loss against the rate in MODEL.lr.png and print a suggested --lr. Trains and saves no model.")] = False,
     max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
@@ -92,6 +101,10 @@ def train(
       cnn train photos/ -o m.npz --find-lr
 
       cnn train photos/ -o m.npz --resume m.ckpt.npz
+
+      cnn train faces/ -o f.npz --from rnet.npz --probe
+
+      cnn train faces/ -o f.npz --from rnet.npz --freeze conv2 --epochs 10
     """
     import warnings
 
@@ -99,13 +112,18 @@ def train(
 
     if find_lr and resume is not None:
         fail("--find-lr starts from fresh weights; leave out --resume", EXIT_USAGE)
-    config = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
+    _check_fine_tune(from_model, arch, head, freeze, backbone_lr_mult, probe, resume, init_bank, augment)
+    fine_tune = {} if from_model is None else dict(
+        from_model=str(from_model), head=head, freeze=freeze or ("all" if probe else "none"),
+        backbone_lr_mult=0.1 if backbone_lr_mult is None else backbone_lr_mult, probe=probe)
+    config = TrainConfig(arch=arch or "lenet", epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer.value,
                          momentum=momentum, weight_decay=weight_decay, schedule=schedule.value,
                          val_split=val_split, seed=seed, image_size=image_size,
                          color=color.value if color else None,
                          augment=[a.strip() for a in augment.split(",") if a.strip()],
                          patience=patience, init_bank=init_bank, max_pixels=max_pixels,
-                         augment_fill=augment_fill.value, label_smoothing=label_smoothing, warmup=warmup)
+                         augment_fill=augment_fill.value, label_smoothing=label_smoothing, warmup=warmup,
+                         **fine_tune)
     # Divergence is detected and reported in one line; numpy's overflow
     # warnings on the way there would only clutter it.
     warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -134,15 +152,36 @@ def train(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+def _check_fine_tune(from_model, arch, head, freeze, backbone_lr_mult, probe, resume, init_bank, augment):
+    """Refuse, as usage errors, the fine-tuning options without --from and what --from cannot go with."""
+    if from_model is None:
+        given = [name for name, value in (("--head", head), ("--freeze", freeze), ("--probe", probe or None),
+                                          ("--backbone-lr-mult", backbone_lr_mult)) if value is not None]
+        if given:
+            fail(f"{given[0]} applies to fine-tuning; give the model to start from with --from MODEL", EXIT_USAGE)
+        return
+    for name, value in (("--arch", arch), ("--resume", resume), ("--init-bank", init_bank)):
+        if value is not None:
+            fail(f"--from takes the model's own layers and weights; leave out {name}"
+                 + (" (the checkpoint records --from)" if name == "--resume" else ""), EXIT_USAGE)
+    if probe and augment:
+        fail("--probe computes each image's features once, without augmentation; leave out --augment", EXIT_USAGE)
+    if probe and freeze not in (None, "all"):
+        fail(f"--probe trains the head alone (as --freeze all); leave out --freeze {freeze}", EXIT_USAGE)
+
+
 def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
     """Prepare and train (or run the range test), while MODEL is locked: (prep, history), or (None, None)
     after --find-lr."""
     from ..data import DatasetError
     from ..filterbank import BankError
+    from ..layersel import OptionError
     from ..train import Interrupted, TrainingError, fit, prepare
 
     try:
         prep = prepare(dataset, config, report=say, resume=resume)
+    except OptionError as exc:  # a --head or --freeze node the model does not have
+        fail(str(exc), EXIT_USAGE)
     except (DatasetError, TrainingError, BankError, ValueError) as exc:
         fail(str(exc))
     if stop.requested:
@@ -152,7 +191,8 @@ def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
     if find_lr:
         _find_lr(prep, out, say)
         return None, None
-    say(f"training {cfg.arch} on {len(prep.y_train)} images ({len(prep.y_val)} for validation), "
+    what = cfg.arch if cfg.from_model is None else f"{cfg.arch} from {cfg.from_model} (frozen: {cfg.freeze})"
+    say(f"training {what} on {len(prep.y_train)} images ({len(prep.y_val)} for validation), "
         f"{len(prep.meta.classes)} classes, {cfg.image_size}x{cfg.image_size} {cfg.color}, "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
     try:
