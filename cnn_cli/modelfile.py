@@ -116,7 +116,7 @@ def load_model(path):
             raise ModelError(f"{path}: weight '{name}' has dtype {arr.dtype}; expected "
                              f"{'an integer' if expected == 'i' else 'a float'} array")
     try:
-        network = _network(meta, checked)
+        network = _network(meta, checked, seed=None)  # every weight is loaded next
         network.load_state_dict(weights)
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{path}: {exc}") from None

@@ -245,7 +245,7 @@ def import_onnx(path, options=None):
     pre = preprocessing_of(graph, options, assumed)
     try:
         layers = build_layers(tables, str(path))
-        network = Network(layers, (pre["channels"], pre["image_size"], pre["image_size"]), seed=0)
+        network = Network(layers, (pre["channels"], pre["image_size"], pre["image_size"]), seed=None)
         network.load_state_dict(weights)
     except (LayerError, ValueError) as exc:
         raise ImportRefused(f"{path}: {exc}") from None

@@ -93,7 +93,7 @@ def import_safetensors(path, arch, options=None) -> Imported:
         layers = build_layers(tables, where)
         _check_widths(path, arch, layers, tensors, size)
         check_memory(plan_layers(layers, shape), f"{where} at {size}x{size}")
-        network = Network(layers, shape, seed=0)
+        network = Network(layers, shape, seed=None)
     except (LayerError, ValueError) as exc:
         raise ImportRefused(str(exc) if str(exc).startswith(str(path)) else f"{where}: {exc}") from None
     _load(path, arch, network, tensors)

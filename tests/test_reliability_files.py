@@ -176,7 +176,7 @@ def test_zero_mean_must_be_a_boolean(tmp_path):
 CONV = '[[layer]]\ntype = "conv"\nbanks = ["edges:sobel_*"]\n'
 
 BAD_PIPELINES = {
-    "unknown layer type": (CONV + '[[layer]]\ntype = "softmax"\n', ["layer 1", "softmax", "type"]),
+    "unknown layer type": (CONV + '[[layer]]\ntype = "transformer"\n', ["layer 1", "transformer", "type"]),
     "layer without type": (CONV + "[[layer]]\nkernel_size = 2\n", ["layer 1", "type"]),
     "unknown field": (CONV + '[[layer]]\ntype = "maxpool"\nkernel_size = 2\nsize = 3\n',
                       ["layer 1", "size", "maxpool"]),
