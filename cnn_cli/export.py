@@ -448,13 +448,17 @@ def export(target, out, *, opset=DEFAULT_OPSET, color=None, force=False):
     ``ExportError`` (or the ``ValueError`` of a damaged model or spec file)
     for everything else.
     """
-    from .fileio import write_bytes_atomic
+    from .fileio import check_writable, write_bytes_atomic
 
     _onnx()
     check_opset(opset)
     out = Path(out)
     if os.path.lexists(out) and not force:  # lexists: a dangling link is there too
         raise ExportError(f"{out} exists; use --force to replace it")
+    try:
+        check_writable(out)  # before the graph is built and checked, which takes a while
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     kind, name, build = load_target(target, color)
     model = build(opset)
     data = model.SerializeToString()

@@ -276,6 +276,17 @@ def atomic_path(final, suffix=""):
         raise
 
 
+def check_writable(final):
+    """Raise OSError unless a file can be written atomically at ``final`` (a temporary file is
+    made beside it and removed). Commands call this before long work, so a run that could
+    never save its result is refused at once."""
+    final = Path(final)
+    check_output(final)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_name(final.name, ".", reserve=12), suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_bytes_atomic(final, data):
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)

@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .fileio import check_writable
 from .meta import ModelError
 from .modelfile import save_model
 from .onnximport import ImportOptions, import_onnx
@@ -63,6 +64,10 @@ def run(source, out, options=None, *, force=False, arch=None):
         raise ImportFailed(f"{out} exists; use --force to replace it")
     if out.suffix != ".npz":
         raise ImportFailed(f"{out}: a model file ends in .npz")
+    try:
+        check_writable(out)  # before a network of millions of weights is read and built
+    except OSError as exc:
+        raise ImportFailed(f"cannot write {out}: {exc.strerror or exc}") from None
     options = options or ImportOptions()
     imported = import_onnx(source, options) if arch is None else import_safetensors(source, arch, options)
     try:

@@ -136,3 +136,21 @@ def test_apply_refuses_a_bomb_by_its_declared_size(tmp_path):
     bomb = _png_declaring(tmp_path / "bomb.png", 100_000)
     result = cnn("apply", bomb, "-o", tmp_path / "out")
     assert result.exit_code != 0 and "100000x100000" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path, command, monkeypatch):
+    """export built and checked the whole graph before it found it could not write (issue 28 §5)."""
+    pytest.importorskip("onnx")
+    from cnn_cli import export, onnximport
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work ran before the output was checked")
+
+    monkeypatch.setattr(export, "load_target", no_work)
+    monkeypatch.setattr(onnximport, "read_onnx", no_work)
+    out = tmp_path / "missing" / ("x.onnx" if command == "export" else "x.npz")
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"not read")
+    result = cnn(command, "harris" if command == "export" else source, "-o", out)
+    assert result.exit_code == 1 and f"cannot write {out}" in result.stderr, result.output
