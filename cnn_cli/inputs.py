@@ -16,7 +16,7 @@ A hash of the entry's own path is appended only to names that mirroring
 cannot separate: ``000.png`` beside ``000.jpg``, a file beside a folder of
 its stem, names that differ only in case (one folder on macOS and Windows),
 or two inputs with the same top-level name. Hidden entries, directory links
-(which can loop), and folders that hold a ``cnn`` output (a ``manifest.json``, ``explain.json``, ``units.json`` or ``embed.json``
+(which can loop), and folders that hold a ``cnn`` output (a ``manifest.json``, ``explain.json``, ``units.json``, ``embed.json``, ``keypoints.json`` or ``match.json``
 it wrote) are skipped.
 """
 
@@ -67,9 +67,9 @@ def _hidden(name):
     return name.startswith(".")
 
 
-#: The JSON file each command writes into its output folders (apply's per image,
-#: explain's per image, units' and embed's per run).
-_OUTPUT_FILES = ("manifest.json", "explain.json", "units.json", "embed.json")
+#: The JSON file each command writes into its output folders (apply's, explain's and
+#: keypoints' per image, match's per pair, units' and embed's per run).
+_OUTPUT_FILES = ("manifest.json", "explain.json", "units.json", "embed.json", "keypoints.json", "match.json")
 
 
 def _is_output_folder(path):

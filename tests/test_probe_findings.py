@@ -154,3 +154,17 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path, command, monk
     source.write_bytes(b"not read")
     result = cnn(command, "harris" if command == "export" else source, "-o", out)
     assert result.exit_code == 1 and f"cannot write {out}" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("record", ["keypoints.json", "match.json"])
+def test_a_keypoints_or_match_folder_is_not_read_as_input(tmp_path, record):
+    """Their overlay.png and matches.png are cnn's own pictures, as apply's maps are."""
+    from cnn_cli.inputs import Input, iter_inputs
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "photo.png")
+    out = tmp_path / "cnn-keypoints" / "photo"
+    out.mkdir(parents=True)
+    (out / record).write_text('{"cnn_version": "0.1.0"}')
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(out / "overlay.png")
+    found = [item.path.name for item in iter_inputs([tmp_path]) if isinstance(item, Input)]
+    assert found == ["photo.png"]
