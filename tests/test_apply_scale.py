@@ -113,7 +113,9 @@ def test_layers_keep_their_original_index_and_name(tmp_path, layers, expected):
 def test_unknown_layers_are_refused(tmp_path, bad):
     img = _image(tmp_path / "img.png")
     result = cnn("apply", img, "-o", tmp_path / "out", "--layers", bad)
-    assert result.exit_code == 1 and "--layers" in result.stderr, result.output
+    # A usage error, as a bad --save is, naming the layers there are (issue 28).
+    assert result.exit_code == 2 and "--layers" in result.stderr, result.output
+    assert "there are layers 0 to 4: 0 (conv)" in result.stderr, result.stderr
     assert not (tmp_path / "out" / "img").exists()
 
 
