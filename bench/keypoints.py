@@ -65,7 +65,7 @@ from _timing import interleaved_medians, rounds_for, time_once
 from skimage import data as skdata
 from skimage import feature as skfeature
 
-from cnn_cli import keypoints as K
+from cnn_cli import matching as M
 from cnn_cli.imageio import LUMA
 from cnn_cli.keypointing import Detector, KeypointOptions
 from cnn_cli.sources import load_source
@@ -149,8 +149,8 @@ def repeatability(a, b, matrix, shape_a, shape_b):
     """Mikolajczyk's repeatability at EPS px of points ``a`` (in A) and ``b`` (in B) under ``matrix`` A -> B."""
     if len(a) == 0 or len(b) == 0:
         return 0.0
-    a_in_b = K.project(matrix, a)
-    b_in_a = K.project(np.linalg.inv(matrix), b)
+    a_in_b = M.project(matrix, a)
+    b_in_a = M.project(np.linalg.inv(matrix), b)
     a_kept = a_in_b[_inside(a_in_b, shape_b)]
     b_kept = b[_inside(b_in_a, shape_a)]
     if len(a_kept) == 0 or len(b_kept) == 0:
@@ -166,9 +166,9 @@ def repeatability(a, b, matrix, shape_a, shape_b):
 def ours_match(detector):
     def match(a, b):
         fa, fb = detector.features(a[None], descriptors=True), detector.features(b[None], descriptors=True)
-        pairs, _ = K.match_descriptors(fa.descriptors, fb.descriptors, ratio=0.8)
+        pairs, _ = M.match_descriptors(fa.descriptors, fb.descriptors, ratio=0.8)
         src, dst = _xy(fa.keypoints)[pairs[:, 0]], _xy(fb.keypoints)[pairs[:, 1]]
-        matrix, _ = K.ransac(src, dst, threshold=EPS)
+        matrix, _ = M.ransac(src, dst, threshold=EPS)
         return src, dst, matrix
     return match
 
@@ -200,7 +200,7 @@ def corner_error(estimate, truth, shape):
     corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
     if estimate is None:
         return np.inf
-    moved = np.linalg.norm(K.project(estimate, corners) - K.project(truth, corners), axis=1)
+    moved = np.linalg.norm(M.project(estimate, corners) - M.project(truth, corners), axis=1)
     return float(np.nan_to_num(moved, nan=np.inf).max())
 
 
@@ -263,7 +263,7 @@ def main(argv=None):
         for _, a, b, matrix in pairs:
             src, dst, estimate = match(a, b)
             counts.append(len(src))
-            error = np.linalg.norm(K.project(matrix, src) - dst, axis=1) if len(src) else np.zeros(0)
+            error = np.linalg.norm(M.project(matrix, src) - dst, axis=1) if len(src) else np.zeros(0)
             mma.append([(error < px).mean() if len(src) else 0.0 for px in MMA_PX])
             success.append(corner_error(estimate, matrix, a.shape) < EPS)
         mma = np.mean(mma, axis=0)

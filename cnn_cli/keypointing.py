@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from . import __version__, layersel, runner, viz
 from . import keypoints as kp
+from . import matching
 from .fileio import replace_dir, temporary_name, write_bytes_atomic
 from .imageio import LUMA, MAX_PIXELS, image_shape, read_image
 from .inputs import safe_name
@@ -87,7 +88,7 @@ class KeypointOptions:
                               f"but got {self.threshold}")
         if not 0 < self.ratio <= 1:
             raise OptionError(f"--ratio must be in (0, 1], but got {self.ratio}")
-        if self.geometry not in (*kp.GEOMETRIES, "none"):
+        if self.geometry not in (*matching.GEOMETRIES, "none"):
             raise OptionError(f"--geometry must be one of homography, affine, none, but got {self.geometry!r}")
 
 
@@ -239,7 +240,7 @@ class Detector:
             h, w = m.shape[1:]
             x, y = kp.level_position(points.take(on), shape, (h, w))
             stride = np.sqrt((h / image.shape[1]) * (w / image.shape[2]))
-            d = kp.describe(m, x, y, points.angle[on], stride=stride, steer=self.steer)
+            d = matching.describe(m, x, y, points.angle[on], stride=stride, steer=self.steer)
             if out is None:
                 out = np.zeros((len(points), d.shape[1]), np.float32)
             out[on] = d
@@ -452,7 +453,7 @@ def match_pair(a, b, out_root, source, options, *, progress=None):
         start = time.perf_counter()
         (images, originals) = zip(*(read(p, source, options) for p in (a, b)))
         fa, fb = (detector.features(image, descriptors=True) for image in images)
-        pairs, distance = kp.match_descriptors(fa.descriptors, fb.descriptors, ratio=options.ratio)
+        pairs, distance = matching.match_descriptors(fa.descriptors, fb.descriptors, ratio=options.ratio)
         # Matched and fitted in the pixels of the files themselves (which --max-size may have shrunk).
         pa, pb = in_input(fa.keypoints, fa.shape, originals[0]), in_input(fb.keypoints, fb.shape, originals[1])
         src = np.stack([pa.x[pairs[:, 0]], pa.y[pairs[:, 0]]], axis=1)
@@ -460,7 +461,7 @@ def match_pair(a, b, out_root, source, options, *, progress=None):
         if options.geometry == "none":
             matrix, inliers = None, None
         else:
-            matrix, inliers = kp.ransac(src, dst, geometry=options.geometry, threshold=options.ransac_threshold,
+            matrix, inliers = matching.ransac(src, dst, geometry=options.geometry, threshold=options.ransac_threshold,
                                         seed=options.seed)
         seconds = time.perf_counter() - start
         layer, descriptor = detector.describe_layers()

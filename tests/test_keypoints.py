@@ -5,6 +5,7 @@ import pytest
 from scipy import ndimage
 
 from cnn_cli import keypoints as K
+from cnn_cli import matching as M
 
 skfeature = pytest.importorskip("skimage.feature")
 skdata = pytest.importorskip("skimage.data")
@@ -194,31 +195,31 @@ def test_steered_descriptors_are_unchanged_by_a_rotation():
     def gradient(img):
         return np.stack([ndimage.sobel(img, axis=1), ndimage.sobel(img, axis=0)])
 
-    a = K.describe(gradient(image), [centre[0]], [centre[1]], [10.0], steer=True)
-    b = K.describe(gradient(turned), [centre[0]], [centre[1]], [10.0 - angle], steer=True)
-    c = K.describe(gradient(turned), [centre[0]], [centre[1]], [10.0], steer=True)
-    assert a.shape == (1, K.CELLS ** 2 * K.GRADIENT_BINS)
+    a = M.describe(gradient(image), [centre[0]], [centre[1]], [10.0], steer=True)
+    b = M.describe(gradient(turned), [centre[0]], [centre[1]], [10.0 - angle], steer=True)
+    c = M.describe(gradient(turned), [centre[0]], [centre[1]], [10.0], steer=True)
+    assert a.shape == (1, M.CELLS ** 2 * M.GRADIENT_BINS)
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     assert np.linalg.norm(a - b) < 0.25 < np.linalg.norm(a - c)
 
 
 def test_descriptors_of_plain_maps_and_clipping():
     maps = np.random.default_rng(0).random((3, 40, 50)).astype(np.float32)
-    d = K.describe(maps, [10.0, 25.3], [20.0, 19.5], [0.0, 33.0])
-    assert d.shape == (2, K.CELLS ** 2 * 3) and d.dtype == np.float32
+    d = M.describe(maps, [10.0, 25.3], [20.0, 19.5], [0.0, 33.0])
+    assert d.shape == (2, M.CELLS ** 2 * 3) and d.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1, rtol=1e-5)
     # SIFT's clipping, by hand: [3, 4, 0] -> [0.6, 0.8, 0] -> clipped [0.2, 0.2, 0] -> renormalised.
-    np.testing.assert_allclose(K.normalize_descriptors(np.array([[3.0, 4.0, 0.0], [0, 0, 0]])),
+    np.testing.assert_allclose(M.normalize_descriptors(np.array([[3.0, 4.0, 0.0], [0, 0, 0]])),
                                [[2 ** -0.5, 2 ** -0.5, 0], [0, 0, 0]], rtol=1e-6)
     # Sampling at a grid point of the maps themselves: one cell's sum of samples, by hand.
-    grid_only = K.describe(maps, [25.0], [20.0], [0.0], cells=1, samples=1, spacing=1.0, clip=None)
+    grid_only = M.describe(maps, [25.0], [20.0], [0.0], cells=1, samples=1, spacing=1.0, clip=None)
     expected = maps[:, 20, 25] / np.linalg.norm(maps[:, 20, 25])
     np.testing.assert_allclose(grid_only[0], expected, rtol=1e-5)
     with pytest.raises(ValueError, match="2 maps"):
-        K.describe(maps, [1.0], [1.0], [0.0], steer=True)
+        M.describe(maps, [1.0], [1.0], [0.0], steer=True)
     # No points: no rows, of the same width.
-    assert K.describe(maps, [], [], []).shape == (0, K.CELLS ** 2 * 3)
-    assert K.describe(maps[:2], [], [], [], steer=True).shape == (0, K.CELLS ** 2 * K.GRADIENT_BINS)
+    assert M.describe(maps, [], [], []).shape == (0, M.CELLS ** 2 * 3)
+    assert M.describe(maps[:2], [], [], [], steer=True).shape == (0, M.CELLS ** 2 * M.GRADIENT_BINS)
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.8, 0.6])
@@ -226,12 +227,12 @@ def test_matching_equals_skimage_match_descriptors(ratio):
     rng = np.random.default_rng(5)
     db = rng.normal(size=(120, 16))
     da = np.vstack([db[rng.permutation(120)[:80]] + rng.normal(0, 0.3, (80, 16)), rng.normal(size=(40, 16))])
-    pairs, distance = K.match_descriptors(da, db, ratio=ratio)
+    pairs, distance = M.match_descriptors(da, db, ratio=ratio)
     theirs = skfeature.match_descriptors(da, db, cross_check=True, max_ratio=ratio)
     np.testing.assert_array_equal(pairs, theirs)
     np.testing.assert_allclose(distance, np.linalg.norm(da[pairs[:, 0]] - db[pairs[:, 1]], axis=1), atol=1e-9)
     with pytest.raises(ValueError, match="ratio"):
-        K.match_descriptors(da, db, ratio=0)
+        M.match_descriptors(da, db, ratio=0)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -239,7 +240,7 @@ def test_matching_equals_skimage_match_descriptors(ratio):
 
 def _corners_moved(estimate, truth, width=640, height=480):
     corners = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float64)
-    return np.linalg.norm(K.project(estimate, corners) - K.project(truth, corners), axis=1).max()
+    return np.linalg.norm(M.project(estimate, corners) - M.project(truth, corners), axis=1).max()
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -247,15 +248,15 @@ def test_ransac_recovers_a_homography_from_half_outliers(seed):
     rng = np.random.default_rng(seed)
     truth = np.array([[0.9, 0.12, 20], [-0.15, 1.1, -10], [2e-4, -3e-4, 1]])
     src = rng.random((300, 2)) * [640, 480]
-    dst = K.project(truth, src) + rng.normal(0, 0.5, src.shape)
+    dst = M.project(truth, src) + rng.normal(0, 0.5, src.shape)
     wrong = rng.permutation(300)[:150]
     dst[wrong] = rng.random((150, 2)) * [640, 480]
-    matrix, inliers = K.ransac(src, dst, seed=seed)
+    matrix, inliers = M.ransac(src, dst, seed=seed)
     assert _corners_moved(matrix, truth) < 1.0
     right = np.ones(300, bool)
     right[wrong] = False
     assert (inliers == right).mean() > 0.97
-    again, inliers_again = K.ransac(src, dst, seed=seed)
+    again, inliers_again = M.ransac(src, dst, seed=seed)
     np.testing.assert_array_equal(matrix, again)  # seeded: the same answer
     np.testing.assert_array_equal(inliers, inliers_again)
 
@@ -265,9 +266,9 @@ def test_ransac_agrees_with_opencv():
     rng = np.random.default_rng(11)
     truth = np.array([[1.05, -0.2, 30], [0.18, 0.95, 5], [-1e-4, 2e-4, 1]])
     src = rng.random((200, 2)) * [640, 480]
-    dst = K.project(truth, src) + rng.normal(0, 0.3, src.shape)
+    dst = M.project(truth, src) + rng.normal(0, 0.3, src.shape)
     dst[:100] = rng.random((100, 2)) * [640, 480]
-    ours, _ = K.ransac(src, dst, threshold=3.0)
+    ours, _ = M.ransac(src, dst, threshold=3.0)
     theirs, _ = cv2.findHomography(src, dst, cv2.RANSAC, 3.0)
     assert _corners_moved(ours, theirs) < 1.0
 
@@ -276,22 +277,22 @@ def test_affine_ransac_and_degenerate_cases():
     rng = np.random.default_rng(2)
     truth = np.array([[0.8, 0.3, 12], [-0.25, 1.2, -4], [0, 0, 1]])
     src = rng.random((100, 2)) * 300
-    dst = K.project(truth, src)
+    dst = M.project(truth, src)
     dst[:50] += rng.normal(0, 40, (50, 2))
-    matrix, inliers = K.ransac(src, dst, geometry="affine")
+    matrix, inliers = M.ransac(src, dst, geometry="affine")
     np.testing.assert_allclose(matrix, truth, atol=1e-6)
     assert inliers[50:].all()
-    assert K.ransac(src[:3], dst[:3])[0] is None  # fewer pairs than a homography needs
+    assert M.ransac(src[:3], dst[:3])[0] is None  # fewer pairs than a homography needs
     line = np.stack([np.arange(10.0), 2 * np.arange(10.0)], axis=1)
-    matrix, inliers = K.ransac(line, line)  # every sample collinear: no model, no crash
+    matrix, inliers = M.ransac(line, line)  # every sample collinear: no model, no crash
     assert matrix is None and not inliers.any()
     with pytest.raises(ValueError, match="geometry"):
-        K.ransac(src, dst, geometry="projective")
+        M.ransac(src, dst, geometry="projective")
 
 
 def test_dlt_is_exact_on_four_and_many_points():
     truth = np.array([[1.2, 0.1, -5], [0.05, 0.9, 7], [1e-3, -5e-4, 1]])
     src = np.array([[0, 0], [100, 0], [100, 80], [0, 80], [50, 40], [20, 70]], np.float64)
     for count in (4, 6):
-        np.testing.assert_allclose(K.fit_homography(src[:count], K.project(truth, src[:count])), truth,
+        np.testing.assert_allclose(M.fit_homography(src[:count], M.project(truth, src[:count])), truth,
                                    rtol=1e-7, atol=1e-9)

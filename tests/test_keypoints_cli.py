@@ -10,6 +10,7 @@ from PIL import Image
 from tinymodel import save_tiny_model
 
 from cnn_cli import keypoints as K
+from cnn_cli import matching as M
 
 skdata = pytest.importorskip("skimage.data")
 sktransform = pytest.importorskip("skimage.transform")
@@ -143,14 +144,14 @@ def test_match_recovers_the_view_change(pair, tmp_path):
     matrix = np.array(saved["homography"])
     assert matrix.shape == (3, 3)
     corners = np.array([[0, 0], [255, 0], [255, 255], [0, 255]], float)
-    assert np.linalg.norm(K.project(matrix, corners) - K.project(TRUTH, corners), axis=1).max() < 3
+    assert np.linalg.norm(M.project(matrix, corners) - M.project(TRUTH, corners), axis=1).max() < 3
     rows = _rows(folder / "matches.csv")
     assert rows[0] == ["xa", "ya", "xb", "yb", "distance", "inlier"]
     assert len(rows) - 1 == saved["matches"]
     assert sum(int(r[5]) for r in rows[1:]) == saved["inliers"]
     values = np.array([r[:4] for r in rows[1:]], float)
     inlier = np.array([r[5] == "1" for r in rows[1:]])
-    moved = np.linalg.norm(K.project(TRUTH, values[inlier, :2]) - values[inlier, 2:], axis=1)
+    moved = np.linalg.norm(M.project(TRUTH, values[inlier, :2]) - values[inlier, 2:], axis=1)
     assert np.median(moved) < 1.5
     with Image.open(folder / "matches.png") as picture:
         assert picture.size == (512, 256)
@@ -208,7 +209,7 @@ def test_max_size_keeps_coordinates_in_the_files_pixels(pair, tmp_path):
     assert matched.exit_code == 0, matched.output
     matrix = np.array(json.loads(matched.stdout)["homography"])
     corners = np.array([[0, 0], [255, 0], [255, 255], [0, 255]], float)
-    assert np.linalg.norm(K.project(matrix, corners) - K.project(TRUTH, corners), axis=1).max() < 6
+    assert np.linalg.norm(M.project(matrix, corners) - M.project(TRUTH, corners), axis=1).max() < 6
 
 
 def test_a_layer_pooled_over_the_whole_image_is_refused(pair, tmp_path):
