@@ -3,6 +3,8 @@ asymmetric and SAME pads) and the Elu, Selu and Softplus activations: each layer
 forward and backward; hand-built ONNX graphs and the U-Net of ``torch_zoo`` against ONNX Runtime.
 """
 
+import tomllib
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,7 @@ from cnn_cli.layers import Activation  # noqa: E402
 from cnn_cli.modelfile import load_model  # noqa: E402
 from cnn_cli.onnximport import ImportOptions, ImportRefused, import_onnx  # noqa: E402
 from cnn_cli.nn import Network  # noqa: E402
-from cnn_cli.pipeline import Pipeline  # noqa: E402
+from cnn_cli.pipeline import Pipeline, build_layers  # noqa: E402
 from cnn_cli.trainable import Conv2d, Flatten, Linear  # noqa: E402
 from cnn_cli.upsampling import ConvTranspose2d, Pad, Resize  # noqa: E402
 from tests import torch_zoo as zoo  # noqa: E402
@@ -434,3 +436,72 @@ def test_cli_import_of_the_unet_writes_a_model_file_that_runs_the_same(tmp_path)
     network, _, _ = load_model(tmp_path / "unet.npz")
     x = rand((2, *size), 19)
     assert_near(network.forward(x), import_onnx(path, ImportOptions()).network.forward(x), "model file")
+
+
+ARCHITECTURE = """
+[[layer]]
+type = "pad"
+pads = [1, 0, 2, 1]
+mode = "reflect"
+[[layer]]
+type = "conv"
+out_channels = 6
+kernel_size = 3
+stride = 2
+padding = [0, 1, 1, 0]
+[[layer]]
+type = "elu"
+slope = 0.5
+[[layer]]
+type = "convtranspose"
+out_channels = 4
+kernel_size = 3
+stride = 2
+padding = 1
+output_padding = 1
+[[layer]]
+type = "softplus"
+[[layer]]
+type = "resize"
+scale = [0.5, 0.5]
+mode = "linear"
+coordinates = "half_pixel"
+[[layer]]
+type = "selu"
+[[layer]]
+type = "resize"
+size = [9, 9]
+[[layer]]
+type = "flatten"
+[[layer]]
+type = "linear"
+out_features = 3
+"""
+
+
+def test_an_architecture_file_with_the_new_types_trains_as_its_torch_twin():
+    """From ``[[layer]]`` tables to a network whose forward pass, input gradient and weight
+    gradients (training mode, so every layer's saved values) equal torch's autograd."""
+    network = Network(build_layers(tomllib.loads(ARCHITECTURE)["layer"], "test"), (3, 16, 16), seed=0)
+    twin = network.torch_twin()
+    x = rand((2, 3, 16, 16), 20)
+    network.zero_grad()
+    y = network.forward(x, train=True)
+    r = rand(y.shape, 21)
+    gx = network.backward(r)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = twin(xt)
+    (yt * torch.from_numpy(r)).sum().backward()
+    assert_near(y, yt.detach().numpy(), "forward pass")
+    assert_near(gx, xt.grad.numpy(), "backward pass: input")
+    torch_grads = {name: p.grad.numpy() for name, p in twin.named_parameters()}
+    for name, _, grad in network.parameters():
+        assert_near(grad, torch_grads[name], f"backward pass: {name}")
+
+
+def test_receptive_fields_through_upsampling_are_upper_bounds():
+    """A 3x3 stride-2 transposed conv reads at most 2 neighbouring pixels; a reduction by 2 steps 2."""
+    assert ConvTranspose2d(4, 3, stride=2).window() == ((2, 1), (2, 1))
+    assert ConvTranspose2d(4, 2, stride=2).window() == ((1, 1), (1, 1))
+    assert Resize(scale=2.0).window() == ((1, 1), (1, 1))
+    assert Resize(scale=0.5, mode="linear").window() == ((2, 2), (2, 2))
