@@ -63,3 +63,7 @@ POOLINGS = ("gap", "gmp", "gem", "stats")
 IMPORT_ARCHITECTURES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
                         "alexnet": "alexnet_imagenet", "vgg11": "vgg11", "vgg16": "vgg16",
                         "squeezenet1_1": "squeezenet1_1", "mobilenet_v2": "mobilenet_v2"}
+
+#: ``cnn import --color``: the channels an imported network expects. A BGR network
+#: (Caffe's, OpenCV's) is made to take RGB at import, so models only ever hold gray or rgb.
+IMPORT_COLORS = ("gray", "rgb", "bgr")

@@ -45,7 +45,7 @@ class ImportOptions:
     """``cnn import``'s options; None means "from the file, else the default"."""
 
     size: tuple = None          # (H, W)
-    color: str = None           # "rgb" or "gray"
+    color: str = None           # "rgb", "bgr" or "gray"
     mean: list = None
     std: list = None
     scale: float = None         # 1 or 255: the pixel range the network expects
@@ -188,9 +188,12 @@ def preprocessing_of(graph, options, assumed):
         return {"image_size": int(h), "color": color, "channels": channels,
                 "mean": [0.0] * channels, "std": [1.0] * channels, "scale": "normalised inside the graph"}
     color = options.color or ("rgb" if channels == 3 else "gray")
-    if (color == "rgb") != (channels == 3) or channels not in (1, 3):
+    if (color in ("rgb", "bgr")) != (channels == 3) or channels not in (1, 3):
         raise ImportRefused(f"{graph.path}: the input has {channels} channels, which --color {color} does not give")
     mean, std = options.mean, options.std
+    if color == "bgr":  # given in the network's B, G, R order; the model takes R, G, B (see _rgb_first)
+        mean, std = (None if v is None else list(v)[::-1] for v in (mean, std))
+        color = "rgb"
     if channels == 3 and mean is None and std is None and options.scale is None:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         assumed.append(f"ImageNet normalisation (mean {mean}, std {std}) of RGB pixels in [0, 1]")
@@ -205,6 +208,25 @@ def preprocessing_of(graph, options, assumed):
     return {"image_size": int(h), "color": color, "channels": channels,
             "mean": [m / scale for m in mean], "std": [s / scale for s in std],
             "scale": f"pixels in [0, {scale:g}]"}
+
+
+def _rgb_first(tables, weights, path):
+    """A network that takes B, G, R made to take R, G, B: the input channels of every layer
+    that reads the image are reversed (a convolution's weights, a per-channel affine map), so
+    images are read as for any RGB model and nothing is swapped at run time."""
+    for table in tables:
+        if "input" not in table["inputs"]:
+            continue
+        name, kind = table["name"], table["type"]
+        if kind == "conv" and table.get("groups", 1) == 1:
+            weights[f"{name}.weight"] = np.ascontiguousarray(weights[f"{name}.weight"][:, ::-1])
+        elif kind == "affine" and table["shape"][0] == 3 and len(table["shape"]) == 3:
+            for param in ("weight", "bias"):
+                weights[f"{name}.{param}"] = np.ascontiguousarray(weights[f"{name}.{param}"][::-1])
+        else:
+            raise ImportRefused(f"{path}: --color bgr reverses the channels where the image goes in, but node "
+                                f"'{name}' ({kind}) reads it; cnn can do that for convolutions and "
+                                "per-channel scales only")
 
 
 def _recorded(graph, key, kind):
@@ -243,6 +265,10 @@ def import_onnx(path, options=None):
         tables.pop()
         assumed.append("the final Softmax is left to cnn predict, which applies it to the logits")
     pre = preprocessing_of(graph, options, assumed)
+    if options.color == "bgr":
+        _rgb_first(tables, weights, path)
+        assumed.append("the network takes B, G, R: its first layers' input channels were reversed, so it "
+                       "takes R, G, B as every cnn model does")
     try:
         layers = build_layers(tables, str(path))
         network = Network(layers, (pre["channels"], pre["image_size"], pre["image_size"]), seed=None)

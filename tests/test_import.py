@@ -190,3 +190,17 @@ def test_unsupported_nodes_are_all_named_before_anything_is_written(tmp_path):
     result = cnn("import", path, "-o", tmp_path / "m.npz")
     assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_bgr_network_is_made_to_take_rgb(tmp_path):
+    """--color bgr reverses the first convolution's input channels (and the mean and std given
+    in B, G, R order), so the model reads images as every cnn model does."""
+    path, size = exported(tmp_path, "resnet18", "legacy", 17)
+    bgr = import_onnx(path, ImportOptions(color="bgr", mean=[0.3, 0.4, 0.5], std=[0.2, 0.25, 0.3]))
+    assert bgr.meta.preprocessing.color == "rgb"
+    assert bgr.meta.preprocessing.mean == [0.5, 0.4, 0.3] and bgr.meta.preprocessing.std == [0.3, 0.25, 0.2]
+    assert any("B, G, R" in note for note in bgr.assumed)
+    sess = session(path)
+    x = np.random.default_rng(6).standard_normal((1, *size)).astype(np.float32)  # normalised R, G, B
+    ref = sess.run(None, {"input": x[:, ::-1].copy()})[0]  # the file's network sees B, G, R
+    assert close(bgr.network.forward(x), ref)

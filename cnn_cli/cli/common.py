@@ -113,6 +113,7 @@ def _choice(name, values):
 
 
 Color = _choice("Color", choices.COLORS)
+ImportColor = _choice("ImportColor", choices.IMPORT_COLORS)
 Normalize = _choice("Normalize", choices.NORMALIZATIONS)
 NormalizePer = _choice("NormalizePer", choices.NORMALIZE_PER)
 RawDtype = _choice("RawDtype", choices.DTYPES)

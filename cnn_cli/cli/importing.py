@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..choices import IMPORT_ARCHITECTURES as ARCHITECTURES
-from .common import EXIT_USAGE, Color, app, echo, echo_json, fail, stoppable
+from .common import EXIT_USAGE, ImportColor, app, echo, echo_json, fail, stoppable
 
 #: The longest --classes file read: a name a line, for up to a few hundred thousand classes.
 MAX_CLASSES_BYTES = 16 * 2**20
@@ -58,7 +58,7 @@ def import_(
                                                      f"{', '.join(ARCHITECTURES)}. "
                                                      "Example: --arch resnet18.", show_default=False)] = None,
     size: Annotated[Optional[str], typer.Option(help="Input size H,W (or one size) where the file leaves it open [default: the file's; 224 for --arch].")] = None,
-    color: Annotated[Optional[Color], typer.Option(help="Channels the network expects: rgb or gray [default: rgb for 3 channels].")] = None,
+    color: Annotated[Optional[ImportColor], typer.Option(help="Channels the network expects: rgb, bgr (Caffe, OpenCV) or gray [default: rgb for 3 channels].")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean R,G,B subtracted after scaling [default: ImageNet's 0.485,0.456,0.406 for RGB].")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std R,G,B divided by [default: ImageNet's 0.229,0.224,0.225 for RGB].")] = None,
     scale: Annotated[Optional[float], typer.Option(help="Pixel range the network expects: 1 for [0, 1] or 255 for [0, 255] [default: 1].")] = None,
