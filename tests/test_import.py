@@ -18,8 +18,7 @@ from tests import torch_zoo as zoo  # noqa: E402
 
 #: Exporters and opsets every tiny model is imported from.
 EXPORTS = [("legacy", 13), ("legacy", 17), ("dynamo", 18)]
-#: The U-Net needs ConvTranspose and Resize (not imported yet: see the README's operator table).
-MODELS = sorted(name for name in zoo.tiny_models() if name != "small_unet")
+MODELS = sorted(zoo.tiny_models())
 
 
 def exported(tmp_path, name, exporter, opset, seed=0):
