@@ -244,6 +244,13 @@ SAFETENSORS_MAX_BYTES = 2 * 2**30
 #: writes them and the product that reads them.
 GEMM_TILE_BYTES = 512 * 2**10
 
+#: ... but a tile has at least this many output pixels (whole rows): on deep
+#: layers the bytes above would make thin tiles, and products over fewer
+#: pixels run slower (512x4608 @ 4608x49 at 62 GFLOP/s against 76 at 256 and
+#: more). Measured here, 512 -> 512 channels at 28x28 took 203 ms on tiles
+#: of 2 rows (60 pixels) against 135 ms for whole-image products.
+GEMM_TILE_MIN_PIXELS = 256
+
 #: Filters are split into blocks, each its own task, until the batch's tiles
 #: and blocks make this many tasks a thread (a batch of one 7x7 map is one
 #: tile), but never into blocks under GEMM_MIN_BLOCK_FILTERS filters: a block
@@ -266,3 +273,13 @@ POINTWISE_MIN_OUT_CHANNELS = 16
 #: direct loops, 3 -> 16 at 64x64 0.09 ms against 0.39 ms, and 8 -> 16 with a
 #: 5x5 kernel 0.45 ms against 2.24 ms.
 STRIDED_GEMM_MIN_OUT_CHANNELS = 16
+
+#: At stride 1, gemm copies one kernel row's columns per tile and runs a
+#: product per kernel row (as paths.rows does per image) on maps at least this
+#: wide; on narrower maps the padded columns it computes and drops cost more
+#: than the copies of full columns it saves. Measured here at 2 threads
+#: (interleaved, load average 5-7, so within about 20%): full columns won at
+#: 7x7 (16 ms against 36 ms for 512 -> 512), 14x14 and 28x28 (1 x 512 -> 512:
+#: 159 ms against 175 ms); row columns at 55x55 and wider (1 x 64 -> 64 at
+#: 56x56: 10.3 ms against 13.4 ms; 8 x 16 -> 64 at 55x55: 16.2 against 20.4).
+GEMM_ROW_COLUMNS_MIN_WIDTH = 32

@@ -318,8 +318,11 @@ def test_weight_gradient_with_non_finite_input_matches_naive(algorithm, w_shape,
 
 # The paths "auto" takes on deep networks' layers, run directly on every case
 # they accept: their shapes in the tests above are too small for "auto".
+@pytest.mark.parametrize("row_columns_from", [1, 10**9], ids=["row-columns", "full-columns"])
 @pytest.mark.parametrize("name", CASES)
-def test_gemm_path(name):
+def test_gemm_path(name, row_columns_from, monkeypatch):
+    monkeypatch.setattr(config, "GEMM_ROW_COLUMNS_MIN_WIDTH", row_columns_from)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)  # threads, and filters split into blocks
     x, w, b, kwargs, y, _, _ = _case(name)
     spec = F.ConvSpec(x.shape, w.shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
                       kwargs.get("dilation", 1), kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"), "auto")

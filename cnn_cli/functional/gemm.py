@@ -27,13 +27,11 @@ from . import threads
 
 def gemm(x, w, bias, spec):
     """Tiled im2col + BLAS at any stride, dilation and groups; 1x1 at stride 1 without columns."""
-    xp = spec.pad(x)
-    y = np.empty(spec.y_shape, np.float32)
-    n = x.shape[0]
-    c_out, cin_g, kh, kw = w.shape
-    groups = spec.groups
+    if spec.stride == (1, 1) and spec.w_shape[2] > 1 and spec.out_hw[1] >= config.GEMM_ROW_COLUMNS_MIN_WIDTH:
+        return _row_columns(x, w, bias, spec)
+    xp, y = spec.pad(x), np.empty(spec.y_shape, np.float32)
+    (n, c_out, ho, wo), (cin_g, kh, kw), groups = y.shape, w.shape[1:], spec.groups
     cout_g = c_out // groups
-    ho, wo = spec.out_hw
     depth = cin_g * kh * kw
     pointwise = kh == kw == 1 and spec.stride == (1, 1)  # then H_out, W_out = H_p, W_p
     wmat = w.reshape(c_out, depth)
@@ -46,9 +44,7 @@ def gemm(x, w, bias, spec):
         made = None  # the (image, group, tile) whose columns are in buffer
         task = next_task()
         while task is not None:
-            rest, blk = divmod(task, blocks)
-            rest, tile = divmod(rest, tiles)
-            b, g = divmod(rest, groups)
+            b, g, tile, c0, c1 = _task(task, groups, tiles, blocks, cout_g, block)
             oh0 = tile * tile_rows
             p0, p1 = oh0 * wo, min(ho, oh0 + tile_rows) * wo
             if pointwise:
@@ -59,8 +55,6 @@ def gemm(x, w, bias, spec):
                     conv_kernels.im2col_tile(xp, b, g * cin_g, kh, kw, *spec.stride, *spec.dilation, oh0, wo,
                                              cols, 0, depth)
                     made = (b, g, tile)
-            c0 = g * cout_g + blk * block
-            c1 = min((g + 1) * cout_g, c0 + block)
             out = y_flat[b, c0:c1, p0:p1]
             threads.matmul(wmat[c0:c1], cols, out)
             if bias is not None:
@@ -71,10 +65,71 @@ def gemm(x, w, bias, spec):
     return y
 
 
+def _row_columns(x, w, bias, spec):
+    """``gemm`` at stride 1 on wide maps: one product per kernel row, on a tile's row columns.
+
+    As ``paths.rows`` does for a whole image, a tile's outputs are computed
+    in the W_p-wide layout, where kernel row i reads one shared set of
+    columns (C_in/groups * kW rows) shifted by i*dh*W_p: a third of the
+    copying of full columns for a 3x3 kernel. The garbage columns past W_out
+    are dropped as the tile is stored, with the bias added.
+    """
+    xp, y = spec.pad(x), np.empty(spec.y_shape, np.float32)
+    (n, c_out, ho, wo), (cin_g, kh, kw), groups = y.shape, w.shape[1:], spec.groups
+    cout_g = c_out // groups
+    wp = xp.shape[3]
+    dh, dw = spec.dilation
+    depth = cin_g * kw
+    reach = (kh - 1) * dh * wp
+    w_rows = [np.ascontiguousarray(w[:, :, i].reshape(c_out, depth)) for i in range(kh)]
+    parallel = n * c_out * ho * wo * depth * kh >= config.PARALLEL_MIN_WORK
+    tile_rows, tiles, blocks, block = _plan(n, groups, cout_g, ho, wp, depth, parallel)
+
+    def worker(next_task):
+        buffer = np.empty(depth * (tile_rows * wp + reach), np.float32)
+        wide = np.empty(block * tile_rows * wp, np.float32)
+        part = np.empty_like(wide)
+        made = None
+        task = next_task()
+        while task is not None:
+            b, g, tile, c0, c1 = _task(task, groups, tiles, blocks, cout_g, block)
+            oh0 = tile * tile_rows
+            rows = min(ho, oh0 + tile_rows) - oh0
+            length = rows * wp
+            cols = buffer[:depth * (length + reach)].reshape(depth, length + reach)
+            if made != (b, g, tile):
+                conv_kernels.im2col_rows_tile(xp, b, g * cin_g, kw, dw, oh0 * wp, cols, 0, depth)
+                made = (b, g, tile)
+            out = wide[:(c1 - c0) * length].reshape(c1 - c0, length)
+            tmp = part[:(c1 - c0) * length].reshape(c1 - c0, length)
+            threads.matmul(w_rows[0][c0:c1], cols[:, :length], out)
+            for i in range(1, kh):
+                threads.matmul(w_rows[i][c0:c1], cols[:, i * dh * wp:i * dh * wp + length], tmp)
+                out += tmp
+            dst = y[b, c0:c1, oh0:oh0 + rows]
+            dst[...] = out.reshape(c1 - c0, rows, wp)[:, :, :wo]
+            if bias is not None:
+                dst += bias[c0:c1, None, None]
+            task = next_task()
+
+    threads.share(worker, n * groups * tiles * blocks, None if parallel else 1)
+    return y
+
+
+def _task(task, groups, tiles, blocks, cout_g, block):
+    """Task number -> (image, group, tile, first filter, end filter) of the tasks ``_plan`` made."""
+    rest, blk = divmod(task, blocks)
+    rest, tile = divmod(rest, tiles)
+    b, g = divmod(rest, groups)
+    c0 = g * cout_g + blk * block
+    return b, g, tile, c0, min((g + 1) * cout_g, c0 + block)
+
+
 def _plan(n, groups, cout_g, ho, wo, depth, parallel):
     """(rows a tile, tiles an image, filter blocks a group, filters a block) for ``gemm``;
     filters are split only for a ``parallel`` call."""
-    tile_rows = int(max(1, min(ho, config.GEMM_TILE_BYTES // (4 * depth * wo))))
+    fit = config.GEMM_TILE_BYTES // (4 * depth * wo)
+    tile_rows = int(max(1, min(ho, max(fit, -(-config.GEMM_TILE_MIN_PIXELS // wo)))))
     tiles = -(-ho // tile_rows)
     blocks = 1
     while parallel and n * groups * tiles * blocks < config.GEMM_MIN_TASKS_PER_THREAD * config.THREADS \

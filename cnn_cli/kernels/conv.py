@@ -379,3 +379,21 @@ def im2col_tile(xp, n, c0, kh, kw, sh, sw, dh, dw, oh0, wo, col, first, last):
             else:
                 for ow in range(wo):
                     dst[ow] = xrow[off + ow * sw]
+
+
+@kernel
+def im2col_rows_tile(xp, n, c0, kw, dw, start, col, first, last):
+    """``im2col_rows`` for a tile: col[ci*kW + j, k] = plane[start + k + j*dw], zero past the plane's end.
+
+    ``plane`` is xp[n, c0+ci] flattened; the tile's outputs start at pixel
+    ``start`` of the W_p-wide layout, and kernel row i reads these columns
+    shifted by i*dh*W_p. Task t fills row t.
+    """
+    length = col.shape[1]
+    hp, wp = xp.shape[2], xp.shape[3]
+    for r in range(first, last):
+        plane = xp[n, c0 + r // kw].reshape(hp * wp)
+        off = start + (r % kw) * dw
+        span = max(0, min(length, hp * wp - off))
+        col[r, :span] = plane[off:off + span]
+        col[r, span:] = 0.0

@@ -176,28 +176,33 @@ def max_pool_values(x, kh, kw, sh, sw, ph, pw, y, first, last):
     """``max_pool_forward`` without the argmax, for inference: y[n,c,oh,ow] = max over the window; NaN wins.
 
     Without an index to keep, the maximum is a select between values, which
-    LLVM vectorises along an output row: each window offset (i, j) updates
-    every output of the row whose window has that pixel inside the input
-    (``_row_span``), as average pooling does. Equal values are equal, so the
-    order of the visits changes nothing; a NaN, once in, stays.
+    LLVM vectorises, and it is separable: each output row takes the maximum
+    of its window's input rows down the columns (contiguous passes), then
+    along that row across each window's columns (``_row_span`` keeps to
+    columns inside the input, as average pooling does). The maximum under
+    torch's rule is the same in any order: equal values are equal, and a
+    NaN, once in, stays.
     """
     ch, h, w = x.shape[1], x.shape[2], x.shape[3]
     ho, wo = y.shape[2], y.shape[3]
+    column = np.empty(w, np.float32)
     acc = np.empty(wo, np.float32)
     for plane in range(first, last):
         n = plane // ch
         c = plane % ch
         for oh in range(ho):
-            acc[:] = -np.inf
-            for i in range(kh):
-                ih = oh * sh - ph + i
-                if ih < 0 or ih >= h:
-                    continue
+            i_lo, i_hi = max(oh * sh - ph, 0), min(oh * sh - ph + kh, h)
+            column[:] = x[n, c, i_lo]
+            for ih in range(i_lo + 1, i_hi):
                 row = x[n, c, ih]
-                for j in range(kw):
-                    lo, hi = _row_span(wo, w, sw, pw, j)
-                    off = j - pw
-                    for ow in range(lo, hi):
-                        v = row[ow * sw + off]
-                        acc[ow] = v if _beats(v, acc[ow]) else acc[ow]
+                for k in range(w):
+                    v = row[k]
+                    column[k] = v if _beats(v, column[k]) else column[k]
+            acc[:] = -np.inf
+            for j in range(kw):
+                lo, hi = _row_span(wo, w, sw, pw, j)
+                off = j - pw
+                for ow in range(lo, hi):
+                    v = column[ow * sw + off]
+                    acc[ow] = v if _beats(v, acc[ow]) else acc[ow]
             y[n, c, oh, :] = acc
