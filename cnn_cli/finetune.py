@@ -228,10 +228,11 @@ class FromModel:
         notes = [f"fine-tuned: {plan.how}; new head {', '.join(head)}",
                  f"frozen: {_frozen_words(cfg.freeze)}"
                  + (f"; the rest before the head at {cfg.backbone_lr_mult:g} x lr" if cfg.freeze != "all" else "")]
-        if src.get("sha256"):
+        if src.get("sha256") and src["sha256"] != self.digest:  # an .onnx file is its own source
             notes.append(f"{Path(cfg.from_model).name} came from {src.get('format')} file {src.get('file')} "
                          f"(SHA-256 {src['sha256']})")
-        return {"format": "cnn model", "file": Path(cfg.from_model).name, "sha256": self.digest,
+        kind = "onnx" if str(cfg.from_model).lower().endswith(".onnx") else "cnn model"
+        return {"format": kind, "file": Path(cfg.from_model).name, "sha256": self.digest,
                 "fine_tuned": True, "cut": self.source.names[plan.cut], "head": head, "frozen": cfg.freeze,
                 "probe": cfg.probe, "assumed": notes}
 
