@@ -372,13 +372,16 @@ def im2col_tile(xp, n, c0, kh, kw, sh, sw, dh, dw, oh0, wo, col, first, last):
         ci, i, j = r // (kh * kw), (r // kw) % kh, r % kw
         off = j * dw
         for t in range(rows):
-            xrow = xp[n, c0 + ci, (oh0 + t) * sh + i * dh]
+            src = xp[n, c0 + ci, (oh0 + t) * sh + i * dh, off:]  # read at ow*sw >= 0: no negative-index checks
             dst = col[r, t * wo:(t + 1) * wo]
             if sw == 1:
-                dst[:] = xrow[off:off + wo]
+                dst[:] = src[:wo]
+            elif sw == 2:  # a literal stride, which LLVM vectorises
+                for ow in range(wo):
+                    dst[ow] = src[2 * ow]
             else:
                 for ow in range(wo):
-                    dst[ow] = xrow[off + ow * sw]
+                    dst[ow] = src[ow * sw]
 
 
 @kernel
