@@ -226,3 +226,26 @@ def test_a_torch_twin_of_the_same_fine_tune_ends_within_a_point(source, tmp_path
     fit(prep, tmp_path / "ft.npz")
     ours = prep.result.final_val_accuracy
     assert abs(ours - twin) <= 0.01, (ours, twin)
+
+
+def test_rnet_with_real_weights_fine_tuned_beats_it_from_scratch(tmp_path):
+    """MTCNN's R-Net (facenet-pytorch's weights, imported) on lfw_subset, 10 faces and 10 non-faces
+    to train on: its probe against the same network from random weights (bench/finetune.py, seed 0)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from finetune import lfw_split, rnet_model, run
+
+    try:
+        model = rnet_model(tmp_path)
+    except FileNotFoundError as exc:  # facenet-pytorch's weights are not installed
+        pytest.skip(str(exc))
+    lfw_split(tmp_path / "lfw", seed=0)
+    common = dict(epochs=20, batch_size=8, from_model=str(model), seed=0)
+    probe, _, _ = run(tmp_path / "lfw", {**common, "probe": True, "freeze": "all"}, tmp_path / "probe.npz")
+    scratch, _, _ = run(tmp_path / "lfw", {**common, "freeze": "none", "backbone_lr_mult": 1.0},
+                        tmp_path / "scratch.npz", scratch_seed=[0, 99])
+    assert probe >= 0.99 and probe > scratch + 0.02, (probe, scratch)

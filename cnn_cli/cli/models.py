@@ -75,7 +75,7 @@ def train(
     head: Annotated[Optional[str], typer.Option(help="With --from: the node to cut after (a name or index, as cnn info lists them); global average pooling and a linear layer follow [default: before the model's classifier].")] = None,
     freeze: Annotated[Optional[str], typer.Option(help="With --from: keep the weights fixed up to and including this node, or 'all' (everything but the head) or 'none'; frozen batch norms keep their running statistics [default: none].")] = None,
     backbone_lr_mult: Annotated[Optional[float], typer.Option(callback=_non_negative_or_none, help="With --from: the learning rate of the unfrozen layers before the head, as a multiple of --lr [default: 0.1].")] = None,
-    probe: Annotated[bool, typer.Option("--probe", help="With --from: train the head alone, on features computed once per image (no augmentation); as --freeze all, in seconds rather than minutes. It pays when the network is large next to the head, and the data set small.")] = False,
+    probe: Annotated[bool, typer.Option("--probe", help="With --from: train the head alone, on features computed once per image (no augmentation); the same head as --freeze all, in seconds rather than minutes, since each epoch costs the head alone. It pays whenever a frozen network is enough: a small data set, or a first look before fine-tuning.")] = False,
     find_lr: Annotated[bool, typer.Option("--find-lr", help="Only run the learning-rate range test: plot the loss against the rate in MODEL.lr.png and print a suggested --lr. Trains and saves no model.")] = False,
     max_pixels: MaxPixels = 100_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing model file.")] = False,
