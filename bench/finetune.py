@@ -48,9 +48,9 @@ RECIPES = (("probe", dict(probe=True, freeze="all")),
            ("all", dict(freeze="none")))
 
 
-def torch_twin_accuracy(prep):
+def torch_twin(prep):
     """Train a torch twin of ``prep``'s fine-tune (before ``fit`` runs it) on cnn's shuffles, without
-    augmentation, and return its validation accuracy.
+    augmentation; return its validation accuracy and its final state dict (numpy arrays).
 
     The twin starts from ``prep.network``'s weights; the nodes ``prep.trainer``
     does not train are frozen as ours are (eval mode, no gradients), and each
@@ -103,8 +103,9 @@ def torch_twin_accuracy(prep):
             opt.step()
     model.eval()
     with torch.no_grad():
-        return float((model(torch.from_numpy(prep.x_val)).argmax(1) == torch.from_numpy(prep.y_val))
-                     .float().mean())
+        accuracy = float((model(torch.from_numpy(prep.x_val)).argmax(1) == torch.from_numpy(prep.y_val))
+                         .float().mean())
+    return accuracy, {k: v.numpy() for k, v in model.state_dict().items()}
 
 
 def run(dataset, settings, out, twin=False, scratch_seed=None):
@@ -120,7 +121,7 @@ def run(dataset, settings, out, twin=False, scratch_seed=None):
     if scratch_seed is not None:
         prep.network.load_state_dict(build_network(prep.meta, seed=scratch_seed).state_dict())
         prep.optimizer.lr_mults = {}
-    theirs = torch_twin_accuracy(prep) if twin else None
+    theirs = torch_twin(prep)[0] if twin else None
     t0 = time.perf_counter()
     fit(prep, out)
     return prep.result.final_val_accuracy, theirs, time.perf_counter() - t0

@@ -212,20 +212,44 @@ def test_fine_tuning_options_that_do_not_fit_are_usage_errors(source, tmp_path, 
 def test_a_torch_twin_of_the_same_fine_tune_ends_within_a_point(source, tmp_path):
     """Same initial weights, frozen set, optimizer with its parameter groups, learning rates and
     batches (cnn's shuffles): the torch twin's accuracy is within 1 point of ours."""
+    root, model = source
+    torch_twin = _bench_twin()
+    prep = prepare(root / "two", TrainConfig(epochs=3, from_model=str(model), seed=3, freeze="3",
+                                             backbone_lr_mult=0.5, batch_size=4))
+    twin, _ = torch_twin(prep)
+    fit(prep, tmp_path / "ft.npz")
+    ours = prep.result.final_val_accuracy
+    assert abs(ours - twin) <= 0.01, (ours, twin)
+
+
+def test_a_torch_twin_with_frozen_and_trained_batch_norms_ends_at_our_weights(tmp_path):
+    """The frozen batch norm runs in eval mode on both sides and the trained one on batch
+    statistics: after the same batches every weight and running statistic agrees."""
+    torch_twin = _bench_twin()
+    write_patterns(tmp_path / "three", per_class=8, size=12)
+    write_patterns(tmp_path / "two", per_class=6, size=12, classes=("blob", "vertical"), seed=9)
+    arch = tmp_path / "bn.toml"
+    arch.write_text(BN_ARCH)
+    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), tmp_path / "bn.npz")
+    prep = prepare(tmp_path / "two", TrainConfig(epochs=2, from_model=str(tmp_path / "bn.npz"), freeze="2",
+                                                 batch_size=4, optimizer="sgd", lr=0.02))
+    _, theirs = torch_twin(prep)
+    fit(prep, tmp_path / "ft.npz")
+    for name, ours in prep.network.state_dict().items():
+        scale = max(float(np.abs(theirs[name]).max()), 1e-3)
+        assert np.abs(ours - theirs[name]).max() <= 1e-4 * scale, name
+
+
+def _bench_twin():
+    """bench/finetune.py's ``torch_twin`` (skips without torch)."""
     pytest.importorskip("torch")
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from finetune import torch_twin_accuracy
+    from finetune import torch_twin
 
-    root, model = source
-    prep = prepare(root / "two", TrainConfig(epochs=3, from_model=str(model), seed=3, freeze="3",
-                                             backbone_lr_mult=0.5, batch_size=4))
-    twin = torch_twin_accuracy(prep)
-    fit(prep, tmp_path / "ft.npz")
-    ours = prep.result.final_val_accuracy
-    assert abs(ours - twin) <= 0.01, (ours, twin)
+    return torch_twin
 
 
 def test_rnet_with_real_weights_fine_tuned_beats_it_from_scratch(tmp_path):
