@@ -152,13 +152,18 @@ def _table(tables, i):
     return {k: v for k, v in tables[i].items() if k not in ("name", "inputs")}
 
 
-def cut_tables(network, tables, plan):
-    """The new architecture's tables: the kept source nodes (graph form, by name), then the head."""
+def cut_tables(network, tables, plan, classes):
+    """The new architecture's tables: the kept source nodes (graph form, by name), then the head.
+
+    A kept table's ``"classes"`` becomes the source's count of ``classes``, which
+    its weights were made for (a cut after the old classifier keeps it).
+    """
     names = network.names
     out = []
     for i in plan.kept:
         reads = ["input" if j == INPUT else names[j] for j in network.inputs[i]]
-        out.append({**_table(tables, i), "name": names[i], "inputs": reads})
+        table = {k: classes if v == "classes" else v for k, v in _table(tables, i).items()}
+        out.append({**table, "name": names[i], "inputs": reads})
     return out + plan.head
 
 
@@ -191,7 +196,8 @@ class FromModel:
         if config.probe and config.freeze != "all":
             raise FineTuneError(f"--probe trains the head alone; it cannot go with --freeze {config.freeze}")
         self.config = run_settings(config, "the settings")
-        self.tables = cut_tables(self.source, self.source_meta.architecture.layers, self.plan)
+        self.tables = cut_tables(self.source, self.source_meta.architecture.layers, self.plan,
+                                 len(self.source_meta.classes))
         self.digest = digest
         # Refuse a --freeze node the new network lacks now, before any image is read.
         frozen_through(self.config.freeze, [self.source.names[i] for i in self.plan.kept],

@@ -36,6 +36,11 @@ BN_ARCH = architecture(conv(6), {"type": "batchnorm"}, {"type": "relu"}, conv(8)
 NO_CLASSIFIER_ARCH = architecture(conv("classes", padding=0), {"type": "globalavgpool"}, {"type": "flatten"})
 
 
+#: A SqueezeNet-style classifier: a 1x1 convolution to the classes, then global pooling.
+CONV_CLASSIFIER_ARCH = architecture(conv(6), {"type": "relu"}, conv("classes", kernel_size=1, padding=0),
+                                    {"type": "relu"}, {"type": "globalavgpool"}, {"type": "flatten"})
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A lenet trained briefly on three pattern classes, and a two-class data set to fine-tune on."""
@@ -123,6 +128,30 @@ def test_a_global_pooling_head_follows_a_cut_that_leaves_maps(source, tmp_path):
     assert [layer.kind for layer in net.layers[3:]] == ["globalavgpool", "flatten", "linear"]
     assert prep.x_train.shape[1] == net.shapes[2][0]  # one mean per channel of node 2
     assert meta.source["cut"] == "2"
+
+
+def test_a_1x1_conv_classifier_is_replaced_by_a_new_one_and_the_probe_trains_it_on_maps(tmp_path):
+    write_patterns(tmp_path / "three", per_class=8, size=12)
+    write_patterns(tmp_path / "two", per_class=6, size=12, classes=("blob", "vertical"), seed=9)
+    arch = tmp_path / "squeeze.toml"
+    arch.write_text(CONV_CLASSIFIER_ARCH)
+    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), tmp_path / "sq.npz")
+    full = fine_tune(tmp_path, tmp_path / "sq.npz", tmp_path / "full.npz", freeze="all")
+    probe = fine_tune(tmp_path, tmp_path / "sq.npz", tmp_path / "probe.npz", probe=True, freeze="all")
+    net = load_model(tmp_path / "probe.npz")[0]
+    assert net.names[2:] == ["head.conv", "head.relu", "head.globalavgpool", "head.flatten"]
+    assert net.shapes[2] == (2, 12, 12) and net.shapes[-1] == (2,)
+    assert probe.x_train.shape[1:] == (6, 12, 12)  # the maps the new 1x1 conv reads, not pooled
+    a, b = full.network.state_dict(), probe.network.state_dict()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_a_cut_after_the_old_classifier_keeps_it_with_its_own_classes(source, tmp_path):
+    root, model = source
+    fine_tune(root, model, tmp_path / "ft.npz", head="9", freeze="all")
+    net = load_model(tmp_path / "ft.npz")[0]
+    assert net.shapes[9] == (3,) and net.shapes[-1] == (2,)
 
 
 def test_an_interrupted_fine_tune_resumes_to_the_weights_of_an_uninterrupted_one(source, tmp_path):
