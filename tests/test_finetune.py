@@ -61,6 +61,18 @@ def fine_tune(root, model, out, **settings):
     return prep
 
 
+def small_source(tmp_path, arch_text, name, per_class=8):
+    """A model of the architecture ``arch_text`` trained for an epoch on three 12x12 pattern classes
+    (``tmp_path/three``), and a two-class set to fine-tune on (``tmp_path/two``); returns its path."""
+    write_patterns(tmp_path / "three", per_class=per_class, size=12)
+    write_patterns(tmp_path / "two", per_class=6, size=12, classes=("blob", "vertical"), seed=9)
+    arch = tmp_path / f"{name}.toml"
+    arch.write_text(arch_text)
+    model = tmp_path / f"{name}.npz"
+    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), model)
+    return model
+
+
 def test_frozen_weights_stay_bit_identical_and_the_rest_learn(source, tmp_path):
     root, model = source
     before = load_model(model)[0].state_dict()
@@ -89,11 +101,7 @@ def test_the_head_has_the_datasets_classes_and_the_source_preprocessing(source, 
 
 
 def test_frozen_batch_norm_statistics_do_not_move(tmp_path):
-    write_patterns(tmp_path / "three", per_class=8, size=12)
-    write_patterns(tmp_path / "two", per_class=6, size=12, classes=("blob", "vertical"), seed=9)
-    arch = tmp_path / "bn.toml"
-    arch.write_text(BN_ARCH)
-    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), tmp_path / "bn.npz")
+    small_source(tmp_path, BN_ARCH, "bn")
     before = load_model(tmp_path / "bn.npz")[0].state_dict()
     fine_tune(tmp_path, tmp_path / "bn.npz", tmp_path / "ft.npz", freeze="2")
     after = load_model(tmp_path / "ft.npz")[0].state_dict()
@@ -131,11 +139,7 @@ def test_a_global_pooling_head_follows_a_cut_that_leaves_maps(source, tmp_path):
 
 
 def test_a_1x1_conv_classifier_is_replaced_by_a_new_one_and_the_probe_trains_it_on_maps(tmp_path):
-    write_patterns(tmp_path / "three", per_class=8, size=12)
-    write_patterns(tmp_path / "two", per_class=6, size=12, classes=("blob", "vertical"), seed=9)
-    arch = tmp_path / "squeeze.toml"
-    arch.write_text(CONV_CLASSIFIER_ARCH)
-    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), tmp_path / "sq.npz")
+    small_source(tmp_path, CONV_CLASSIFIER_ARCH, "sq")
     full = fine_tune(tmp_path, tmp_path / "sq.npz", tmp_path / "full.npz", freeze="all")
     probe = fine_tune(tmp_path, tmp_path / "sq.npz", tmp_path / "probe.npz", probe=True, freeze="all")
     net = load_model(tmp_path / "probe.npz")[0]
@@ -210,10 +214,7 @@ def test_a_cut_node_that_does_not_exist_is_a_usage_error_naming_the_nodes(source
 
 
 def test_a_model_without_a_classifier_needs_head(tmp_path):
-    write_patterns(tmp_path / "three", per_class=6, size=12)
-    arch = tmp_path / "plain.toml"
-    arch.write_text(NO_CLASSIFIER_ARCH)
-    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), tmp_path / "plain.npz")
+    small_source(tmp_path, NO_CLASSIFIER_ARCH, "plain", per_class=6)
     result = cnn("train", tmp_path / "three", "-o", tmp_path / "ft.npz", "--from", tmp_path / "plain.npz")
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
@@ -255,11 +256,7 @@ def test_a_torch_twin_with_frozen_and_trained_batch_norms_ends_at_our_weights(tm
     """The frozen batch norm runs in eval mode on both sides and the trained one on batch
     statistics: after the same batches every weight and running statistic agrees."""
     torch_twin = _bench_twin()
-    write_patterns(tmp_path / "three", per_class=8, size=12)
-    write_patterns(tmp_path / "two", per_class=6, size=12, classes=("blob", "vertical"), seed=9)
-    arch = tmp_path / "bn.toml"
-    arch.write_text(BN_ARCH)
-    fit(prepare(tmp_path / "three", TrainConfig(arch=str(arch), epochs=1, image_size=12)), tmp_path / "bn.npz")
+    small_source(tmp_path, BN_ARCH, "bn")
     prep = prepare(tmp_path / "two", TrainConfig(epochs=2, from_model=str(tmp_path / "bn.npz"), freeze="2",
                                                  batch_size=4, optimizer="sgd", lr=0.02))
     _, theirs = torch_twin(prep)
