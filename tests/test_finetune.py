@@ -299,3 +299,13 @@ def test_rnet_with_real_weights_fine_tuned_beats_it_from_scratch(tmp_path):
     scratch, _, _ = run(tmp_path / "lfw", {**common, "freeze": "none", "backbone_lr_mult": 1.0},
                         tmp_path / "scratch.npz", scratch_seed=[0, 99])
     assert probe >= 0.99 and probe > scratch + 0.02, (probe, scratch)
+
+
+def test_a_diverging_fine_tune_stops_in_one_line_and_writes_no_model(source, tmp_path):
+    root, model = source
+    result = cnn("train", root / "two", "-o", tmp_path / "ft.npz", "--from", model, "--lr", "1e6",
+                 "--optimizer", "sgd", "--epochs", "2")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "training diverged" in errors[0] and "--lr" in errors[0]
+    assert not (tmp_path / "ft.npz").exists()
