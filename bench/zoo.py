@@ -27,8 +27,8 @@ Multiply-adds are counted in the conv and linear layers
 multiply-add. The peak is cores x clock x 2 FMA units x 8 float32 lanes x 2
 flops (AVX2 FMA, as on Zen and Haswell and later), with the clock that
 /proc/cpuinfo reports. With --profile, each row's forward pass is also timed
-node by node (``cnn_cli.profiling.profile``): totals per op type and the
-slowest nodes.
+node by node (``cnn_cli.profiling.profile``, each node's median over up to 5
+passes): totals per op type and the slowest nodes.
 """
 
 import argparse
@@ -141,13 +141,13 @@ def run_row(name, folder, rounds, want_profile):
     error = float(np.abs(np.asarray(first["ours"]) - ref).max() / max(np.abs(ref).max(), 1e-30))
     medians = interleaved_medians(fns, rounds)
     macs = profiling.multiply_adds(network, x.shape[0])
-    prof = profiling.profile(network, x) if want_profile else None
+    prof = profiling.profile(network, x, repeat=min(rounds, 5)) if want_profile else None
     return medians, macs, error, prof
 
 
 def print_profile(name, rows):
     total = sum(r.ms for r in rows)
-    print(f"\n{name}: one forward pass node by node, {total:.1f} ms")
+    print(f"\n{name}: a forward pass node by node (each node's median over up to 5 passes), {total:.1f} ms")
     for kind in __import__("cnn_cli.profiling", fromlist=["by_kind"]).by_kind(rows):
         print(f"  {kind.kind:<14} {kind.count:>4} nodes {kind.ms:9.2f} ms {100 * kind.share:5.1f}%")
     print("  slowest nodes:")

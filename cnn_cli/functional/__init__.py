@@ -16,8 +16,10 @@ with one job:
 - ``specs``: arguments and shapes (``ConvSpec``, ``PoolSpec`` and the public
   helpers layers use to validate their options), padding and unpadding;
 - ``threads``: the thread pool that runs kernels and matrix products;
-- ``paths``, ``fft``, ``weight_grad``: the convolution paths, each a function
-  with one signature per kind (forward, weight gradient);
+- ``paths``, ``gemm``, ``fft``, ``weight_grad``: the convolution paths, each a
+  function with one signature per kind (forward, weight gradient); ``gemm``
+  holds the tiled matrix products and the depthwise kernel of deep networks'
+  layers;
 - ``dispatch``: which path runs, by the thresholds in ``cnn_cli.config``;
 - ``conv``, ``pool``: the public API below;
 - ``affine``: the batched affine resampling of ``cnn train --augment``.

@@ -45,9 +45,11 @@ def conv2d(
     padding_mode : "zeros", "reflect", "replicate" or "circular"
     algorithm : "auto", "direct", "im2col" or "fft"
         Force a code path. "auto" picks FFT for kernels of 14x14 and larger;
-        for kernels 3 wide at stride 1, direct loops, or im2col with BLAS for
-        deep layers on batches of larger maps; otherwise direct loops for few
-        channels and im2col for deep layers.
+        the depthwise kernel for one filter per channel; for kernels 3 wide at
+        stride 1, direct loops, or matrix products for deep layers (row
+        im2col on batches of larger maps, tiled im2col on small maps);
+        tiled matrix products for 1x1 kernels and strides above 1; otherwise
+        direct loops for few channels and im2col for deep layers.
 
     Returns
     -------
