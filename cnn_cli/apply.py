@@ -381,10 +381,12 @@ class ApplySink(runner.Sink):
             return Result(item.path, out_dir=out_dir)
         if options.prepare is None:  # a model resizes every image to its own size: checked after decoding
             try:
+                declared = image_shape(item.path, color=options.color)
                 shape = image_shape(item.path, color=options.color, max_size=options.max_size)
             except (OSError, ImageError):
-                shape = None  # read_image says what is wrong with it
-            refusal = shape and budget.refusal(item.path, shape)
+                declared = shape = None  # read_image says what is wrong with it
+            # An image over --max-pixels is refused by read_image, in the words of that limit.
+            refusal = shape and declared[1] * declared[2] <= options.max_pixels and budget.refusal(item.path, shape)
             if refusal:
                 return self.failure(item, refusal)
         image = read_image(item.path, color=options.color, max_size=options.max_size,

@@ -460,8 +460,10 @@ class Pool(Layer):
         return [top, left], True
 
     def torch_twin(self, in_shape):
-        return _torch_nn("MaxPool2d" if self.kind == "maxpool" else "AvgPool2d", self.kernel_size, self.stride,
-                         self.padding, *((1, self.ceil_mode) if self.kind == "maxpool" else (self.ceil_mode,)))
+        from torch import nn
+
+        cls = nn.MaxPool2d if self.kind == "maxpool" else nn.AvgPool2d
+        return cls(self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
 
     def describe(self):
         return (f"{self.kind} {self.kernel_size}, stride {self.stride}, padding {self.padding}"

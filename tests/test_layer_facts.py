@@ -128,3 +128,23 @@ def test_backward_agrees_with_finite_differences(entry):
         numeric = (loss(eps) - loss(-eps)) / (2 * eps)
         analytic = float(np.sum(grads[k].astype(np.float64) * d))
         assert numeric == pytest.approx(analytic, rel=2e-2, abs=2e-2), f"{entry.name} input {k}"
+
+
+@pytest.mark.parametrize("kernel, stride, padding, side", [(3, 2, 0, 13), (3, 2, 1, 14), (2, 2, 0, 7)])
+def test_max_pooling_in_ceil_mode_matches_its_twin_and_torch(kernel, stride, padding, side):
+    """Ceil mode's last window runs past the input (MTCNN, SqueezeNet): values and gradients."""
+    torch = pytest.importorskip("torch")
+    from cnn_cli.layers import Pool
+
+    layer = Pool("maxpool", kernel, stride, padding, ceil_mode=True)
+    x = np.random.default_rng(8).standard_normal((2, 3, side, side + 1)).astype(np.float32)
+    y = layer.forward(x, train=True)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ref = torch.nn.functional.max_pool2d(tx, kernel, stride, padding, ceil_mode=True)
+    assert y.shape == tuple(ref.shape) == (2, *layer.build((3, side, side + 1)))
+    np.testing.assert_array_equal(y, ref.detach().numpy())
+    with torch.no_grad():
+        np.testing.assert_array_equal(layer.torch_twin((3, side, side + 1))(torch.from_numpy(x)).numpy(), y)
+    g = np.random.default_rng(9).standard_normal(y.shape).astype(np.float32)
+    ref.backward(torch.from_numpy(g))
+    np.testing.assert_array_equal(layer.backward(g), tx.grad.numpy())
