@@ -50,6 +50,7 @@ from .fileio import replace_dir, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, read_image
 from .inputs import safe_name
 from .nn import Param
+from .owned import foreign_files, refusal
 from .report import write_explain_index, write_or_keep
 from .stream import Progress
 
@@ -480,6 +481,8 @@ class ExplainSink(runner.Sink):
         out_dir = self.out_root / item.name
         if os.path.lexists(out_dir) and not self.options.force:
             return runner.Result(item.path, error=f"{out_dir} exists; use --force to replace it")
+        if foreign := foreign_files(out_dir):  # --force replaces only what cnn wrote
+            return runner.Result(item.path, error=refusal(out_dir, foreign))
         return item
 
     def load(self, item):

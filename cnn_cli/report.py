@@ -31,6 +31,7 @@ import numpy as np
 
 from .choices import SAVE
 from .fileio import NotRegularFileError, atomic_path
+from .owned import GENERATOR, is_cnn_page
 
 #: Rows of a long table drawn at once.
 PAGE_SIZE = 50
@@ -240,9 +241,13 @@ def document(title, body):
     """A whole HTML page (str) around ``body`` (HTML); ``title`` is escaped here."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f'<meta name="generator" content="cnn">'
+            f'{GENERATOR}'
             f"<title>{text(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n{_VIEWER}\n"
             f"<script>{_SCRIPT}</script>\n</body></html>\n")
+
+
+class NotOursError(FileExistsError):
+    """The page's path holds a file cnn did not write, which even --force leaves alone."""
 
 
 def _refuse_existing(path, replace):
@@ -265,6 +270,8 @@ def write_or_keep(write, path, *, note, failed, replaced_by):
     the run's failures: (None, message) appended to ``failed``."""
     try:
         write()
+    except NotOursError:
+        note(f"{path} was not written by cnn, so it was left as it is and this run wrote no report there")
     except FileExistsError:
         note(f"{path} exists (an earlier run's report) and was kept; {replaced_by} replaces it with this run's")
     except NotRegularFileError as exc:  # its message names the path
@@ -292,6 +299,8 @@ def write_table_page(path, title, intro, columns, rows, *, replace):
     ...]; ``status`` [status, reason or None].
     """
     _refuse_existing(path, replace)
+    if os.path.lexists(path) and not is_cnn_page(path):  # an index in OUT may be the user's own
+        raise NotOursError(path)
     spec = {"page_size": PAGE_SIZE, "columns": [{"title": t, "type": k} for t, k in columns]}
     # The marker cannot occur in escaped text, where every "<" is "&lt;".
     head, _, tail = document(title, f'{intro}\n{_TABLE}<script type="application/json" id="rows"><!--rows--></script>'

@@ -43,6 +43,7 @@ from .fileio import replace_dir, save_npz_atomic, temporary_name, write_bytes_at
 from .imageio import MAX_PIXELS, read_image, resize
 from .layersel import OptionError
 from .nn import iter_nodes, topology
+from .owned import foreign_files, refusal
 from .stream import Progress
 from .viz import fit_label, png_bytes
 
@@ -292,6 +293,8 @@ def run(inputs, out_dir, source, options, *, progress=None):
         raise OptionError(f"-k must be at least 1, but got {options.k}")
     if os.path.lexists(out_dir) and not options.force:
         raise UnitsError(f"{out_dir} exists; use --force to replace it")
+    if foreign := foreign_files(out_dir):  # --force replaces only what cnn wrote
+        raise UnitsError(refusal(out_dir, foreign))
     fields = receptive_fields(pipeline.layers, pipeline.inputs)
     image_channels = 3 if source.color == "rgb" else 1
     tops = {i: TopPatches(len(pipeline.channels[i]), options.k, fields[i], image_channels) for i in chosen}

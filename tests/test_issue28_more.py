@@ -1,0 +1,79 @@
+"""Issue 28's smaller findings and the adversarial probe's: --force, memory, tracebacks, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clirunner import cnn
+from tinymodel import save_tiny_model
+
+SHAPES = "samples/shapes.png"
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 20)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+# --------------------------------------------------------------------------- --force replaces only what cnn wrote
+
+
+def test_apply_force_keeps_a_users_file_in_an_image_folder(image, tmp_path):
+    out = tmp_path / "out"
+    assert cnn("apply", image, "-o", out, "--bank", "edges").exit_code == 0
+    (out / "img" / "thesis.tex").write_text("three years")
+    result = cnn("apply", image, "-o", out, "--bank", "edges", "--force")
+    assert result.exit_code == 1 and "thesis.tex" in result.stderr and "did not write" in result.stderr, result.output
+    assert (out / "img" / "thesis.tex").read_text() == "three years"
+    (out / "img" / "thesis.tex").unlink()  # with only cnn's files, --force replaces the folder
+    assert cnn("apply", image, "-o", out, "--bank", "edges", "--force").exit_code == 0
+
+
+def test_apply_force_keeps_a_users_index_and_a_users_file_named_as_a_folder(image, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("<p>my own page</p>")
+    (out / "img").write_text("not a folder of cnn's")
+    other = tmp_path / "other.png"
+    other.write_bytes(image.read_bytes())
+    result = cnn("apply", image, other, "-o", out, "--bank", "edges", "--force")
+    assert result.exit_code == 3 and "img is a file, which cnn did not write" in result.stderr, result.output
+    assert (out / "index.html").read_text() == "<p>my own page</p>" and "not written by cnn" in result.output
+    assert (out / "img").read_text() == "not a folder of cnn's" and (out / "other" / "manifest.json").is_file()
+
+
+def test_apply_force_replaces_cnns_own_index(image, tmp_path):
+    out = tmp_path / "out"
+    assert cnn("apply", image, "-o", out, "--bank", "edges").exit_code == 0
+    before = (out / "index.html").stat().st_ino
+    result = cnn("apply", image, "-o", out, "--bank", "edges:sobel_x", "--force")
+    assert result.exit_code == 0 and "not written by cnn" not in result.output, result.output
+    assert (out / "index.html").stat().st_ino != before  # written anew, by a rename
+
+
+def test_units_force_keeps_a_users_file(image, tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    result = cnn("units", image, "--bank", "edges", "--layer", "0", "-o", keep, "--force")
+    assert result.exit_code == 1 and "notes.txt" in result.stderr, result.output
+    assert (keep / "notes.txt").read_text() == "mine"
+    (keep / "notes.txt").unlink()
+    assert cnn("units", image, "--bank", "edges", "--layer", "0", "-o", keep, "--force").exit_code == 0
+    assert cnn("units", image, "--bank", "edges", "--layer", "0", "-o", keep, "--force").exit_code == 0
+
+
+def test_explain_force_keeps_a_users_file(image, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    out = tmp_path / "ex"
+    assert cnn("explain", image, "--model", model, "-o", out).exit_code == 0
+    (out / "img" / "draft.md").write_text("mine")
+    result = cnn("explain", image, "--model", model, "-o", out, "--force")
+    assert result.exit_code == 1 and "draft.md" in result.stderr, result.output
+    assert (out / "img" / "draft.md").read_text() == "mine"
