@@ -46,6 +46,7 @@ from . import __version__, choices, config, layersel, runner, viz
 from .fileio import NotRegularFileError, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import safe_name
+from .owned import foreign_files, refusal
 from .report import ApplyIndex, apply_page, write_or_keep
 from .runner import output_lock  # noqa: F401  (OUT's lock, as apply has always offered it)
 from .stream import Progress
@@ -129,6 +130,18 @@ class Summary(runner.Summary):
 
 
 # --------------------------------------------------------------------------- options
+
+
+#: Above this many maps over all layers, ``--save`` defaults to grids alone: an imported
+#: ResNet-18 at 224x224 has 11,200 maps, 98 MB of PNGs and raw maps per image (its grids:
+#: 14 MB); the default pipeline has 55 and the presets a few hundred.
+FULL_DUMP_MAX_MAPS = 2048
+
+
+def default_save(pipeline):
+    """What ``cnn apply`` writes when ``--save`` is not given: everything, or grids for a large network."""
+    maps = sum(len(channels) for channels in pipeline.channels)
+    return frozenset(SAVE_CHOICES) if maps <= FULL_DUMP_MAX_MAPS else frozenset({"grids"})
 
 
 def parse_save(text):
@@ -327,6 +340,8 @@ def _triage(item, out_root, options):
             return Result(item.path, out_dir=out_dir, skipped=True)
         return Result(item.path, out_dir=out_dir,
                       error=f"{out_dir} exists; use --skip-existing to keep it or --force to replace it")
+    if options.force and (foreign := foreign_files(out_dir)):  # --force replaces only what cnn wrote
+        return Result(item.path, out_dir=out_dir, error=refusal(out_dir, foreign))
     return None
 
 

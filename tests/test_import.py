@@ -203,3 +203,25 @@ def test_a_bgr_network_is_made_to_take_rgb(tmp_path):
     x = np.random.default_rng(6).standard_normal((1, *size)).astype(np.float32)  # normalised R, G, B
     ref = sess.run(None, {"input": x[:, ::-1].copy()})[0]  # the file's network sees B, G, R
     assert close(bgr.network.forward(x), ref)
+
+
+def test_apply_writes_grids_alone_for_a_large_imported_network(tmp_path):
+    """A 50-node network has thousands of maps: the default writes their grids, --save all of it."""
+    from PIL import Image
+
+    path, size = exported(tmp_path, "resnet18", "legacy", 17)
+    model = tmp_path / "r.npz"
+    assert cnn("import", path, "-o", model).exit_code == 0
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image)
+    result = cnn("apply", image, "--model", model, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "writing their grids" in result.stderr
+    folder = tmp_path / "out" / "photo"
+    assert len(list(folder.glob("layer*_grid.png"))) == 47 and not (folder / "features.npz").exists()
+    assert not list(folder.glob("layer0/*.png"))
+    again = cnn("apply", image, "--model", model, "-o", tmp_path / "all", "--save", "raw", "--layers", "layer4.1")
+    assert again.exit_code == 0, again.output
+    manifest = json.loads((tmp_path / "all" / "photo" / "manifest.json").read_text())
+    [record] = manifest["layers"]
+    assert record["node"] == "layer4.1" and record["kind"] == "add" and len(record["inputs"]) == 2

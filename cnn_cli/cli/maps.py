@@ -26,7 +26,7 @@ def apply(
     bank: BankOption = None,
     pipeline: PipelineOption = None,
     model: ModelOption = None,
-    save: Annotated[str, typer.Option(help="What to write besides manifest.json: any of maps (a PNG per map), grids, raw (features.npz), comma-separated.")] = "maps,grids,raw",
+    save: Annotated[Optional[str], typer.Option(help="What to write besides manifest.json: any of maps (a PNG per map), grids, raw (features.npz), comma-separated.  [default: maps,grids,raw; grids alone for a network of over 2,048 maps, such as an imported ResNet]", show_default=False)] = None,
     layers: Annotated[Optional[str], typer.Option("--layers", help="Write only these layers, comma-separated: indices (negative from the end), 'last', names (layer<i>), kinds (every layer of that kind), or ranges such as 2-4 or 2: (e.g. 0,2 or maxpool).")] = None,
     dtype: Annotated[RawDtype, typer.Option(help="Type of the raw maps in features.npz; float16 halves them.")] = RawDtype.float32,
     color: Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels.")] = Color.gray,
@@ -73,7 +73,7 @@ def apply(
 
       cnn apply photos/ -o feats --save raw --layers last --dtype float16 --workers 2
     """
-    from ..apply import ApplyOptions, parse_save, run, select_layers
+    from ..apply import ApplyOptions, default_save, parse_save, run, select_layers
     from ..layersel import OptionError
     from ..sources import load_source
 
@@ -85,7 +85,7 @@ def apply(
              f"use --normalize {alias[0]} --per {per.value}", EXIT_USAGE)
     check_one_source(bank, pipeline, model)
     try:
-        chosen = parse_save(save)
+        chosen = None if save is None else parse_save(save)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     memory_limit = memory_limit_option(max_memory)
@@ -93,6 +93,12 @@ def apply(
     cluster = open_cluster(workers, scheduler)
     try:
         source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value)
+        if chosen is None:
+            chosen = default_save(source.pipeline)
+            if chosen != frozenset(choices.SAVE):
+                maps = sum(len(channels) for channels in source.pipeline.channels)
+                echo(f"{maps:,} maps in {len(source.pipeline.layers)} layers: writing their grids "
+                     "(--save maps,grids,raw writes every map and the raw arrays too)", err=True)
         options = ApplyOptions(color=source.color, max_size=max_size, max_pixels=max_pixels,
                                normalize=normalize.value, per=(per or NormalizePer.map).value,
                                cmap=cmap.value, force=force,
