@@ -15,12 +15,14 @@ the O-Net, which has facenet_pytorch's real ones):
 
 Each torch model is exported with torch's legacy ONNX exporter at the row's
 batch size; ONNX Runtime runs that file (CPU, 2 intra-op threads, every graph
-optimisation), and ``cnn_cli.onnximport.import_onnx`` turns it into our
-Network, timed as ``network.forward(x)`` (eval). torch runs the model itself
-under ``torch.inference_mode`` with 2 threads. Each contender is called once
-first (ours compiles or loads its kernels then), its output checked against
-ORT's, then the three run interleaved and the table gives medians. --rows
-takes row names or their prefixes ("resnet18" is both ResNet rows).
+optimisation, threads that sleep when idle), and
+``cnn_cli.onnximport.import_onnx`` turns it into our Network, timed as
+``network.forward(x)`` (eval). torch runs the model itself under
+``torch.inference_mode`` with 2 threads (OMP_WAIT_POLICY=PASSIVE). Each
+contender is called once first (ours compiles or loads its kernels then), its
+output checked against ORT's, then the three run interleaved and the table
+gives medians. --rows takes row names or their prefixes ("resnet18" is both
+ResNet rows).
 
 Multiply-adds are counted in the conv and linear layers
 (``cnn_cli.profiling.multiply_adds``); GFLOP/s counts two flops per
@@ -45,6 +47,11 @@ sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
 from cnn_cli import config  # noqa: E402
 
 config.tune_process()
+# Contenders run one after another on 2 cores. torch's OpenMP threads and
+# ORT's pool spin for a while after each call, and took the cores from
+# whichever contender ran next (ours, 2 rounds in 3): every contender's
+# threads sleep when idle here, as ours do.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
@@ -69,7 +76,7 @@ def machine_peak():
     """(peak GFLOP/s, how it was found) for float32 AVX2 FMA on this machine's cores."""
     cores = len(os.sched_getaffinity(0))
     text = Path("/proc/cpuinfo").read_text()
-    clocks = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
+    clocks = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.MULTILINE)]
     flags = set(re.findall(r"\b(avx2|fma|avx512f)\b", text))
     mhz = max(clocks) if clocks else 2000.0
     lanes = 8 if "avx2" in flags and "fma" in flags else 4
@@ -80,7 +87,7 @@ def machine_peak():
 
 
 def load_text():
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def build_row(name, folder):
@@ -106,6 +113,7 @@ def build_row(name, folder):
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OMP_WAIT_POLICY above
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
     return network, session, model, x
