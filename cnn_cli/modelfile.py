@@ -47,14 +47,14 @@ def build_network(meta, seed=0, where=None):
     return _network(meta, _checked_layers(meta, where), seed)
 
 
-def _checked_layers(meta, where=None):
+def _checked_layers(meta, where=None, memory_limit=None):
     """(layers of ``meta``'s architecture, their Plan), refused when over the memory limit."""
     arch, pre = meta.architecture, meta.preprocessing
     where = where or f"architecture '{arch.name}'"
     try:
         layers = build_layers(arch.layers, where, substitutions={"classes": len(meta.classes)})
         plan = plan_layers(layers, (pre.channels, pre.image_size, pre.image_size))
-        check_memory(plan, where)
+        check_memory(plan, where, memory_limit)
     except (ValueError, TypeError) as exc:  # LayerError, SpecFileError
         raise ModelError(str(exc) if str(exc).startswith(str(where)) else f"{where}: {exc}") from None
     return layers, plan
@@ -82,7 +82,7 @@ def save_model(path, network, meta, extra_state=None):
     save_npz_atomic(path, arrays)
 
 
-def load_model(path):
+def load_model(path, memory_limit=None):
     """(network, ModelMeta, extra_state) from a model or checkpoint file; never unpickles.
 
     The metadata is read first, and the memory the architecture needs is
@@ -103,7 +103,7 @@ def load_model(path):
         if META_KEY not in keys:
             raise ModelError(f"{path}: not a cnn model file (no {META_KEY} entry)")
         meta = _read_meta(path, load_npz_arrays(path, keys=[META_KEY], max_bytes=MAX_META_BYTES)[META_KEY])
-        checked = _checked_layers(meta, str(path))
+        checked = _checked_layers(meta, str(path), memory_limit)
         weights_bytes = BYTES_PER_DECLARED_PARAM * checked[1].params + ARRAY_SLACK
         arrays = load_npz_arrays(path, keys=[k for k in keys if k != META_KEY], max_bytes=weights_bytes)
     except NpzError as exc:
@@ -163,7 +163,7 @@ def image_transform(meta):
     return lambda img: normalize(resize(img, size, size)[None], mean, std)[0]
 
 
-def feature_pipeline(network, meta, name):
+def feature_pipeline(network, meta, name, memory_limit=None):
     """The network's layers that still output maps (up to the first flat output), as a
     bound ``Pipeline`` for ``cnn apply --model``."""
     from .pipeline import Pipeline
@@ -173,7 +173,7 @@ def feature_pipeline(network, meta, name):
         raise ModelError(f"{name}: the model has no layers that output feature maps")
     pipe = Pipeline(network.layers[:count], name, "learned layers of a trained model", name,
                     inputs=network.inputs[:count], names=network.names[:count])
-    return pipe.bind(meta.preprocessing.channel_names)
+    return pipe.bind(meta.preprocessing.channel_names, memory_limit)
 
 
 def first_conv(network):

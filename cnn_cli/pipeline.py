@@ -90,16 +90,18 @@ class Pipeline:
         got = [given if j == INPUT else values[j] for j in self.inputs[i]]
         return got[0] if self.layers[i].arity == 1 else got
 
-    def bind(self, input_channels):
+    def bind(self, input_channels, memory_limit=None):
         """Build every layer for the ones before it, at any image size; name every map.
 
         What the layers' filters will take is estimated from their
         declarations first (``plan_layers``), and a pipeline over the memory
-        limit is refused before anything is allocated.
+        limit (``memory_limit`` bytes, default ``config.memory_limit()``) is
+        refused before anything is allocated.
         """
         self.input_channels, self.channels = list(input_channels), []
         image = (len(self.input_channels), None, None)
-        check_memory(plan_layers(self.layers, image, blame=self._blame, inputs=self.inputs), self.source or self.name)
+        check_memory(plan_layers(self.layers, image, blame=self._blame, inputs=self.inputs), self.source or self.name,
+                     memory_limit)
         shapes = []
         for i, layer in enumerate(self.layers):
             with self._blame(i, layer):

@@ -57,7 +57,7 @@ def file_record(path):
     return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
 
 
-def load_source(*, banks=None, pipeline=None, model=None, color="gray"):
+def load_source(*, banks=None, pipeline=None, model=None, color="gray", memory_limit=None):
     """The bound source for the options given (at most one of them; none means the default pipeline).
 
     Raises ValueError (a bank, pipeline or model error) with a message for the user.
@@ -67,7 +67,7 @@ def load_source(*, banks=None, pipeline=None, model=None, color="gray"):
     if sum(bool(x) for x in (banks, pipeline, model)) > 1:
         raise ValueError("give only one of --bank, --pipeline and --model")
     if model:
-        return _model_source(model)
+        return _model_source(model, memory_limit)
     if banks:
         pipe = bank_pipeline(banks)
         files = [file_record(filterbank.resolve_file(_bank_name(spec), "bank")) for spec in banks]
@@ -77,17 +77,17 @@ def load_source(*, banks=None, pipeline=None, model=None, color="gray"):
         pipe = load_pipeline(name)
         files = [file_record(filterbank.resolve_file(name, "pipeline"))]
         kind, spec = "pipeline", {"pipeline": str(Path(name).resolve()) if Path(name).suffix else name}
-    pipe.bind(list(choices.CHANNEL_NAMES[color]))
+    pipe.bind(list(choices.CHANNEL_NAMES[color]), memory_limit)
     shapes = [(len(channels), None, None) for channels in pipe.channels]
     return Source(pipe, color, None, kind, files, spec, list(pipe.layers), shapes, len(pipe.layers) - 1,
                   DEFAULT_PIPELINE_POOL, list(pipe.inputs), list(pipe.names))
 
 
-def _model_source(model):
+def _model_source(model, memory_limit=None):
     from .modelfile import feature_pipeline, image_transform, load_model
 
-    network, meta, _ = load_model(model)
-    pipe = feature_pipeline(network, meta, str(model))
+    network, meta, _ = load_model(model, memory_limit)
+    pipe = feature_pipeline(network, meta, str(model), memory_limit)
     # The classifier is the last linear layer; what feeds it is the model's feature vector.
     kinds = [layer.kind for layer in network.layers]
     last_linear = len(kinds) - 1 - kinds[::-1].index("linear") if "linear" in kinds else len(kinds)

@@ -172,3 +172,16 @@ def test_a_keypoints_or_match_folder_is_not_read_as_input(tmp_path, record):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(out / "overlay.png")
     found = [item.path.name for item in iter_inputs([tmp_path]) if isinstance(item, Input)]
     assert found == ["photo.png"]
+
+
+def test_max_memory_moves_the_limit_a_pipeline_is_checked_against(tmp_path, monkeypatch):
+    """--max-memory reached the images' check only; binding the pipeline (or loading a model)
+    still used the default limit, so raising it did not let a large pipeline load."""
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "img.png")
+    spec = tmp_path / "deep.toml"
+    spec.write_text('kind = "pipeline"\n' + '[[layer]]\ntype = "conv"\nbanks = ["edges"]\nmode = "depthwise"\n' * 3)
+    monkeypatch.setenv("CNN_MAX_MEMORY", "2M")
+    small = cnn("apply", tmp_path / "img.png", "--pipeline", spec, "-o", tmp_path / "a")
+    assert small.exit_code == 1 and "would need about" in small.stderr, small.output
+    enough = cnn("apply", tmp_path / "img.png", "--pipeline", spec, "-o", tmp_path / "b", "--max-memory", "8G")
+    assert enough.exit_code == 0, enough.output

@@ -92,7 +92,8 @@ def apply(
     check_output_or_fail(out)
     cluster = open_cluster(workers, scheduler)
     try:
-        source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value)
+        source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value,
+                             memory_limit=memory_limit)
         if chosen is None:
             chosen = default_save(source.pipeline)
             if chosen != frozenset(choices.SAVE):
@@ -224,15 +225,29 @@ def info(
 
 
 def _report_batch(summary, out, json_out):
-    """Print a batch's failures and summary; exit 3 when some inputs failed, 1 when all did."""
-    report_failures(summary.failed)
+    """Print a batch's failures and summary; exit 3 when some inputs failed, 1 when all did.
+    Inputs refused because their output exists are said in one line, with how to rerun."""
+    from ..owned import EXISTS, is_cnn_page
+
+    exist = [message for _, message in summary.failed if message.endswith(EXISTS)]
+    if json_out or len(exist) < 2:
+        report_failures(summary.failed)
+    else:
+        report_failures([failure for failure in summary.failed if not failure[1].endswith(EXISTS)])
+        every = "all " if len(exist) == len(summary.failed) and not (summary.done or summary.skipped) else ""
+        echo(f"Error: {every}{len(exist)} outputs exist in {out}/; rerun with --force to replace them "
+             "or --skip-existing to keep them and write only the missing ones", err=True)
+        if every:
+            exit_batch(summary.failed, 0)
+    report = Path(out) / "index.html"
+    report = report if summary.done and is_cnn_page(report) else None
     total = summary.done + summary.skipped + len(summary.failed)
     if json_out:
         echo_json({
             "written": summary.done, "skipped": summary.skipped, "maps": summary.maps, "bytes": summary.bytes,
             "seconds": round(summary.seconds, 3), "output": str(out),
             "failed": [{"input": path, "error": message} for path, message in summary.failed],
-            "removed": summary.removed,
+            "removed": summary.removed, "report": report and str(report),
         })
     elif total > 1 or summary.done or summary.skipped:
         # A batch ends with a summary; a single failed input has said all in its one line.
@@ -241,4 +256,6 @@ def _report_batch(summary, out, json_out):
         echo(f"{summary.done} image(s), {summary.maps} maps, {summary.bytes / 2**20:.1f} MB written to "
              f"{out}/ in {summary.seconds:.1f} s ({rate:.1f} images/s){skipped}; "
              f"{len(summary.failed)} failed", err=True)
+        if report:
+            echo(f"report: {report}", err=True)
     exit_batch(summary.failed, summary.done or summary.skipped)
