@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__, layersel, runner, viz
+from . import __version__, config, layersel, runner, viz
 from .choices import EXPLAIN_METHODS
 from .fileio import replace_dir, temporary_name, write_bytes_atomic
-from .imageio import MAX_PIXELS, read_image
+from .imageio import MAX_PIXELS, image_shape, read_image
 from .inputs import safe_name
 from .nn import Param
 from .owned import foreign_files, refusal
@@ -73,6 +73,11 @@ PREDICTIONS = 5
 
 #: Overlays of smaller images are enlarged (nearest neighbour) to this shorter side, so the legend fits.
 OVERLAY_MIN_SIDE = 192
+#: ... but never past this longer side: a 1x100000 strip enlarged 192 times would be 19 Mpx wide
+#: (11 GB of overlay), so a long thin image is drawn at its own size.
+OVERLAY_MAX_SIDE = 2048
+#: The legend's largest font (pixels), whatever the overlay's width.
+LEGEND_MAX_FONT = 32
 #: How much of the overlay is the colour map (the rest is the image).
 OVERLAY_ALPHA = 0.5
 DEFAULT_CMAP = "magma"
@@ -346,6 +351,19 @@ def randomization_check(network, x, target, method, *, layer=None, patch=None, s
 # --------------------------------------------------------------------------- pictures
 
 
+def overlay_scale(height, width):
+    """The whole factor an image is enlarged by in its overlay: to OVERLAY_MIN_SIDE on its shorter
+    side, but never past OVERLAY_MAX_SIDE on its longer side (1 when it is that long already)."""
+    return max(1, min(-(-OVERLAY_MIN_SIDE // min(height, width)), OVERLAY_MAX_SIDE // max(height, width)))
+
+
+def memory_needed(height, width, targets):
+    """Bytes that explaining one (height, width) image for ``targets`` classes takes, about: the image
+    as float32 and bytes (24 per pixel), and per class its map, scaled map and their temporaries
+    (26 per pixel) and its overlay (6 per enlarged pixel, blended and enlarged)."""
+    return height * width * (24 + targets * (26 + 6 * overlay_scale(height, width) ** 2))
+
+
 def overlay_image(image, cam, caption, cmap=DEFAULT_CMAP):
     """The image (3, H, W) in [0, 1] with ``cam`` (H, W) in [0, 1] blended in, in colour map ``cmap``,
     and a legend below it: the colour scale from 0 to 1 and ``caption``. Small images are enlarged."""
@@ -353,11 +371,11 @@ def overlay_image(image, cam, caption, cmap=DEFAULT_CMAP):
     base = Image.fromarray(np.moveaxis(viz.to_uint8(image, 0.0, 1.0), 0, -1), mode="RGB")
     picture = Image.blend(base, heat, OVERLAY_ALPHA)
     h, w = cam.shape
-    factor = -(-OVERLAY_MIN_SIDE // min(h, w))
+    factor = overlay_scale(h, w)
     if factor > 1:
         picture = picture.resize((w * factor, h * factor), Image.Resampling.NEAREST)
     width = picture.size[0]
-    font_size = max(11, width // 60)
+    font_size = max(11, min(width // 60, LEGEND_MAX_FONT))
     font = ImageFont.load_default(size=font_size)
     band = font_size + 10
     canvas = Image.new("RGB", (width, picture.size[1] + band), (24, 24, 24))
@@ -483,6 +501,16 @@ class ExplainSink(runner.Sink):
             return runner.Result(item.path, error=f"{out_dir} exists; use --force to replace it")
         if foreign := foreign_files(out_dir):  # --force replaces only what cnn wrote
             return runner.Result(item.path, error=refusal(out_dir, foreign))
+        try:  # from the header, before anything is decoded
+            _, height, width = image_shape(item.path, color="rgb")
+        except (ValueError, OSError):
+            return item  # reading it says what is wrong
+        targets = len(self.options.classes) or min(self.options.top_k, len(self.meta.classes))
+        needed, limit = memory_needed(height, width, targets), config.memory_limit()
+        if needed > limit:
+            return runner.Result(item.path, error=f"{item.path}: explaining this {width}x{height} image takes about "
+                                 f"{config.describe_bytes(needed)} of memory, more than the limit of "
+                                 f"{config.describe_bytes(limit)} ({config.MEMORY_ENV}); use a smaller image")
         return item
 
     def load(self, item):

@@ -77,3 +77,53 @@ def test_explain_force_keeps_a_users_file(image, tmp_path):
     result = cnn("explain", image, "--model", model, "-o", out, "--force")
     assert result.exit_code == 1 and "draft.md" in result.stderr, result.output
     assert (out / "img" / "draft.md").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- apply's rerun and summary
+
+
+def test_rerun_into_an_existing_output_says_so_in_one_line(image, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(image.read_bytes())
+    out = tmp_path / "out"
+    first = cnn("apply", folder, "-o", out, "--bank", "edges")
+    assert first.exit_code == 0 and f"report: {out / 'index.html'}" in first.stderr, first.output
+    again = cnn("apply", folder, "-o", out, "--bank", "edges")
+    assert again.exit_code == 1, again.output
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "all 3 outputs exist" in lines[0] and "--force" in lines[0] \
+        and "--skip-existing" in lines[0], again.output
+    (folder / "3.png").write_bytes(image.read_bytes())  # one new image: the rest are said in one line too
+    mixed = cnn("apply", folder, "-o", out, "--bank", "edges")
+    assert mixed.exit_code == 3 and "Error: 3 outputs exist" in mixed.stderr, mixed.output
+    assert (out / "3" / "manifest.json").is_file()
+
+
+# --------------------------------------------------------------------------- explain: long thin images
+
+
+@pytest.mark.parametrize("size", [(1, 100000), (10, 10000)])
+def test_explain_bounds_the_overlay_of_a_long_thin_image(tmp_path, size):
+    from cnn_cli.explain import OVERLAY_MAX_SIDE, memory_needed
+
+    path = tmp_path / "strip.png"
+    Image.fromarray(np.full(size, 128, np.uint8)).save(path)
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    result = cnn("explain", path, "--model", model, "-o", tmp_path / "ex")
+    assert result.exit_code == 0, result.output
+    (overlay,) = (tmp_path / "ex" / "strip").glob("overlay_*.png")
+    with Image.open(overlay) as im:
+        assert max(im.size) <= max(OVERLAY_MAX_SIDE, size[1]) and im.size[1] < 200, im.size
+    assert memory_needed(*size, 1) < 50 * 2**20  # was 14.5 GB for the 1x100000 strip
+    (cam,) = (tmp_path / "ex" / "strip").glob("cam_*.npy")
+    assert np.load(cam).shape == size
+
+
+def test_explain_refuses_an_image_over_the_memory_limit_before_decoding_it(tmp_path, monkeypatch, image):
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    monkeypatch.setenv("CNN_MAX_MEMORY", "1MB")
+    result = cnn("explain", image, SHAPES, "--model", model, "-o", tmp_path / "ex")
+    assert result.exit_code == 3 and "shapes.png: explaining this" in result.stderr, result.output
+    assert "CNN_MAX_MEMORY" in result.stderr and (tmp_path / "ex" / "img" / "explain.json").is_file()

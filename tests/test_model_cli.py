@@ -79,6 +79,7 @@ def test_train_writes_the_model_and_its_companions(model):
     assert result.stdout == "", "progress and messages go to stderr"
     assert "epoch 2/2" in result.output
     assert "saved" in result.output
+    assert f"report: {out.parent / 'm.report.html'}" in result.output  # where the report is (issue 28)
     _, meta, _ = load_model(out)
     assert meta.classes == CLASSES
     assert meta.training.config.epochs == 2

@@ -147,6 +147,10 @@ def train(
     say(f"saved {out} after {len(history)} epochs"
         + (f" (weights of epoch {result.kept_epoch})" if result.kept_epoch != len(history) else "")
         + (f"; validation accuracy {acc:.4f}" if acc is not None else ""))
+    if not no_html:
+        from ..train import sibling
+
+        say(f"report: {sibling(out, '.report.html')}")
     if prep.skipped:  # as apply, predict and evaluate do when some inputs failed
         say(f"{len(prep.skipped)} unreadable images were skipped (named above); the model was trained without them")
         raise typer.Exit(EXIT_PARTIAL)
