@@ -67,8 +67,9 @@ def model_summary(path):
              f"input: {pre.color} {pre.image_size}x{pre.image_size}, mean {pre.mean}, std {pre.std}"]
     if meta.source is not None:
         src = meta.source
-        notes.append(f"imported from {src.get('format')} file {src.get('file')} (SHA-256 {src.get('sha256')})")
-        notes += [f"assumed: {note}" for note in src.get("assumed", [])]
+        how = "fine-tuned" if src.get("fine_tuned") else "imported"
+        notes.append(f"{how} from {src.get('format')} file {src.get('file')} (SHA-256 {src.get('sha256')})")
+        notes += [note if src.get("fine_tuned") else f"assumed: {note}" for note in src.get("assumed", [])]
     if meta.training is not None and meta.training.result is not None:
         notes.append(f"validation accuracy: {meta.training.result.final_val_accuracy}")
     return Summary(f"{path}: {meta.architecture.name}", network_rows(network), notes)
