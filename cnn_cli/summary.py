@@ -159,3 +159,36 @@ def catalog():
     return [("Filter banks", ("bank", "kernels", "size", "description"), banks),
             ("Pipelines", ("pipeline", "layers", "description"), pipes),
             ("Architectures (cnn train --arch)", ("architecture", "layers", "description"), archs)]
+
+
+@dataclass
+class Profile:
+    """Where one forward pass of a model spends its time (``cnn info MODEL --profile``)."""
+
+    title: str
+    nodes: list                # profiling.NodeTime, node order
+    kinds: list                # profiling.KindTime, slowest first
+    total_ms: float
+    multiply_adds: int
+
+
+def profile_model(path, *, batch=1, repeat=3):
+    """Time each node of a model's forward pass on ``batch`` random images at its own size.
+
+    A first pass compiles or loads the kernels and is not counted; each node
+    then gets its median over ``repeat`` passes.
+    """
+    import numpy as np
+
+    from .modelfile import load_model
+    from .profiling import by_kind, multiply_adds, profile
+
+    network, meta, _ = load_model(path)
+    pre = meta.preprocessing
+    x = np.random.default_rng(0).standard_normal((batch, pre.channels, pre.image_size, pre.image_size))
+    x = x.astype(np.float32)
+    profile(network, x[:1])
+    nodes = profile(network, x, repeat)
+    total = sum(node.ms for node in nodes)
+    return Profile(f"{path}: one forward pass of {batch} image(s) of {pre.image_size}x{pre.image_size}, "
+                   f"median of {repeat}", nodes, by_kind(nodes), total, multiply_adds(network, batch))

@@ -225,3 +225,15 @@ def test_apply_writes_grids_alone_for_a_large_imported_network(tmp_path):
     manifest = json.loads((tmp_path / "all" / "photo" / "manifest.json").read_text())
     [record] = manifest["layers"]
     assert record["node"] == "layer4.1" and record["kind"] == "add" and len(record["inputs"]) == 2
+
+
+def test_info_profile_times_every_node_of_a_model(tmp_path):
+    path, _ = exported(tmp_path, "squeezenet1_1", "legacy", 17)
+    model = tmp_path / "s.npz"
+    assert cnn("import", path, "-o", model).exit_code == 0
+    result = cnn("info", model, "--profile", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    assert "per layer kind" in result.stdout and "features.3" in result.stdout and "G multiply-adds" in result.stdout
+    assert "concat" in result.stdout and "conv" in result.stdout
+    refused = cnn("info", "default", "--profile")
+    assert refused.exit_code == 2 and "--profile times a model" in refused.stderr
