@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__, layersel, runner
+from . import __version__, config, layersel, runner
 from . import functional as F
-from .fileio import replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
+from .fileio import check_writable, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, read_image, resize
 from .layersel import OptionError
 from .nn import iter_nodes, topology
@@ -129,14 +129,18 @@ class TopPatches:
     ``values`` (C, k) best first (-inf in slots not filled yet), ``positions``
     (C, k, 2), ``inputs`` (the image path of each slot) and ``patches``
     (C, k, image channels, field rows, field columns).
+
+    Each image offers one patch per channel (its strongest position), so a
+    channel never holds more patches than images were seen: the buffers grow
+    with the images, up to k, and ``-k 1000000000`` over 36 images keeps 36.
     """
 
     def __init__(self, channels, k, field, image_channels):
         self.k, self.field = k, field
-        self.values = np.full((channels, k), -np.inf, np.float32)
-        self.positions = np.zeros((channels, k, 2), np.int64)
-        self.inputs = [[None] * k for _ in range(channels)]
-        self.patches = np.full((channels, k, image_channels, *field.size), np.nan, np.float32)
+        self.values = np.full((channels, 0), -np.inf, np.float32)
+        self.positions = np.zeros((channels, 0, 2), np.int64)
+        self.inputs = [[] for _ in range(channels)]
+        self.patches = np.full((channels, 0, image_channels, *field.size), np.nan, np.float32)
 
     def add(self, maps, images, paths):
         """Take a batch: ``maps`` (N, C, h, w) of the layer, the ``images`` (N, c, H, W) they came from, their paths."""
@@ -144,21 +148,29 @@ class TopPatches:
         flat = maps.reshape(n, c, h * w)
         best = flat.argmax(axis=2)                                            # (N, C)
         values = np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]  # (N, C)
-        combined = np.concatenate([self.values, values.T], axis=1)            # (C, k + N): kept first
-        order = np.argsort(-combined, axis=1, kind="stable")[:, :self.k]
-        if np.all(order == np.arange(self.k)):
+        kept = self.values.shape[1]
+        slots = min(self.k, kept + n)
+        combined = np.concatenate([self.values, values.T], axis=1)            # (C, kept + N): kept first
+        order = np.argsort(-combined, axis=1, kind="stable")[:, :slots]
+        if slots == kept and np.all(order == np.arange(kept)):
             return  # nothing in this batch makes any channel's top k
+        needed = 2 * 4 * c * slots * int(np.prod(self.patches.shape[2:]))  # the old and the new patches
+        limit = config.memory_limit()
+        if needed > limit:
+            raise UnitsError(f"the top {slots} patches of {c} channels take about {config.describe_bytes(needed)}, "
+                              f"more than the memory limit of {config.describe_bytes(limit)}; use a smaller -k")
         new_values = np.take_along_axis(combined, order, axis=1)
-        positions, patches = self.positions.copy(), self.patches.copy()
-        inputs = [row[:] for row in self.inputs]
+        positions = np.zeros((c, slots, 2), np.int64)
+        patches = np.full((c, slots, *self.patches.shape[2:]), np.nan, np.float32)
+        inputs = [[None] * slots for _ in range(c)]
         for ch in range(c):
             for slot, source in enumerate(order[ch]):
-                if source < self.k:
+                if source < kept:
                     positions[ch, slot] = self.positions[ch, source]
                     patches[ch, slot] = self.patches[ch, source]
                     inputs[ch][slot] = self.inputs[ch][source]
                 else:
-                    b = source - self.k
+                    b = source - kept
                     y, x = divmod(int(best[b, ch]), w)
                     positions[ch, slot] = (y, x)
                     patches[ch, slot] = crop(images[b], self.field.box(y, x))
@@ -280,7 +292,7 @@ def run(inputs, out_dir, source, options, *, progress=None):
 
     ``source`` is a ``cnn_cli.sources.Source`` (banks, pipeline or model).
     Writes ``out_dir`` whole (built under a hidden name, then renamed):
-    ``layer<i>.png`` per layer, ``patches.npz`` (key ``layer<i>``: (C, k,
+    ``layer<i>.png`` per layer, ``patches.npz`` (key ``layer<i>``: (C, min(k, images),
     image channels, rows, columns), NaN outside the image) and
     ``units.json``. An existing ``out_dir`` is refused unless
     ``options.force``. Returns a ``UnitsSummary``.
@@ -301,11 +313,13 @@ def run(inputs, out_dir, source, options, *, progress=None):
     summary = UnitsSummary(output=str(out_dir))
     sink = UnitsSink(source, options, tops)
     with runner.Run(out_dir, summary, progress=progress, whole=True) as run_:
+        check_writable(out_dir)  # before any image is read: a run that could not save its result is refused
         run_.stream(inputs, sink)
         if summary.interrupted:  # nothing is written: the patches of the images seen so far are incomplete
             return summary
         if summary.images == 0:
-            raise UnitsError("no image could be read, so there are no patches to show")
+            why = f" ({len(summary.failed)} failed; the first: {summary.failed[0][1]})" if summary.failed else ""
+            raise UnitsError(f"no image could be used, so there are no patches to show{why}")
         summary.layers = _write(out_dir, source, tops, options, summary)
     return summary
 

@@ -127,3 +127,48 @@ def test_explain_refuses_an_image_over_the_memory_limit_before_decoding_it(tmp_p
     result = cnn("explain", image, SHAPES, "--model", model, "-o", tmp_path / "ex")
     assert result.exit_code == 3 and "shapes.png: explaining this" in result.stderr, result.output
     assert "CNN_MAX_MEMORY" in result.stderr and (tmp_path / "ex" / "img" / "explain.json").is_file()
+
+
+# --------------------------------------------------------------------------- units: -k, unusable images, -o
+
+
+def test_units_k_is_bounded_by_the_images_there_are(image, tmp_path):
+    out = tmp_path / "u"
+    result = cnn("units", image, SHAPES, "--bank", "edges", "--layer", "0", "-k", "1000000000", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    with np.load(out / "patches.npz", allow_pickle=False) as npz:
+        assert npz["layer0"].shape[:2] == (11, 2)  # 11 channels, one patch per image
+
+
+def test_top_patches_refuses_more_than_the_memory_limit(monkeypatch):
+    from cnn_cli import units as U
+
+    monkeypatch.setenv("CNN_MAX_MEMORY", "1MB")
+    top = U.TopPatches(64, 10**9, U.Field((41, 41), (1, 1), (-20, -20)), 3)
+    maps = np.random.default_rng(0).random((32, 64, 5, 5)).astype(np.float32)
+    with pytest.raises(U.UnitsError, match="smaller -k"):
+        top.add(maps, np.zeros((32, 3, 5, 5), np.float32), [f"{i}.png" for i in range(32)])
+
+
+def test_units_names_the_image_and_cause_when_none_can_be_used(tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1, 500), np.uint8)).save(strip)
+    result = cnn("units", strip, "--bank", "edges", "--layer", "0", "-o", tmp_path / "u")
+    assert result.exit_code == 1 and "strip.png" in result.stderr and "no image could be used" in result.stderr, \
+        result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_units_checks_its_output_before_reading_any_image(image, tmp_path, monkeypatch):
+    from cnn_cli import units as U
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied")
+
+    def never(self, item):
+        raise AssertionError("an image was read before -o was checked")
+
+    monkeypatch.setattr(U, "check_writable", refuse)
+    monkeypatch.setattr(U.UnitsSink, "load", never)
+    result = cnn("units", image, "--bank", "edges", "--layer", "0", "-o", tmp_path / "u")
+    assert result.exit_code == 1 and "Permission denied" in result.stderr, result.output
