@@ -147,17 +147,17 @@ def evaluate(network, meta, dataset, *, split=None, max_pixels=MAX_PIXELS):
     """Accuracy, per-class precision, recall and F1, and the confusion matrix on DATASET.
 
     ``split`` chooses the images (``choose_images``). Returns (report,
-    problems, note): ``evaluation.report`` plus ``split``, ``training_folder``
+    problems, note): ``evaluation.evaluation_report`` plus ``split``, ``training_folder``
     and ``skipped`` (the unreadable images' paths); (path, reason) for each
     of them; and a line saying what was scored. With no readable image the
     report counts 0 images.
     """
-    from .evaluation import confusion_matrix, report
+    from .evaluation import evaluation_report
 
     chosen = choose_images(dataset, meta, split)
     x, y, problems = load_labelled(chosen, meta, max_pixels=max_pixels)
     predictions = predict_batches(network, x).argmax(axis=1) if len(y) else y
-    result = report(confusion_matrix(y, predictions, len(meta.classes)), meta.classes)
+    result = evaluation_report(y, predictions, meta.classes)
     result["split"] = chosen.split
     result["training_folder"] = chosen.training_folder
     result["skipped"] = [str(p) for p, _ in problems]

@@ -172,3 +172,56 @@ def test_units_checks_its_output_before_reading_any_image(image, tmp_path, monke
     monkeypatch.setattr(U.UnitsSink, "load", never)
     result = cnn("units", image, "--bank", "edges", "--layer", "0", "-o", tmp_path / "u")
     assert result.exit_code == 1 and "Permission denied" in result.stderr, result.output
+
+
+# --------------------------------------------------------------------------- evaluate: many classes
+
+
+@pytest.fixture
+def many_classes(tmp_path):
+    """A tiny model of 10,000 classes and a folder of 6 images in 3 of them."""
+    from cnn_cli.modelfile import ModelMeta, build_network, save_model
+    from tinymodel import META
+
+    classes = [f"c{i:05d}" for i in range(10_000)]
+    meta = ModelMeta.from_parts({**META, "classes": classes})
+    model = tmp_path / "many.npz"
+    save_model(model, build_network(meta, seed=0), meta)
+    rng = np.random.default_rng(1)
+    for name in classes[:3]:
+        (tmp_path / "set" / name).mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(tmp_path / "set" / name / f"{j}.png")
+    return model, tmp_path / "set", classes
+
+
+def test_evaluate_with_many_classes_prints_a_capped_table_and_sparse_json(many_classes):
+    model, dataset, classes = many_classes
+    printed = cnn("evaluate", dataset, "--model", model)
+    assert printed.exit_code == 0, printed.output
+    assert len(printed.stdout.splitlines()) < 60 and "most confused" in printed.stdout, printed.stdout
+    result = cnn("evaluate", dataset, "--model", model, "--json")
+    report = json.loads(result.stdout)
+    assert report["confusion_format"] == "cells" and len(report["per_class"]) == 10_000
+    assert sum(count for _, _, count in report["confusion"]) == 6 and len(report["confusion"]) <= 6
+    right = sum(count for true, predicted, count in report["confusion"] if true == predicted)
+    assert report["accuracy"] == pytest.approx(right / 6)
+    assert all(true in classes[:3] and predicted in classes for true, predicted, _ in report["confusion"])
+
+
+def test_sparse_and_dense_reports_agree():
+    from cnn_cli import evaluation as E
+
+    rng = np.random.default_rng(2)
+    labels, predictions = rng.integers(0, 7, 50), rng.integers(0, 7, 50)
+    classes = [f"k{i}" for i in range(7)]
+    dense = E.evaluation_report(labels, predictions, classes)
+    sparse = E.evaluation_report(labels, predictions, classes + [f"x{i}" for i in range(E.DENSE_CLASSES_MAX)])
+    assert dense["confusion_format"] == "matrix" and sparse["confusion_format"] == "cells"
+    assert sparse["accuracy"] == dense["accuracy"]
+    assert all(sparse["per_class"][c] == dense["per_class"][c] for c in classes)
+    matrix = np.array(dense["confusion"])
+    assert {(t, p): n for t, p, n in sparse["confusion"]} == \
+        {(classes[i], classes[j]): int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
+    assert [c[2] for c in E.most_confused(dense, 5)] == [c[2] for c in E.most_confused(sparse, 5)]
+    assert all(t != p for t, p, _ in E.most_confused(sparse, 5))

@@ -307,15 +307,31 @@ def evaluate(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+#: Beyond this many classes, evaluate prints the classes with images, worst F1 first, and the most
+#: confused pairs instead of the whole matrix (--json holds everything).
+PRINTED_CLASSES = 20
+
+
 def _print_report(result):
+    from ..evaluation import most_confused
+
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    scores = [(name, fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]), row["support"])
-              for name, row in result["per_class"].items()]
+    rows = list(result["per_class"].items())
+    title = f"accuracy {fmt(result['accuracy'])} on {result['images']} images"
+    many = len(rows) > PRINTED_CLASSES
+    if many:
+        rows = sorted((r for r in rows if r[1]["support"]), key=lambda r: r[1]["f1"] or 0.0)[:PRINTED_CLASSES]
+        title += f"; the {len(rows)} classes of lowest F1 of {len(result['per_class'])} (--json has them all)"
+    scores = [(name, fmt(row["precision"]), fmt(row["recall"]), fmt(row["f1"]), row["support"]) for name, row in rows]
     console = stdout_console()
-    console.print(rich_table(("class", "precision", "recall", "f1", "images"), scores,
-                         f"accuracy {fmt(result['accuracy'])} on {result['images']} images"))
-    console.print(rich_table(("true \\ predicted", *result["classes"]),
-                         [(name, *row) for name, row in zip(result["classes"], result["confusion"])], "confusion"))
+    console.print(rich_table(("class", "precision", "recall", "f1", "images"), scores, title))
+    if many:
+        console.print(rich_table(("true", "predicted as", "images"), most_confused(result, PRINTED_CLASSES),
+                                 f"the most confused pairs, at most {PRINTED_CLASSES} (--json has the confusion)"))
+    else:
+        console.print(rich_table(("true \\ predicted", *result["classes"]),
+                                 [(name, *row) for name, row in zip(result["classes"], result["confusion"])],
+                                 "confusion"))
 
 
 @app.command()
