@@ -13,6 +13,7 @@ import numpy as np
 from . import functional as F
 from . import registry
 from .blocks import NetVLAD, Residual
+from .graphlayers import Clip
 from .layers import Activation, LayerError, Pool
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, Param
 
@@ -314,12 +315,40 @@ def _steps(layers, inputs, nodes):
     steps = []
     for unit in units:
         last = steps[-1] if steps else None
-        if last is not None and isinstance(last.layer, Conv2d) and _fusable_pool(unit.layer) \
-                and unit.ins == (last.out,) and (isinstance(last.out, tuple) or readers[last.out] == 1):
+        only = last is not None and isinstance(last.layer, Conv2d) and unit.ins == (last.out,) \
+            and (isinstance(last.out, tuple) or readers[last.out] == 1)
+        if only and _fusable_pool(unit.layer):
             steps[-1] = _Node(_ConvPool(last.layer, unit.layer), last.ins, unit.out)
+        elif only and _in_place(unit.layer):
+            steps[-1] = _Node(_ConvActivation(last.layer, unit.layer), last.ins, unit.out)
         else:
             steps.append(unit)
     return steps
+
+
+def _in_place(layer):
+    """Whether ``layer`` is a ReLU or a clip (ReLU6), which eval mode applies to a conv's output in place."""
+    return (isinstance(layer, Activation) and layer.kind == "relu") or isinstance(layer, Clip)
+
+
+class _ConvActivation:
+    """A Conv2d and the ReLU or clip after it. In eval mode the activation overwrites the conv's
+    output in place: no second array of the same size is made and filled (ReLU and ReLU6 were
+    3-14% of a ResNet's and a MobileNet's forward pass). Training runs the two layers as they are."""
+
+    def __init__(self, conv, activation):
+        self.conv, self.activation = conv, activation
+
+    def forward(self, x, train=False):
+        y = self.conv.forward(x, train)
+        if train:
+            return self.activation.forward(y, True)
+        if isinstance(self.activation, Clip):
+            return np.clip(y, np.float32(self.activation.min), np.float32(self.activation.max), out=y)
+        return np.maximum(y, 0, out=y)
+
+    def backward(self, grad):
+        return self.conv.backward(self.activation.backward(grad))
 
 
 def _run(steps, values, out, train, keep=False):

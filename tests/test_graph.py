@@ -150,3 +150,33 @@ def test_graph_form_errors_name_the_layer(tables, message):
 def test_a_merge_reading_one_input_is_refused():
     with pytest.raises(ValueError, match="reads 1 inputs, but takes two or more"):
         Network(build_layers([{"type": "add", "name": "s"}], "t"), (1, 4, 4))
+
+
+def test_a_conv_and_its_relu_or_clip_run_in_place_in_eval_mode_with_the_same_values():
+    from cnn_cli import nn
+
+    tables = [{"type": "conv", "name": "a", "out_channels": 4, "kernel_size": 3, "padding": 1},
+              {"type": "relu", "name": "a_relu"},
+              {"type": "conv", "name": "b", "out_channels": 4, "kernel_size": 3, "padding": 1},
+              {"type": "clip", "name": "b_relu6", "min": 0.0, "max": 0.1},
+              {"type": "conv", "name": "c", "out_channels": 4, "kernel_size": 1},
+              {"type": "relu", "name": "c_relu"},
+              {"type": "add", "name": "sum", "inputs": ["c", "c_relu"]},   # c has two readers: not fused
+              {"type": "flatten", "name": "flat"}, {"type": "linear", "name": "fc", "out_features": 2}]
+    net = Network(build_layers(tables, "test"), (3, 6, 6), seed=0)
+    fused = [type(step.layer).__name__ for step in net._steps]
+    assert fused.count("_ConvActivation") == 2 and "Conv2d" in fused, fused
+    x = np.random.default_rng(9).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(net.forward(x), net.node_outputs(x)[-1])
+    # Training runs the layers as they are, and their gradients are the unfused ones.
+    net.zero_grad()
+    y = net.forward(x, train=True)
+    net.backward(np.ones_like(y))
+    fused_grads = {name: g.copy() for name, _, g in net.parameters()}
+    net._steps = [nn._Node(layer, ins, i) for i, (layer, ins) in enumerate(zip(net.layers, net.inputs))]
+    net.zero_grad()
+    y2 = net.forward(x, train=True)
+    net.backward(np.ones_like(y2))
+    np.testing.assert_array_equal(y, y2)
+    for name, _, g in net.parameters():
+        np.testing.assert_array_equal(fused_grads[name], g, err_msg=name)
