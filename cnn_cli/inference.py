@@ -32,7 +32,7 @@ def predict(network, meta, inputs, *, top_k=1, max_pixels=MAX_PIXELS):
     Returns (rows, errors): one row per readable image,
     ``{"input": path, "predictions": [{"class": name, "probability": p}, ...]}``
     best first (ties in class order), and one message per input that was not
-    found or could not be read, in the order met.
+    found, could not be read or did not fit in memory, in the order met.
     """
     from .imageio import ImageError, find_images, read_image
     from .modelfile import image_transform
@@ -41,14 +41,18 @@ def predict(network, meta, inputs, *, top_k=1, max_pixels=MAX_PIXELS):
     errors = [str(p) for p in problems]
     transform = image_transform(meta)
     k = min(top_k, len(meta.classes))
+    side = meta.preprocessing.image_size
     rows = []
     for path in paths:
         try:
             x = transform(read_image(path, color=meta.preprocessing.color, max_pixels=max_pixels))
+            probs = predict_batches(network, x[None])[0]
         except ImageError as exc:
             errors.append(str(exc))
             continue
-        probs = predict_batches(network, x[None])[0]
+        except MemoryError:
+            errors.append(f"{path}: out of memory (the model reads {side}x{side} images)")
+            continue
         best = np.argsort(-probs, kind="stable")[:k]
         rows.append({"input": str(path),
                      "predictions": [{"class": meta.classes[i], "probability": float(probs[i])} for i in best]})

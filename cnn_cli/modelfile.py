@@ -133,12 +133,12 @@ def _read_meta(path, raw):
                          f"of shape {raw.shape}")
     try:
         return ModelMeta.from_json(json.loads(raw.tobytes().decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of 5,000 digits
         raise ModelError(f"{path}: damaged metadata: {exc}") from None
     except RecursionError:
         raise ModelError(f"{path}: damaged metadata: nested too deeply to read") from None
-    except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from None
 
 
 def _mean_std(pre):

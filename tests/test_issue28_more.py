@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +229,50 @@ def test_sparse_and_dense_reports_agree():
         {(classes[i], classes[j]): int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
     assert [c[2] for c in E.most_confused(dense, 5)] == [c[2] for c in E.most_confused(sparse, 5)]
     assert all(t != p for t, p, _ in E.most_confused(sparse, 5))
+
+
+# --------------------------------------------------------------------------- one line, never a traceback
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["banks"], ["info", "lenet"], ["predict", SHAPES, "--model", "MODEL"],
+                                  ["predict", SHAPES, "--model", "MODEL", "--json"]])
+def test_results_to_a_full_device_end_in_one_line(args, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    args = [str(model) if a == "MODEL" else a for a in args]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cnn_cli", *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == ["Error: cannot write the results: No space left on device"], \
+        done.stderr
+
+
+def test_predict_and_evaluate_say_out_of_memory_in_one_line(tmp_path, monkeypatch):
+    from cnn_cli import inference
+
+    def exhausted(network, x, batch_size=256):
+        raise MemoryError
+
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    monkeypatch.setattr(inference, "predict_batches", exhausted)
+    result = cnn("predict", SHAPES, "--model", model)
+    assert result.exit_code == 1 and result.stderr.strip() == \
+        f"Error: {SHAPES}: out of memory (the model reads 8x8 images)", result.output
+    for name in ("cat", "dog"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "set" / name / "a.png")
+    result = cnn("evaluate", tmp_path / "set", "--model", model)
+    assert result.exit_code == 1 and "out of memory" in result.stderr and "8x8" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_whose_image_size_has_5000_digits_is_named(tmp_path):
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    arrays = dict(np.load(model, allow_pickle=False))
+    meta = bytes(arrays["__meta__"]).decode().replace('"image_size": 8', '"image_size": 1' + "0" * 5000)
+    assert meta != bytes(arrays["__meta__"]).decode()
+    arrays["__meta__"] = np.frombuffer(meta.encode(), np.uint8)
+    np.savez(tmp_path / "big.npz", **arrays)
+    result = cnn("predict", SHAPES, "--model", tmp_path / "big.npz")
+    assert result.exit_code == 1 and f"{tmp_path / 'big.npz'}: damaged metadata" in result.stderr, result.output

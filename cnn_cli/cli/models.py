@@ -295,6 +295,10 @@ def evaluate(
         fail(str(exc), EXIT_USAGE)
     except DatasetError as exc:
         fail(str(exc))
+    except MemoryError:
+        size = meta.preprocessing.image_size
+        fail(f"{dataset}: out of memory scoring it at the model's {size}x{size} input; "
+             "evaluate fewer images at a time (a folder of part of them)")
     echo(note, err=True)
     report_failures(problems)
     if result["images"] == 0:
