@@ -46,8 +46,8 @@ from . import __version__, choices, config, layersel, runner, viz
 from .fileio import NotRegularFileError, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import safe_name
-from .owned import foreign_files, refusal
-from .report import ApplyIndex, apply_page, write_or_keep
+from .owned import EXISTS, foreign_files, refusal
+from .report import ApplyIndex, apply_page
 from .runner import output_lock  # noqa: F401  (OUT's lock, as apply has always offered it)
 from .stream import Progress
 
@@ -338,8 +338,7 @@ def _triage(item, out_root, options):
     if os.path.lexists(out_dir) and not options.force:
         if options.skip_existing:
             return Result(item.path, out_dir=out_dir, skipped=True)
-        return Result(item.path, out_dir=out_dir,
-                      error=f"{out_dir} exists; use --skip-existing to keep it or --force to replace it")
+        return Result(item.path, out_dir=out_dir, error=f"{out_dir}{EXISTS}")
     if options.force and (foreign := foreign_files(out_dir)):  # --force replaces only what cnn wrote
         return Result(item.path, out_dir=out_dir, error=refusal(out_dir, foreign))
     return None
@@ -446,7 +445,7 @@ class ApplySink(runner.Sink):
         except Stopped:
             return self.failure(item, f"{path}: stopped before its output was complete")
         except FileExistsError:
-            return self.failure(item, f"{out_dir} exists; use --skip-existing to keep it or --force to replace it")
+            return self.failure(item, f"{out_dir}{EXISTS}")
         except NotRegularFileError as exc:
             return self.failure(item, f"{path}: cannot write output: {exc.strerror}")
         except (OSError, ValueError) as exc:
@@ -544,8 +543,8 @@ def run(inputs, out_root, pipeline, options, *, progress=None, cluster=None):
                 index.add(result.out_dir, result.skipped)
 
         run_.stream(inputs, sink, cluster=cluster, on_result=note if index is not None else None)
-        if index is not None:
-            _write_index(index, summary, options, progress)
+        if index is not None:  # --force and --skip-existing redo or complete OUT, so they replace its index
+            index.finish(summary, replace=options.force or options.skip_existing, note=progress.note)
     return summary
 
 
@@ -597,16 +596,3 @@ class _Sizes:
         if total > LARGE_RUN_BYTES and self.per_image[0] <= LARGE_IMAGE_BYTES:
             self.progress.note(_large_warning(f"{self.images} images, about {_size(total)} in all",
                                               *self.per_image, self.options))
-
-
-def _write_index(index, summary, options, progress):
-    """Write OUT/index.html, unless the run was interrupted (its rerun writes it) or wrote
-    and kept nothing. An existing index (an earlier run's) is replaced only by --force or
-    --skip-existing, the runs that redo or complete OUT; otherwise it is kept, and the run says so."""
-    try:
-        if not summary.interrupted and index.count:
-            write_or_keep(lambda: index.write(summary.failed, replace=options.force or options.skip_existing),
-                          index.path, note=progress.note, failed=summary.failed,
-                          replaced_by="--force or --skip-existing")
-    finally:
-        index.close()

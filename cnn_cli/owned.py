@@ -20,6 +20,9 @@ GENERATOR = '<meta name="generator" content="cnn">'
 #: A record larger than this is not one cnn wrote (a 5,000-map manifest is about 2 MB).
 MAX_RECORD_BYTES = 64 * 2**20
 
+#: The end of apply's message for an input whose folder exists (the CLI gathers these into one line).
+EXISTS = " exists; use --skip-existing to keep it or --force to replace it"
+
 #: The page cnn writes into an image's folder, beside the files its record lists.
 PAGE = "index.html"
 

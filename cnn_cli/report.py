@@ -412,6 +412,17 @@ class ApplyIndex:
     def close(self):
         self._folders.close()
 
+    def finish(self, summary, *, replace, note):
+        """Write the page, unless the run (a ``runner.Summary``) was interrupted (its rerun writes
+        it) or wrote and kept nothing, then close. An earlier run's page is replaced only when
+        ``replace`` (--force or --skip-existing); otherwise it is kept, and ``note`` says so."""
+        try:
+            if not summary.interrupted and self.count:
+                write_or_keep(lambda: self.write(summary.failed, replace=replace), self.path, note=note,
+                              failed=summary.failed, replaced_by="--force or --skip-existing")
+        finally:
+            self.close()
+
     def add(self, out_dir, skipped):
         """Note a folder this run wrote (or kept, when ``skipped``)."""
         name = Path(out_dir).relative_to(self.out_root).as_posix()
