@@ -148,15 +148,16 @@ def sibling(model_path, suffix):
     return p.with_name(p.stem + suffix)
 
 
-def prepare(dataset_root, config, *, report=lambda msg: None, resume=None):
+def prepare(dataset_root, config, *, report=lambda msg: None, resume=None, resume_epochs=None):
     """Scan, check and load the dataset; build (or restore, from the checkpoint ``resume``) the network and optimizer.
 
     ``report`` receives one-line messages worth showing (image size chosen,
     files skipped, class imbalance). The caller's ``config`` is left as it
-    is: the run's settings, defaults filled in, are ``Prepared.config``.
+    is: the run's settings, defaults filled in, are ``Prepared.config``. A resumed run keeps the
+    checkpoint's settings; ``resume_epochs`` (--epochs) may lengthen it, under a constant schedule.
     """
     if resume is not None:
-        start = _Resumed(resume)
+        start = _Resumed(resume, resume_epochs)
     elif config.from_model is not None:
         from .finetune import FromModel
 
@@ -247,7 +248,7 @@ class _Fresh:
 class _Resumed:
     """A run that goes on from the checkpoint ``path``, with the settings it records."""
 
-    def __init__(self, path):
+    def __init__(self, path, epochs=None):
         self.path = path
         self.network, meta, self.extra = load_model(path)
         if meta.checkpoint is None:
@@ -255,6 +256,13 @@ class _Resumed:
         if meta.training is None or not isinstance(meta.training.config, TrainConfig):
             raise TrainingError(f"{path}: the checkpoint does not record its training settings")
         self.config = run_settings(meta.training.config, f"{path}: the checkpoint's settings")
+        if epochs is not None and epochs != self.config.epochs:
+            if epochs <= meta.checkpoint.epoch or self.config.schedule != "constant":
+                raise TrainingError(f"--epochs {epochs}: the run has done {meta.checkpoint.epoch} of its "
+                                    f"{self.config.epochs} epochs" + (f" on a {self.config.schedule} schedule, which "
+                                    "--epochs would change mid-run" if self.config.schedule != "constant" else "")
+                                    + "; leave out --epochs to finish it as it was set")
+            self.config.epochs = epochs
         self.meta = replace(meta, training=replace(meta.training, config=self.config))
 
     def restore(self, dataset, dataset_root, optimizer, report):
@@ -267,6 +275,14 @@ class _Resumed:
         return best
 
     def network_and_meta(self, dataset, x_train, n_train, n_val):
+        """The checkpoint's network and metadata, once its normalisation is checked against the images
+        (a fine-tuned run's comes from its source model, which is not at hand)."""
+        pre = self.meta.preprocessing
+        if self.config.from_model is None and not all(
+                np.allclose(theirs, ours, rtol=1e-5) for theirs, ours in zip((pre.mean, pre.std),
+                                                                             D.channel_stats(x_train))):
+            raise TrainingError(f"{self.path}: damaged checkpoint: its preprocessing mean {pre.mean} and std "
+                                f"{pre.std} are not those of the training images it was made from")
         return self.network, self.meta
 
 
@@ -327,6 +343,18 @@ def _check_resume(path, meta, dataset, dataset_root):
                             f"done, with {len(state.history)} in its history")
     if dataset.classes != meta.classes:
         raise TrainingError(f"{dataset_root}: classes {dataset.classes} differ from the checkpoint's {meta.classes}")
+    loss_sum, correct, seen = state.sums
+    batches = -(-len(dataset.train.paths) // config.batch_size)
+    damage = [(state.batch < batches, f"batch {state.batch} of an epoch of {batches}"),
+              (state.early_loss is None or (math.isfinite(state.early_loss)  # at least the loss of a guess
+                                            and state.early_loss >= math.log(len(meta.classes)) - 1e-6),
+               f"its divergence baseline (early_loss) is {state.early_loss!r}"),
+              (math.isfinite(loss_sum) and loss_sum >= 0 and 0 <= correct <= seen <= state.batch * config.batch_size,
+               f"its running sums are {state.sums}"),
+              (state.best_loss is None or math.isfinite(state.best_loss), f"best_loss is {state.best_loss!r}")]
+    for sound, what in damage:
+        if not sound:
+            raise TrainingError(f"{path}: damaged checkpoint: {what}; start a new run without --resume")
     recorded = [(training.dataset_sha256, dataset.sha256, "files were added, removed, renamed or moved"),
                 (training.dataset_fingerprint, dataset.fingerprint, "files changed size")]
     for theirs, ours, what in recorded:

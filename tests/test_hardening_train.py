@@ -208,6 +208,13 @@ CRAFTED = {
         "finite"),
     "best weights that do not fit": (None, lambda c: c.update({"state.best.nosuch": np.zeros(2, np.float32)}),
                                      "best weights"),
+    # issue 28: the settings that must match the run are checked like the others
+    "a changed preprocessing mean": (
+        lambda obj: obj["preprocessing"].update(mean=[m + 0.3 for m in obj["preprocessing"]["mean"]]), None,
+        "preprocessing mean"),
+    "a forged divergence baseline of 0": (_set("checkpoint.early_loss", 0.0), None, "early_loss"),
+    "a batch index past the epoch": (_set("checkpoint.batch", 99999), None, "batch 99999"),
+    "NaN running sums": (lambda obj: obj["checkpoint"]["sums"].__setitem__(0, float("nan")), None, "running sums"),
 }
 
 
@@ -294,3 +301,18 @@ def test_evaluate_stops_quietly_when_its_reader_goes_away(tmp_path, patterns):
             os.close(write)
         assert proc.returncode == 128 + signal.SIGPIPE, (extra, proc.returncode, proc.stderr)
         assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_resume_refuses_other_settings_and_lengthens_a_run_given_epochs(tmp_path, patterns, checkpoint):
+    """issue 28: --epochs 5 --lr 0.5 with --resume were silently ignored."""
+    model = tmp_path / "m.npz"
+    line = _refused_before_training(cnn("train", patterns, "-o", model, "--resume", checkpoint,
+                                        "--epochs", "5", "--lr", "0.5"), code=2)
+    assert "leave out --lr" in line and "--epochs" in line, line
+    result = cnn("train", patterns, "-o", model, "--resume", checkpoint, "--epochs", "3")
+    assert result.exit_code == 0 and "3 epochs" in result.stderr, result.output
+    assert len(json.loads((tmp_path / "m.metrics.json").read_text())) == 3
+    line = _refused_before_training(cnn("train", patterns, "-o", tmp_path / "n.npz", "--resume",
+                                        _crafted(checkpoint, tmp_path / "n.ckpt.npz", _set("checkpoint.epoch", 1),
+                                                 lambda c: None), "--epochs", "1"))
+    assert "--epochs 1" in line, line

@@ -50,6 +50,7 @@ def _augmentations(value):
 
 @app.command()
 def train(
+    ctx: typer.Context,
     dataset: Annotated[Path, typer.Argument(help="Folder with one subfolder of images per class.", show_default=False)],
     out: Annotated[Path, typer.Option("-o", "--out", help="Model file to write (.npz).")] = Path("model.npz"),
     arch: Annotated[Optional[str], typer.Option(help="Architecture: lenet, alexnet, resnet, netvlad, or a file [default: lenet].")] = None,
@@ -112,6 +113,8 @@ def train(
 
     if find_lr and resume is not None:
         fail("--find-lr starts from fresh weights; leave out --resume", EXIT_USAGE)
+    if resume is not None:
+        _check_resume_options(ctx)
     _check_fine_tune(from_model, arch, head, freeze, backbone_lr_mult, probe, resume, init_bank, augment)
     fine_tune = {} if from_model is None else dict(
         from_model=str(from_model), head=head, freeze=freeze or ("all" if probe else "none"),
@@ -134,7 +137,8 @@ def train(
             claim.enter_context(claimed(out, replace=force or resume is not None or find_lr, report=say))
         except TrainingError as exc:
             fail(str(exc))
-        prep, history = _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=not no_html)
+        prep, history = _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=not no_html,
+                                       resume_epochs=epochs if _given(ctx, "epochs") else None)
         if prep is None:
             return
     result = prep.result
@@ -156,6 +160,26 @@ def train(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+#: The options a resumed run takes from its checkpoint (--epochs may lengthen it).
+_RECORDED = ("arch", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "val_split", "seed",
+             "image_size", "color", "augment", "augment_fill", "label_smoothing", "warmup", "patience", "init_bank")
+
+
+def _given(ctx, name):
+    """Whether option ``name`` was given on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _check_resume_options(ctx):
+    """Refuse, as a usage error, a setting given with --resume: the run goes on with the checkpoint's."""
+    given = [name for name in _RECORDED if _given(ctx, name)]
+    if given:
+        options = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        fail(f"--resume goes on with the checkpoint's settings; leave out {options} "
+             "(only --epochs may change, to train longer)", EXIT_USAGE)
+
+
 def _check_fine_tune(from_model, arch, head, freeze, backbone_lr_mult, probe, resume, init_bank, augment):
     """Refuse, as usage errors, the fine-tuning options without --from and what --from cannot go with."""
     if from_model is None:
@@ -174,7 +198,7 @@ def _check_fine_tune(from_model, arch, head, freeze, backbone_lr_mult, probe, re
         fail(f"--probe trains the head alone (as --freeze all); leave out --freeze {freeze}", EXIT_USAGE)
 
 
-def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
+def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True, resume_epochs=None):
     """Prepare and train (or run the range test), while MODEL is locked: (prep, history), or (None, None)
     after --find-lr."""
     from ..data import DatasetError
@@ -183,7 +207,7 @@ def _train_claimed(dataset, out, config, resume, find_lr, say, stop, html=True):
     from ..train import Interrupted, TrainingError, fit, prepare
 
     try:
-        prep = prepare(dataset, config, report=say, resume=resume)
+        prep = prepare(dataset, config, report=say, resume=resume, resume_epochs=resume_epochs)
     except OptionError as exc:  # a --head or --freeze node the model does not have
         fail(str(exc), EXIT_USAGE)
     except (DatasetError, TrainingError, BankError, ValueError) as exc:
