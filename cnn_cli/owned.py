@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 #: The tag every page cnn writes carries in its head (``report.document``).
@@ -25,6 +27,29 @@ EXISTS = " exists; use --skip-existing to keep it or --force to replace it"
 
 #: The page cnn writes into an image's folder, beside the files its record lists.
 PAGE = "index.html"
+
+
+#: The text chunk a picture cnn draws for the user to keep (``cnn banks show``) carries after its header.
+PNG_MARK = b"tEXtSoftware\x00cnn"
+
+
+def marked_png(data):
+    """PNG bytes ``data`` with ``PNG_MARK`` inserted after the IHDR chunk (which is 33 bytes in)."""
+    body = PNG_MARK[4:]
+    chunk = struct.pack(">I", len(body)) + PNG_MARK + struct.pack(">I", zlib.crc32(PNG_MARK))
+    return data[:33] + chunk + data[33:]
+
+
+def is_cnn_png(path):
+    """True when ``path`` is a regular file that ``marked_png`` made."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(33 + 4 + len(PNG_MARK))[33 + 4:] == PNG_MARK  # after IHDR and the chunk's length
+    except OSError:
+        return False
 
 
 def is_cnn_page(path):

@@ -71,7 +71,8 @@ def model_summary(path):
         notes.append(f"{how} from {src.get('format')} file {src.get('file')} (SHA-256 {src.get('sha256')})")
         notes += [note if src.get("fine_tuned") else f"assumed: {note}" for note in src.get("assumed", [])]
     if meta.training is not None and meta.training.result is not None:
-        notes.append(f"validation accuracy: {meta.training.result.final_val_accuracy}")
+        acc = meta.training.result.final_val_accuracy
+        notes.append(f"validation accuracy: {acc:.4f}" if isinstance(acc, float) else f"validation accuracy: {acc}")
     return Summary(f"{path}: {meta.architecture.name}", network_rows(network), notes)
 
 

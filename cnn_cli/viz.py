@@ -462,27 +462,49 @@ class LayerPictures:
         return grid(tiles, self.names, notes=notes, footer=footer)
 
 
+#: The tint and letter of each channel of a 3-channel (RGB) kernel in ``kernel_tiles``.
+CHANNEL_TINTS = (("R", (1.0, 0.4, 0.4)), ("G", (0.4, 1.0, 0.4)), ("B", (0.45, 0.55, 1.0)))
+
+
 def kernel_tiles(kernels, cell=96):
     """Pictures of kernels on a diverging grey scale: zero is mid-grey, ± the
     kernel's largest magnitude are white and black. A multichannel kernel
-    (C, kH, kW) shows its channels side by side. Returns one tile per kernel."""
+    (C, kH, kW) shows its channels side by side; those of a 3-channel kernel,
+    which reads R, G and B, are tinted in their colour and lettered below.
+    Returns one RGB tile per kernel."""
     tiles = []
     for weights in kernels:
         w = np.asarray(weights, dtype=np.float64)
         w = w[None] if w.ndim == 2 else w
         m = float(np.abs(w).max())
-        parts = []
-        for ch in w:
-            levels = to_uint8(ch, -m, m) if m > 0 else np.full(ch.shape, 128, np.uint8)
-            parts.append(levels)
+        parts = [to_uint8(ch, -m, m) if m > 0 else np.full(ch.shape, 128, np.uint8) for ch in w]
         strip = np.concatenate([np.pad(p, ((0, 0), (0, 1)), constant_values=0) for p in parts], axis=1)[:, :-1]
         px = max(1, cell // max(strip.shape))
-        tiles.append(Image.fromarray(np.kron(strip, np.ones((px, px), np.uint8)), mode="L"))
+        pixels = np.repeat(np.kron(strip, np.ones((px, px), np.uint8))[..., None], 3, axis=2)
+        if len(parts) == len(CHANNEL_TINTS):
+            tiles.append(_lettered(pixels, (w.shape[2] + 1) * px))
+        else:
+            tiles.append(Image.fromarray(pixels, mode="RGB"))
     side = max(max(t.size) for t in tiles)
     # Pad every tile to one size so the grid is regular.
     out = []
     for t in tiles:
-        canvas = Image.new("L", (side, side), 32)
+        canvas = Image.new("RGB", (side, side), (32, 32, 32))
         canvas.paste(t, ((side - t.size[0]) // 2, (side - t.size[1]) // 2))
         out.append(canvas)
     return out
+
+
+def _lettered(pixels, part_width):
+    """A colour kernel's strip (H, W, 3), each channel's part (``part_width`` columns) tinted, over its letter."""
+    tinted = pixels.astype(np.float32)
+    for i, (_, tint) in enumerate(CHANNEL_TINTS):
+        tinted[:, i * part_width:(i + 1) * part_width] *= tint
+    picture = Image.fromarray(tinted.astype(np.uint8), mode="RGB")
+    canvas = Image.new("RGB", (picture.size[0], picture.size[1] + LABEL_HEIGHT), (32, 32, 32))
+    canvas.paste(picture, (0, 0))
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for i, (letter, tint) in enumerate(CHANNEL_TINTS):
+        x = i * part_width + (part_width - font.getlength(letter)) / 2
+        draw.text((x, picture.size[1] + 1), letter, fill=tuple(int(255 * t) for t in tint), font=font)
+    return canvas

@@ -276,3 +276,39 @@ def test_a_model_whose_image_size_has_5000_digits_is_named(tmp_path):
     np.savez(tmp_path / "big.npz", **arrays)
     result = cnn("predict", SHAPES, "--model", tmp_path / "big.npz")
     assert result.exit_code == 1 and f"{tmp_path / 'big.npz'}: damaged metadata" in result.stderr, result.output
+
+
+# --------------------------------------------------------------------------- banks show
+
+
+def test_banks_show_without_a_bank_names_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cnn("banks", "show")
+    assert result.exit_code == 2 and "edges" in result.stderr and "cnn banks show edges" in result.stderr, \
+        result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_banks_show_by_default_writes_a_named_file_it_replaces_on_a_rerun(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        result = cnn("banks", "show", "edges")
+        assert result.exit_code == 0 and "edges.kernels.png" in result.stderr, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["edges.kernels.png"]
+    (tmp_path / "corners.kernels.png").write_bytes(b"a file of the user's")
+    before = (tmp_path / "corners.kernels.png").read_bytes()
+    result = cnn("banks", "show", "corners")
+    assert result.exit_code == 1 and "--force" in result.stderr, result.output
+    assert (tmp_path / "corners.kernels.png").read_bytes() == before
+
+
+def test_the_colour_bank_is_drawn_in_colour_with_channel_letters():
+    from cnn_cli.filterbank import load_bank
+    from cnn_cli.viz import kernel_tiles
+
+    bank = load_bank("color")
+    (tile,) = kernel_tiles([bank.kernels[0].weights])
+    pixels = np.asarray(tile).astype(int)
+    assert np.abs(pixels[..., 0] - pixels[..., 1]).max() > 40  # not grey
+    (grey,) = kernel_tiles([bank.kernels[0].weights[0]])
+    assert np.array_equal(np.asarray(grey)[..., 0], np.asarray(grey)[..., 1])

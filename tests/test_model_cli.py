@@ -491,3 +491,13 @@ def test_a_signal_saves_a_checkpoint_and_exits_128_plus_signal(bigger_dataset, t
         assert out.is_file() and not ckpt.exists()
         _, meta, _ = load_model(out)
         assert meta.training.result.epochs_run == EPOCHS
+
+
+def test_info_rounds_the_validation_accuracy(model):
+    """issue 28: info printed 'validation accuracy: 0.9749303621169917'."""
+    import re
+
+    out, _ = model
+    result = invoke("info", out)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"validation accuracy: \d\.\d{4}$", result.output, re.M), result.output
