@@ -297,3 +297,24 @@ GEMM_ROW_COLUMNS_MIN_WIDTH = 32
 #: 10 classes (bench/retrieval.py): the default pipeline's precision@1 rose from
 #: 0.606 to 0.756. Any value gives correct results; it only changes which space.
 STANDARDIZE_MIN_ROWS = 16
+
+#: ``--workers N`` starts a local Dask cluster only for a run of at least this
+#: many images; a smaller one runs in this process, and the command says so.
+#: Measured on this 2-core machine (bench/scale.py, cnn apply --save raw
+#: --layers last on 256² images): starting and stopping 2 workers takes about
+#: 4-5 s, and one process, which already runs the engine on every core,
+#: embeds or applies 15-25 images a second, so below a few hundred images a
+#: local cluster cannot repay its start-up. ``CNN_LOCAL_CLUSTER_MIN_IMAGES``
+#: overrides it (0 always starts the cluster: the tests do so). Any value
+#: gives the same outputs; it only changes the time.
+LOCAL_CLUSTER_MIN_IMAGES = 200
+
+
+def local_cluster_min_images():
+    """LOCAL_CLUSTER_MIN_IMAGES, or the environment's CNN_LOCAL_CLUSTER_MIN_IMAGES (ValueError for a bad one)."""
+    text = os.environ.get("CNN_LOCAL_CLUSTER_MIN_IMAGES")
+    if text is None:
+        return LOCAL_CLUSTER_MIN_IMAGES
+    if not text.strip().isdigit():
+        raise ValueError(f"CNN_LOCAL_CLUSTER_MIN_IMAGES must be a whole number of images, but got {text!r}")
+    return int(text)

@@ -16,6 +16,7 @@ runs never write one folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layersel, runner
-from .embedding import POOLINGS, EmbeddingWriter, l2_normalize, pool_maps, read_embedding_folder
+from . import choices, config, layersel, runner
+from .embedding import POOLINGS, EmbeddingWriter, l2_normalize, pool_maps, read_embedding_folder, read_settings
 from .imageio import MAX_PIXELS, read_image
 from .inputs import Input, Problem, iter_inputs
 from .nn import iter_nodes
-from .retrieval import Pca, evaluate_retrieval, fit_pca, search
+from .retrieval import Pca, evaluate_retrieval, fit_pca, fit_standardize, search
 from .sources import load_source
 from .stream import Progress
 
@@ -51,6 +52,10 @@ class EmbedOptions:
     max_pixels: int = MAX_PIXELS
     resume: bool = False
     append: bool = False
+    #: Standardise the rows (``retrieval.fit_standardize``) when no --pca or --pca-from is given.
+    standardize: bool = True
+    #: Replace a finished or unfinished index in the folder (only the files cnn embed writes).
+    force: bool = False
 
 
 @dataclass
@@ -168,21 +173,29 @@ def run(inputs, out_dir, source, options, *, progress=None, cluster=None):
     pool = _pool_for(source, layer, options.pool)
     if options.pca and options.pca_from:
         raise ValueError("give only one of --pca and --pca-from")
+    if options.force and (options.resume or options.append):
+        raise ValueError("give only one of --force, --resume and --append")
     pca, pca_record = None, None
     existing = out_dir / PCA_FILE
+    standardize = options.standardize and not (options.pca or options.pca_from)
+    if standardize and (options.append or options.resume) and (out_dir / "embed.json").exists():
+        standardize = _standardized(out_dir)  # new rows go into the folder's own space
     if options.pca_from:
         pca = Pca.load(options.pca_from)
         pca_record = {"dimension": pca.dimension, "fitted": False, "file": PCA_FILE}
-    elif options.pca:
-        pca_record = {"dimension": int(options.pca), "fitted": True, "file": PCA_FILE}
+    elif options.pca or standardize:
+        pca_record = {"dimension": int(options.pca), "fitted": True, "file": PCA_FILE} if options.pca else \
+            _standardize_record(source, layer, pool)
         if options.append and existing.exists():
             pca = Pca.load(existing)  # new rows go into the space the folder was fitted in
     embedder = Embedder(source, layer, pool, options.normalize, pca=pca,
                         max_size=options.max_size, max_pixels=options.max_pixels)
     settings = settings_of(source, layer, pool, options, pca_record)
-    two_passes = bool(options.pca) and pca is None
+    two_passes = pca_record is not None and pca_record["fitted"] and pca is None
     summary = EmbedSummary(dimension=embedder.dimension)
     with runner.Run(out_dir, summary, progress=progress) as run_:
+        if options.force:
+            _remove_index(out_dir, progress)
         if two_passes:
             _refuse_finished(out_dir, options)
             writer = _open_writer(out_dir / FIRST_PASS, embedder.dimension, "float32", {**settings, "pca": None},
@@ -201,14 +214,59 @@ def run(inputs, out_dir, source, options, *, progress=None, cluster=None):
         if options.pca_from:
             shutil.copyfile(options.pca_from, out_dir / PCA_FILE)
         if two_passes:
-            summary.dimension = _second_pass(out_dir / FIRST_PASS, out_dir, int(options.pca), options, settings,
-                                             progress)
+            summary.dimension = _second_pass(out_dir / FIRST_PASS, out_dir, options, settings, progress)
     return summary
+
+
+def _standardizing(rows):
+    """The standardising fitted on ``rows``, or None for fewer than STANDARDIZE_MIN_ROWS or all-equal rows."""
+    if len(rows) < config.STANDARDIZE_MIN_ROWS:
+        return None
+    try:
+        return fit_standardize(rows)
+    except ValueError:  # every row is the same: nothing to centre on
+        return None
+
+
+def _standardize_record(source, layer, pool):
+    """embed.json's ``pca`` for standardised rows (the default): a diagonal whitening in pca.npz."""
+    shape = source.vector_shapes[layer]
+    width = int(shape[0]) if len(shape) != 3 else shape[0] * (2 if pool == "stats" else 1)
+    return {"dimension": width, "fitted": True, "file": PCA_FILE, "standardized": True}
+
+
+def _standardized(out_dir):
+    """Whether a finished folder's rows were standardised (so appended rows must be too)."""
+    record = read_settings(out_dir).get("pca")
+    return isinstance(record, dict) and record.get("standardized") is True
+
+
+#: What ``cnn embed`` writes into its folder; ``--force`` removes these and nothing else.
+INDEX_FILES = ("embeddings.npy", "index.csv", "embed.json", PCA_FILE, "embed.progress.json",
+               "embeddings.npy.partial", "index.csv.partial")
+
+
+def _remove_index(out_dir, progress):
+    """``--force``: remove the index files cnn embed wrote (and a first pass), leaving anything else."""
+    removed = [name for name in INDEX_FILES if (out_dir / name).is_file()]
+    for name in removed:
+        (out_dir / name).unlink()
+    if (out_dir / FIRST_PASS).is_dir():
+        for name in INDEX_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                (out_dir / FIRST_PASS / name).unlink()
+        with contextlib.suppress(OSError):  # a file of the user's inside it stays, and so does the folder
+            (out_dir / FIRST_PASS).rmdir()
+        removed.append(FIRST_PASS)
+    if removed:
+        progress.note(f"--force: replacing the index in {out_dir} ({', '.join(removed)}); "
+                      "other files there are left as they are")
 
 
 def _refuse_finished(out_dir, options):
     if (out_dir / "embed.json").exists() and not (options.append or options.resume):
-        raise FileExistsError(f"{out_dir}: already holds embeddings; use --append, or choose another folder")
+        raise FileExistsError(f"{out_dir}: already holds embeddings; add to them with --append, replace them "
+                              "with --force, or choose another folder")
 
 
 def _open_writer(folder, dim, dtype, settings, options):
@@ -246,12 +304,23 @@ def _key(path):
     return os.path.abspath(path)
 
 
-def _second_pass(first, out_dir, dim, options, settings, progress):
-    """Fit PCA-whitening on the first pass's rows, then write them transformed as the final folder."""
+def _second_pass(first, out_dir, options, settings, progress):
+    """Fit PCA-whitening (or standardising) on the first pass's rows, then write them transformed as the final folder.
+
+    Fewer than ``config.STANDARDIZE_MIN_ROWS`` rows are not standardised: they
+    are written as pooled, and embed.json records ``pca: null``.
+    """
     raw = read_embedding_folder(first)
-    progress.note(f"fitting PCA-whitening to {dim} dimensions on {len(raw.paths)} rows")
-    pca = fit_pca(raw.embeddings, dim)
-    pca.save(out_dir / PCA_FILE)
+    dim = settings["pca"]["dimension"]
+    if options.pca:
+        progress.note(f"fitting PCA-whitening to {dim} dimensions on {len(raw.paths)} rows")
+        pca = fit_pca(raw.embeddings, dim)
+    else:
+        pca = _standardizing(raw.embeddings)
+        if pca is None:
+            settings = {**settings, "pca": None}
+    if pca is not None:
+        pca.save(out_dir / PCA_FILE)
     failed = raw.info.get("failed", [])
     final = EmbeddingWriter(out_dir, dim, options.dtype, settings, resume=True)
     try:
@@ -260,9 +329,11 @@ def _second_pass(first, out_dir, dim, options, settings, progress):
                 final.add_failed(item["path"], item["error"])
         for start in range(0, len(raw.paths), PCA_ROWS):
             stop = start + PCA_ROWS
-            rows = pca.transform(np.asarray(raw.embeddings[start:stop]))
-            if options.normalize:
-                rows = l2_normalize(rows)
+            rows = np.asarray(raw.embeddings[start:stop])
+            if pca is not None:
+                rows = pca.transform(rows)
+                if options.normalize:
+                    rows = l2_normalize(rows)
             final.add(raw.paths[start:stop], rows)
         final.close()
     except BaseException:
@@ -287,12 +358,29 @@ def open_index(folder):
         color, max_size = info["image"]["color"], info["image"]["max_size"]
     except (KeyError, TypeError):
         raise ValueError(f"{folder}: embed.json does not say how its rows were made; rebuild it with cnn embed") from None
+    damaged = f"{folder}: embed.json is damaged"
+    if not isinstance(spec, dict) or set(spec) - {"banks", "pipeline", "model"}:
+        raise ValueError(f"{damaged}: its source is {spec!r}"[:300] + "; rebuild the index with cnn embed")
+    if color not in choices.COLORS:
+        raise ValueError(f"{damaged}: its colour is {color!r}"[:300] + f", not one of {', '.join(choices.COLORS)}; "
+                         "rebuild the index with cnn embed")
+    if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1):
+        raise ValueError(f"{damaged}: its max_size is {max_size!r}"[:300] + "; rebuild the index with cnn embed")
+    if pool not in POOLINGS + ("none",):
+        raise ValueError(f"{damaged}: its pooling is {pool!r}"[:300] + "; rebuild the index with cnn embed")
     source = load_source(**spec, color=color)
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < len(source.vector_layers):
+        raise ValueError(f"{damaged}: its layer index is {layer!r}"[:300] + f", but the source has "
+                         f"{len(source.vector_layers)} layers; rebuild the index with cnn embed")
     if source.describe()["files"] != info["source"]["files"]:
         raise ValueError(f"{folder}: the source's files changed since the index was built "
                          f"({', '.join(f['path'] for f in info['source']['files'])}); rebuild the index")
     pca = Pca.load(folder / PCA_FILE) if info.get("pca") else None
-    return index, Embedder(source, layer, pool, normalize, pca=pca, max_size=max_size)
+    embedder = Embedder(source, layer, pool, normalize, pca=pca, max_size=max_size)
+    if embedder.dimension != index.embeddings.shape[1]:
+        raise ValueError(f"{damaged}: its settings make rows of {embedder.dimension} values, but "
+                         f"embeddings.npy holds {index.embeddings.shape[1]}; rebuild the index with cnn embed")
+    return index, embedder
 
 
 def search_images(queries, folder, k, *, progress=None):
@@ -327,5 +415,31 @@ def evaluate_index(folder, k):
                          "--evaluate needs images in class folders, as in ImageFolder")
     names = sorted(set(labels))
     scores = evaluate_retrieval(index.embeddings, np.array([names.index(x) for x in labels]), k)
-    return {**scores, "classes": len(names), "index": str(folder)}
+    trained = _training_images_of(index)
+    note = (f"the index holds the images the model {trained} was trained on (the SHA-256 of their file list "
+            "matches the one it recorded), so these figures flatter it; embed images it has not seen to "
+            "measure retrieval") if trained else None
+    return {**scores, "classes": len(names), "index": str(folder), "training_folder": bool(trained),
+            "note": note}
+
+
+def _training_images_of(index):
+    """The model file whose training folder the index's images are, as ``cnn evaluate`` tells
+    (``inference.choose_images``: the SHA-256 of the file list the model recorded); else None."""
+    from .data import files_sha256
+    from .modelfile import load_model
+
+    spec = index.info.get("source", {}).get("spec") if isinstance(index.info.get("source"), dict) else None
+    model = spec.get("model") if isinstance(spec, dict) else None
+    if not isinstance(model, str) or not index.paths:
+        return None
+    try:
+        _, meta, _ = load_model(model)
+    except (ValueError, OSError, MemoryError):
+        return None
+    recorded = getattr(meta.training, "dataset_sha256", None) if meta.training is not None else None
+    if not isinstance(recorded, str):
+        return None
+    root = Path(os.path.commonpath([str(Path(p).parent.parent) for p in index.paths]))
+    return model if files_sha256(root, index.paths) == recorded else None
 

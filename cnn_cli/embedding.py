@@ -75,6 +75,9 @@ PARTIAL = ".partial"
 #: Keys of embed.json that the writer owns; the caller's settings may not use them.
 WRITER_KEYS = ("dimension", "dtype", "count", "failed", "cnn_version")
 
+#: Failures recorded before the progress record is rewritten, at least (``EmbeddingWriter.add_failed``).
+FAILED_COMMIT = 64
+
 #: The partial .npy file's header is always this long (a multiple of 64, as the
 #: format asks), so the final row count can be written over it in place.
 _HEADER_BYTES = 128
@@ -220,6 +223,11 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
+def read_settings(folder):
+    """The settings a folder's embed.json records (a dict); ValueError naming the file when it is not one."""
+    return _read_json(Path(folder) / INFO)
+
+
 @dataclass(frozen=True)
 class EmbeddingFolder:
     """A finished output folder: ``embeddings`` (N, D), ``paths`` (N strings), ``info`` (embed.json)."""
@@ -285,6 +293,8 @@ class EmbeddingWriter:
         self.dim, self.dtype, self.settings = int(dim), np.dtype(dtype), settings
         self._row_bytes = self.dim * self.dtype.itemsize
         self.count, self.failed, self.done = 0, [], set()
+        #: How many of ``failed`` the progress record holds (see ``add_failed``).
+        self._committed_failed = 0
         self._closed = False
         self.folder.mkdir(parents=True, exist_ok=True)
         progress, info = self.folder / PROGRESS, self.folder / INFO
@@ -296,7 +306,7 @@ class EmbeddingWriter:
         elif info.exists():
             if not (resume or append):
                 raise FileExistsError(f"{self.folder}: already holds embeddings; add to them with "
-                                      "--append, or choose another folder")
+                                      "--append, replace them with --force, or choose another folder")
             self._start_from_finished(_read_json(info), info)
         else:
             leftovers = [n for n in (EMBEDDINGS, INDEX) if (self.folder / n).exists()]
@@ -374,6 +384,7 @@ class EmbeddingWriter:
 
     def _commit(self):
         """Record what the partial files hold; call only after they are fsync'd."""
+        self._committed_failed = len(self.failed)
         _write_json(self.folder / PROGRESS, {
             "settings": self.settings, "dimension": self.dim, "dtype": self.dtype.name,
             "rows": self.count, "index_bytes": self._index_bytes, "failed": self.failed})
@@ -410,11 +421,20 @@ class EmbeddingWriter:
         self._commit()
 
     def add_failed(self, path, error):
-        """Record an input that could not be embedded (it gets no row)."""
+        """Record an input that could not be embedded (it gets no row).
+
+        The failure reaches the progress record with the next ``add``, at
+        ``close`` or ``abandon``, or once the failures not yet recorded are
+        as many as those recorded (and at least FAILED_COMMIT): every commit
+        rewrites the whole list, so committing each one made n failures cost
+        n² (4,000 unreadable files took 40 s), and doubling keeps it linear.
+        A kill loses at most the unrecorded ones, which a resumed run tries again.
+        """
         self._check_open()
         self.failed.append({"path": os.fspath(path), "error": str(error)})
         self.done.add(os.fspath(path))
-        self._commit()
+        if len(self.failed) - self._committed_failed >= max(FAILED_COMMIT, self._committed_failed):
+            self._commit()
 
     def close(self):
         """Finish the folder: embeddings.npy, index.csv, then embed.json. Returns embed.json's contents."""
@@ -439,6 +459,9 @@ class EmbeddingWriter:
     def abandon(self):
         """Close the files and leave the run resumable (what a crash would leave)."""
         if not self._closed:
+            if len(self.failed) > self._committed_failed:
+                with contextlib.suppress(OSError):
+                    self._commit()
             for fh in (self._data, self._index):
                 with contextlib.suppress(OSError):
                     fh.close()

@@ -91,6 +91,14 @@ def _rows_per_chunk(width):
     return max(1, PCA_CHUNK_BYTES // (8 * max(width, 1)))
 
 
+def _column_mean(rows, chunk):
+    """The mean of each column of rows (N, D), summed in float64 over chunks of ``chunk`` rows."""
+    total = np.zeros(rows.shape[1])
+    for start in range(0, rows.shape[0], chunk):
+        total += np.asarray(rows[start:start + chunk], dtype=np.float64).sum(axis=0)
+    return total / rows.shape[0]
+
+
 def fit_pca(rows, dim, *, eps=1e-12):
     """PCA with whitening of rows (N, D_in), keeping ``dim`` components.
 
@@ -106,10 +114,7 @@ def fit_pca(rows, dim, *, eps=1e-12):
     if not 1 <= dim <= min(n, width):
         raise ValueError(f"PCA dimension must be between 1 and min(N, D) = min({n}, {width}), but got {dim}")
     chunk = _rows_per_chunk(width)
-    total = np.zeros(width)
-    for start in range(0, n, chunk):
-        total += np.asarray(rows[start:start + chunk], dtype=np.float64).sum(axis=0)
-    mean = total / n
+    mean = _column_mean(rows, chunk)
     cov = np.zeros((width, width))
     for start in range(0, n, chunk):
         x = np.asarray(rows[start:start + chunk], dtype=np.float64) - mean
@@ -125,6 +130,34 @@ def fit_pca(rows, dim, *, eps=1e-12):
     biggest = np.argmax(np.abs(components), axis=1)
     components *= np.sign(components[np.arange(dim), biggest])[:, None]
     return Pca(mean, components, variance[:dim].copy(), eps)
+
+
+def fit_standardize(rows):
+    """Each dimension centred on its mean and divided by its standard deviation (ddof = 1): a ``Pca``
+    whose components are the identity, so it is saved, loaded and applied as one.
+
+    The default space of ``cnn embed`` (issue 28): pooled responses of fixed
+    filters share a large common part, so raw rows all point one way (cosine
+    about 0.97-0.9999 for every pair); centring removes the common part and
+    the scale evens out dimensions whose spread differs by orders of magnitude.
+    A dimension whose variance is below PCA_RANK_TOLERANCE of the largest is
+    divided by that floor instead, so a constant channel cannot blow up noise.
+    ValueError for fewer than two rows, or rows that are all equal.
+    """
+    rows = as_rows(rows, "rows")
+    n, width = rows.shape
+    if n < 2:
+        raise ValueError(f"standardising needs at least 2 rows, but got {n}")
+    chunk = _rows_per_chunk(width)
+    mean = _column_mean(rows, chunk)
+    squares = np.zeros(width)
+    for start in range(0, n, chunk):
+        squares += ((np.asarray(rows[start:start + chunk], dtype=np.float64) - mean) ** 2).sum(axis=0)
+    variance = squares / (n - 1)
+    if variance.max() <= 0:
+        raise ValueError(f"the {n} rows are all equal, so they cannot be standardised")
+    variance = np.maximum(variance, PCA_RANK_TOLERANCE * variance.max())
+    return Pca(mean, np.eye(width), variance, 0.0)
 
 
 def search(queries, index, k, *, chunk_rows=SEARCH_CHUNK_ROWS):

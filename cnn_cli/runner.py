@@ -265,6 +265,8 @@ class Run:
         A KeyboardInterrupt ends the stream and sets ``summary.interrupted``.
         """
         summary, progress = self.summary, self.progress
+        if cluster is not None:  # the run's time counts the cluster's start-up, which came before it
+            self.start = min(self.start, getattr(cluster, "started", self.start))
 
         def record(result):
             summary.add(result)

@@ -141,7 +141,8 @@ def test_append_adds_new_images_and_refuses_other_settings(tmp_path):
 
 def test_sigkill_then_resume_gives_the_uninterrupted_embeddings(tmp_path):
     _folder(tmp_path / "photos", 120, shape=(96, 96))
-    command = [sys.executable, "-m", "cnn_cli", "embed", str(tmp_path / "photos")]
+    # one pass (the default standardising writes a first pass into .first-pass/, as --pca does)
+    command = [sys.executable, "-m", "cnn_cli", "embed", str(tmp_path / "photos"), "--no-standardize"]
     clean = subprocess.run(command + ["-o", str(tmp_path / "clean")], capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "index"

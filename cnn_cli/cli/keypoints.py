@@ -10,6 +10,7 @@ import typer
 
 from .common import (
     EXIT_USAGE,
+    Color,
     MaxPixels,
     ModelOption,
     app,
@@ -48,14 +49,19 @@ def _options(**values):
     return KeypointOptions(**values)
 
 
-def _source(pipeline, model):
+#: --color: as cnn apply reads images; a model reads them in its own colour.
+ColorOption = Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels, for a pipeline of 3-channel kernels (a model reads its own).")]
+
+
+def _source(pipeline, model, color):
     """The source of the maps, or one Error line."""
     from ..sources import load_source
 
     if pipeline and model:
         fail("give only one of --pipeline and --model", EXIT_USAGE)
     try:
-        return load_source(pipeline=None if model else pipeline or DEFAULT_RESPONSE, model=model and str(model))
+        return load_source(pipeline=None if model else pipeline or DEFAULT_RESPONSE, model=model and str(model),
+                           color=color.value)
     except (ValueError, MemoryError) as exc:
         fail(out_of_memory(exc))
 
@@ -66,6 +72,7 @@ def keypoints(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; each image gets OUT/<name>/, named as cnn apply names it.")] = Path("cnn-keypoints"),
     pipeline: KeyPipeline = None,
     model: ModelOption = None,
+    color: ColorOption = Color.gray,
     layer: KeyLayer = None,
     num: Points = 500,
     threshold: Threshold = 0.001,
@@ -102,7 +109,7 @@ def keypoints(
     from ..terminal import ProgressDisplay
 
     check_output_or_fail(out)
-    source = _source(pipeline, model)
+    source = _source(pipeline, model, color)
     options = _options(num=num, threshold=threshold, min_distance=min_distance, scales=scales, layer=layer,
                        max_size=max_size, max_pixels=max_pixels, force=force)
     kept = f"the images finished in {out}/ are kept, and no unfinished output is left"
@@ -130,6 +137,7 @@ def match(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output folder; the pair gets OUT/<a>__<b>/ (the images' file stems).")] = Path("cnn-match"),
     pipeline: KeyPipeline = None,
     model: ModelOption = None,
+    color: ColorOption = Color.gray,
     layer: KeyLayer = None,
     descriptor: Annotated[str | None, typer.Option("--descriptor", help="Layer whose maps are sampled around each keypoint (same grammar as --layer). An x/y derivative pair (harris's layer 0) is steered to each point's angle. [default: a pipeline's first layer; a model's --layer]", show_default=False)] = None,
     ratio: Annotated[float, typer.Option("--ratio", max=1.0, help="Lowe's ratio test: keep a match when its distance is under RATIO times the second nearest's.")] = 0.8,
@@ -167,7 +175,7 @@ def match(
     from ..layersel import OptionError
 
     check_output_or_fail(out)
-    source = _source(pipeline, model)
+    source = _source(pipeline, model, color)
     options = _options(num=num, threshold=threshold, min_distance=min_distance, scales=scales, layer=layer,
                        descriptor=descriptor, ratio=ratio, geometry=geometry.value, max_size=max_size,
                        max_pixels=max_pixels, force=force)

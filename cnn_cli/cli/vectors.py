@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from .common import (
-    EXIT_USAGE, BankOption, MaxPixels, ModelOption, PipelineOption, Pooling, RawDtype, Scheduler, Workers, app,
+    EXIT_USAGE, BankOption, Color, MaxPixels, ModelOption, PipelineOption, Pooling, RawDtype, Scheduler, Workers, app,
     check_one_source, check_output_or_fail, close_cluster, echo, echo_json, end_if_interrupted, exit_batch, fail,
     open_cluster, report_failures, stoppable,
 )
@@ -20,9 +20,11 @@ def embed(
     bank: BankOption = None,
     pipeline: PipelineOption = None,
     model: ModelOption = None,
+    color: Annotated[Color, typer.Option(help="Read images as luminance (gray) or as R, G, B channels (a model reads its own).")] = Color.gray,
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to embed: an index (negative from the end), 'last', a name (layer<i>), or a kind that occurs once (default: a pipeline's last layer; a model's classifier input).")] = None,
     pool: Annotated[Optional[Pooling], typer.Option("--pool", help="How a layer's maps become one vector: gap (mean), gmp (max), gem (generalised mean, p=3), stats (mean and std).")] = None,
     no_normalize: Annotated[bool, typer.Option("--no-normalize", help="Keep rows as they are instead of L2-normalising them.")] = False,
+    no_standardize: Annotated[bool, typer.Option("--no-standardize", help="Keep the pooled rows: do not centre each dimension on the index mean and scale it by its spread (the default from 16 images on, saved as OUT/pca.npz).")] = False,
     pca: Annotated[Optional[int], typer.Option("--pca", min=1, help="Fit PCA-whitening to this many dimensions on the embedded set (written to OUT/pca.npz).")] = None,
     pca_from: Annotated[Optional[Path], typer.Option("--pca-from", help="Apply a saved pca.npz, so these rows land in another index's space.")] = None,
     dtype: Annotated[RawDtype, typer.Option(help="Type of the stored rows; float16 halves the file.")] = RawDtype.float32,
@@ -30,6 +32,7 @@ def embed(
     max_pixels: MaxPixels = 100_000_000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run that stopped, keeping its rows.")] = False,
     append: Annotated[bool, typer.Option("--append", help="Add new images to a finished folder (same settings only).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the index in OUT (only the files cnn embed writes; anything else there stays).")] = False,
     workers: Workers = None,
     scheduler: Scheduler = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run's summary as one JSON object on stdout.")] = False,
@@ -45,6 +48,8 @@ def embed(
 
       cnn embed photos/ -o index --pool gem --pca 64
 
+      cnn embed photos/ -o index --bank color --color rgb --force
+
       cnn embed more/ -o index --append
 
       cnn embed photos/ -o index --model digits.npz --workers 2
@@ -54,18 +59,19 @@ def embed(
     from ..sources import load_source
     from ..terminal import ProgressDisplay
 
-    if resume and append:
-        fail("give only one of --resume and --append", EXIT_USAGE)
+    if resume + append + force > 1:
+        fail("give only one of --resume, --append and --force", EXIT_USAGE)
     check_one_source(bank, pipeline, model)
     check_output_or_fail(out)
-    cluster = open_cluster(workers, scheduler)
+    cluster = open_cluster(workers, scheduler, inputs, out)
     kept = (f"the rows embedded so far are kept in {out}/, and no unfinished file is left at a final path; "
             "continue with the same command and --resume")
     try:
-        source = load_source(banks=bank, pipeline=pipeline, model=model and str(model))
+        source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value)
         options = EmbedOptions(layer=layer, pool=pool and pool.value, normalize=not no_normalize, pca=pca,
                                pca_from=pca_from and str(pca_from), dtype=dtype.value, max_size=max_size,
-                               max_pixels=max_pixels, resume=resume, append=append)
+                               max_pixels=max_pixels, resume=resume, append=append,
+                               standardize=not no_standardize, force=force)
         with ProgressDisplay("embed") as progress, stoppable(kept) as stopped:
             summary = run(inputs, out, source, options, progress=progress, cluster=cluster)
     except OptionError as exc:  # a --layer the source does not have
@@ -118,6 +124,8 @@ def search(
     except (ValueError, OSError) as exc:
         fail(str(exc))
     if evaluate:
+        if scores["note"]:
+            echo(f"Note: {scores['note']}", err=True)
         if json_out:
             echo_json(scores)
         else:
