@@ -40,28 +40,26 @@ def marked_png(data):
     return data[:33] + chunk + data[33:]
 
 
-def is_cnn_png(path):
-    """True when ``path`` is a regular file that ``marked_png`` made."""
+def _head(path, size):
+    """The first ``size`` bytes of ``path`` when it is a regular file (not a link), else b""."""
     path = Path(path)
     if path.is_symlink() or not path.is_file():
-        return False
+        return b""
     try:
         with open(path, "rb") as fh:
-            return fh.read(33 + 4 + len(PNG_MARK))[33 + 4:] == PNG_MARK  # after IHDR and the chunk's length
+            return fh.read(size)
     except OSError:
-        return False
+        return b""
+
+
+def is_cnn_png(path):
+    """True when ``path`` is a regular file that ``marked_png`` made (the mark follows IHDR and its length)."""
+    return _head(path, 33 + 4 + len(PNG_MARK))[33 + 4:] == PNG_MARK
 
 
 def is_cnn_page(path):
     """True when ``path`` is a regular file whose first 600 bytes carry ``GENERATOR``."""
-    path = Path(path)
-    if path.is_symlink() or not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as fh:
-            return GENERATOR.encode() in fh.read(600)
-    except OSError:
-        return False
+    return GENERATOR.encode() in _head(path, 600)
 
 
 def _listed(name, doc):
