@@ -323,6 +323,19 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+#: The randomisation check passes when, with every layer re-initialised, the map's Spearman
+#: correlation with the original is below this in magnitude: the map depends on the weights.
+#: (Adebayo et al. 2018 show edge detectors staying near 1 and faithful maps falling to about 0.)
+CHECK_PASSES_BELOW = 0.5
+
+
+def check_passed(steps):
+    """Whether a ``randomization_check`` passed (see CHECK_PASSES_BELOW), or None when its last
+    map was constant (no correlation to read)."""
+    last = steps[-1]["spearman"] if steps else None
+    return None if last is None else abs(last) < CHECK_PASSES_BELOW
+
+
 def randomization_check(network, x, target, method, *, layer=None, patch=None, stride=None, seed=0):
     """Adebayo et al.'s (2018) cascading randomisation for one input ``x`` and class index ``target``.
 
@@ -540,6 +553,8 @@ def explain_one(item, out_dir, loaded, explainer, meta, stems, options):
         raise ValueError("the model gave NaN or inf values for this image")
     height, width = image.shape[1:]
     shown = np.argsort(-probs, kind="stable")[:max(PREDICTIONS, len(targets))]
+    # An image in a folder named after one of the classes (a labelled set) shows its true class.
+    truth = Path(item.path).parent.name if Path(item.path).parent.name in meta.classes else None
     record = {
         "cnn_version": __version__,
         "input": str(item.path),
@@ -548,6 +563,7 @@ def explain_one(item, out_dir, loaded, explainer, meta, stems, options):
         "method": explainer.method,
         "layer": layer_record(explainer.network, explainer.layer),
         "predictions": [{"class": meta.classes[i], "probability": float(probs[i])} for i in shown],
+        "true_class": truth,
         "targets": [],
     }
     if explainer.method == "occlusion":
@@ -562,7 +578,8 @@ def explain_one(item, out_dir, loaded, explainer, meta, stems, options):
             name = meta.classes[target]
             files = {"cam": f"cam_{stems[target]}.npy", "overlay": f"overlay_{stems[target]}.png"}
             np.save(staging / files["cam"], cam, allow_pickle=False)
-            caption = f"{name}  p={probs[target]:.3f}" + ("  (all zero)" if note else "")
+            caption = (f"|  class {name}, p={probs[target]:.3f}" + (f", true class {truth}" if truth else "")
+                       + ("  (all zero)" if note else ""))
             overlay = overlay_image(image, cam, caption, options.cmap)
             write_bytes_atomic(staging / files["overlay"], viz.png_bytes(overlay))
             peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
@@ -572,6 +589,7 @@ def explain_one(item, out_dir, loaded, explainer, meta, stems, options):
                 entry["check"] = randomization_check(
                     explainer.network, x, target, explainer.method, layer=explainer.layer,
                     patch=explainer.patch, stride=explainer.stride)
+                entry["check_passed"] = check_passed(entry["check"])
             record["targets"].append(entry)
         write_bytes_atomic(staging / "explain.json", json.dumps(record, indent=2).encode())
         replace_dir(staging, out_dir, force=options.force)

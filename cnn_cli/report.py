@@ -469,7 +469,8 @@ def write_explain_index(out_root, records, failed, *, replace):
     def row(record):
         folder = Path(record["output"])
         name = folder.relative_to(out_root).as_posix()
-        shown = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in record["predictions"])
+        shown = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in record["predictions"]) \
+            + (f" (true class: {record['true_class']})" if record.get("true_class") else "")
         overlays = [[url(f"{name}/{t['overlay']}"),
                      f"{t['class']} p={t['probability']:.3f}" + (f" ({t['note']})" if t.get("note") else "")]
                     for t in record["targets"]]

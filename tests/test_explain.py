@@ -498,6 +498,18 @@ def test_explain_check_prints_the_table_and_records_it(tiny, tmp_path):
     check = json.loads((tmp_path / "out" / "p" / "explain.json").read_text())["targets"][0]["check"]
     assert [(s["layer"], s["kind"]) for s in check] == [(4, "linear"), (0, "conv")]
     assert all(s["spearman"] is None or -1 <= s["spearman"] <= 1 for s in check)
+    # issue 28: say how to read rho, and what passes
+    target = json.loads((tmp_path / "out" / "p" / "explain.json").read_text())["targets"][0]
+    assert target["check_passed"] == E.check_passed(check)
+    assert f"passes when the last step's |rho| is below {E.CHECK_PASSES_BELOW}" in result.stdout
+    assert {True: ": passed", False: ": FAILED", None: "no verdict"}[target["check_passed"]] in result.stdout
+
+
+def test_check_passed_reads_the_last_step():
+    step = lambda rho: {"layer": 0, "name": "layer0", "kind": "conv", "spearman": rho}  # noqa: E731
+    assert E.check_passed([step(0.9), step(0.1)]) is True
+    assert E.check_passed([step(0.1), step(0.95)]) is False
+    assert E.check_passed([step(0.2), step(None)]) is None
 
 
 def test_a_bad_image_is_named_and_the_others_are_explained(tiny, tmp_path):

@@ -312,3 +312,15 @@ def test_the_colour_bank_is_drawn_in_colour_with_channel_letters():
     assert np.abs(pixels[..., 0] - pixels[..., 1]).max() > 40  # not grey
     (grey,) = kernel_tiles([bank.kernels[0].weights[0]])
     assert np.array_equal(np.asarray(grey)[..., 0], np.asarray(grey)[..., 1])
+
+
+def test_explain_records_the_true_class_of_an_image_in_a_class_folder(image, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny.npz")
+    (tmp_path / "set" / "cat").mkdir(parents=True)
+    labelled = tmp_path / "set" / "cat" / "a.png"
+    labelled.write_bytes(image.read_bytes())
+    result = cnn("explain", labelled, image, "--model", model, "-o", tmp_path / "ex")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ex" / "a" / "explain.json").read_text())["true_class"] == "cat"
+    assert json.loads((tmp_path / "ex" / "img" / "explain.json").read_text())["true_class"] is None
+    assert "(true class: cat)" in (tmp_path / "ex" / "index.html").read_text()

@@ -80,6 +80,8 @@ def explain(
 
 
 def _print_explanations(records, check):
+    from ..explain import CHECK_PASSES_BELOW
+
     console = stdout_console()
     for record in records:
         layer = record["layer"]
@@ -95,6 +97,10 @@ def _print_explanations(records, check):
                     for step, s in enumerate(target["check"], 1)]
             console.print(rich_table(("step", "re-initialised down to", "Spearman rho"), rows,
                                      f"randomisation check: {record['input']}, {target['class']}"))
+            verdict = {True: "passed", False: "FAILED", None: "no verdict (the last map is constant)"}
+            echo(f"rho compares each map with the original: near 1, the map ignores the weights re-initialised; "
+                 f"near 0, it depends on them. The check passes when the last step's |rho| is below "
+                 f"{CHECK_PASSES_BELOW}: {verdict[target['check_passed']]}")
 
 
 @app.command()
