@@ -40,6 +40,10 @@ def marked_png(data):
     return data[:33] + chunk + data[33:]
 
 
+class NotOursError(FileExistsError):
+    """A path cnn would write holds a file cnn did not write, which even --force leaves alone."""
+
+
 def _head(path, size):
     """The first ``size`` bytes of ``path`` when it is a regular file (not a link), else b""."""
     path = Path(path)

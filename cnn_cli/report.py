@@ -31,7 +31,7 @@ import numpy as np
 
 from .choices import SAVE
 from .fileio import NotRegularFileError, atomic_path
-from .owned import GENERATOR, is_cnn_page
+from .owned import GENERATOR, NotOursError, is_cnn_page
 
 #: Rows of a long table drawn at once.
 PAGE_SIZE = 50
@@ -244,10 +244,6 @@ def document(title, body):
             f'{GENERATOR}'
             f"<title>{text(title)}</title><style>{_STYLE}</style></head>\n<body>\n{body}\n{_VIEWER}\n"
             f"<script>{_SCRIPT}</script>\n</body></html>\n")
-
-
-class NotOursError(FileExistsError):
-    """The page's path holds a file cnn did not write, which even --force leaves alone."""
 
 
 def _refuse_existing(path, replace):
