@@ -40,6 +40,13 @@ def _png(fig):
 def learning_curves_png(history):
     """Loss and accuracy per epoch, training and validation, side by side; the kept epoch
     is marked when early stopping kept an earlier one."""
+    return _png(learning_curves(history))
+
+
+def learning_curves(history):
+    """The matplotlib Figure of ``learning_curves_png``."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(9, 3.5)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
@@ -52,10 +59,11 @@ def learning_curves_png(history):
         if kept and kept[0] != epochs[-1]:
             ax.axvline(kept[0], color="0.5", ls=":", label=f"kept (epoch {kept[0]})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    return _png(fig)
+    return fig
 
 
 def confusion_png(matrix, classes):

@@ -93,7 +93,7 @@ def percent(value):
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1em 1.5em;color:#222}
-h1{font-size:1.4em;word-break:break-all} h2{font-size:1.15em;margin-top:1.6em}
+h1{font-size:1.4em;overflow-wrap:anywhere} h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0} th{background:#f3f3f3}
 th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 td.n{text-align:right;font-variant-numeric:tabular-nums} #table{width:100%}
@@ -104,7 +104,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums} #table{width:100%}
 img.zoom{cursor:zoom-in} img.wide{max-width:100%} img.px,#viewer img{image-rendering:pixelated}
 img.thumb{width:64px;height:64px;object-fit:contain;background:#eee}
 figure{display:inline-block;margin:4px 8px 8px 0;vertical-align:top}
-figcaption{font-size:12px;color:#444;max-width:320px;word-break:break-all}
+figcaption{font-size:12px;color:#444;max-width:320px;overflow-wrap:anywhere}
 figure img.fig,#table figure{width:160px}
 .maps{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:6px}
 .maps figure{margin:0} .maps img{width:100%;height:auto;background:#eee} .maps figcaption{font-size:11px}
@@ -330,9 +330,9 @@ def apply_page(manifest, out_dir, name):
              f'<p class="meta">input <a class="mono" href="{link}">{text(source)}</a>, {width}×{height}, '
              f'{text(manifest.get("color", ""))}; pipeline {text(pipeline.get("name", ""))}'
              + (f" ({text(pipeline['description'])})" if pipeline.get("description") else "")
-             + f'; maps drawn {text(manifest.get("normalization", ""))}'
-             + (f' per {text(manifest["normalization_per"])}' if manifest.get("normalization_per") else "")
-             + f', colour map {text(manifest.get("colormap", ""))}</p>',
+             + (f'; maps drawn {text(manifest.get("normalization", ""))}'  # only when maps or grids were
+                + (f' per {text(manifest["normalization_per"])}' if manifest.get("normalization_per") else "")
+                + f', colour map {text(manifest.get("colormap", ""))}' if {"maps", "grids"} & saved else "") + "</p>",
              '<p>files: <a href="manifest.json">manifest.json</a>'
              + (f' · <a href="features.npz">features.npz</a> ({text(manifest.get("dtype", "float32"))}, '
                 'np.load(..., allow_pickle=False))' if "raw" in saved else "") + "</p>"]
@@ -394,9 +394,9 @@ class ApplyIndex:
 
     The folders are noted as results come (``add``), in an unlinked temporary
     file (in the system's temporary folder, not on OUT's possibly shared
-    disk), so a run of millions of images holds none of them in memory and a
-    killed run leaves nothing behind. ``write`` reads each folder's manifest
-    back, one at a time, into the rows of the page.
+    disk), so a run of millions of images holds only their names in memory and a
+    killed run leaves nothing behind. ``write`` sorts them by name and reads each
+    folder's manifest back, one at a time, into the rows of the page.
     """
 
     def __init__(self, out_root):
@@ -428,8 +428,8 @@ class ApplyIndex:
     def write(self, failed, *, replace):
         """Write the page (FileExistsError when it exists and not ``replace``); ``failed``
         holds (input or None, message) pairs."""
-        self._folders.seek(0)
-        rows = (self._row(*json.loads(line)) for line in self._folders)
+        self._folders.seek(0)  # in name order, not the order the images were finished in
+        rows = (self._row(*entry) for entry in sorted(json.loads(line) for line in self._folders))
         failures = ([None, None, path or "", None, ["failed", message]] for path, message in failed)
         intro = (f"<h1>cnn apply: {text(self.out_root.name or self.out_root)}</h1>"
                  '<p class="meta">Each image\'s page shows its input, every layer\'s grid and maps (click a map '
@@ -482,7 +482,7 @@ def write_explain_index(out_root, records, failed, *, replace):
     write_table_page(out_root / "index.html", f"{out_root.name} — cnn explain", intro,
                      (("image", "link"), ("input", "text"), ("predicted", "text"), ("overlays", "figures"),
                       ("status", "status")),
-                     itertools.chain(map(row, records), failures), replace=replace)
+                     itertools.chain(map(row, sorted(records, key=lambda r: r["output"])), failures), replace=replace)
 
 
 # --------------------------------------------------------------------------- cnn train
@@ -527,7 +527,7 @@ def train_report(model_path, meta, network, x_val, y_val, probs, names=None):
                  f"epochs, weights of epoch {result.kept_epoch}{accuracy}; finished {text(result.finished)}. "
                  f'Files: <a href="{url(model_path.name)}">{text(model_path.name)}</a> · '
                  f'<a href="{url(stem + ".metrics.json")}">{text(stem)}.metrics.json</a></p>')
-    settings = [(k, v) for k, v in config.to_json().items()] + [
+    settings = [(k, v) for k, v in config.to_json().items() if k != "momentum" or config.optimizer == "sgd"] + [
         ("classes", ", ".join(classes)), ("channels", pre.channels), ("mean", pre.mean), ("std", pre.std),
         ("training images", training.train_images), ("validation images", training.val_images),
         ("split", training.split)]

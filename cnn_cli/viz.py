@@ -20,8 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .choices import COLORMAPS, SCALE_METHODS
 
-#: Tiles in a grid are scaled so that their longer side lies in this range.
-GRID_TILE_MIN, GRID_TILE_MAX = 64, 256
+#: Tiles in a grid are scaled so that their longer side lies in this range (a 32x32 input's
+#: maps are drawn 3 times over, so the grid is not a postage stamp and its labels have room).
+GRID_TILE_MIN, GRID_TILE_MAX = 96, 256
 LABEL_HEIGHT, GAP = 16, 4
 BACKGROUND, TEXT, NOTE_TEXT = (32, 32, 32), (230, 230, 230), (160, 160, 160)
 #: A colour bar's size: wide enough for five tick labels of 3 significant digits.

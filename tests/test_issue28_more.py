@@ -324,3 +324,50 @@ def test_explain_records_the_true_class_of_an_image_in_a_class_folder(image, tmp
     assert json.loads((tmp_path / "ex" / "a" / "explain.json").read_text())["true_class"] == "cat"
     assert json.loads((tmp_path / "ex" / "img" / "explain.json").read_text())["true_class"] is None
     assert "(true class: cat)" in (tmp_path / "ex" / "index.html").read_text()
+
+
+# --------------------------------------------------------------------------- the reports
+
+
+def test_learning_curves_tick_whole_epochs_only():
+    from cnn_cli.plots import learning_curves
+
+    history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5, "val_loss": None, "val_accuracy": None}
+               for e in (1, 2, 3)]
+    fig = learning_curves(history)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_raw_only_page_says_nothing_of_drawing_and_adam_lists_no_momentum(image, tmp_path, trained_html_class):
+    out = tmp_path / "out"
+    assert cnn("apply", image, "-o", out, "--bank", "edges", "--save", "raw").exit_code == 0
+    page = (out / "img" / "index.html").read_text()
+    assert "maps drawn" not in page and "features.npz" in page
+    assert cnn("apply", image, "-o", tmp_path / "drawn", "--bank", "edges").exit_code == 0
+    assert "maps drawn" in (tmp_path / "drawn" / "img" / "index.html").read_text()
+    report = (trained_html_class.root / "m.report.html").read_text()
+    assert ">optimizer<" in report and ">adam<" in report and ">momentum<" not in report
+
+
+def test_the_index_lists_images_by_name_and_captions_break_between_words(image, tmp_path):
+    paths = []
+    for name in ("c", "b", "a"):  # given, and so finished, in the reverse of name order
+        paths.append(tmp_path / f"{name}.png")
+        paths[-1].write_bytes(image.read_bytes())
+    assert cnn("apply", *paths, "-o", tmp_path / "out", "--bank", "edges").exit_code == 0
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert page.index('"a/index.html"') < page.index('"b/index.html"') < page.index('"c/index.html"')
+    assert "break-all" not in page.split("figcaption{", 1)[1].split("}", 1)[0]
+
+
+def test_grids_of_a_small_input_are_not_postage_stamps(tmp_path):
+    from cnn_cli.viz import GRID_TILE_MIN
+
+    small = tmp_path / "small.png"
+    Image.fromarray((np.random.default_rng(3).random((32, 32)) * 255).astype(np.uint8)).save(small)
+    assert cnn("apply", small, "-o", tmp_path / "out", "--bank", "edges", "--save", "grids").exit_code == 0
+    with Image.open(tmp_path / "out" / "small" / "layer0_grid.png") as grid:
+        assert grid.size[0] >= 4 * GRID_TILE_MIN >= 4 * 96  # 11 maps: 4 columns of tiles 3 times the input
