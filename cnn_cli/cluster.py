@@ -18,6 +18,7 @@ README tells users to start their workers with it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -135,6 +136,28 @@ def _distributed():
     return distributed
 
 
+@contextlib.contextmanager
+def _environment(values):
+    """``os.environ`` holding ``values`` while the block runs (then as it was).
+
+    Local workers must start with them, not only receive them: a worker (and
+    the fork server) imports the command's main module, and so
+    ``cnn_cli.config``, which reads NUMBA_NUM_THREADS once, before Dask sets
+    the ``env`` it was given. Without this each worker ran the engine on every
+    core (config.THREADS 2 here, not 1), two workers on two cores four threads.
+    """
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _start_method():
     """How local workers start: ``forkserver`` where the platform has it, else Dask's ``spawn``.
 
@@ -164,7 +187,8 @@ class Cluster:
             else:
                 import dask
 
-                with dask.config.set({"distributed.worker.multiprocessing-method": _start_method()}):
+                with dask.config.set({"distributed.worker.multiprocessing-method": _start_method()}), \
+                        _environment(WORKER_ENV):
                     self.local = distributed.LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True, env=WORKER_ENV,
                         dashboard_address=None, silence_logs=logging.ERROR)
