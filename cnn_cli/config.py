@@ -300,16 +300,17 @@ STANDARDIZE_MIN_ROWS = 16
 
 #: ``--workers N`` starts a local Dask cluster only for a run of at least this
 #: many images; a smaller one runs in this process, and the command says so.
-#: Measured on this 2-core machine (bench/scale.py, cnn apply --save raw
-#: --layers last on 200 images of 256², interleaved, load average 4-5 from
-#: other work): one process, which already runs the engine on every core,
-#: did 15-23 images/s; 2 workers 8-12 images/s, 0.48-0.64 of it with their
-#: start-up counted. Starting 2 workers takes 1.2-4 s, and each worker's
-#: first images another 2-3 s (importing the engine, loading its Numba
-#: cache): about 100 images of one process's work. Keeping that under a tenth
-#: of a run takes about 1,000 images. ``CNN_LOCAL_CLUSTER_MIN_IMAGES``
-#: overrides it (0 always starts the cluster: the tests and bench/scale.py
-#: do so). Any value gives the same outputs; it only changes the time.
+#: Measured on this 2-core machine (cnn apply --save raw --layers last on 200
+#: images of 256², interleaved, load average 3-5 from other work), 2 workers
+#: against one process, which already runs the engine on every core, with the
+#: cluster's start-up counted: 11.3 and 11.7 s against 8.5 and 8.8 s (0.75);
+#: in bench/scale.py's rounds 0.53; in a noisier pair 0.94-1.08. Start-up is
+#: about 4 s (1-4 s to start, 2-3 s while each worker imports the engine and
+#: loads its Numba cache), about 100 images of one process's work, and the
+#: workers then only match it: keeping start-up under a tenth of a run takes
+#: about 1,000 images. ``CNN_LOCAL_CLUSTER_MIN_IMAGES`` overrides it (0 always
+#: starts the cluster: the tests and bench/scale.py do so). Any value gives
+#: the same outputs; it only changes the time.
 LOCAL_CLUSTER_MIN_IMAGES = 1000
 
 
