@@ -46,7 +46,7 @@ from . import __version__, choices, config, layersel, runner, viz
 from .fileio import NotRegularFileError, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import safe_name
-from .owned import EXISTS, foreign_files, refusal
+from .owned import EXISTS, INPUT_COPY, JPEG_MARK, foreign_files, refusal
 from .report import ApplyIndex, apply_page
 from .runner import output_lock  # noqa: F401  (OUT's lock, as apply has always offered it)
 from .stream import Progress
@@ -255,6 +255,7 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, enc
         write_bytes_atomic(staging / "manifest.json", json.dumps(manifest, indent=2).encode())
         if options.html:  # the image's page is written into the folder, so it appears with it
             write_bytes_atomic(staging / "index.html", apply_page(manifest, out_dir, name or out_dir.name).encode())
+            write_bytes_atomic(staging / INPUT_COPY, viz.input_copy(path, comment=JPEG_MARK))  # kept with OUT
         written = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
         replace_dir(staging, out_dir, force=options.force)
         return sum(len(layer["maps"]) for layer in manifest_layers), written

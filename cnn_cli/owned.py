@@ -25,12 +25,17 @@ MAX_RECORD_BYTES = 64 * 2**20
 #: The end of apply's message for an input whose folder exists (the CLI gathers these into one line).
 EXISTS = " exists; use --skip-existing to keep it or --force to replace it"
 
-#: The page cnn writes into an image's folder, beside the files its record lists.
-PAGE = "index.html"
+#: The page cnn writes into an image's folder, beside the files its record lists, and the
+#: copy of the input that the page shows.
+PAGE, INPUT_COPY = "index.html", "input.jpg"
 
 
 #: The text chunk a picture cnn draws for the user to keep (``cnn banks show``) carries after its header.
 PNG_MARK = b"tEXtSoftware\x00cnn"
+
+
+#: The comment of the JPEG copy of an input that cnn apply keeps beside its maps.
+JPEG_MARK = b"Software: cnn"
 
 
 def marked_png(data):
@@ -59,6 +64,11 @@ def _head(path, size):
 def is_cnn_png(path):
     """True when ``path`` is a regular file that ``marked_png`` made (the mark follows IHDR and its length)."""
     return _head(path, 33 + 4 + len(PNG_MARK))[33 + 4:] == PNG_MARK
+
+
+def is_cnn_jpeg(path):
+    """True when ``path`` is a regular file whose head holds the JPEG comment ``JPEG_MARK``."""
+    return b"\xff\xfe" + struct.pack(">H", len(JPEG_MARK) + 2) + JPEG_MARK in _head(path, 64)
 
 
 def is_cnn_page(path):
@@ -111,7 +121,8 @@ def foreign_files(folder, *, limit=3):
         dirs.sort()
         for name in sorted(files):
             relative = Path(root, name).relative_to(folder).as_posix()
-            if relative in known or (relative == PAGE and record and is_cnn_page(folder / PAGE)):
+            if relative in known or (relative == PAGE and record and is_cnn_page(folder / PAGE)) \
+                    or (relative == INPUT_COPY and record == "manifest.json" and is_cnn_jpeg(folder / INPUT_COPY)):
                 continue
             foreign.append(relative)
             if len(foreign) >= limit:
@@ -122,7 +133,9 @@ def foreign_files(folder, *, limit=3):
 def refusal(folder, foreign):
     """The one line that refuses to replace ``folder``, which holds ``foreign`` files."""
     folder = Path(folder)
-    shown = f"{folder} is a file" if foreign == [folder.name] and not folder.is_dir() else \
-        f"{folder} holds {', '.join(foreign)}"
+    if foreign == [folder.name] and not folder.is_dir():  # a device or a pipe is never replaced
+        shown = f"{folder} is a file" if folder.is_file() else f"{folder} is not a regular file or folder"
+    else:
+        shown = f"{folder} holds {', '.join(foreign)}"
     return (f"{shown}, which cnn did not write; --force replaces only cnn's own outputs, "
             f"so move {'it' if len(foreign) == 1 else 'them'} away or choose another -o")

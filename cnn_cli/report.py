@@ -316,14 +316,14 @@ def apply_page(manifest, out_dir, name):
     """The page of one image (``OUT/<name>/index.html``), from its manifest: the input,
     each layer's grid, every map with its statistics, and links to the raw files.
 
-    ``out_dir`` is the folder's final path (the input is linked relative to it);
-    ``name`` its name under OUT, for the link back to ``OUT/index.html``.
+    The input is shown from its copy in the folder (``input.jpg``), so a copied or zipped OUT
+    keeps it; ``name`` is the folder's name under OUT, for the link back to ``OUT/index.html``.
     """
     saved = set(manifest.get("saved", SAVE))
     up = "../" * (name.count("/") + 1)
     _, height, width = manifest["input_shape"]
     source = manifest["input"]
-    link = href(source, out_dir)
+    link = "input.jpg"
     pipeline = manifest.get("pipeline") or {}
     parts = [f'<nav><a href="{up}index.html">← all images</a></nav>',
              f"<h1>{text(name)}</h1>",
@@ -339,14 +339,9 @@ def apply_page(manifest, out_dir, name):
     missing = [f"{choice} ({SAVED_WHAT[choice]})" for choice in SAVE if choice not in saved]
     if missing:
         parts.append(f'<p class="note">Not saved in this run (--save): {text(", ".join(missing))}.</p>')
-    if Path(source).suffix.lower() in BROWSER_IMAGES:
-        scale = max(1, 256 // max(height, width))  # a small input is enlarged, pixel by pixel
-        parts.append(f'<figure><img class="zoom wide{" px" if scale > 1 else ""}" src="{link}" width="{width * scale}" '
-                     f'alt="the input image" '
-                     f'data-caption="{text(source)}"><figcaption>the input</figcaption></figure>')
-    else:
-        parts.append(f'<p class="note">The input is a {text(Path(source).suffix)} file, which browsers do not '
-                     f'show; <a href="{link}">open it</a> in an image viewer.</p>')
+    scale = max(1, 256 // max(height, width))  # a small input is enlarged, pixel by pixel
+    parts.append(f'<figure><img class="zoom wide{" px" if scale > 1 else ""}" src="{link}" width="{width * scale}" '
+                 f'alt="the input image" data-caption="{text(source)}"><figcaption>the input</figcaption></figure>')
     layers = manifest.get("layers", [])
     if layers:
         parts.append("<p>layers: " + " · ".join(
@@ -447,9 +442,11 @@ class ApplyIndex:
             source, (_, height, width) = manifest["input"], manifest["input_shape"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return [None, [name, None], "", None, ["failed", f"cannot read its manifest.json: {exc}"]]
-        # An input moved since (or named relative to another folder by an earlier run) gets no thumbnail.
-        shown = Path(source).suffix.lower() in BROWSER_IMAGES and os.path.isfile(source)
-        thumb = [href(source, self.out_root), page, source] if shown else None
+        # The copy of the input in its folder; an earlier version's folder has none, so the input
+        # itself, unless it has moved since (or was named relative to another folder): no thumbnail.
+        copy = url(f"{name}/input.jpg") if (folder / "input.jpg").is_file() else None
+        shown = copy or (Path(source).suffix.lower() in BROWSER_IMAGES and os.path.isfile(source))
+        thumb = [copy or href(source, self.out_root), page, source] if shown else None
         return [thumb, [name, page], source, f"{width}×{height}, {manifest.get('color', '')}", [status, None]]
 
 

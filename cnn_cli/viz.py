@@ -467,6 +467,35 @@ class LayerPictures:
 CHANNEL_TINTS = (("R", (1.0, 0.4, 0.4)), ("G", (0.4, 1.0, 0.4)), ("B", (0.45, 0.55, 1.0)))
 
 
+#: The copy of an input that its page shows, kept in its folder so that a copied or zipped
+#: OUT keeps it: a JPEG whose longer side is at most INPUT_COPY_MAX (a JPEG, so that the
+#: folder's PNGs stay one per map and one grid per layer; a 20 Mpx photo would copy at 60 MB).
+INPUT_COPY_MAX, INPUT_COPY_QUALITY = 1024, 90
+
+
+def input_copy(path, *, comment):
+    """The image file ``path`` (already read once by the command) as JPEG bytes carrying
+    ``comment``: RGB, turned as its EXIF says, its longer side at most INPUT_COPY_MAX."""
+    import warnings
+
+    from PIL import ImageOps
+
+    from .fileio import open_regular
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the command has checked its size
+    try:
+        with open_regular(path, what="an image") as fh, warnings.catch_warnings(), Image.open(fh) as im:
+            warnings.simplefilter("ignore")
+            im.draft("RGB", (INPUT_COPY_MAX, INPUT_COPY_MAX))
+            picture = ImageOps.exif_transpose(im).convert("RGB")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    picture.thumbnail((INPUT_COPY_MAX, INPUT_COPY_MAX))
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", quality=INPUT_COPY_QUALITY, comment=comment)
+    return buf.getvalue()
+
+
 def kernel_tiles(kernels, cell=96):
     """Pictures of kernels on a diverging grey scale: zero is mid-grey, ± the
     kernel's largest magnitude are white and black. A multichannel kernel

@@ -90,6 +90,7 @@ def _check_folder(folder, input_path):
     written = {p.resolve() for p in folder.rglob("*.png")}
     assert written == pngs_expected, "one PNG per map and one grid per layer, nothing else"
     assert (folder / "index.html").is_file(), "the image's page of the report"
+    assert (folder / "input.jpg").is_file(), "the page's copy of the input, so a copied OUT keeps it"
     _no_leftovers(folder.parent)
     return manifest, arrays
 

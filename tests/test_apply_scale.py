@@ -65,7 +65,7 @@ def test_save_raw_writes_no_pictures(tmp_path):
     img = _image(tmp_path / "img.png")
     assert cnn("apply", img, "-o", tmp_path / "out", "--save", "raw").exit_code == 0
     folder = tmp_path / "out" / "img"
-    assert sorted(p.name for p in folder.iterdir()) == ["features.npz", "index.html", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["features.npz", "index.html", "input.jpg", "manifest.json"]
     manifest, arrays = _outputs(tmp_path / "out")["img"]
     assert sorted(arrays) == LAYER_KEYS and manifest["saved"] == ["raw"]
     for layer in manifest["layers"]:

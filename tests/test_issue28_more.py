@@ -371,3 +371,19 @@ def test_grids_of_a_small_input_are_not_postage_stamps(tmp_path):
     assert cnn("apply", small, "-o", tmp_path / "out", "--bank", "edges", "--save", "grids").exit_code == 0
     with Image.open(tmp_path / "out" / "small" / "layer0_grid.png") as grid:
         assert grid.size[0] >= 4 * GRID_TILE_MIN >= 4 * 96  # 11 maps: 4 columns of tiles 3 times the input
+
+
+def test_a_copied_report_keeps_its_input_and_force_replaces_the_copy(image, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    assert cnn("apply", image, "-o", out, "--bank", "edges").exit_code == 0
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / "out")
+    image.unlink()  # the input is gone, as on another machine
+    with Image.open(moved / "img" / "input.jpg") as im:
+        assert im.size == (20, 24)
+    assert 'src="input.jpg"' in (moved / "img" / "index.html").read_text()
+    assert '"img/input.jpg"' in (moved / "index.html").read_text()
+    from cnn_cli.owned import foreign_files
+
+    assert foreign_files(out / "img") == []  # the copy is cnn's: --force may replace the folder

@@ -160,7 +160,7 @@ def test_apply_page_escapes_names_and_links_the_files(tmp_path):
     assert "<img src=x" not in page
     assert html.escape(HOSTILE) in page
     assert 'href="../../index.html"' in page  # back to OUT's index, two folders up
-    assert f'src="../../../in/{report.url(source.name)}"' in page
+    assert 'src="input.jpg"' in page  # the copy in the folder (issue 28: a zipped OUT kept no input)
     assert 'src="layer0/000_img.png"' in page and 'src="layer0_grid.png"' in page
     assert 'href="features.npz"' in page and 'href="manifest.json"' in page
     assert "receptive field 3×3" in page
@@ -171,8 +171,8 @@ def test_apply_page_escapes_names_and_links_the_files(tmp_path):
 def test_apply_page_says_what_was_not_saved(tmp_path):
     page = report.apply_page(_manifest(tmp_path / "x.tif", saved=("raw",)), tmp_path / "out" / "x", "x")
     assert "Not saved in this run (--save): maps (a PNG per map), grids (a grid per layer)." in page
-    assert "<img" not in page.split("<body>")[1].split('<div id="viewer"')[0]  # no picture to show
-    assert "browsers do not show" in page  # a TIFF input is linked, not shown
+    shown = page.split("<body>")[1].split('<div id="viewer"')[0]
+    assert shown.count("<img") == 1 and 'src="input.jpg"' in shown  # a TIFF input is shown from its JPEG copy
 
 
 def test_apply_writes_the_report_and_the_statistics(tmp_path):

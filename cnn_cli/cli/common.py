@@ -72,13 +72,25 @@ class _Group(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:  # results still buffered meet a full device here, where it can be said in one line
+                sys.stdout.flush()
         except StdoutClosedError:
             fail("cannot write the results: standard output is closed (run without >&-, or redirect it "
                  "to a file)")
         except BrokenPipeError:
             _silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except OSError as exc:  # a full disk or quota (cnn banks >/dev/full), or a failing device
+            if exc.errno not in _DEVICE_FULL:
+                raise
+            _silence_stdout()
+            fail(f"cannot write the results: {exc.strerror}")
+
+
+#: The errors of a write that found no room: the message is one line, not a traceback.
+_DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
 
 
 def _silence_stdout():
@@ -198,17 +210,57 @@ def check_cluster_options(workers, scheduler):
         fail("give only one of --workers and --scheduler", EXIT_USAGE)
 
 
-def open_cluster(workers, scheduler):
-    """A Dask cluster for --workers / --scheduler, or None; a missing Dask is a usage error."""
+def open_cluster(workers, scheduler, inputs=(), out=None):
+    """A Dask cluster for --workers / --scheduler, or None, saying on stderr what starts.
+
+    ``--workers`` is capped at the machine's cores, and a run of fewer images
+    than ``config.local_cluster_min_images()`` (counted from ``inputs``, the
+    command's INPUT arguments, up to that number, leaving out ``out``) runs in this process instead: both
+    are said in one line. A malformed --scheduler, or a missing Dask, is a
+    usage error; a scheduler that cannot be reached, one ``Error:`` line.
+    """
     check_cluster_options(workers, scheduler)
     if not (workers or scheduler):
         return None
-    from ..cluster import Cluster, ClusterError
+    from ..cluster import Cluster, ClusterError, ClusterUsageError, capped_workers, require_dask, scheduler_address
 
     try:
+        require_dask()
+        if scheduler:
+            scheduler_address(scheduler)
+        else:
+            workers, note = capped_workers(workers)
+            if note:
+                echo(note, err=True)
+            if not _enough_for_local_cluster(workers, inputs, out):
+                return None
+            echo(f"starting a local Dask cluster: {workers} worker(s)…", err=True)
         return Cluster(workers=workers, scheduler=scheduler)
+    except ClusterUsageError as exc:
+        fail(str(exc), EXIT_USAGE)
     except ClusterError as exc:
         fail(str(exc), EXIT_USAGE if "pip install" in str(exc) else EXIT_FAILED)
+
+
+def _enough_for_local_cluster(workers, inputs, out):
+    """Whether the command's inputs repay a local cluster's start-up; when not, say so."""
+    import itertools
+
+    from ..cluster import local_cluster_repays
+    from ..inputs import Input, iter_inputs
+
+    try:
+        threshold = config.local_cluster_min_images()
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    found = iter_inputs(inputs, exclude=[out] if out else [])
+    images = sum(isinstance(entry, Input) for entry in itertools.islice(found, threshold))
+    if local_cluster_repays(images):
+        return True
+    echo(f"--workers {workers}: {images} image(s) are too few to repay a local Dask cluster's start-up "
+         f"(about 5 s with its workers' warm-up; it starts from {threshold} images, CNN_LOCAL_CLUSTER_MIN_IMAGES); running in one process, "
+         "which uses every core already", err=True)
+    return False
 
 
 def close_cluster(cluster):

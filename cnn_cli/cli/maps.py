@@ -90,7 +90,7 @@ def apply(
         fail(str(exc), EXIT_USAGE)
     memory_limit = memory_limit_option(max_memory)
     check_output_or_fail(out)
-    cluster = open_cluster(workers, scheduler)
+    cluster = open_cluster(workers, scheduler, inputs, out)
     try:
         source = load_source(banks=bank, pipeline=pipeline, model=model and str(model), color=color.value,
                              memory_limit=memory_limit)
@@ -142,29 +142,41 @@ def banks_list(ctx: typer.Context):
 @banks_app.command("show")
 def banks_show(
     bank: Annotated[Optional[str], typer.Argument(help="A bank name, file, or NAME:PATTERN.", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="PNG file to write.")] = Path("kernels.png"),
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="PNG file to write [default: NAME.kernels.png, which a later run replaces].")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Draw the learned first-layer kernels of this model instead.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ):
     """Draw a bank's kernels, labelled, on a diverging scale (zero is mid-grey).
 
-    A multichannel kernel shows its channels side by side.
+    A multichannel kernel shows its channels side by side; those of a colour
+    kernel are tinted red, green and blue, and lettered R, G, B.
 
     Examples:
+
+      cnn banks show edges                 (writes edges.kernels.png)
 
       cnn banks show 'textures:gabor_*' -o gabor.png
 
       cnn banks show --model model.npz -o learned.png
     """
     from ..fileio import write_bytes_atomic
-    from ..filterbank import BankError, load_bank
+    from ..filterbank import BankError, builtin_names, load_bank
+    from ..inputs import safe_name
+    from ..owned import is_cnn_png, marked_png
     from ..viz import grid, kernel_tiles, png_bytes
 
-    if (bank is None) == (model is None):
-        fail("give a bank, or --model, to draw", EXIT_USAGE)
+    if bank is None and model is None:
+        fail(f"give a bank to draw ({', '.join(builtin_names('bank'))}, or a bank file), or --model MODEL; "
+             "for example: cnn banks show edges", EXIT_USAGE)
+    if bank is not None and model is not None:
+        fail("give a bank, or --model, to draw, not both", EXIT_USAGE)
+    default = out is None  # named after what is drawn; a later run replaces the drawing it made
+    if default:
+        name = Path(model).stem if model else Path(bank).stem if bank.endswith(".toml") else bank
+        out = Path(safe_name(name, 60) + ".kernels.png")
     check_output_or_fail(out)
-    if out.exists() and not force:
-        fail(f"{out} exists; use --force to replace it")
+    if out.exists() and not force and not (default and is_cnn_png(out)):
+        fail(f"{out} exists; use --force to replace it" + ("" if default else " or leave out -o"))
     if model is not None:
         from ..modelfile import first_conv
 
@@ -185,7 +197,7 @@ def banks_show(
     except MemoryError as exc:
         fail(out_of_memory(exc))
     try:
-        write_bytes_atomic(out, png_bytes(image))
+        write_bytes_atomic(out, marked_png(png_bytes(image)))
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
     echo(f"{len(kernels)} kernels drawn to {out}", err=True)
