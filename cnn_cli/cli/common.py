@@ -144,8 +144,8 @@ MaxPixels = Annotated[int, typer.Option(min=1, help="Refuse images with more pix
 BankOption = Annotated[Optional[List[str]], typer.Option("--bank", help="Use this bank (name, file, or NAME:PATTERN) as one layer. Repeatable.")]
 PipelineOption = Annotated[Optional[str], typer.Option("--pipeline", help="Use this pipeline (name or file) instead of the default.")]
 ModelOption = Annotated[Optional[Path], typer.Option("--model", help="Use a trained model's layers (its own size and colour).")]
-Workers = Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes.")]
-Scheduler = Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster (ADDRESS of its scheduler, e.g. tcp://host:8786).")]
+Workers = Annotated[Optional[int], typer.Option(min=1, help="Run on a local Dask cluster of this many single-threaded worker processes (at most one per core; a run of fewer images than CNN_LOCAL_CLUSTER_MIN_IMAGES, 1000 by default, stays in one process).")]
+Scheduler = Annotated[Optional[str], typer.Option(help="Run on an existing Dask cluster: its scheduler's address, tcp://HOST:PORT (e.g. tcp://host:8786).")]
 
 
 #: Error lines longer than this are shortened in the middle (a message may
