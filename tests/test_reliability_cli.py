@@ -478,9 +478,17 @@ def test_existing_output_is_kept_and_named_and_force_replaces_it(tmp_path):
     result = cnn("apply", a, "-o", out, *APPLY)  # alone: exit 1
     assert result.exit_code == 1 and "--force" in result.stderr, result.output
 
+    # --force replaces what cnn wrote, never a file it did not (issue 28): a is kept and named.
+    result = cnn("apply", a, b, "-o", out, *APPLY, "--force")
+    assert result.exit_code == 3, result.output
+    [line] = _error_lines(result)
+    assert "mine.txt" in line and "cnn did not write" in line, line
+    assert (out / "a" / "mine.txt").read_text() == "hand-made, do not lose"
+    assert (out / "b" / "manifest.json").is_file()
+    (out / "a" / "mine.txt").unlink()
     result = cnn("apply", a, b, "-o", out, *APPLY, "--force")
     assert result.exit_code == 0, result.output
-    assert not (out / "a" / "mine.txt").exists() and (out / "a" / "manifest.json").is_file()
+    assert (out / "a" / "manifest.json").is_file()
     assert _leftovers(out) == []
 
 
@@ -497,14 +505,18 @@ def test_force_replaces_a_file_or_a_link_at_the_output_path_without_touching_the
 
     result = cnn("apply", img, other, "-o", out, *APPLY)
     assert result.exit_code == 1, result.output
-    assert len(_error_lines(result)) == 2 and "--force" in result.stderr
+    # Both are there: one line says so and how to rerun (issue 28).
+    assert len(_error_lines(result)) == 1 and "all 2 outputs exist" in result.stderr and "--force" in result.stderr
     assert (out / "img").is_symlink() and (out / "other").read_text() == "a file where the folder goes"
 
+    # --force replaces the link (never its target), but not a file cnn did not write (issue 28).
     result = cnn("apply", img, other, "-o", out, *APPLY, "--force")
-    assert result.exit_code == 0, result.output
-    for name in ("img", "other"):
-        assert (out / name).is_dir() and not (out / name).is_symlink()
-        assert (out / name / "features.npz").is_file()
+    assert result.exit_code == 3, result.output
+    [line] = _error_lines(result)
+    assert str(out / "other") in line and "cnn did not write" in line, line
+    assert (out / "other").read_text() == "a file where the folder goes"
+    assert (out / "img").is_dir() and not (out / "img").is_symlink()
+    assert (out / "img" / "features.npz").is_file()
     assert sorted(p.name for p in outside.iterdir()) == ["data.txt"]
     assert (outside / "data.txt").read_text() == "outside OUT"
     assert _leftovers(out) == []
