@@ -378,6 +378,26 @@ def stoppable(kept):
             fail(f"interrupted by {stopped.name}: {kept}", stopped.exit_code)
 
 
+def run_with_progress(name, out, call):
+    """A streaming command's library call ``call(progress)``, as every such command runs it: the
+    progress bar, the signals, a usage error for a bad option (layersel's OptionError), one line
+    for any other refusal, and each failed input named. Returns the run's summary."""
+    from ..layersel import OptionError
+    from ..terminal import ProgressDisplay
+
+    kept = f"the images finished in {out}/ are kept, and no unfinished output is left"
+    try:
+        with ProgressDisplay(name) as progress, stoppable(kept) as stopped:
+            summary = call(progress)
+    except OptionError as exc:  # a --layer, --class or --patch the source does not have
+        fail(str(exc), EXIT_USAGE)
+    except ValueError as exc:  # OUT cannot be created, or another run holds it
+        fail(str(exc))
+    end_if_interrupted(summary, stopped, kept)
+    report_failures(summary.failed)
+    return summary
+
+
 def end_if_interrupted(summary, stopped, kept):
     """Exit 128 + the signal's number, with one line, when the run stopped at a signal."""
     if summary.interrupted:

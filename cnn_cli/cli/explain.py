@@ -10,7 +10,7 @@ import typer
 from .common import (
     EXIT_USAGE, BankOption, Color, Colormap, ExplainMethod, MaxPixels, ModelOption, PipelineOption, app,
     check_one_source, echo, echo_json, end_if_interrupted, exit_batch, fail, load_model_or_fail, report_failures,
-    rich_table, stdout_console, stoppable,
+    rich_table, run_with_progress, stdout_console, stoppable,
 )
 
 
@@ -51,8 +51,6 @@ def explain(
       cnn explain photo.png --model model.npz --class cat --check
     """
     from ..explain import ExplainOptions, run
-    from ..layersel import OptionError
-    from ..terminal import ProgressDisplay
 
     if classes and top_k is not None:
         fail("give only one of --class and --top-k", EXIT_USAGE)
@@ -62,16 +60,8 @@ def explain(
     options = ExplainOptions(method=method.value, layer=layer, classes=tuple(classes or ()), top_k=top_k or 1,
                              patch=patch, stride=stride, check=check, cmap=cmap.value, force=force,
                              max_pixels=max_pixels, model=str(model), html=not no_html)
-    kept = f"the images finished in {out}/ are kept, and no unfinished output is left"
-    try:
-        with ProgressDisplay("explain") as progress, stoppable(kept) as stopped:
-            summary = run(images, out, network, meta, options, progress=progress)
-    except OptionError as exc:  # a bad --class, --layer or --patch for this model
-        fail(str(exc), EXIT_USAGE)
-    except ValueError as exc:  # OUT cannot be created, or another run holds it
-        fail(str(exc))
-    end_if_interrupted(summary, stopped, kept)
-    report_failures(summary.failed)
+    summary = run_with_progress("explain", out, lambda progress: run(images, out, network, meta, options,
+                                                                     progress=progress))
     if json_out:
         echo_json(summary.records)
     else:

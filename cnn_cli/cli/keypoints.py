@@ -17,11 +17,10 @@ from .common import (
     check_output_or_fail,
     echo,
     echo_json,
-    end_if_interrupted,
     exit_batch,
     fail,
     out_of_memory,
-    report_failures,
+    run_with_progress,
     stoppable,
 )
 
@@ -105,23 +104,13 @@ def keypoints(
       cnn keypoints photo.png --model model.npz --layer 1
     """
     from ..keypointing import run
-    from ..layersel import OptionError
-    from ..terminal import ProgressDisplay
 
     check_output_or_fail(out)
     source = _source(pipeline, model, color)
     options = _options(num=num, threshold=threshold, min_distance=min_distance, scales=scales, layer=layer,
                        max_size=max_size, max_pixels=max_pixels, force=force)
-    kept = f"the images finished in {out}/ are kept, and no unfinished output is left"
-    try:
-        with ProgressDisplay("keypoints") as progress, stoppable(kept) as stopped:
-            summary = run(inputs, out, source, options, progress=progress)
-    except OptionError as exc:  # a --layer without positions, or a bad value
-        fail(str(exc), EXIT_USAGE)
-    except ValueError as exc:  # OUT cannot be created, or another run holds it
-        fail(str(exc))
-    end_if_interrupted(summary, stopped, kept)
-    report_failures(summary.failed)
+    summary = run_with_progress("keypoints", out, lambda progress: run(inputs, out, source, options,
+                                                                       progress=progress))
     if json_out:
         echo_json(summary.records)
     else:
