@@ -11,6 +11,9 @@ form, torch twin. Merges read several nodes (``arity = None``): their
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import numpy as np
 
 from .layers import Layer, LayerError, OnnxNode, maps_shape, torch_lambda
@@ -58,59 +61,57 @@ class _Merge(Layer):
         return list(names[0])
 
 
-class Add(_Merge):
-    """The sum of its inputs, broadcast (a residual connection)."""
+class _Broadcast(_Merge):
+    """A merge that combines its inputs one after another with ``combine`` (an operator that
+    broadcasts as numpy, torch and ONNX's ``onnx_op`` do)."""
 
-    kind = "add"
-    keeps_maps = True  # per pixel: the default CAM layer moves on over a residual sum
+    keeps_maps = True  # per pixel: the default CAM layer moves on over a residual sum or a gate
 
     def _out_shape(self, shapes):
         return _with_unknown(_broadcast_shape(shapes, self.kind), shapes)
 
     def forward(self, xs, train=False):
-        y = xs[0]
-        for x in xs[1:]:
-            y = y + x
         if train:
-            self.save_for_backward([x.shape[1:] for x in xs])
-        return y.astype(np.float32, copy=False)
-
-    def backward(self, grad):
-        (shapes,) = self.saved
-        return [_unbroadcast(grad, s) for s in shapes]
+            self.save_for_backward(self._kept(xs))
+        return functools.reduce(self.combine, xs).astype(np.float32, copy=False)
 
     def to_onnx(self, g, xs, scope, prefix):
-        y = xs[0]
-        for x in xs[1:]:
-            y = g.op("Add", [y, x], scope)
-        return y
+        return functools.reduce(lambda y, x: g.op(self.onnx_op, [y, x], scope), xs)
 
     def torch_twin(self, in_shapes):
-        return torch_lambda(lambda *xs: sum(xs[1:], xs[0]))
-
-    onnx_in = ("Add", "Sum")
+        return torch_lambda(lambda *xs: functools.reduce(self.combine, xs))
 
     @classmethod
     def from_onnx(cls, node, ctx):
-        return _binary(node, ctx, "add")
+        return _binary(node, ctx, cls.kind)
 
 
-class Mul(_Merge):
+class Add(_Broadcast):
+    """The sum of its inputs, broadcast (a residual connection)."""
+
+    kind = "add"
+    onnx_op = "Add"
+    onnx_in = ("Add", "Sum")
+    combine = staticmethod(operator.add)
+
+    def _kept(self, xs):
+        return [x.shape[1:] for x in xs]  # a sum's gradient needs the shapes alone
+
+    def backward(self, grad):
+        (shapes,) = self.saved
+        return [_unbroadcast(grad, shape) for shape in shapes]
+
+
+class Mul(_Broadcast):
     """The product of its inputs, broadcast (squeeze-and-excitation, swish as x * sigmoid(x))."""
 
     kind = "mul"
-    keeps_maps = True
+    onnx_op = "Mul"
+    onnx_in = ("Mul",)
+    combine = staticmethod(operator.mul)
 
-    def _out_shape(self, shapes):
-        return _with_unknown(_broadcast_shape(shapes, self.kind), shapes)
-
-    def forward(self, xs, train=False):
-        y = xs[0]
-        for x in xs[1:]:
-            y = y * x
-        if train:
-            self.save_for_backward(list(xs))
-        return y.astype(np.float32, copy=False)
+    def _kept(self, xs):
+        return list(xs)
 
     def backward(self, grad):
         (xs,) = self.saved
@@ -122,26 +123,6 @@ class Mul(_Merge):
                     others = others * other
             grads.append(_unbroadcast(others, x.shape[1:]).astype(np.float32))
         return grads
-
-    def to_onnx(self, g, xs, scope, prefix):
-        y = xs[0]
-        for x in xs[1:]:
-            y = g.op("Mul", [y, x], scope)
-        return y
-
-    def torch_twin(self, in_shapes):
-        def product(*xs):
-            y = xs[0]
-            for x in xs[1:]:
-                y = y * x
-            return y
-        return torch_lambda(product)
-
-    onnx_in = ("Mul",)
-
-    @classmethod
-    def from_onnx(cls, node, ctx):
-        return _binary(node, ctx, "mul")
 
 
 class Concat(_Merge):
