@@ -40,6 +40,10 @@ class ImportFailed(ValueError):
     """The file cannot be imported or the output cannot be written; the message says why."""
 
 
+class ImportUsageError(ImportFailed):
+    """The options do not fit together or the file kinds (a usage error: exit 2)."""
+
+
 def run(source, out, options=None, *, force=False, arch=None):
     """Import ``source`` and write it to ``out`` (refused if it exists, unless ``force``).
 
@@ -53,17 +57,17 @@ def run(source, out, options=None, *, force=False, arch=None):
     source, out = Path(source), Path(out)
     suffix = source.suffix.lower()
     if suffix not in READERS:
-        raise ImportFailed(f"{source}: cnn import reads {', '.join(READERS)} files, not '{source.suffix}'")
+        raise ImportUsageError(f"{source}: cnn import reads {', '.join(READERS)} files, not '{source.suffix}'")
     if suffix == ".safetensors" and arch is None:
-        raise ImportFailed(f"{source}: a safetensors file holds weights without their network; say whose they "
+        raise ImportUsageError(f"{source}: a safetensors file holds weights without their network; say whose they "
                            f"are with --arch ({', '.join(ARCHITECTURES)})")
     if suffix == ".onnx" and arch is not None:
-        raise ImportFailed(f"{source}: an ONNX file carries its own network, so --arch is for safetensors "
+        raise ImportUsageError(f"{source}: an ONNX file carries its own network, so --arch is for safetensors "
                            "files only; leave it out")
     if os.path.lexists(out) and not force:
         raise ImportFailed(f"{out} exists; use --force to replace it")
     if out.suffix != ".npz":
-        raise ImportFailed(f"{out}: a model file ends in .npz")
+        raise ImportUsageError(f"{out}: a model file ends in .npz")
     try:
         check_writable(out)  # before a network of millions of weights is read and built
     except OSError as exc:

@@ -155,14 +155,15 @@ def test_alexnet_at_another_size_is_refused_with_the_sizes_that_fit(tmp_path):
 def test_cli_refusals_are_one_line(tmp_path):
     _, path = saved(tmp_path, "squeezenet1_1")
     out = tmp_path / "m.npz"
-    cases = [(["import", path, "-o", out], 1, "say whose they are with --arch (resnet18, "),
+    # Options that do not fit the file are usage errors (exit 2), as an unknown --arch is.
+    cases = [(["import", path, "-o", out], 2, "say whose they are with --arch (resnet18, "),
              (["import", path, "--arch", "resnet152", "-o", out], 2, "--arch takes one of resnet18, "),
              (["import", path, "--arch", "squeezenet1_1", "--size", "64,48", "-o", out], 1, "square --size"),
              (["import", path, "--arch", "squeezenet1_1", "--color", "gray", "-o", out], 1,
               "3 channels, which --color gray does not give")]
     onnx_path = tmp_path / "net.onnx"
     onnx_path.write_bytes(b"not read: the options are refused first")
-    cases.append((["import", onnx_path, "--arch", "resnet18", "-o", out], 1, "--arch is for safetensors files only"))
+    cases.append((["import", onnx_path, "--arch", "resnet18", "-o", out], 2, "--arch is for safetensors files only"))
     for args, code, text in cases:
         result = cnn(*args)
         assert result.exit_code == code and text in result.stderr, result.output

@@ -99,7 +99,7 @@ def import_(
 
       cnn import digits.onnx -o digits_again.npz --force --json
     """
-    from ..importing import run
+    from ..importing import ImportUsageError, run
     from ..onnxfile import INSTALL_HINT
     from ..onnximport import ImportOptions
 
@@ -114,7 +114,7 @@ def import_(
         with stoppable(f"nothing was written to {out}"):
             summary = run(source, out, options, force=force, arch=arch)
     except ValueError as exc:  # OnnxError, TensorFileError, ImportRefused, ModelError, ImportFailed
-        code = EXIT_USAGE if INSTALL_HINT in str(exc) else 1
+        code = EXIT_USAGE if isinstance(exc, ImportUsageError) or INSTALL_HINT in str(exc) else 1
         fail(str(exc), code)
     for note in summary.assumed:
         echo(f"assumed: {note}", err=True)
