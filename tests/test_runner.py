@@ -206,17 +206,19 @@ def _one_signal_line(returncode, stderr, *words):
 
 @pytest.fixture(scope="module")
 def slow_set(tmp_path_factory):
-    """Images large enough that a run lasts well past its start."""
+    """Images large enough, and enough of them, that a run lasts well past its start (with 10, a
+    quiet machine finished embed before the signal and the test skipped)."""
     folder = tmp_path_factory.mktemp("slow") / "set"
     folder.mkdir()
-    for i in range(10):
+    for i in range(30):
         _image(folder / f"{i:02d}.png", 1024, seed=i, rgb=True)
     return folder
 
 
 def test_sigterm_stops_embed_with_nothing_at_a_final_path_and_resume_finishes(tmp_path, slow_set):
     out = tmp_path / "index"
-    stopped = _terminate_when(("embed", slow_set, "-o", out), lambda: (out / "embed.progress.json").exists())
+    # The lock is taken as the run starts; the progress record may come only at its first commit.
+    stopped = _terminate_when(("embed", slow_set, "-o", out), lambda: (out / ".cnn-apply.lock").exists())
     if stopped is None:
         pytest.skip("the run finished before the signal")
     _one_signal_line(*stopped, "--resume")
@@ -224,8 +226,9 @@ def test_sigterm_stops_embed_with_nothing_at_a_final_path_and_resume_finishes(tm
     assert not (out / ".cnn-apply.lock").exists()
     result = cnn("embed", slow_set, "-o", out, "--resume", timeout=300)
     assert result.exit_code == 0, result.output
-    assert sorted(os.listdir(out)) == ["embed.json", "embeddings.npy", "index.csv"]
-    assert np.load(out / "embeddings.npy").shape[0] == 10
+    # 30 rows: standardised by default (pca.npz holds the scaling; issue 28).
+    assert sorted(os.listdir(out)) == ["embed.json", "embeddings.npy", "index.csv", "pca.npz"]
+    assert np.load(out / "embeddings.npy").shape[0] == len(list(slow_set.iterdir()))
 
 
 def test_sigterm_stops_explain_with_no_unfinished_folder_and_the_next_run_finishes(tmp_path, slow_set):
@@ -243,7 +246,7 @@ def test_sigterm_stops_explain_with_no_unfinished_folder_and_the_next_run_finish
         assert json.loads((folder / "explain.json").read_text())["targets"], folder
     result = cnn("explain", slow_set, "--model", model, "-o", out, "--force", timeout=300)
     assert result.exit_code == 0, result.output
-    assert _leftovers(out) == [] and len([p for p in out.iterdir() if p.is_dir()]) == 10
+    assert _leftovers(out) == [] and len([p for p in out.iterdir() if p.is_dir()]) == len(list(slow_set.iterdir()))
 
 
 def test_sigterm_stops_units_with_nothing_written_and_the_next_run_finishes(tmp_path, slow_set):
