@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config
-from ..kernels import conv as conv_kernels
-from ..kernels import depthwise as depthwise_kernels
+from .. import config, kernels
 from . import threads
 
 
@@ -52,7 +50,7 @@ def gemm(x, w, bias, spec):
             else:
                 cols = buffer[:depth * (p1 - p0)].reshape(depth, p1 - p0)
                 if made != (b, g, tile):
-                    conv_kernels.im2col_tile(xp, b, g * cin_g, kh, kw, *spec.stride, *spec.dilation, oh0, wo,
+                    kernels.conv.im2col_tile(xp, b, g * cin_g, kh, kw, *spec.stride, *spec.dilation, oh0, wo,
                                              cols, 0, depth)
                     made = (b, g, tile)
             out = y_flat[b, c0:c1, p0:p1]
@@ -98,7 +96,7 @@ def _row_columns(x, w, bias, spec):
             length = rows * wp
             cols = buffer[:depth * (length + reach)].reshape(depth, length + reach)
             if made != (b, g, tile):
-                conv_kernels.im2col_rows_tile(xp, b, g * cin_g, kw, dw, oh0 * wp, cols, 0, depth)
+                kernels.conv.im2col_rows_tile(xp, b, g * cin_g, kw, dw, oh0 * wp, cols, 0, depth)
                 made = (b, g, tile)
             out = wide[:(c1 - c0) * length].reshape(c1 - c0, length)
             tmp = part[:(c1 - c0) * length].reshape(c1 - c0, length)
@@ -143,6 +141,6 @@ def depthwise(x, w, bias, spec):
     xp = spec.pad(x)
     y = np.empty(spec.y_shape, np.float32)
     b = bias if bias is not None else np.zeros(w.shape[0], np.float32)
-    threads.run(depthwise_kernels.conv_depthwise, xp, w, b, *spec.stride, *spec.dilation, y,
+    threads.run(kernels.depthwise.conv_depthwise, xp, w, b, *spec.stride, *spec.dilation, y,
                 tasks=y.shape[0] * y.shape[1], work=y.size * w[0].size)
     return y

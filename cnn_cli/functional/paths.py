@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config
-from ..kernels import conv as conv_kernels
+from .. import config, kernels
 from . import threads
 
 #: The kernel width of the register-blocked kernels ``conv3_stacked`` and
@@ -25,8 +24,8 @@ def direct(x, w, bias, spec):
     xp = spec.pad(x)
     y = np.empty(spec.y_shape, np.float32)
     n = y.shape[0]
-    tiles = -(-spec.out_hw[1] // conv_kernels.ROW_TILE)
-    threads.run(conv_kernels.conv_direct, xp, w, _bias_or_zeros(bias, w), *spec.stride, *spec.dilation,
+    tiles = -(-spec.out_hw[1] // kernels.conv.ROW_TILE)
+    threads.run(kernels.conv.conv_direct, xp, w, _bias_or_zeros(bias, w), *spec.stride, *spec.dilation,
                 spec.groups, y, tasks=n * spec.groups * spec.out_hw[0] * tiles, work=y.size * w[0].size)
     return y
 
@@ -80,7 +79,7 @@ def rows(x, w, bias, spec):
         out = np.empty((1, cout_g, ho * wp), np.float32)
         while image is not None:
             for g in range(groups):
-                conv_kernels.im2col_rows(xp, image, g * cin_g, kw, dilation[1], col, 0, cin_g * kw)
+                kernels.conv.im2col_rows(xp, image, g * cin_g, kw, dilation[1], col, 0, cin_g * kw)
                 _sum_of_products(w_rows[g], col, shifts, out)
                 # Drop the garbage columns of the wide layout.
                 y[image, g * cout_g:(g + 1) * cout_g] = out.reshape(cout_g, ho, wp)[..., :wo]
@@ -118,10 +117,10 @@ def _correlate_stacked(xs, w, b, dilation, groups, y, argmax=None):
         cout_g = c_out // groups
         wq = np.zeros((groups, -(-cout_g // 4) * 4, cin_g, kh, kw), np.float32)  # whole blocks of 4 filters
         wq[:, :cout_g] = w.reshape(groups, cout_g, cin_g, kh, kw)
-        threads.run(conv_kernels.conv3_stacked, xs, wq, b, *dilation, groups, tile_rows, y, argmax,
+        threads.run(kernels.conv.conv3_stacked, xs, wq, b, *dilation, groups, tile_rows, y, argmax,
                     tasks=tasks, work=work)
     else:
-        threads.run(conv_kernels.conv_direct_stacked, xs, w, b, *dilation, groups, tile_rows, y, argmax,
+        threads.run(kernels.conv.conv_direct_stacked, xs, w, b, *dilation, groups, tile_rows, y, argmax,
                     tasks=tasks, work=work)
 
 
@@ -134,7 +133,7 @@ def im2col_chunks(xp, w_shape, stride, dilation, groups, out_hw):
     _, cin_g, kh, kw = w_shape
     depth = cin_g * kh * kw
     for n0, g, col in _column_chunks(xp.shape[0], groups, depth, out_hw[0] * out_hw[1]):
-        threads.run(conv_kernels.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
+        threads.run(kernels.conv.im2col, xp, n0, g * cin_g, kh, kw, *stride, *dilation, *out_hw, col,
                     tasks=col.shape[0] * depth, work=col.size)
         yield n0, g, col
 
@@ -147,7 +146,7 @@ def row_columns(xp, w_shape, dw, groups):
     _, cin_g, _, kw = w_shape
     depth = cin_g * kw
     for n0, g, col in _column_chunks(xp.shape[0], groups, depth, xp.shape[2] * xp.shape[3]):
-        threads.run(conv_kernels.im2col_rows, xp, n0, g * cin_g, kw, dw, col,
+        threads.run(kernels.conv.im2col_rows, xp, n0, g * cin_g, kw, dw, col,
                     tasks=col.shape[0] * depth, work=col.size)
         yield n0, g, col
 

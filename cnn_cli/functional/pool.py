@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import pool as pool_kernels
+from .. import kernels
 from . import threads
 from .specs import PoolSpec, as_float32
 
@@ -42,7 +42,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     Without the argmax (``max_pool2d_with_argmax``), the windows' maxima are
     taken a whole output row at a time, vectorised.
     """
-    return _pool_forward(pool_kernels.max_pool_values, x, kernel_size, stride, padding)
+    return _pool_forward(kernels.pool.max_pool_values, x, kernel_size, stride, padding)
 
 
 def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0):
@@ -51,13 +51,13 @@ def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0):
     A layer keeps the argmax from its forward pass, so its backward pass is a
     scatter (``max_pool2d_backward_from_argmax``) instead of a second search.
     """
-    return _pool_forward(pool_kernels.max_pool_forward, x, kernel_size, stride, padding, np.int64)
+    return _pool_forward(kernels.pool.max_pool_forward, x, kernel_size, stride, padding, np.int64)
 
 
 def max_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``max_pool2d``: each window's gradient goes to its first maximum."""
     x, gy, spec = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
-    _, argmax = _pool_forward(pool_kernels.max_pool_forward, x, kernel_size, stride, padding, np.int64)
+    _, argmax = _pool_forward(kernels.pool.max_pool_forward, x, kernel_size, stride, padding, np.int64)
     return _max_pool_scatter(x.shape, gy, argmax)
 
 
@@ -76,7 +76,7 @@ def max_pool2d_backward_from_argmax(x_shape, grad_y, argmax):
 
 def _max_pool_scatter(x_shape, gy, argmax):
     gx = np.empty(x_shape, np.float32)
-    threads.run(pool_kernels.max_pool_backward, gy, argmax, gx, tasks=x_shape[0] * x_shape[1], work=gy.size)
+    threads.run(kernels.pool.max_pool_backward, gy, argmax, gx, tasks=x_shape[0] * x_shape[1], work=gy.size)
     return gx
 
 
@@ -85,12 +85,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 
     Every window is divided by kH*kW. Arguments and output size as ``max_pool2d``.
     """
-    return _pool_forward(pool_kernels.avg_pool_forward, x, kernel_size, stride, padding)
+    return _pool_forward(kernels.pool.avg_pool_forward, x, kernel_size, stride, padding)
 
 
 def avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
     """Gradient of ``avg_pool2d``: each window spreads grad/(kH*kW) over its pixels."""
     x, gy, spec = _pool_backward_args(x, grad_y, kernel_size, stride, padding)
     gx = np.empty_like(x)
-    threads.run(pool_kernels.avg_pool_backward, gy, *spec.args, gx, tasks=gx.shape[0] * gx.shape[1], work=spec.work)
+    threads.run(kernels.pool.avg_pool_backward, gy, *spec.args, gx, tasks=gx.shape[0] * gx.shape[1], work=spec.work)
     return gx

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import conv as conv_kernels
+from .. import kernels
 from . import threads
 from .paths import im2col_chunks, row_columns
 from .specs import n_elements, stack
@@ -64,9 +64,9 @@ def stacked(x, gy, spec):
     cout_g = gy.shape[1] // groups
     cout_pad = cout_g + cout_g % 2
     gys = stack(gy, 0, 0, (hp, wp), groups, cout_pad)
-    tile_rows = max(1, conv_kernels.GRAD_TILE // wp)
+    tile_rows = max(1, kernels.conv.GRAD_TILE // wp)
     grad_w = np.empty(spec.w_shape, np.float32)
-    threads.run(conv_kernels.conv3_grad_weight_stacked, xs, gys, *spec.dilation, groups, tile_rows, grad_w,
+    threads.run(kernels.conv.conv3_grad_weight_stacked, xs, gys, *spec.dilation, groups, tile_rows, grad_w,
                 tasks=groups * cout_pad // 2, work=gy.size * n_elements(spec.w_shape[1:]))
     return grad_w
 
@@ -76,7 +76,7 @@ def small(x, gy, spec):
     xp = spec.pad(x)
     grad_w = np.empty(spec.w_shape, np.float32)
     c_out, cin_g = spec.w_shape[:2]
-    threads.run(conv_kernels.conv_grad_weight_small, xp, _widen(gy, xp.shape[3]), *spec.dilation, spec.groups,
+    threads.run(kernels.conv.conv_grad_weight_small, xp, _widen(gy, xp.shape[3]), *spec.dilation, spec.groups,
                 grad_w, tasks=c_out * cin_g, work=gy.size * n_elements(spec.w_shape[1:]))
     return grad_w
 
@@ -85,7 +85,7 @@ def direct(x, gy, spec):
     """Direct loops, exact at any stride and for any input (``kernels.conv.conv_grad_weight_direct``)."""
     grad_w = np.empty(spec.w_shape, np.float32)
     c_out, cin_g = spec.w_shape[:2]
-    threads.run(conv_kernels.conv_grad_weight_direct, spec.pad(x), gy, *spec.stride, *spec.dilation, spec.groups,
+    threads.run(kernels.conv.conv_grad_weight_direct, spec.pad(x), gy, *spec.stride, *spec.dilation, spec.groups,
                 grad_w, tasks=c_out * cin_g, work=gy.size * n_elements(spec.w_shape[1:]))
     return grad_w
 
