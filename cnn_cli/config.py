@@ -87,6 +87,19 @@ FFT_TILES_MAX_COST = 0.95
 #: split; a bank over a photo (100M and up) gains clearly from the split.
 PARALLEL_MIN_WORK = 2**25
 
+#: A fixed filter bank (convolution with ``algorithm="light"``) of at most
+#: this many multiply-adds per image runs in numpy (cnn_cli.functional.small),
+#: and max pooling of inputs of at most SMALL_MAX_POOL_INPUT values does so
+#: until a kernel has loaded: loading Numba and the first kernels from the
+#: cache takes 0.6-0.8 s. The default pipeline's first layer on a 512 x 512
+#: photo (4e8 multiply-adds) took 0.13-0.23 s in numpy against 0.05 s by
+#: the kernels once loaded, so the bound is about where the load repays.
+SMALL_MAX_MACS = 2**29
+SMALL_MAX_POOL_INPUT = 2**24
+#: ... with im2col and one matrix product for kernels of up to this many
+#: taps, and numpy's FFT above.
+SMALL_IM2COL_MAX_TAPS = 25
+
 #: Threads that share a large kernel call or matrix product: the cores this
 #: process may use, or NUMBA_NUM_THREADS when it is set (a Dask worker runs
 #: one engine thread per worker thread, and the engine's own pool must agree).

@@ -225,7 +225,8 @@ class BankConv(Layer):
         return out
 
     def forward(self, x, train=False):
-        maps = [F.conv2d(x, w, b, groups=g, **self.options) for w, b, g in self.filters]
+        # "light": a bank over a small image runs in numpy, and a run of those never loads Numba.
+        maps = [F.conv2d(x, w, b, groups=g, algorithm="light", **self.options) for w, b, g in self.filters]
         shapes = {m.shape[2:] for m in maps}
         if len(shapes) > 1:
             raise LayerError(

@@ -43,13 +43,16 @@ def conv2d(
         Split channels into groups that are convolved separately;
         ``groups = C_in = C_out`` is a depthwise bank.
     padding_mode : "zeros", "reflect", "replicate" or "circular"
-    algorithm : "auto", "direct", "im2col" or "fft"
+    algorithm : "auto", "light", "direct", "im2col" or "fft"
         Force a code path. "auto" picks FFT for kernels of 14x14 and larger;
         the depthwise kernel for one filter per channel; for kernels 3 wide at
         stride 1, direct loops, or matrix products for deep layers (row
         im2col on batches of larger maps, tiled im2col on small maps);
         tiled matrix products for 1x1 kernels and strides above 1; otherwise
-        direct loops for few channels and im2col for deep layers.
+        direct loops for few channels and im2col for deep layers. "light" is
+        "auto", except that a call of at most ``config.SMALL_MAX_MACS``
+        multiply-adds per image runs in numpy alone (what the fixed filter
+        banks use: a small ``cnn apply`` then never loads Numba).
 
     Returns
     -------

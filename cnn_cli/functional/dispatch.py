@@ -11,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
-from . import gemm, paths, weight_grad
+from . import gemm, paths, small, weight_grad
 from .fft import fft
 from .paths import BLOCKED_WIDTH
 
 
 def forward_path(spec):
     """The forward path of ``paths`` (or ``fft``) for a call: ``spec.algorithm``, with "auto" resolved.
+
+    "light" is "auto", except that a call of little work per image runs in
+    numpy (``small.conv``), with no Numba kernel to load.
 
     "fft" is the FFT path; "im2col" is row im2col at stride 1 for kernels
     wider than one (``paths.rows``) and tiled matrix products otherwise
@@ -26,8 +29,10 @@ def forward_path(spec):
     stride 1 for kernels 3 wide or narrow maps, and the row-tile loops
     otherwise.
     """
+    if small.takes(spec):
+        return small.conv
     algorithm = spec.algorithm
-    if algorithm == "auto":
+    if algorithm in ("auto", "light"):
         algorithm = _choose_algorithm(spec)
     if algorithm == "fft":
         return fft
@@ -102,7 +107,7 @@ def weight_grad_path(x, spec):
     c_out, cin_g, kh, kw = spec.w_shape
     stride_1 = spec.stride == (1, 1)
     algorithm = spec.algorithm
-    if algorithm == "auto":
+    if algorithm in ("auto", "light"):
         if stride_1:  # row im2col: one kernel row's columns over the padded plane
             columns = cin_g * kw * spec.padded[0] * spec.padded[1] * 4
         else:

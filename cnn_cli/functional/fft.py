@@ -2,7 +2,8 @@
 
 ``fft(x, w, bias, spec) -> y`` has the signature of the paths in ``paths.py``.
 scipy.fft is imported on the first call only: importing it takes longer than
-a small convolution, and most runs never need it.
+a small convolution, and most runs never need it. ``lib=NumpyFFT`` runs the
+same path on numpy's FFT (one thread, nothing to import; see ``small.py``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,54 @@ import numpy as np
 from .. import config
 
 
-def fft(x, w, bias, spec):
+def fft(x, w, bias, spec, lib=None):
     """Valid cross-correlation by FFT of ``x`` padded as ``spec`` says; zero padding goes straight into
-    the transform's own zero padding instead of a padded copy of x."""
+    the transform's own zero padding instead of a padded copy of x. ``lib``: scipy.fft by default."""
+    lib = lib or _scipy_fft()
     if spec.padding_mode == "zeros":
-        return _correlate_fft(x, w, bias, spec.stride, spec.dilation, spec.groups, spec.out_hw, spec.pads)
-    return _correlate_fft(spec.pad(x), w, bias, spec.stride, spec.dilation, spec.groups, spec.out_hw)
+        return _correlate_fft(lib, x, w, bias, spec.stride, spec.dilation, spec.groups, spec.out_hw, spec.pads)
+    return _correlate_fft(lib, spec.pad(x), w, bias, spec.stride, spec.dilation, spec.groups, spec.out_hw)
 
 
-def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 0, 0, 0)):
+def _scipy_fft():
+    import scipy.fft
+
+    return scipy.fft
+
+
+class NumpyFFT:
+    """numpy.fft behind the part of scipy.fft's interface this path uses (numpy has no ``workers``)."""
+
+    @staticmethod
+    def rfft2(a, workers=None, overwrite_x=False):
+        return np.fft.rfft2(a)
+
+    @staticmethod
+    def irfft2(a, s, workers=None, overwrite_x=False):
+        return np.fft.irfft2(a, s=s)
+
+    @staticmethod
+    def rfft(a, n, axis, workers=None):
+        return np.fft.rfft(a, n=n, axis=axis)
+
+    @staticmethod
+    def fft(a, n, axis, workers=None):
+        return np.fft.fft(a, n=n, axis=axis)
+
+    @staticmethod
+    def next_fast_len(n, real=True):
+        """The least 2^a 3^b 5^c at or above ``n``, the lengths pocketfft transforms fastest."""
+        while True:
+            rest = n
+            for p in (2, 3, 5):
+                while rest % p == 0:
+                    rest //= p
+            if rest == 1:
+                return n
+            n += 1
+
+
+def _correlate_fft(lib, xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 0, 0, 0)):
     """Valid cross-correlation by FFT of ``xp`` with ``zero_pads`` (top, bottom, left, right) of zeros
     around it.
 
@@ -38,8 +78,6 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 
     alone. So an input whose mean dwarfs its spread (a bright, nearly flat
     image) is transformed in float64; everything else in float32, twice as fast.
     """
-    import scipy.fft
-
     n, c_in, h, w_in = xp.shape
     top, bottom, left, right = zero_pads
     c_out, cin_g, kh, kw = w.shape
@@ -53,7 +91,7 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 
     padded = (h + top + bottom, w_in + left + right)
     tiled = stride == (1, 1)
     # Per axis: transform length L, valid outputs per tile, tile count.
-    plan = [fft_tiles(size, r, tiled) for size, r in zip(padded, reach)]
+    plan = [fft_tiles(size, r, tiled, lib) for size, r in zip(padded, reach)]
     (lh, th, nh), (lw, tw, nw) = plan
     workers = config.FFT_WORKERS
     # The tiles, each cut from the input with its zero padding, in one array
@@ -62,7 +100,7 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 
     for i, j in itertools.product(range(nh), range(nw)):
         (src_r, dst_r), (src_c, dst_c) = (_tile_slices(i * th - top, lh, h), _tile_slices(j * tw - left, lw, w_in))
         buf[:, :, i, j, dst_r, dst_c] = xp[:, :, src_r, src_c]
-    xf = scipy.fft.rfft2(buf, workers=workers, overwrite_x=True)
+    xf = lib.rfft2(buf, workers=workers, overwrite_x=True)
     del buf
     cout_g = c_out // groups
     sh, sw = stride
@@ -73,13 +111,13 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 
         g = co // cout_g
         # The kernel is only a few rows tall: transform those rows, then the
         # columns, instead of a whole zero-padded plane.
-        wf = scipy.fft.fft(scipy.fft.rfft(wd[co], n=lw, axis=-1, workers=workers), n=lh, axis=-2, workers=workers)
+        wf = lib.fft(lib.rfft(wd[co], n=lw, axis=-1, workers=workers), n=lh, axis=-2, workers=workers)
         np.conj(wf, out=wf)
         with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf propagate, as in torch
             yf = xf[:, g * cin_g] * wf[0]
             for c in range(1, cin_g):
                 yf += xf[:, g * cin_g + c] * wf[c]
-        tiles = scipy.fft.irfft2(yf, s=(lh, lw), workers=workers, overwrite_x=True)
+        tiles = lib.irfft2(yf, s=(lh, lw), workers=workers, overwrite_x=True)
         if not tiled:
             y[:, co] = tiles[:, 0, 0, :(out_hw[0] - 1) * sh + 1:sh, :(out_hw[1] - 1) * sw + 1:sw]
             continue
@@ -91,7 +129,7 @@ def _correlate_fft(xp, w, bias, stride, dilation, groups, out_hw, zero_pads=(0, 
     return y
 
 
-def fft_tiles(padded, reach, tiled):
+def fft_tiles(padded, reach, tiled, lib=None):
     """(L, valid outputs per tile, tiles) along an axis of ``padded`` pixels, for a kernel of ``reach`` + 1.
 
     One tile of the next fast length past the input, unless ``tiled`` and
@@ -99,24 +137,24 @@ def fft_tiles(padded, reach, tiled):
     tiles * L * (log2 L + ``config.FFT_COST_PER_POINT``). Shorter transforms
     stay in cache, and their overlap is small when the kernel is.
     """
-    import scipy.fft
+    lib = lib or _scipy_fft()
 
     def cost(length, count):
         return count * length * (np.log2(length) + config.FFT_COST_PER_POINT)
 
-    full = scipy.fft.next_fast_len(padded, real=True)
+    full = lib.next_fast_len(padded, real=True)
     best = (full, full - reach, 1)
     if not tiled:
         return best
     valid = padded - reach
     least = config.FFT_TILES_MAX_COST * cost(full, 1)
     shortest = max(config.FFT_TILE_MIN_REACHES * (reach + 1), config.FFT_TILE_MIN_LENGTH)
-    length = scipy.fft.next_fast_len(shortest, real=True)
+    length = lib.next_fast_len(shortest, real=True)
     while length < full:
         count = -(-valid // (length - reach))
         if cost(length, count) < least:
             least, best = cost(length, count), (length, length - reach, count)
-        length = scipy.fft.next_fast_len(length + 1, real=True)
+        length = lib.next_fast_len(length + 1, real=True)
     return best
 
 

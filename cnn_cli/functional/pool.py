@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from . import threads
+from . import small, threads
 from .specs import PoolSpec, as_float32
 
 
@@ -42,6 +42,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     Without the argmax (``max_pool2d_with_argmax``), the windows' maxima are
     taken a whole output row at a time, vectorised.
     """
+    x = as_float32("x", x, 4)
+    if small.takes_pool(x.shape, kernel_size, stride, padding):
+        return small.max_pool(x, kernel_size, stride, padding)
     return _pool_forward(kernels.pool.max_pool_values, x, kernel_size, stride, padding)
 
 

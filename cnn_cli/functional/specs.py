@@ -13,7 +13,7 @@ import numpy as np
 from .. import config
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-ALGORITHMS = ("auto", "direct", "im2col", "fft")
+ALGORITHMS = ("auto", "light", "direct", "im2col", "fft")
 _NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
