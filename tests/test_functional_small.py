@@ -38,6 +38,8 @@ CASES = CONV_CASES + [(x, w, b, dict(kw, padding_mode=m)) for x, w, b, kw in MOD
     ((2, 2, 17, 15), (3, 2, 7, 7), True, dict(padding="same", padding_mode="reflect")),  # FFT
     ((1, 3, 20, 19), (3, 1, 9, 9), False, dict(groups=3, padding=4, stride=2)),  # FFT, depthwise, strided
     ((1, 2, 16, 16), (2, 2, 6, 5), True, dict(dilation=2, padding=(3, 1))),  # FFT, dilated
+    ((2, 6, 9, 8), (5, 6, 3, 3), True, dict(padding=1, stride=(2, 1))),  # im2col: 30 channel-filter pairs
+    ((1, 8, 9, 8), (8, 4, 3, 2), False, dict(groups=2, dilation=(1, 2), padding_mode="reflect", padding=2)),
 ]
 
 
@@ -88,12 +90,12 @@ def test_the_choice_is_per_image_and_large_calls_go_to_the_kernels(before_kernel
     assert not small.takes_pool((1, 1, 2**13, 2**12), 2, None, 0)
 
 
-@pytest.mark.parametrize("k", [3, 9])
-def test_an_image_gives_the_same_bits_alone_and_in_a_batch(k):
+@pytest.mark.parametrize("k, c", [(3, 2), (3, 8), (9, 2)])
+def test_an_image_gives_the_same_bits_alone_and_in_a_batch(k, c):
     """What makes a resumed or re-batched ``cnn apply`` write the same maps as a clean run."""
     rng = np.random.default_rng(k)
-    x = rng.random((3, 2, 40, 33), dtype=np.float32)
-    w = rng.standard_normal((5, 2, k, k)).astype(np.float32)
+    x = rng.random((3, c, 40, 33), dtype=np.float32)
+    w = rng.standard_normal((5, c, k, k)).astype(np.float32)
     batch = F.conv2d(x, w, padding="same", padding_mode="reflect", algorithm="light")
     for i in range(3):
         alone = F.conv2d(x[i:i + 1], w, padding="same", padding_mode="reflect", algorithm="light")
@@ -134,3 +136,23 @@ def test_small_apply_never_loads_numba(tmp_path):
     assert lines[-2] == "False []", out.stdout
     assert lines[-1] == "True", "a large call after it must load the kernels"
     assert (tmp_path / "out" / "shapes" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups", [
+    ((3, 2, 21, 18), (4, 2, 3, 3), 1),  # images between threads
+    ((1, 4, 30, 25), (4, 1, 9, 9), 4),  # groups of one image (depthwise, FFT)
+    ((1, 2, 30, 25), (6, 2, 7, 7), 1),  # filters of one image (FFT)
+])
+def test_shares_between_threads_give_the_same_bits(monkeypatch, x_shape, w_shape, groups):
+    rng = np.random.default_rng(7)
+    x = rng.random(x_shape, dtype=np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    kw = dict(padding="same", padding_mode="reflect", groups=groups, algorithm="light")
+    serial = F.conv2d(x, w, b, **kw)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(config, "THREADS", 2)
+    split = F.conv2d(x, w, b, **kw)
+    assert np.array_equal(serial, split), "a share computed on another thread must give the same bits"
+    naive.assert_close(split, naive.naive_conv2d(x, w, b, padding="same", padding_mode="reflect", groups=groups),
+                       f"split {x_shape} {w_shape}")

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from .. import config
-from . import paths
+from . import paths, threads
 from .fft import NumpyFFT, fft
 from .specs import PoolSpec
 
@@ -45,7 +45,47 @@ def takes(spec):
 
 def conv(x, w, bias, spec):
     """Cross-correlation as ``spec`` says: im2col and a matrix product per group for small kernels,
-    else the FFT path on numpy's FFT."""
+    else the FFT path on numpy's FFT.
+
+    Both threads work at once (numpy's FFT and BLAS release the GIL, and the
+    ``cnn`` command gives BLAS one thread): on images, or for one image, on
+    groups of channels, or on filters when there is one group. Every share
+    is computed as it would be alone, so an image gets the same bits in any
+    batch.
+    """
+    n = x.shape[0]
+    c_out, cin_g, kh, kw = spec.w_shape
+    cout_g = c_out // spec.groups
+    y = np.empty(spec.y_shape, np.float32)
+    work = n * c_out * spec.out_hw[0] * spec.out_hw[1] * cin_g * kh * kw
+
+    def images(lo, hi):
+        y[lo:hi] = _conv(x[lo:hi], w, bias, spec.part(hi - lo, spec.groups, c_out))
+
+    def groups(lo, hi):  # of one image
+        f = slice(lo * cout_g, hi * cout_g)
+        y[:, f] = _conv(x[:, lo * cin_g:hi * cin_g], w[f], _take(bias, f), spec.part(1, hi - lo, f.stop - f.start))
+
+    def filters(lo, hi):  # of one image and one group: a transform each, so each is computed alone anyway
+        y[:, lo:hi] = _conv(x, w[lo:hi], _take(bias, slice(lo, hi)), spec.part(1, 1, hi - lo))
+
+    if n > 1:
+        threads.run(images, tasks=n, work=work)
+    elif spec.groups > 1:
+        threads.run(groups, tasks=spec.groups, work=work)
+    elif kh * kw > config.SMALL_IM2COL_MAX_TAPS:
+        threads.run(filters, tasks=c_out, work=work)
+    else:
+        y[:] = _conv(x, w, bias, spec)
+    return y
+
+
+def _take(bias, part):
+    return None if bias is None else bias[part]
+
+
+def _conv(x, w, bias, spec):
+    """``conv`` on this thread: a new float32 array of ``spec.y_shape``."""
     c_out, cin_g, kh, kw = spec.w_shape
     if kh * kw > config.SMALL_IM2COL_MAX_TAPS:
         if not np.isfinite(x).all():  # a transform would spread one NaN or inf over the whole map
@@ -53,27 +93,46 @@ def conv(x, w, bias, spec):
         return fft(x, w, bias, spec, lib=NumpyFFT)
     xp = spec.pad(x)
     cout_g = c_out // spec.groups
+    correlate = _by_shifts if cin_g * cout_g <= config.SMALL_SHIFTS_MAX_PAIRS else _by_columns
     y = np.empty(spec.y_shape, np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf propagate, as in torch
         for g in range(spec.groups):
             xg = xp[:, g * cin_g:(g + 1) * cin_g]
-            y[:, g * cout_g:(g + 1) * cout_g] = _by_columns(xg, w[g * cout_g:(g + 1) * cout_g], spec)
+            correlate(xg, w[g * cout_g:(g + 1) * cout_g], spec, y[:, g * cout_g:(g + 1) * cout_g])
         if bias is not None:
             y += bias[None, :, None, None]
     return y
 
 
-def _by_columns(xg, wg, spec):
-    """(N, C_out/groups, H_out, W_out): the windows of ``xg`` as rows of a matrix, times the flattened filters."""
-    n, cin_g = xg.shape[:2]
-    cout_g, _, kh, kw = wg.shape
+def _taps(xg, spec):
+    """(input channel, kernel row, kernel column, the (N, H_out, W_out) view of xg that tap reads)."""
     (sh, sw), (dh, dw), (oh, ow) = spec.stride, spec.dilation, spec.out_hw
-    # (N, C, H_out, W_out, kH, kW) views, the taps spaced by the dilation.
-    windows = np.lib.stride_tricks.sliding_window_view(xg, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    windows = windows[:, :, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, ::dh, ::dw]
-    columns = windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, cin_g * kh * kw)
-    out = columns @ wg.reshape(cout_g, -1).T
-    return out.reshape(n, oh, ow, cout_g).transpose(0, 3, 1, 2)
+    _, _, kh, kw = spec.w_shape
+    for c in range(xg.shape[1]):
+        for i in range(kh):
+            for j in range(kw):
+                yield c, i, j, xg[:, c, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+
+
+def _by_shifts(xg, wg, spec, out):
+    """out (N, C_out/groups, H_out, W_out) = the sum over taps of each tap's weight times the view it
+    reads: a pass over the output per tap and filter, with no copy of the input (few channels)."""
+    out[:] = 0
+    for c, i, j, view in _taps(xg, spec):
+        for f in range(wg.shape[0]):
+            out[:, f] += wg[f, c, i, j] * view
+
+
+def _by_columns(xg, wg, spec, out):
+    """out (N, C_out/groups, H_out, W_out) = the filters (C_out/groups, taps) times each image's columns
+    (taps, H_out * W_out), each row of those copied from one tap's view (many channels). One product an
+    image, of the same shape whatever the batch, so an image gets the same bits in any batch."""
+    n, (oh, ow) = xg.shape[0], spec.out_hw
+    columns = np.empty((n, wg[0].size, oh, ow), np.float32)
+    for k, (_, _, _, view) in enumerate(_taps(xg, spec)):
+        columns[:, k] = view
+    product = wg.reshape(wg.shape[0], -1) @ columns.reshape(n, columns.shape[1], -1)
+    out[:] = product.reshape(n, -1, oh, ow)
 
 
 def takes_pool(x_shape, kernel_size, stride, padding):

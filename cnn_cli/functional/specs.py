@@ -179,6 +179,15 @@ class ConvSpec:
         spec._derive(x_shape, w_shape, (1, 1), (0, 0, 0, 0), dilation, groups, "zeros", algorithm)
         return spec
 
+    def part(self, n, groups, filters):
+        """The spec of a share of this call that a path runs on one thread: ``n`` of the images,
+        ``groups`` of the groups and ``filters`` of the filters (checked already, as a share of this)."""
+        _, cin_g, kh, kw = self.w_shape
+        spec = type(self).__new__(type(self))
+        spec._derive((n, cin_g * groups, *self.x_shape[2:]), (filters, cin_g, kh, kw),
+                     self.stride, self.pads, self.dilation, groups, self.padding_mode, self.algorithm)
+        return spec
+
     def _derive(self, x_shape, w_shape, stride, pads, dilation, groups, padding_mode, algorithm):
         n, _, h, w = x_shape
         c_out, _, kh, kw = w_shape
