@@ -306,6 +306,34 @@ STRIDED_GEMM_MIN_OUT_CHANNELS = 16
 #: 56x56: 10.3 ms against 13.4 ms; 8 x 16 -> 64 at 55x55: 16.2 against 20.4).
 GEMM_ROW_COLUMNS_MIN_WIDTH = 32
 
+#: "auto" runs 3x3 convolutions at stride 1 (undilated, ungrouped) as
+#: Winograd F(4x4, 3x3) (cnn_cli.functional.winograd) from WINOGRAD_MIN_DEPTH
+#: input channels, WINOGRAD_MIN_OUT_CHANNELS filters and WINOGRAD_MIN_TILES
+#: 4x4 output tiles in the batch. Measured here as CPU time per call (the
+#: machine's load average was 5-6, so wall times meant little), Winograd
+#: against the path "auto" took before, on ReLU'd inputs: 1 x 64 -> 64 at
+#: 56x56 (196 tiles) 3.06 ms against 4.30; 128 -> 128 at 28x28 (49) 2.45
+#: against 4.29; 32 -> 128 at 27x27 (49) 0.90 against 1.05; 8 x 256 -> 256
+#: at 14x14 (128) 28.7 against 40.7; 8 x 512 -> 512 at 7x7 (32) 35.4 against
+#: 36.7. It lost with 16 input channels (16 -> 64 at 55x55: 1.43 against
+#: 1.16 on the stacked loops) and on 16 tiles, where transforming the
+#: filters on every call does not repay (48 -> 192 at 13x13: 0.72 against
+#: 0.54; 256 -> 256 at 14x14: 5.50 against 5.02).
+WINOGRAD_MIN_DEPTH = 32
+WINOGRAD_MIN_OUT_CHANNELS = 16
+WINOGRAD_MIN_TILES = 32
+
+#: Tiles a task of the Winograd path transforms and multiplies at once:
+#: 1 x 64 -> 64 at 56x56 took 2.8 ms a call on one thread at 64, 3.2 at 32
+#: and 128, 3.9 at 16; 8 x 256 -> 256 at 14x14 21.5 ms at 64 and 128, 25 at
+#: 32, 28 at 256.
+WINOGRAD_BLOCK_TILES = 64
+
+#: The work of transforming one filter's kernel (one output and one input
+#: channel), in the units of PARALLEL_MIN_WORK (about one multiply-add): it
+#: took about 25 ns, as long as some 600 multiply-adds of a matrix product.
+WINOGRAD_FILTER_COST = 600
+
 #: ``cnn embed`` standardises its rows by default (``retrieval.fit_standardize``:
 #: each dimension centred on the index mean and scaled by its spread) once the
 #: run embeds at least this many images; below it, a mean and a spread from a

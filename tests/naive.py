@@ -301,6 +301,43 @@ def naive_conv2d_depthwise(x, weight, bias=None, *, stride=1, padding=0, dilatio
     return y
 
 
+def naive_conv2d_winograd(x, weight, bias=None, *, padding=0, padding_mode="zeros", clip=(-np.inf, np.inf)):
+    """The engine's Winograd path, from its definition (Lavin and Gray, F(4x4, 3x3)), in float64:
+    a 3x3 correlation at stride 1, groups 1, computed per 4x4 output tile as
+    A^T [sum over ci of (G w[co, ci] G^T) * (B^T d[ci] B)] A, plus bias, clipped to ``clip``.
+
+    The input is zero-extended below and right so that every tile's 6x6 window exists; outputs
+    past the real ones are dropped. It agrees with ``naive_conv2d`` up to rounding.
+    """
+    a = conv_args(_shape(x), _shape(weight), None if bias is None else _shape(bias), padding=padding,
+                  padding_mode=padding_mode)
+    if _shape(weight)[2:] != (3, 3):
+        raise InvalidArguments(f"the Winograd path takes 3x3 filters, not {_shape(weight)}")
+    bt = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
+    g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
+    at = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+    w = _f64(weight)
+    b = np.zeros(w.shape[0]) if bias is None else _f64(bias)
+    xp = pad_image(_f64(x), a.pads, a.padding_mode)
+    n, c_out, h_out, w_out = a.out_shape
+    th, tw = -(-h_out // 4), -(-w_out // 4)
+    big = np.zeros((n, xp.shape[1], max(xp.shape[2], 4 * th + 2), max(xp.shape[3], 4 * tw + 2)))
+    big[:, :, :xp.shape[2], :xp.shape[3]] = xp
+    u = np.einsum("ai,ocij,bj->ocab", g, w, g)  # (C_out, C_in, 6, 6)
+    y = np.zeros((n, c_out, 4 * th, 4 * tw))
+    for k in range(n):
+        for r in range(th):
+            for q in range(tw):
+                d = big[k, :, 4 * r:4 * r + 6, 4 * q:4 * q + 6]
+                v = np.einsum("ai,cij,bj->cab", bt, d, bt)
+                m = np.einsum("ocab,cab->oab", u, v)
+                y[k, :, 4 * r:4 * r + 4, 4 * q:4 * q + 4] = np.einsum("ia,oab,jb->oij", at, m, at)
+    y = y[:, :, :h_out, :w_out] + b[None, :, None, None]
+    return np.clip(y, *clip)
+
+
 def naive_conv2d_backward(x, weight, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
                           padding_mode="zeros"):
     """Gradients of sum(grad_y * conv2d(x, weight, bias)) by the scatter definition.

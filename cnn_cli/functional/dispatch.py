@@ -14,6 +14,7 @@ from .. import config
 from . import gemm, paths, small, weight_grad
 from .fft import fft
 from .paths import BLOCKED_WIDTH
+from .winograd import winograd
 
 
 def forward_path(spec):
@@ -22,7 +23,8 @@ def forward_path(spec):
     "light" is "auto", except that a call of little work per image runs in
     numpy (``small.conv``), with no Numba kernel to load.
 
-    "fft" is the FFT path; "im2col" is row im2col at stride 1 for kernels
+    "fft" is the FFT path; "winograd" (which only "auto" takes) is
+    ``winograd.winograd``; "im2col" is row im2col at stride 1 for kernels
     wider than one (``paths.rows``) and tiled matrix products otherwise
     (``gemm.gemm``, which "auto" also takes for small deep maps); "direct" is
     the depthwise kernel for one filter per channel, the stacked loops at
@@ -36,6 +38,8 @@ def forward_path(spec):
         algorithm = _choose_algorithm(spec)
     if algorithm == "fft":
         return fft
+    if algorithm == "winograd":
+        return winograd
     kh, kw = spec.w_shape[2:]
     stride_1 = spec.stride == (1, 1)
     if algorithm == "gemm" or algorithm == "im2col" and not (stride_1 and kh * kw > 1):
@@ -64,7 +68,7 @@ def fused_max_pool_path(path, spec, pooling):
 
 
 def _choose_algorithm(spec):
-    """"auto" for a shape: "fft", "im2col", "gemm" or "direct", by the thresholds in ``cnn_cli.config``."""
+    """"auto" for a shape: "fft", "winograd", "im2col", "gemm" or "direct", by the thresholds in ``cnn_cli.config``."""
     n = spec.x_shape[0]
     c_out, cin_g, kh, kw = spec.w_shape
     cout_g = c_out // spec.groups
@@ -73,6 +77,8 @@ def _choose_algorithm(spec):
         return "fft"
     if _depthwise(spec):
         return "direct"
+    if _winograd(spec):
+        return "winograd"
     if kw == BLOCKED_WIDTH and stride_1:
         # The filter-blocked direct kernel, unless the layer is deep: then the
         # matrix products of row im2col on batches of larger maps, and the
@@ -90,6 +96,16 @@ def _choose_algorithm(spec):
     if cin_g * kh * kw >= config.IM2COL_MIN_DEPTH and cout_g >= config.IM2COL_MIN_OUT_CHANNELS:
         return "im2col"
     return "direct"
+
+
+def _winograd(spec):
+    """Winograd F(4x4, 3x3) for a 3x3 convolution at stride 1, undilated and ungrouped, with enough
+    channels and 4x4 output tiles to repay transforming the filters on each call (``config.WINOGRAD_*``)."""
+    c_out, cin, kh, kw = spec.w_shape
+    tiles = spec.x_shape[0] * -(-spec.out_hw[0] // 4) * -(-spec.out_hw[1] // 4)
+    return (kh == kw == 3 and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.groups == 1
+            and cin >= config.WINOGRAD_MIN_DEPTH and c_out >= config.WINOGRAD_MIN_OUT_CHANNELS
+            and tiles >= config.WINOGRAD_MIN_TILES)
 
 
 def weight_grad_path(x, spec):

@@ -1,0 +1,110 @@
+"""The Winograd F(4x4, 3x3) path against its naive twin and the naive loops, and when "auto" takes it."""
+
+import numpy as np
+import pytest
+
+import naive
+from naive import assert_close
+
+F = pytest.importorskip("cnn_cli.functional")
+config = pytest.importorskip("cnn_cli.config")
+dispatch = pytest.importorskip("cnn_cli.functional.dispatch")
+winograd = pytest.importorskip("cnn_cli.functional.winograd").winograd
+# Loaded here, so that "auto" takes the kernels' paths from the first test on (before any kernel has
+# loaded, small calls run in numpy).
+pytest.importorskip("cnn_cli.kernels.winograd")
+
+# id -> (x_shape, c_out, with_bias, padding, padding_mode)
+CASES = {
+    "one-tile": ((1, 1, 4, 4), 1, False, 1, "zeros"),
+    "partial-tiles": ((2, 3, 9, 7), 4, True, 1, "zeros"),
+    "valid": ((1, 2, 11, 13), 3, True, 0, "zeros"),
+    "uneven-padding": ((1, 2, 6, 10), 5, True, (1, 0), "zeros"),
+    "tall": ((3, 2, 17, 5), 2, False, 1, "zeros"),
+    "reflect": ((1, 2, 7, 6), 3, True, 1, "reflect"),
+    "replicate": ((2, 1, 5, 9), 2, True, 1, "replicate"),
+    "circular": ((1, 2, 6, 6), 2, False, (2, 1), "circular"),
+}
+
+
+def _data(x_shape, c_out, with_bias, seed=5):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = (rng.standard_normal((c_out, x_shape[1], 3, 3)) / np.sqrt(9 * x_shape[1])).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32) if with_bias else None
+    return x, w, b
+
+
+def _spec(x, w, padding, padding_mode="zeros"):
+    return F.ConvSpec(x.shape, w.shape, 1, padding, 1, 1, padding_mode, "auto")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_naive_twin_is_the_correlation(name):
+    """The twin's transforms compute the same correlation as the naive loops (so it is a reference)."""
+    x_shape, c_out, with_bias, padding, mode = CASES[name]
+    x, w, b = _data(x_shape, c_out, with_bias)
+    expected = naive.naive_conv2d(x, w, b, padding=padding, padding_mode=mode)
+    np.testing.assert_allclose(naive.naive_conv2d_winograd(x, w, b, padding=padding, padding_mode=mode),
+                               expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("clip", [(-np.inf, np.inf), (0.0, np.inf), (0.0, 0.5)], ids=["none", "relu", "relu6"])
+@pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "shared"])
+@pytest.mark.parametrize("name", CASES)
+def test_winograd_path(name, threads, clip, monkeypatch):
+    if threads:  # every call split: blocks of 3 tiles that cross tile rows and images, filters in parts
+        monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(config, "WINOGRAD_BLOCK_TILES", 3)
+        monkeypatch.setattr(config, "GEMM_MIN_BLOCK_FILTERS", 1)
+    x_shape, c_out, with_bias, padding, mode = CASES[name]
+    x, w, b = _data(x_shape, c_out, with_bias)
+    y = winograd(x, w, b, _spec(x, w, padding, mode), *clip)
+    assert_close(y, naive.naive_conv2d_winograd(x, w, b, padding=padding, padding_mode=mode, clip=clip), "forward")
+    assert_close(y, np.clip(naive.naive_conv2d(x, w, b, padding=padding, padding_mode=mode), *clip), "forward")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_spreads_as_in_the_direct_sum(bad):
+    """A NaN or inf reaches the outputs whose windows hold it (and, through the transforms, the
+    rest of its tiles, as NaN): every output the naive loops make non-finite is non-finite here,
+    and the clip keeps NaN as NaN."""
+    x, w, b = _data((1, 2, 8, 8), 3, True)
+    x[0, 1, 3, 5] = bad
+    expected = naive.naive_conv2d(x, w, b, padding=1)
+    for clip in [(-np.inf, np.inf), (0.0, 6.0)]:
+        y = winograd(x, w, b, _spec(x, w, 1), *clip)
+        assert not np.isfinite(y[~np.isfinite(expected)]).any()
+        finite = np.isfinite(y)
+        np.testing.assert_allclose(y[finite], np.clip(expected, *clip)[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_error_on_a_resnet_layer_is_within_the_engine_tolerance():
+    """64 -> 64 channels at 56x56 (ResNet-18's first stage): against a float64 correlation."""
+    x, w, b = _data((1, 64, 56, 56), 64, True, seed=9)
+    y = F.conv2d(x, w, b, padding=1)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1))),
+                                                       (3, 3), axis=(2, 3))
+    ref = np.einsum("ncpqij,ocij->nopq", windows, w.astype(np.float64)) + b[None, :, None, None]
+    assert dispatch.forward_path(_spec(x, w, 1)) is winograd
+    assert_close(y, ref, "forward")
+    assert np.abs(y - ref).max() / np.abs(ref).max() < 2e-5
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, takes", [
+    ((1, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}, True),
+    ((2, 32, 16, 16), (32, 32, 3, 3), {}, True),                    # valid: 2 x 4 x 4 tiles of 14x14
+    ((1, 16, 56, 56), (64, 16, 3, 3), {"padding": 1}, False),       # too shallow to repay the transforms
+    ((1, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),     # 4 tiles: too few to repay the filters
+        ((1, 64, 28, 28), (64, 64, 3, 3), {"padding": 1, "stride": 2}, False),
+    ((1, 64, 28, 28), (64, 64, 3, 3), {"padding": 2, "dilation": 2}, False),
+    ((1, 64, 28, 28), (64, 32, 3, 3), {"padding": 1, "groups": 2}, False),
+    ((1, 64, 28, 28), (64, 64, 5, 5), {"padding": 2}, False),
+])
+def test_auto_takes_winograd_on_deep_3x3_layers(x_shape, w_shape, kwargs, takes):
+    spec = F.ConvSpec(x_shape, w_shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                      kwargs.get("dilation", 1), kwargs.get("groups", 1), "zeros", "auto")
+    assert (dispatch.forward_path(spec) is winograd) == takes
+    if takes:
+        x, w, b = _data(x_shape, w_shape[0], True)
+        assert_close(F.conv2d(x, w, b, **kwargs), naive.naive_conv2d_winograd(x, w, b, **kwargs), "forward")
