@@ -105,7 +105,11 @@ class Scale:
     softening: float = 0.0
 
     def _curve(self, values):
-        return np.arcsinh(values / np.float32(self.softening)) if self.method == "asinh" else values
+        if self.method != "asinh":
+            return values
+        if values.dtype != np.float32:
+            return np.arcsinh(values / self.softening)
+        return asinh32(values / np.float32(self.softening))
 
     def levels(self, m):
         """uint8 levels of the array ``m``."""
@@ -127,6 +131,31 @@ class Scale:
         if self.method == "asinh":
             entry["softening"] = self.softening
         return entry
+
+
+def asinh32(x):
+    """``np.arcsinh`` of a float32 array, as sign(x) * log(|x| + sqrt(x^2 + 1)).
+
+    numpy's log and sqrt run vectorised and its arcsinh does not: on 2^20
+    values this took 14-18 ms against 54. Within 4e-6 of the float64 value,
+    and 1.4e-4 of it relative (at worst just above 1e-3; arcsinh's own float32
+    error is 1e-7): under a tenth of a level unless the map's whole range spans
+    less than 0.01 in asinh (drawn in 256 levels). Below 1e-3, asinh(x) is x
+    to float32 precision and log(1 + x) is not, so x is kept; above 1e18 the
+    square would overflow, and asinh(x) is log(2x).
+    """
+    a = np.abs(x)
+    with np.errstate(over="ignore"):
+        t = np.square(a)
+    t += 1
+    np.sqrt(t, out=t)
+    t += a
+    np.log(t, out=t)
+    t = np.where(a < np.float32(1e-3), a, t)
+    large = a > np.float32(1e18)
+    if large.any():
+        t[large] = np.log(a[large]) + np.float32(np.log(2.0))
+    return np.copysign(t, x, out=t)
 
 
 def quantile(values, q):
