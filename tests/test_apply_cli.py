@@ -87,8 +87,10 @@ def _check_folder(folder, input_path):
             if max(h, w) <= 256:
                 assert im.size[0] * im.size[1] >= c * h * w, (grid, im.size, c, h, w)
         pngs_expected.add(grid.resolve())
+    if "keypoints" in manifest:  # a corner pipeline's points on the input (cnn_cli.keypoint_overlay)
+        pngs_expected.add((folder / manifest["keypoints"]["overlay"]).resolve())
     written = {p.resolve() for p in folder.rglob("*.png")}
-    assert written == pngs_expected, "one PNG per map and one grid per layer, nothing else"
+    assert written == pngs_expected, "one PNG per map and one grid per layer (and keypoints), nothing else"
     assert (folder / "index.html").is_file(), "the image's page of the report"
     assert (folder / "input.jpg").is_file(), "the page's copy of the input, so a copied OUT keeps it"
     _no_leftovers(folder.parent)
@@ -161,6 +163,7 @@ def test_apply_harris_pipeline(tmp_path):
     manifest, _, _ = _apply_image(tmp_path, "--pipeline", "harris")
     assert [layer["kind"] for layer in manifest["layers"]] == ["conv", "products", "conv", "corner_response"]
     assert manifest["layers"][-1]["shape"] == [1, H, W]
+    assert manifest["keypoints"]["overlay"] == "keypoints.png"  # _apply_image checked that the file is there
 
 
 def test_normalize_per_layer_is_recorded(tmp_path):
@@ -521,3 +524,25 @@ def test_help_does_not_import_numba():
                           env={**os.environ, "COLUMNS": "120"})
     assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
     assert "apply" in proc.stdout
+
+
+def test_only_the_named_command_is_built_and_it_is_the_same_command():
+    """``cnn NAME ...`` builds only NAME (Typer builds every command's options otherwise): the same
+    usage, options and errors as the whole group's NAME; anything else runs the whole group."""
+    from typer.testing import CliRunner
+
+    from cnn_cli.cli import only_the_command
+
+    runner = CliRunner()
+    names = [c.name or typer.main.get_command_name(c.callback.__name__) for c in app.registered_commands]
+    names += [g.name for g in app.registered_groups]
+    assert {"apply", "train", "import", "banks"} <= set(names)
+    for name in names:
+        only = only_the_command(app, [name, "--help"])
+        assert only is not app and len(only.registered_commands) + len(only.registered_groups) == 1
+        for args in ([name, "--help"], [name, "--no-such-option"]):
+            whole, single = runner.invoke(app, args), runner.invoke(only, args)
+            assert (single.exit_code, single.output) == (whole.exit_code, whole.output), args
+    assert len(app.registered_commands) == len(names) - len(app.registered_groups), "the group is not changed"
+    for args in ([], ["--help"], ["--version"], ["no-such-command"]):
+        assert only_the_command(app, args) is app

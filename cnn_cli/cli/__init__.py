@@ -12,6 +12,7 @@ train, the model was saved without some unreadable images).
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
@@ -26,6 +27,26 @@ from . import importing  # noqa: F401
 from .common import EXIT_FAILED, EXIT_PARTIAL, EXIT_USAGE, app  # noqa: F401
 
 
+def only_the_command(group, args):
+    """``group`` with just the command that ``args`` starts with, or the whole group when they start
+    with no command's name (``cnn --help``, a typo: the group's own messages list every command).
+
+    Typer builds every command's options when it runs any one; with fifteen
+    commands that took 0.18-0.24 s, a fifth of a small ``cnn apply``.
+    """
+    from typer.main import get_command_name
+
+    if not args:
+        return group
+    commands = [c for c in group.registered_commands if (c.name or get_command_name(c.callback.__name__)) == args[0]]
+    groups = [g for g in group.registered_groups if g.name == args[0]]
+    if not commands and not groups:
+        return group
+    only = copy.copy(group)
+    only.registered_commands, only.registered_groups = commands, groups
+    return only
+
+
 def main():
     """The ``cnn`` command: run it, then end the process without the interpreter's teardown.
 
@@ -36,7 +57,7 @@ def main():
     Exceptions other than the command's own exit propagate as usual.
     """
     try:
-        app()
+        only_the_command(app, sys.argv[1:])()
         code = 0
     except SystemExit as exc:
         code = exc.code
