@@ -15,25 +15,28 @@ from ``--seed``.
 **Repeatability** at 3 px, N = 500 (Mikolajczyk et al. 2005): of the points
 of A that the homography carries inside B, and of B's that its inverse
 carries inside A, the share that have a point of the other image within
-3 px, over the smaller of the two counts. Ours with the ``harris`` and
-``shi_tomasi`` pipelines (one scale, and three with ``--scales 3``)
-(and, with ``--model M [--layer L]``, a model's layer) against
-``cv2.goodFeaturesToTrack`` (Harris, and the minimum eigenvalue)
-and ``skimage.feature.corner_peaks`` of ``corner_harris``; every detector
-with min_distance 3 (ours and skimage: a 7 x 7 window; OpenCV: no stronger
-point closer than 3 px) and a quality threshold of 0.001 of the strongest,
-so that each gives its 500 points (the same N).
+3 px, over the smaller of the two counts. Ours with ``cnn keypoints``'s
+defaults (``cnn_cli.config``: one scale, points kept 3 px apart by
+goodFeaturesToTrack's rule) on the ``harris`` and ``shi_tomasi``
+pipelines, ``harris`` with scikit-image's rule (``--suppression window``)
+and over three scales (and, with ``--model M [--layer L]``, a model's
+layer), against ``cv2.goodFeaturesToTrack`` (Harris, and the minimum
+eigenvalue) and ``skimage.feature.corner_peaks`` of ``corner_harris``; every
+detector with min_distance 3 (OpenCV and ours: no stronger point closer than
+3 px; skimage and ``--suppression window``: the maximum of a 7 x 7 window)
+and a quality threshold of 0.001 of the strongest, so that each gives up to
+its 500 points (the same N).
 
 **Matching**: the mean matching accuracy at 1, 3 and 5 px (the share of
 putative matches, before RANSAC, whose point in B is within that distance of
 the true one), and the homography success rate (the estimated homography
 moves A's corners by less than 3 px from the true one). Ours (``cnn match``'s
 defaults: harris over 3 scales, steered gradient descriptors, ratio 0.8,
-mutual, our RANSAC) against ORB and SIFT (500 features each; the same ratio
+mutual, our RANSAC at 3 px) against ORB and SIFT (500 features each; the same ratio
 test and mutual check, on Hamming distances for ORB; ``cv2.findHomography``
 with RANSAC at 3 px).
 
-**Speed**: images per second for detection (our ``Detector``, one scale and three;
+**Speed**: images per second for detection (our ``Detector`` with ``cnn keypoints``'s defaults, and over three scales;
 ``goodFeaturesToTrack``; ``corner_harris`` + ``corner_peaks``), and matched
 pairs per second (both images' features, matching and the homography), on
 decoded images, interleaved (``_timing``). Ours runs on the engine's threads;
@@ -71,13 +74,12 @@ from cnn_cli.keypointing import Detector, KeypointOptions
 from cnn_cli.sources import load_source
 
 PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins")
-N = 500
+#: Every detector's settings are ours by default (see cnn_cli.config for why each).
+N = config.KEYPOINTS
+MIN_DISTANCE = config.KEYPOINT_MIN_DISTANCE
+QUALITY = config.KEYPOINT_THRESHOLD
 EPS = 3.0
 MMA_PX = (1, 3, 5)
-MIN_DISTANCE = 3
-#: Peaks above this fraction of the strongest response: low enough that every detector gives
-#: its N points on these photos (at 0.01, Harris responses, ours and OpenCV's, give 170-250).
-QUALITY = 0.001
 
 
 # --------------------------------------------------------------------------- data
@@ -166,9 +168,9 @@ def repeatability(a, b, matrix, shape_a, shape_b):
 def ours_match(detector):
     def match(a, b):
         fa, fb = detector.features(a[None], descriptors=True), detector.features(b[None], descriptors=True)
-        pairs, _ = M.match_descriptors(fa.descriptors, fb.descriptors, ratio=0.8)
+        pairs, _ = M.match_descriptors(fa.descriptors, fb.descriptors, ratio=config.MATCH_RATIO)
         src, dst = _xy(fa.keypoints)[pairs[:, 0]], _xy(fb.keypoints)[pairs[:, 1]]
-        matrix, _ = M.ransac(src, dst, threshold=EPS)
+        matrix, _ = M.ransac(src, dst, threshold=config.RANSAC_THRESHOLD)
         return src, dst, matrix
     return match
 
@@ -190,7 +192,7 @@ def cv2_match(make, norm, ratio):
         dst = np.array([kb[m.trainIdx].pt for m in good]).reshape(-1, 2)
         matrix = None
         if len(good) >= 4:
-            matrix, _ = cv2.findHomography(src, dst, cv2.RANSAC, EPS)
+            matrix, _ = cv2.findHomography(src, dst, cv2.RANSAC, config.RANSAC_THRESHOLD)
         return src, dst, matrix
     return match
 
@@ -229,35 +231,37 @@ def main(argv=None):
     print(f"{len(names)} photos x {args.views} views = {len(pairs)} pairs")
 
     harris, shi = load_source(pipeline="harris"), load_source(pipeline="shi_tomasi")
-    single = KeypointOptions(num=N, threshold=QUALITY, min_distance=MIN_DISTANCE, scales=1)
-    triple = KeypointOptions(num=N, threshold=QUALITY, min_distance=MIN_DISTANCE, scales=3)
+    defaults = KeypointOptions()  # cnn keypoints's
+    triple = KeypointOptions(scales=config.MATCH_SCALES)  # cnn match's
     detectors = {
-        "ours harris": ours(Detector(harris, single)),
-        "ours shi_tomasi": ours(Detector(shi, single)),
-        "ours harris --scales 3": ours(Detector(harris, triple)),
+        "ours harris": ours(Detector(harris, defaults)),
+        "ours shi_tomasi": ours(Detector(shi, defaults)),
+        "ours harris --suppression window": ours(Detector(harris, KeypointOptions(suppression="window"))),
+        f"ours harris --scales {triple.scales}": ours(Detector(harris, triple)),
         **({f"ours {Path(args.model).name} layer {args.layer or 'default'}": ours(Detector(
-            load_source(model=args.model), KeypointOptions(num=N, threshold=QUALITY, min_distance=MIN_DISTANCE,
-                                                           layer=args.layer)))} if args.model else {}),
+            load_source(model=args.model), KeypointOptions(layer=args.layer)))} if args.model else {}),
         "cv2 GFTT Harris": gftt(True),
         "cv2 GFTT min-eigen": gftt(False),
         "skimage corner_peaks": corner_peaks,
     }
     print(f"\nRepeatability at {EPS:g} px, N = {N} (mean over pairs; min and max over photos)")
+    repeated = {}
     for label, detect in detectors.items():
         per_photo = {}
         for name, a, b, matrix in pairs:
             per_photo.setdefault(name, []).append(repeatability(detect(a), detect(b), matrix, a.shape, b.shape))
         means = [np.mean(v) for v in per_photo.values()]
-        print(f"  {label:24s} {np.mean([x for v in per_photo.values() for x in v]):.3f}"
-              f"   ({min(means):.3f}-{max(means):.3f})")
+        repeated[label] = np.mean([x for v in per_photo.values() for x in v])
+        print(f"  {label:32s} {repeated[label]:.3f}   ({min(means):.3f}-{max(means):.3f})")
 
     matchers = {
         "ours (cnn match)": ours_match(Detector(harris, triple)),
-        "cv2 ORB": cv2_match(lambda: cv2.ORB_create(N), cv2.NORM_HAMMING, 0.8),
-        "cv2 SIFT": cv2_match(lambda: cv2.SIFT_create(N), cv2.NORM_L2, 0.8),
+        "cv2 ORB": cv2_match(lambda: cv2.ORB_create(N), cv2.NORM_HAMMING, config.MATCH_RATIO),
+        "cv2 SIFT": cv2_match(lambda: cv2.SIFT_create(N), cv2.NORM_L2, config.MATCH_RATIO),
     }
     print(f"\nMatching: MMA at {', '.join(map(str, MMA_PX))} px (mean over pairs), putative matches, homography "
           f"success (corners < {EPS:g} px)")
+    succeeded = {}
     for label, match in matchers.items():
         mma, counts, success = [], [], []
         for _, a, b, matrix in pairs:
@@ -267,23 +271,34 @@ def main(argv=None):
             mma.append([(error < px).mean() if len(src) else 0.0 for px in MMA_PX])
             success.append(corner_error(estimate, matrix, a.shape) < EPS)
         mma = np.mean(mma, axis=0)
+        succeeded[label] = np.mean(success)
         print(f"  {label:18s} MMA {' / '.join(f'{v:.3f}' for v in mma)}   matches {np.mean(counts):6.1f}   "
               f"success {np.mean(success):.3f} ({sum(success)}/{len(success)})")
 
     print("\nSpeed (medians of interleaved rounds, decoded images)")
     sample = [(a, b) for _, a, b, _ in pairs[::max(1, len(pairs) // 6)]]
-    detect_fns = {label: (lambda d=detectors[label]: [d(a) for a, _ in sample])
-                  for label in ("ours harris", "ours harris --scales 3", "cv2 GFTT Harris", "skimage corner_peaks")}
+    timed = ("ours harris", f"ours harris --scales {triple.scales}", "cv2 GFTT Harris", "skimage corner_peaks")
+    detect_fns = {label: (lambda d=detectors[label]: [d(a) for a, _ in sample]) for label in timed}
     first, _ = time_once(lambda: [f() for f in detect_fns.values()])
-    medians = interleaved_medians(detect_fns, rounds_for(first, args.budget / 2))
-    for label, seconds in medians.items():
-        print(f"  detection  {label:22s} {len(sample) / seconds:7.1f} images/s")
+    speed = {label: len(sample) / seconds
+             for label, seconds in interleaved_medians(detect_fns, rounds_for(first, args.budget / 2)).items()}
+    for label, rate in speed.items():
+        print(f"  detection  {label:22s} {rate:7.1f} images/s")
     match_fns = {label: (lambda m=m: [m(a, b) for a, b in sample]) for label, m in matchers.items()}
     first, _ = time_once(lambda: [f() for f in match_fns.values()])
     medians = interleaved_medians(match_fns, rounds_for(first, args.budget / 2))
     for label, seconds in medians.items():
         print(f"  matching   {label:22s} {len(sample) / seconds:7.1f} pairs/s")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+    print("\nTargets of issue 27, with cnn keypoints's and cnn match's defaults")
+    for what, value, peer in (
+            ("repeatability >= goodFeaturesToTrack (Harris)", repeated["ours harris"], repeated["cv2 GFTT Harris"]),
+            ("repeatability >= goodFeaturesToTrack (min-eigen)", repeated["ours harris"],
+             repeated["cv2 GFTT min-eigen"]),
+            ("homography success >= ORB's", succeeded["ours (cnn match)"], succeeded["cv2 ORB"]),
+            ("detection throughput >= corner_peaks path", speed["ours harris"], speed["skimage corner_peaks"])):
+        print(f"  {what:50s} {value:7.3f} against {peer:7.3f}: {'met' if value >= peer else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, choices, config, layersel, runner, viz
+from . import __version__, choices, config, keypoint_overlay, layersel, runner, viz
 from .fileio import NotRegularFileError, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
 from .inputs import safe_name
@@ -208,11 +208,11 @@ class Stopped(Exception):
     """A write was abandoned because the run is stopping; its folder was removed."""
 
 
-def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, encoders, stop=None, name=None):
+def write_outputs(path, out_dir, layer_maps, image, pipeline, options, encoders, stop=None, name=None):
     """Write one image's folder (see the module docstring); returns (maps, bytes).
 
-    ``layer_maps`` holds the maps (C, H, W) of every layer; those not chosen
-    are left out. PNGs and the npz are written on ``encoders`` (a thread pool).
+    ``layer_maps`` holds the maps (C, H, W) of every layer of ``image`` (those not chosen are left out);
+    PNGs and the npz are written on ``encoders`` (a thread pool), keypoints as ``keypoint_overlay`` says.
     When ``stop`` (a threading.Event) is set, the write is abandoned at the
     next file, its folder removed, and ``Stopped`` raised. ``name`` is the
     folder's name under OUT (default: its own), for its page's link to OUT's index.
@@ -239,10 +239,11 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, enc
             _check_stop(stop)
             job.result()
         _check_stop(stop)
+        corners = keypoint_overlay.apply_overlay(staging, image, layer_maps, pipeline, options.save)
         manifest = {
             "cnn_version": __version__,
             "input": str(path),
-            "input_shape": list(input_shape),
+            "input_shape": list(image.shape),
             "color": options.color,
             "pipeline": {"name": pipeline.name, "source": pipeline.source, "description": pipeline.description},
             "normalization": options.normalize,
@@ -250,7 +251,7 @@ def write_outputs(path, out_dir, layer_maps, input_shape, pipeline, options, enc
             "colormap": options.cmap,
             "dtype": options.dtype,
             "saved": sorted(options.save),
-            "layers": manifest_layers,
+            "layers": manifest_layers, **corners,
         }
         write_bytes_atomic(staging / "manifest.json", json.dumps(manifest, indent=2).encode())
         if options.html:  # the image's page is written into the folder, so it appears with it
@@ -422,7 +423,7 @@ class ApplySink(runner.Sink):
         return self.pipeline.forward(np.stack([entry.image for entry in batch]))
 
     def deliver(self, batch, outputs):
-        chosen = set(_chosen(self.pipeline, self.options))
+        chosen = set(_chosen(self.pipeline, self.options)) | keypoint_overlay.layers_needed(self.pipeline)
         for b, entry in enumerate(batch):
             while len(self.writing) >= WRITERS:
                 yield from self._finished(wait_for_one=True)
@@ -441,7 +442,7 @@ class ApplySink(runner.Sink):
         item = entry.item
         path, out_dir = item.path, self.out_root / item.name
         try:
-            count, written = write_outputs(path, out_dir, maps, entry.image.shape, self.pipeline, self.options,
+            count, written = write_outputs(path, out_dir, maps, entry.image, self.pipeline, self.options,
                                            self.encoders, self.stop, item.name)
         except Stopped:
             return self.failure(item, f"{path}: stopped before its output was complete")

@@ -367,3 +367,84 @@ def local_cluster_min_images():
     if not text.strip().isdigit():
         raise ValueError(f"CNN_LOCAL_CLUSTER_MIN_IMAGES must be a whole number of images, but got {text!r}")
     return int(text)
+
+
+# ----------------------------------------------------------------------------- keypoints and matching
+# Defaults of cnn keypoints and cnn match (cnn_cli.keypoints, cnn_cli.matching,
+# cnn_cli.keypointing), measured with bench/keypoints.py: 6 of scikit-image's
+# photos, each under 10 random homographies with photometric changes (seed 0),
+# against OpenCV's goodFeaturesToTrack, ORB and SIFT and scikit-image's
+# corner_peaks. Unlike the engine's thresholds above, these change which points
+# are found and matched; any value still gives a correct result for what it asks.
+
+#: Keypoints per image: ORB's default, and the N of the bench's repeatability.
+KEYPOINTS = 500
+
+#: Keep peaks above this fraction of the image's strongest response. Low, so
+#: that KEYPOINTS decides how many: at 0.01 (OpenCV's and scikit-image's usual
+#: value) a Harris response gives 170-250 points on the bench's photos; at 0.001
+#: each gives its 500.
+KEYPOINT_THRESHOLD = 0.001
+
+#: D: no two keypoints closer than this many pixels. The harris pipeline's
+#: points repeated (at 3 px, one scale) 0.876 at D = 2, 0.870 at 3 and 0.852 at 4;
+#: 3 is the min_distance every peer runs with in the bench.
+KEYPOINT_MIN_DISTANCE = 3
+
+#: How keypoints are kept D apart (``keypoints.find_peaks``): "distance", the
+#: maxima of 3 x 3 windows with each point closer than D to a stronger kept one
+#: dropped (goodFeaturesToTrack's rule), or "window", the maxima of (2D+1)^2
+#: windows (scikit-image's corner_peaks). The harris pipeline's points repeated
+#: 0.870 by distance and 0.822 by window, goodFeaturesToTrack's 0.858; in
+#: cnn match (3 scales) the distance rule raised the mean matching accuracy at
+#: 1 px from 0.902 to 0.914 with the homography found for 59 and 60 of 60 pairs.
+KEYPOINT_SUPPRESSION = "distance"
+
+#: Pyramid levels of cnn keypoints. One: the harris pipeline's points repeated
+#: 0.870 at one scale, 0.895 at two and 0.890 at three, but two took about 1.5x
+#: the time of one, and three 2x.
+KEYPOINT_SCALES = 1
+
+#: Size ratio between neighbouring pyramid levels. sqrt(2): two levels per
+#: octave, so a view up to 1.4x larger or smaller (the bench's range) has a
+#: level within a factor 1.19 of it. SIFT uses 2**(1/3), ORB 1.2: a finer ratio
+#: needs more levels, each a response map to compute, for the same range.
+KEYPOINT_SCALE_FACTOR = 2 ** 0.5
+
+#: Radius, in pixels of the level a point was found on, of the disc whose
+#: intensity centroid gives the point's angle. ORB's patch is 31 px (radius 15);
+#: 12 takes 0.64 of its samples, turns with a rotated photo within 5 degrees
+#: (tests/test_keypoints.py), and matched all 60 of the bench's pairs.
+KEYPOINT_ORIENTATION_RADIUS = 12
+
+#: Window radius up to which non-maximum suppression takes the running maximum
+#: of shifted views (2r passes over the map) rather than scipy's maximum_filter
+#: (whose cost does not grow with r): on a 512 x 512 float32 map the shifts took
+#: 1.4 ms at r = 3, 3.7 at 10 and 7.9 at 24, scipy 8.3 at every r. Either gives
+#: the same maxima; only speed moves.
+KEYPOINT_SHIFTED_MAX_RADIUS = 20
+
+#: Pyramid levels of cnn match: views of the bench differ in scale by up to
+#: 1.4x either way.
+MATCH_SCALES = 3
+
+#: Lowe's ratio test (cnn match --ratio): a match is kept when its distance is
+#: under this times the second nearest's. On the bench (3 scales), 0.7, 0.8,
+#: 0.9 and 1 (mutual nearest neighbours only) gave 217, 245, 270 and 299
+#: matches with a mean matching accuracy at 3 px of 0.989, 0.983, 0.959 and
+#: 0.907, and a homography within 3 px for 58, 59, 60 and 58 of 60 pairs.
+MATCH_RATIO = 0.8
+
+#: RANSAC: a pair is an inlier when the model maps it within this many pixels
+#: of its partner (OpenCV's findHomography in the bench takes the same 3). At
+#: ratio 0.8, thresholds of 1, 2, 3 and 5 px found the homography for 58, 58,
+#: 59 and 59 of the 60 pairs.
+RANSAC_THRESHOLD = 3.0
+
+#: RANSAC stops when a better sample is unlikely at this confidence, or after
+#: RANSAC_MAX_TRIALS samples. On the bench every pair's matches were 58-100 %
+#: inliers, which needs at most 56 samples at 0.999; 100 and 2000 gave the same
+#: homographies. The cap bounds a pair of few inliers: at 25 % inliers 0.999
+#: needs 1,765 samples; 2,000 took 2.3 s for 500 matches here (load average 4.6).
+RANSAC_CONFIDENCE = 0.999
+RANSAC_MAX_TRIALS = 2000

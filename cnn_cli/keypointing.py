@@ -29,47 +29,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from . import __version__, layersel, runner, viz
+from . import __version__, config, layersel, matching, runner, viz
+from . import keypoint_overlay as pictures
 from . import keypoints as kp
-from . import matching
 from .fileio import replace_dir, temporary_name, write_bytes_atomic
-from .imageio import LUMA, MAX_PIXELS, image_shape, read_image
+from .imageio import MAX_PIXELS, image_shape, read_image
 from .inputs import safe_name
 from .layersel import OptionError
 from .pipeline import receptive_fields
 from .stream import Progress
 
-#: Keypoints per image by default: the N of bench/keypoints.py's repeatability (and ORB's 500).
-DEFAULT_POINTS = 500
-
-#: Colours of the pictures: keypoints, inlier matches, outlier matches.
-POINT_COLOR = (255, 80, 0)
-INLIER_COLOR = (40, 220, 60)
-OUTLIER_COLOR = (230, 40, 40)
-
 
 @dataclass
 class KeypointOptions:
-    """What ``cnn keypoints`` and ``cnn match`` take besides the source; see the CLI's help."""
+    """What ``cnn keypoints`` and ``cnn match`` take besides the source; see the CLI's help.
+    The defaults, and the measurements behind them, are in ``cnn_cli.config``."""
 
-    num: int = DEFAULT_POINTS
-    #: Keep peaks above this fraction of the image's strongest response. Low, so that ``num``
-    #: decides how many: at 0.01 (OpenCV's and scikit-image's usual value) a Harris response
-    #: gives 170-250 points on bench/keypoints.py's photos; at 0.001 each gives its 500.
-    threshold: float = 0.001
-    #: D: non-maximum suppression in a (2D+1)^2 window, and no point within D of the edge.
-    min_distance: int = 3
-    #: Pyramid levels, each ``keypoints.SCALE_FACTOR`` smaller.
-    scales: int = 1
+    num: int = config.KEYPOINTS
+    #: Keep peaks above this fraction of the image's strongest response.
+    threshold: float = config.KEYPOINT_THRESHOLD
+    #: D: no two points closer than this, by ``suppression`` (``keypoints.find_peaks``).
+    min_distance: int = config.KEYPOINT_MIN_DISTANCE
+    suppression: str = config.KEYPOINT_SUPPRESSION
+    #: Pyramid levels, each ``config.KEYPOINT_SCALE_FACTOR`` smaller (cnn match: ``config.MATCH_SCALES``).
+    scales: int = config.KEYPOINT_SCALES
     #: ``--layer`` and ``--descriptor`` (layersel's grammar); None for the defaults.
     layer: str | None = None
     descriptor: str | None = None
-    ratio: float = 0.8
+    ratio: float = config.MATCH_RATIO
     geometry: str = "homography"
     #: RANSAC: reprojection error (pixels of image B) under which a pair is an inlier; its seed.
-    ransac_threshold: float = 3.0
+    ransac_threshold: float = config.RANSAC_THRESHOLD
     seed: int = 0
     max_size: int | None = None
     max_pixels: int = MAX_PIXELS
@@ -86,6 +77,9 @@ class KeypointOptions:
         if not 0 <= self.threshold < 1:
             raise OptionError(f"--threshold is a fraction of the strongest response, in [0, 1), "
                               f"but got {self.threshold}")
+        if self.suppression not in kp.SUPPRESSIONS:
+            raise OptionError(f"--suppression must be one of {', '.join(kp.SUPPRESSIONS)}, "
+                              f"but got {self.suppression!r}")
         if not 0 < self.ratio <= 1:
             raise OptionError(f"--ratio must be in (0, 1], but got {self.ratio}")
         if self.geometry not in (*matching.GEOMETRIES, "none"):
@@ -173,13 +167,6 @@ def _steered(channels):
     return a.endswith("_x") and b.endswith("_y") and a[:-2] == b[:-2]
 
 
-def response_of(maps):
-    """A layer's maps (C, h, w) as one response (h, w): the map itself, or the norm over channels."""
-    if maps.shape[0] == 1:
-        return maps[0]
-    return np.sqrt(np.square(maps).sum(axis=0))
-
-
 class Detector:
     """Keypoints (and descriptors) of images from one source's layers (see the module docstring)."""
 
@@ -200,8 +187,8 @@ class Detector:
 
     def settings(self):
         o = self.options
-        return {"num": o.num, "threshold": o.threshold, "min_distance": o.min_distance, "scales": o.scales,
-                "scale_factor": kp.SCALE_FACTOR}
+        return {"num": o.num, "threshold": o.threshold, "min_distance": o.min_distance,
+                "suppression": o.suppression, "scales": o.scales, "scale_factor": config.KEYPOINT_SCALE_FACTOR}
 
     def features(self, image, *, descriptors=False):
         """``Features`` of ``image`` (C, H, W) in [0, 1], read in the source's colour.
@@ -220,14 +207,13 @@ class Detector:
             if not np.all(np.isfinite(chosen)):
                 raise ValueError(f"layer {self.layer} ({self.source.pipeline.layers[self.layer].kind}) "
                                  "gave NaN or infinite values")
-            responses.append(response_of(chosen))
+            responses.append(kp.response_of(chosen))
             if descriptors:
                 maps.append(outputs[self.descriptor_layer][0])
             del outputs
         points = kp.detect(responses, shape, num_peaks=o.num, threshold_rel=o.threshold,
-                           min_distance=o.min_distance)
-        gray = [lv[0] if lv.shape[0] == 1 else np.tensordot(LUMA, lv, 1) for lv in levels]
-        points = kp.orientations(gray, points, shape)
+                           min_distance=o.min_distance, suppression=o.suppression)
+        points = kp.orientations([kp.grey(lv) for lv in levels], points, shape)
         described = self._describe(maps, levels, points, shape) if descriptors else None
         return Features(points, described, shape)
 
@@ -345,7 +331,7 @@ def write_keypoints(path, out_dir, image, features, detector, original):
     with _Staging(out_dir, detector.options.force) as staging:
         write_bytes_atomic(staging / "keypoints.csv", keypoints_csv(points).encode())
         write_bytes_atomic(staging / "keypoints.json", json.dumps(record, indent=1).encode())
-        write_bytes_atomic(staging / "overlay.png", viz.png_bytes(overlay_picture(image, features.keypoints)))
+        write_bytes_atomic(staging / "overlay.png", viz.png_bytes(pictures.overlay_picture(image, features.keypoints)))
     return {**record, "output": str(out_dir)}
 
 
@@ -373,50 +359,6 @@ class _Staging:
                 raise
         shutil.rmtree(self.path, ignore_errors=True)
         return
-
-
-# --------------------------------------------------------------------------- pictures
-
-
-def _rgb(image):
-    """(C, H, W) in [0, 1] -> a Pillow RGB picture."""
-    pixels = viz.to_uint8(image, 0.0, 1.0)
-    pixels = np.repeat(pixels, 3, axis=0) if pixels.shape[0] == 1 else pixels
-    return Image.fromarray(np.ascontiguousarray(np.moveaxis(pixels, 0, -1)), mode="RGB")
-
-
-def _draw_points(draw, points, offset=(0, 0), color=POINT_COLOR):
-    ox, oy = offset
-    for x, y, _, scale, angle in points.rows():
-        r = 3 * max(scale, 1.0)
-        cx, cy = x + ox, y + oy
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=color)
-        t = np.radians(angle)
-        draw.line((cx, cy, cx + r * np.cos(t), cy + r * np.sin(t)), fill=color)
-
-
-def overlay_picture(image, points):
-    """The image (C, H, W) in [0, 1], dimmed, with a circle per keypoint (radius 3 x its scale)
-    and a line from its centre along its angle."""
-    picture = Image.eval(_rgb(image), lambda v: int(v * 0.75))
-    _draw_points(ImageDraw.Draw(picture), points)
-    return picture
-
-
-def matches_picture(image_a, image_b, points_a, points_b, pairs, inliers):
-    """A and B side by side (tops aligned), their keypoints, and a line per match: inliers
-    ``INLIER_COLOR``, outliers ``OUTLIER_COLOR`` (drawn first, under the inliers)."""
-    a, b = _rgb(image_a), _rgb(image_b)
-    canvas = Image.new("RGB", (a.width + b.width, max(a.height, b.height)), (0, 0, 0))
-    canvas.paste(Image.eval(a, lambda v: int(v * 0.75)), (0, 0))
-    canvas.paste(Image.eval(b, lambda v: int(v * 0.75)), (a.width, 0))
-    draw = ImageDraw.Draw(canvas)
-    for good in (False, True):
-        for (i, j), inlier in zip(pairs, inliers):
-            if bool(inlier) == good:
-                draw.line((points_a.x[i], points_a.y[i], points_b.x[j] + a.width, points_b.y[j]),
-                          fill=INLIER_COLOR if good else OUTLIER_COLOR)
-    return canvas
 
 
 # --------------------------------------------------------------------------- cnn match
@@ -485,7 +427,7 @@ def match_pair(a, b, out_root, source, options, *, progress=None):
         with _Staging(out_dir, options.force) as staging:
             write_bytes_atomic(staging / "matches.csv", matches_csv(src, dst, distance, inliers).encode())
             write_bytes_atomic(staging / "match.json", json.dumps(record, indent=1).encode())
-            picture = matches_picture(images[0], images[1], fa.keypoints, fb.keypoints, pairs, shown)
+            picture = pictures.matches_picture(images[0], images[1], fa.keypoints, fb.keypoints, pairs, shown)
             write_bytes_atomic(staging / "matches.png", viz.png_bytes(picture))
     return MatchResult({**record, "output": str(out_dir)}, seconds)
 

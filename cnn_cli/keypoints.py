@@ -4,8 +4,9 @@ The first steps of a feature matcher, each a function on numpy arrays (no
 files, no printing; ``cnn_cli.keypointing`` runs them for ``cnn keypoints``
 and ``cnn match``; steps 5 to 7 are in ``cnn_cli.matching``):
 
-1. ``find_peaks``: non-maximum suppression of a response map, as
-   scikit-image's ``peak_local_max`` and ``corner_peaks`` do it;
+1. ``find_peaks``: non-maximum suppression of a response map, as OpenCV's
+   ``goodFeaturesToTrack`` does it (the default) or as scikit-image's
+   ``peak_local_max`` and ``corner_peaks`` do;
 2. ``refine_peaks``: sub-pixel positions by a quadratic fit;
 3. ``image_pyramid`` and ``detect``: peaks over a pyramid of scales, in the
    input image's coordinates, best first;
@@ -31,24 +32,11 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-#: Size ratio between neighbouring pyramid levels. sqrt(2): two levels per
-#: octave, so a view up to 1.4x larger or smaller (bench/keypoints.py's
-#: range) has a level within a factor 1.19 of it. SIFT uses 2**(1/3), ORB 1.2:
-#: a finer ratio detects more scales for more response maps to compute.
-SCALE_FACTOR = 2 ** 0.5
+from . import config
+from .imageio import LUMA
 
-#: Radius, in pixels of the level a point was found on, of the disc whose
-#: intensity centroid gives the point's angle. ORB's patch is 31 px (radius 15);
-#: 12 takes 0.64 of its samples, turns with a rotated photo within 5 degrees
-#: (tests/test_keypoints.py), and matched all 60 of bench/keypoints.py's pairs.
-ORIENTATION_RADIUS = 12
-
-#: Window radius up to which ``window_max`` takes the running maximum of shifted
-#: views (2r passes over the map) rather than scipy's ``maximum_filter``
-#: (whose cost does not grow with r): on a 512 x 512 float32 map the shifts
-#: took 1.4 ms at r = 3, 3.7 at 10 and 7.9 at 24, scipy 8.3 at every r.
-#: Either gives the same maxima.
-SHIFTED_MAX_RADIUS = 20
+#: ``find_peaks``'s rules of non-maximum suppression.
+SUPPRESSIONS = ("distance", "window")
 
 @dataclass(frozen=True)
 class Keypoints:
@@ -98,26 +86,48 @@ class Keypoints:
                 for row in zip(self.x, self.y, self.score, self.scale, self.angle)]
 
 
+def response_of(maps):
+    """A layer's maps (C, h, w) as one response (h, w): the map itself, or the norm over channels."""
+    if maps.shape[0] == 1:
+        return maps[0]
+    return np.sqrt(np.square(maps).sum(axis=0))
+
+
+def grey(image):
+    """An image (C, H, W) as one channel (H, W): its own, or the luminance of R, G, B (``imageio.LUMA``)."""
+    return image[0] if image.shape[0] == 1 else np.tensordot(LUMA, image, 1)
+
+
 # --------------------------------------------------------------------------- peaks
 
 
 def find_peaks(response, *, min_distance=1, threshold_abs=None, threshold_rel=None, exclude_border=True,
-               num_peaks=None):
-    """Local maxima of ``response``, strongest first: scikit-image's ``corner_peaks``.
+               num_peaks=None, suppression=config.KEYPOINT_SUPPRESSION):
+    """Local maxima of ``response``, strongest first, kept ``min_distance`` (D) apart.
 
-    A pixel is a peak when it equals the maximum of the (2D+1) x (2D+1)
-    window around it (D = ``min_distance``; the window is clipped at the
-    image's edge as ``mode='nearest'`` does) and is above the threshold:
-    ``threshold_abs`` (default: the map's minimum), raised to
-    ``threshold_rel * response.max()`` when that is given. With
-    ``exclude_border`` (True: D pixels; or an int) no peak lies that close to
-    the edge. A map that is constant everywhere has no peaks.
+    Two rules of suppression (``suppression``):
 
-    Plateaus: two peaks within D of each other (Chebyshev distance) can only
-    have equal values. They are resolved greedily, as ``corner_peaks``
-    does: points in order of decreasing value, ties in raster order (row,
-    then column); a point within D of one kept before it is dropped. So a
-    2 x 2 plateau gives its top-left pixel.
+    - ``"window"``, scikit-image's ``corner_peaks``: a pixel is a peak when
+      it equals the maximum of the (2D+1) x (2D+1) window around it (the
+      window is clipped at the image's edge as ``mode='nearest'`` does).
+      Two such peaks within D of each other (Chebyshev distance) can only
+      have equal values; they are resolved greedily, as ``corner_peaks``
+      does: points in order of decreasing value, ties in raster order (row,
+      then column); a point within D of one kept before it is dropped. So a
+      2 x 2 plateau gives its top-left pixel.
+    - ``"distance"``, OpenCV's ``goodFeaturesToTrack``: the maxima of 3 x 3
+      windows, then, in order of decreasing value (ties in raster order),
+      each point closer than D (Euclidean) to one kept before it, or next to
+      it (a plateau, at D = 1), is dropped (``keep_apart``). A point beside a stronger one that was itself
+      dropped survives here, where a (2D+1)^2 window would drop it. The
+      default: ``config.KEYPOINT_SUPPRESSION`` gives the measurement.
+
+    Either way the points are above the threshold: ``threshold_abs``
+    (default: the map's minimum), raised to ``threshold_rel *
+    response.max()`` when that is given. With ``exclude_border`` (True: the
+    window's reach, D pixels for "window" and 1 for "distance", as each
+    library does; or an int) no peak lies that close to the edge. A map that
+    is constant everywhere has no peaks.
 
     Parameters
     ----------
@@ -127,6 +137,7 @@ def find_peaks(response, *, min_distance=1, threshold_abs=None, threshold_rel=No
     exclude_border : bool or int
     num_peaks : int or None
         Keep at most this many (the strongest).
+    suppression : {"window", "distance"}
 
     Returns
     -------
@@ -138,6 +149,9 @@ def find_peaks(response, *, min_distance=1, threshold_abs=None, threshold_rel=No
     >>> r = np.zeros((5, 5)); r[2:4, 2:4] = 1
     >>> find_peaks(r).tolist()
     [[2, 2]]
+    >>> r = np.zeros((7, 9)); r[3, 2], r[3, 4], r[3, 6] = 3, 2, 1
+    >>> find_peaks(r, min_distance=3, exclude_border=False, suppression="distance").tolist()
+    [[3, 2], [3, 6]]
     """
     response = np.asarray(response)
     if response.ndim != 2:
@@ -146,13 +160,16 @@ def find_peaks(response, *, min_distance=1, threshold_abs=None, threshold_rel=No
         raise ValueError(f"min_distance must be an integer of at least 1, but got {min_distance}")
     if num_peaks is not None and num_peaks < 1:
         raise ValueError(f"the number of peaks must be at least 1, but got {num_peaks}")
+    if suppression not in SUPPRESSIONS:
+        raise ValueError(f"suppression must be one of {', '.join(SUPPRESSIONS)}, but got {suppression!r}")
     min_distance = int(min_distance)
-    border = min_distance if exclude_border is True else int(exclude_border or 0)
+    window = min_distance if suppression == "window" else 1
+    border = window if exclude_border is True else int(exclude_border or 0)
     if response.size == 0 or not np.all(np.isfinite(response)):
         if response.size:
             raise ValueError("the response map holds NaN or infinite values")
         return np.zeros((0, 2), np.int64)
-    local_max = window_max(response, min_distance)
+    local_max = window_max(response, window)
     mask = response == local_max
     if mask.all():
         return np.zeros((0, 2), np.int64)  # a constant map has no peaks
@@ -163,23 +180,61 @@ def find_peaks(response, *, min_distance=1, threshold_abs=None, threshold_rel=No
     if border:
         mask[:border] = mask[-border:] = False
         mask[:, :border] = mask[:, -border:] = False
-    rows, cols = np.nonzero(mask)  # raster order
+    rows, cols = np.divmod(np.flatnonzero(mask), mask.shape[1])  # raster order (10x faster than np.nonzero)
     values = response[rows, cols]
     order = np.argsort(-values, kind="stable")
     peaks = np.stack([rows[order], cols[order]], axis=1).astype(np.int64)
-    peaks = _resolve_plateaus(peaks, values[order], min_distance)
+    if suppression == "window":
+        peaks = _resolve_plateaus(peaks, values[order], min_distance)
+    else:  # neighbouring 3 x 3 maxima (a plateau) are too close at any D
+        peaks = keep_apart(peaks, max(min_distance, 1.5), num_peaks)
     return peaks if num_peaks is None else peaks[:int(num_peaks)]
+
+
+def keep_apart(points, min_distance, most=None):
+    """``points`` (K, 2) without each one closer than ``min_distance`` to one kept before it (greedy,
+    in the given order: OpenCV's ``goodFeaturesToTrack``); at most ``most`` are kept.
+
+    Distances are Euclidean; one of exactly ``min_distance`` is kept, as OpenCV keeps it.
+
+    Examples
+    --------
+    >>> keep_apart(np.array([[0, 0], [0, 2], [0, 3], [3, 0]]), 3).tolist()
+    [[0, 0], [0, 3], [3, 0]]
+    """
+    points = np.asarray(points).reshape(-1, 2)
+    if len(points) < 2 or min_distance <= 0:
+        return points[:most]
+    # Integer positions have whole squared distances: under D^2 means at most ceil(D^2) - 1.
+    radius = np.sqrt(np.ceil(min_distance ** 2) - 0.5) if np.issubdtype(points.dtype, np.integer) else \
+        np.nextafter(float(min_distance), 0)
+    pairs = cKDTree(points).query_pairs(radius, output_type="ndarray")  # (i, j), i < j: i comes first
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    starts = np.searchsorted(pairs[:, 0], np.arange(len(points) + 1)).tolist()
+    later = pairs[:, 1].tolist()
+    dropped = bytearray(len(points))
+    kept = []
+    limit = len(points) if most is None else int(most)
+    for i in range(len(points)):  # a Python loop over at most a few thousand candidates
+        if dropped[i]:
+            continue
+        kept.append(i)
+        if len(kept) == limit:
+            break
+        for j in later[starts[i]:starts[i + 1]]:
+            dropped[j] = 1
+    return points[kept]
 
 
 def window_max(response, radius):
     """The maximum of the (2r+1) x (2r+1) window around each pixel, the edge repeated beyond the
     image: ``scipy.ndimage.maximum_filter(response, size=2r+1, mode="nearest")``.
 
-    Up to ``SHIFTED_MAX_RADIUS``, as the running maximum of shifted views,
+    Up to ``config.KEYPOINT_SHIFTED_MAX_RADIUS``, as the running maximum of shifted views,
     rows then columns (2r numpy maxima each): 1.3 ms for a 512 x 512 map at
     r = 3, where ``maximum_filter`` took 11 ms (float64) and 15 ms (float32).
     """
-    if radius > SHIFTED_MAX_RADIUS:
+    if radius > config.KEYPOINT_SHIFTED_MAX_RADIUS:
         return ndimage.maximum_filter(response, size=2 * radius + 1, mode="nearest")
     h, w = response.shape
     padded = np.pad(response, radius, mode="edge")
@@ -263,7 +318,7 @@ def refine_peaks(response, peaks):
 # --------------------------------------------------------------------------- pyramid and detection
 
 
-def pyramid_shapes(height, width, levels, factor=SCALE_FACTOR):
+def pyramid_shapes(height, width, levels, factor=config.KEYPOINT_SCALE_FACTOR):
     """(H_l, W_l) of each level: level l is ``factor**l`` times smaller, rounded, at least 1 px.
 
     Levels that would be smaller than 8 px on a side are left out, so a
@@ -306,7 +361,7 @@ def resample(image, height, width):
     return np.ascontiguousarray(tmp[:, :, c0] * (1 - fc) + tmp[:, :, c1] * fc, dtype=np.float32)
 
 
-def image_pyramid(image, levels, factor=SCALE_FACTOR):
+def image_pyramid(image, levels, factor=config.KEYPOINT_SCALE_FACTOR):
     """``image`` (C, H, W) at ``levels`` sizes, each ``factor`` smaller (``pyramid_shapes``); a list."""
     shapes = pyramid_shapes(image.shape[1], image.shape[2], levels, factor)
     return [resample(image, h, w) for h, w in shapes]
@@ -317,12 +372,13 @@ def to_image(position, map_size, image_size):
     return (np.asarray(position, np.float64) + 0.5) * (image_size / map_size) - 0.5
 
 
-def detect(responses, image_shape, *, num_peaks=500, threshold_rel=0.01, min_distance=3, subpixel=True):
+def detect(responses, image_shape, *, num_peaks=config.KEYPOINTS, threshold_rel=config.KEYPOINT_THRESHOLD,
+           min_distance=config.KEYPOINT_MIN_DISTANCE, subpixel=True, suppression=config.KEYPOINT_SUPPRESSION):
     """Keypoints from response maps of one image at several scales.
 
-    Each map's peaks (``find_peaks``, with borders of ``min_distance``
-    excluded) are refined (``refine_peaks``) and placed in the image
-    (``to_image``). The threshold is ``threshold_rel`` times the strongest
+    Each map's peaks (``find_peaks`` with ``suppression`` and
+    ``min_distance``, its border excluded) are refined (``refine_peaks``)
+    and placed in the image (``to_image``). The threshold is ``threshold_rel`` times the strongest
     response over all maps. Each level gets a share of ``num_peaks`` in
     proportion to its map's area, as ORB shares its features among levels
     (responses of different levels are not on one scale); what a level
@@ -337,6 +393,8 @@ def detect(responses, image_shape, *, num_peaks=500, threshold_rel=0.01, min_dis
     num_peaks : int >= 1
     threshold_rel : float
     min_distance : int >= 1
+    suppression : {"distance", "window"}
+        See ``find_peaks``.
 
     Returns
     -------
@@ -356,7 +414,7 @@ def detect(responses, image_shape, *, num_peaks=500, threshold_rel=0.01, min_dis
         threshold = threshold_rel * strongest
         # find_peaks also asks for more than the map's minimum: a flat map has no peaks.
         peaks = find_peaks(response, min_distance=min_distance, threshold_abs=max(threshold, response.min()),
-                           num_peaks=num_peaks)
+                           num_peaks=num_peaks, suppression=suppression)
         where = refine_peaks(response, peaks) if subpixel else peaks.astype(np.float64)
         scale = np.sqrt((height / h) * (width / w))
         found.append(Keypoints(to_image(where[:, 1], w, width), to_image(where[:, 0], h, height),
@@ -392,22 +450,29 @@ def level_position(keypoints, image_shape, level_shape):
 # --------------------------------------------------------------------------- orientation
 
 
-def _disc(radius):
-    """Integer offsets (dy, dx) within ``radius`` of the centre, and Gaussian weights (sigma = radius / 2)."""
+def _moment_kernels(radius):
+    """The first moments' weights on a (2r+1) x (2r+1) grid, r = ceil(radius): dx * g and dy * g inside
+    the disc of ``radius``, with g a Gaussian of sigma radius / 2; (2, 2r+1, 2r+1) float64 (x, then y)."""
     r = int(np.ceil(radius))
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
-    inside = dy * dy + dx * dx <= radius * radius
-    dy, dx = dy[inside].astype(np.float64), dx[inside].astype(np.float64)
-    weight = np.exp(-(dx * dx + dy * dy) / (2 * (radius / 2) ** 2))
-    return dy, dx, weight
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
+    weight = np.exp(-(dx * dx + dy * dy) / (2 * (radius / 2) ** 2)) * (dy * dy + dx * dx <= radius * radius)
+    return np.stack([dx * weight, dy * weight])
 
 
-def intensity_angle(image, x, y, *, radius=ORIENTATION_RADIUS):
+def intensity_angle(image, x, y, *, radius=config.KEYPOINT_ORIENTATION_RADIUS):
     """Orientation of each point by its intensity centroid (Rosin 1999; ORB), in degrees.
 
-    The angle of the vector from the point to the centroid of the
-    intensities (minus their mean) in a Gaussian-weighted disc of
-    ``radius`` pixels, sampled bilinearly.
+    The angle of the vector (m10, m01) of the first moments of the
+    intensities in a Gaussian-weighted disc of ``radius`` pixels around the
+    point, sampled bilinearly at integer offsets from it (beyond the edge, the
+    edge repeats). The disc is symmetric, so the moments of the intensities
+    and of the intensities minus their mean are the same.
+
+    Each point's samples come from the (2r+2)^2 pixels around it: a sample
+    at a fractional offset (fy, fx) from a pixel is (1-fy)(1-fx) of it plus
+    its neighbours' shares, so each moment is four weighted sums of that
+    block, shifted by a pixel (a few milliseconds for 500 points, where
+    ``scipy.ndimage.map_coordinates`` of every sample took 25).
 
     Parameters
     ----------
@@ -422,17 +487,28 @@ def intensity_angle(image, x, y, *, radius=ORIENTATION_RADIUS):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if len(x) == 0:
         return np.zeros(0)
-    dy, dx, weight = _disc(radius)
-    values = ndimage.map_coordinates(np.asarray(image, np.float32), [y[:, None] + dy, x[:, None] + dx],
-                                     order=1, mode="nearest").astype(np.float64)
-    values -= (values * weight).sum(axis=1, keepdims=True) / weight.sum()
-    m10 = (values * weight * dx).sum(axis=1)
-    m01 = (values * weight * dy).sum(axis=1)
-    angle = np.degrees(np.arctan2(m01, m10)) % 360
+    kernels = _moment_kernels(radius)
+    r = kernels.shape[1] // 2
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    # Rows y0 - r .. y0 + r + 1 and the same columns of each point, out of an edge-padded image.
+    padded = np.pad(np.asarray(image, np.float32), r + 1, mode="edge")
+    h, w = padded.shape
+    y0 = np.clip(y0.astype(np.int64) + 1, 0, h - 2 * r - 2)
+    x0 = np.clip(x0.astype(np.int64) + 1, 0, w - 2 * r - 2)
+    blocks = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 2, 2 * r + 2))[y0, x0]
+    n = 2 * r + 1
+
+    def moments(dy, dx):  # (K, 2): the kernels against the block shifted by (dy, dx)
+        return np.einsum("kij,cij->kc", blocks[:, dy:dy + n, dx:dx + n], kernels)
+
+    m = ((1 - fy) * ((1 - fx) * moments(0, 0) + fx * moments(0, 1))
+         + fy * ((1 - fx) * moments(1, 0) + fx * moments(1, 1)))
+    angle = np.degrees(np.arctan2(m[:, 1], m[:, 0])) % 360
     return np.where(angle >= 360, 0.0, angle)  # -1e-15 % 360 rounds to 360
 
 
-def orientations(images, keypoints, image_shape, *, radius=ORIENTATION_RADIUS):
+def orientations(images, keypoints, image_shape, *, radius=config.KEYPOINT_ORIENTATION_RADIUS):
     """``keypoints`` with angles from ``intensity_angle`` on the pyramid level each was found on.
 
     ``images`` are the levels, each (H_l, W_l) (grey); the disc's radius is

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from . import config
+
 #: The descriptor's grid: CELLS x CELLS cells, each the mean of SAMPLES x
 #: SAMPLES bilinear samples SPACING level pixels apart (SIFT: 4 x 4 cells
 #: of 4 x 4 gradients; our window is 4 * 4 * 1.5 = 24 px wide).
@@ -136,7 +138,7 @@ def normalize_descriptors(d, clip=DESCRIPTOR_CLIP):
 # --------------------------------------------------------------------------- matching
 
 
-def match_descriptors(da, db, *, ratio=0.8, mutual=True):
+def match_descriptors(da, db, *, ratio=config.MATCH_RATIO, mutual=True):
     """Pairs (i, j) whose descriptors ``da[i]`` and ``db[j]`` are nearest neighbours.
 
     Euclidean distance. Lowe's ratio test keeps a pair when the distance to
@@ -235,7 +237,8 @@ def project(matrix, points):
         return p[:, :2] / p[:, 2:]
 
 
-def ransac(src, dst, *, geometry="homography", threshold=3.0, max_trials=2000, confidence=0.999, seed=0):
+def ransac(src, dst, *, geometry="homography", threshold=config.RANSAC_THRESHOLD, max_trials=config.RANSAC_MAX_TRIALS,
+           confidence=config.RANSAC_CONFIDENCE, seed=0):
     """The homography or affine map taking ``src`` to ``dst``, robust to wrong pairs (RANSAC).
 
     Each trial fits a minimal sample (4 pairs for a homography, 3 for an

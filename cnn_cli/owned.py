@@ -79,7 +79,7 @@ def is_cnn_page(path):
 def _listed(name, doc):
     """The files a record (``name``, parsed ``doc``) says cnn wrote beside it."""
     if name == "manifest.json":  # cnn apply
-        files = {"features.npz"}
+        files = {"features.npz", (doc.get("keypoints") or {}).get("overlay")}  # keypoint_overlay's picture
         for layer in doc["layers"]:
             files.add(layer["grid"])
             files.update(entry["png"] for entry in layer["maps"])

@@ -342,6 +342,9 @@ def apply_page(manifest, out_dir, name):
     scale = max(1, 256 // max(height, width))  # a small input is enlarged, pixel by pixel
     parts.append(f'<figure><img class="zoom wide{" px" if scale > 1 else ""}" src="{link}" width="{width * scale}" '
                  f'alt="the input image" data-caption="{text(source)}"><figcaption>the input</figcaption></figure>')
+    if isinstance(kp := manifest.get("keypoints"), dict):  # a corner pipeline's points (cnn_cli.keypoint_overlay)
+        parts.append(f'<figure><img class="zoom wide" src="{url(kp["overlay"])}" width="{width * scale}" alt="keypoints">'
+                     f'<figcaption>{text(kp["count"])} keypoints of {text(kp["layer"])}</figcaption></figure>')
     layers = manifest.get("layers", [])
     if layers:
         parts.append("<p>layers: " + " · ".join(

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from cnn_cli import config
 from cnn_cli import keypoints as K
 from cnn_cli import matching as M
 
@@ -30,7 +31,7 @@ def test_peaks_equal_peak_local_max_on_random_maps(seed):
     exclude_border = [True, False, 2][seed % 3]
     num_peaks = [None, 5][seed % 2]
     ours = K.find_peaks(response, min_distance=min_distance, threshold_rel=threshold_rel,
-                        exclude_border=exclude_border, num_peaks=num_peaks)
+                        exclude_border=exclude_border, num_peaks=num_peaks, suppression="window")
     theirs = skfeature.peak_local_max(response, min_distance=min_distance, threshold_rel=threshold_rel,
                                       exclude_border=exclude_border, num_peaks=num_peaks or np.inf)
     np.testing.assert_array_equal(ours, theirs)
@@ -40,13 +41,13 @@ def test_peaks_equal_peak_local_max_on_random_maps(seed):
 @pytest.mark.parametrize("min_distance", [1, 3, 7])
 def test_peaks_equal_corner_peaks_on_harris_maps_of_photos(name, min_distance):
     response = skfeature.corner_harris(_gray(name))
-    ours = K.find_peaks(response, min_distance=min_distance, threshold_rel=0.01)
+    ours = K.find_peaks(response, min_distance=min_distance, threshold_rel=0.01, suppression="window")
     theirs = skfeature.corner_peaks(response, min_distance=min_distance, threshold_rel=0.01)
     assert len(ours) > 10
     np.testing.assert_array_equal(ours, theirs)
 
 
-@pytest.mark.parametrize("radius", [1, 3, K.SHIFTED_MAX_RADIUS, K.SHIFTED_MAX_RADIUS + 1])
+@pytest.mark.parametrize("radius", [1, 3, config.KEYPOINT_SHIFTED_MAX_RADIUS, config.KEYPOINT_SHIFTED_MAX_RADIUS + 1])
 @pytest.mark.parametrize("shape", [(1, 1), (2, 9), (40, 33)])
 def test_window_max_is_maximum_filter(radius, shape):
     response = np.random.default_rng(radius).random(shape).astype(np.float32)
@@ -54,30 +55,100 @@ def test_window_max_is_maximum_filter(radius, shape):
     np.testing.assert_array_equal(K.window_max(response, radius), expected)
 
 
-def test_a_single_peak_and_a_plateau():
+@pytest.mark.parametrize("suppression", K.SUPPRESSIONS)
+def test_a_single_peak_and_a_plateau(suppression):
     response = np.zeros((9, 9))
     response[4, 5] = 2.0
-    assert K.find_peaks(response).tolist() == [[4, 5]]
+    assert K.find_peaks(response, suppression=suppression).tolist() == [[4, 5]]
     plateau = np.zeros((7, 7))
     plateau[2:4, 2:4] = 1
-    # corner_peaks keeps the plateau's first pixel in raster order; so do we.
-    assert K.find_peaks(plateau).tolist() == skfeature.corner_peaks(plateau).tolist() == [[2, 2]]
-    assert K.find_peaks(np.ones((6, 6))).shape == (0, 2)  # a constant map has no peak
+    # corner_peaks keeps the plateau's first pixel in raster order; so do we, by either rule.
+    for d in (1, 2):
+        ours = K.find_peaks(plateau, min_distance=d, suppression=suppression).tolist()
+        assert ours == skfeature.corner_peaks(plateau, min_distance=d).tolist() == [[2, 2]]
+    assert K.find_peaks(np.ones((6, 6)), suppression=suppression).shape == (0, 2)  # a constant map has no peak
 
 
 def test_border_exclusion_and_threshold():
     response = np.zeros((10, 10))
     response[1, 5], response[5, 5], response[8, 2] = 5.0, 1.0, 0.4
-    assert K.find_peaks(response, min_distance=1).tolist() == [[1, 5], [5, 5], [8, 2]]
-    assert K.find_peaks(response, min_distance=2).tolist() == [[5, 5]]
-    assert K.find_peaks(response, min_distance=2, exclude_border=False).tolist() == [[1, 5], [5, 5], [8, 2]]
-    assert K.find_peaks(response, min_distance=1, threshold_rel=0.1).tolist() == [[1, 5], [5, 5]]
+
+    def peaks(**options):
+        return K.find_peaks(response, suppression="window", **options).tolist()
+
+    assert peaks(min_distance=1) == [[1, 5], [5, 5], [8, 2]]
+    assert peaks(min_distance=2) == [[5, 5]]
+    assert peaks(min_distance=2, exclude_border=False) == [[1, 5], [5, 5], [8, 2]]
+    assert peaks(min_distance=1, threshold_rel=0.1) == [[1, 5], [5, 5]]
+    # The distance rule keeps its 3 x 3 window's border of 1, whatever D is.
+    assert K.find_peaks(response, min_distance=4, suppression="distance").tolist() == [[1, 5], [5, 5], [8, 2]]
+    assert K.find_peaks(response, min_distance=4, exclude_border=2, suppression="distance").tolist() == [[5, 5]]
 
 
 def test_a_map_smaller_than_the_window_gives_no_points():
+    noise = np.random.default_rng(0).random
     for shape in [(1, 1), (2, 3), (6, 6)]:
-        assert K.find_peaks(np.random.default_rng(0).random(shape), min_distance=3).shape == (0, 2)
-    assert len(K.detect([np.random.default_rng(0).random((5, 5))], (5, 5), num_peaks=10, min_distance=3)) == 0
+        assert K.find_peaks(noise(shape), min_distance=3, suppression="window").shape == (0, 2)
+    for shape in [(1, 1), (2, 9), (9, 2)]:
+        assert K.find_peaks(noise(shape), min_distance=3, suppression="distance").shape == (0, 2)
+    assert len(K.detect([noise((5, 5))], (5, 5), num_peaks=10, min_distance=3, suppression="window")) == 0
+    assert len(K.detect([noise((2, 2))], (2, 2), num_peaks=10, min_distance=3, suppression="distance")) == 0
+
+
+def _naive_keep_apart(response, min_distance, threshold, border, most):
+    """OpenCV's goodFeaturesToTrack after its response, as a slow loop: 3 x 3 maxima above ``threshold``
+    at least ``border`` from the edge, strongest first (ties in raster order), each dropped when closer
+    than ``min_distance`` to a point kept before it, or beside it (a plateau: adjacent 3 x 3 maxima are
+    equal); at most ``most``."""
+    h, w = response.shape
+    candidates = []
+    for r in range(border, h - border):
+        for c in range(border, w - border):
+            window = response[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
+            if response[r, c] > threshold and response[r, c] == window.max():
+                candidates.append((-response[r, c], r, c))
+    kept = []
+    for _, r, c in sorted(candidates):
+        if all((r - kr) ** 2 + (c - kc) ** 2 >= max(min_distance ** 2, 3) for kr, kc in kept):
+            kept.append((r, c))
+    return np.array(kept[:most], np.int64).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_distance_suppression_equals_a_slow_loop(seed):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(3, 50)), int(rng.integers(3, 50)))
+    # A few levels make ties and plateaus; a smooth map makes chains of close maxima.
+    response = [np.round(rng.random(shape) * 6), ndimage.gaussian_filter(rng.random(shape), 1.5)][seed % 2]
+    min_distance = int(rng.integers(1, 7))
+    threshold_rel = [None, 0.3][seed % 3 == 0]
+    num_peaks = [None, 7][seed % 4 == 0]
+    ours = K.find_peaks(response, min_distance=min_distance, threshold_rel=threshold_rel, num_peaks=num_peaks,
+                        suppression="distance")
+    threshold = max(response.min(), (threshold_rel or 0) * response.max()) if threshold_rel else response.min()
+    expected = _naive_keep_apart(response, min_distance, threshold, 1, num_peaks)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_keep_apart_keeps_a_point_exactly_d_away():
+    points = np.array([[0, 0], [0, 3], [2, 2], [3, 0], [5, 5]])
+    assert K.keep_apart(points, 3).tolist() == [[0, 0], [0, 3], [3, 0], [5, 5]]
+    assert K.keep_apart(points.astype(float), 3).tolist() == [[0, 0], [0, 3], [3, 0], [5, 5]]
+    assert K.keep_apart(points, 3, 2).tolist() == [[0, 0], [0, 3]]
+    assert K.keep_apart(points, 4).tolist() == [[0, 0], [5, 5]]
+
+
+@pytest.mark.parametrize("name", ["camera", "coins", "astronaut"])
+def test_distance_suppression_equals_good_features_to_track(name):
+    """Given OpenCV's own response (the minimum eigenvalue, 3 x 3 block, 3 x 3 Sobel), our distance rule
+    finds the points goodFeaturesToTrack finds, in its order."""
+    cv2 = pytest.importorskip("cv2")
+    image = (_gray(name) * 255).round().astype(np.uint8)
+    theirs = cv2.goodFeaturesToTrack(image, 500, 0.01, 5, blockSize=3).reshape(-1, 2)[:, ::-1]
+    response = cv2.cornerMinEigenVal(image, 3, 3)
+    ours = K.find_peaks(response, min_distance=5, threshold_rel=0.01, num_peaks=500, suppression="distance")
+    assert len(ours) == 500
+    np.testing.assert_array_equal(ours, theirs.astype(np.int64))
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -172,6 +243,30 @@ def test_orientation_follows_a_rotation(angle):
     after = K.intensity_angle(turned, [49.5], [49.5])[0]
     difference = (after - before + angle + 180) % 360 - 180
     assert abs(difference) < 5
+
+
+def _naive_intensity_angle(image, x, y, radius):
+    """The intensity centroid's angle with every sample of the disc interpolated by scipy (mode nearest)."""
+    r = int(np.ceil(radius))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    inside = dy * dy + dx * dx <= radius * radius
+    dy, dx = dy[inside].astype(np.float64), dx[inside].astype(np.float64)
+    weight = np.exp(-(dx * dx + dy * dy) / (2 * (radius / 2) ** 2))
+    values = ndimage.map_coordinates(image.astype(np.float64), [np.add.outer(y, dy), np.add.outer(x, dx)],
+                                     order=1, mode="nearest")
+    values -= (values * weight).sum(axis=1, keepdims=True) / weight.sum()
+    return np.degrees(np.arctan2((values * weight * dy).sum(axis=1), (values * weight * dx).sum(axis=1))) % 360
+
+
+@pytest.mark.parametrize("radius", [12, 7.5, 3, 16.97])
+def test_orientation_equals_a_centroid_of_interpolated_samples(radius):
+    image = _gray("camera").astype(np.float32)
+    rng = np.random.default_rng(int(radius * 10))
+    x, y = rng.uniform(-0.5, 511.5, 300), rng.uniform(-0.5, 511.5, 300)
+    x[:4], y[:4] = [0, 511, 0, 511], [0, 0, 511, 511]  # corners: the disc reaches past two edges
+    ours = K.intensity_angle(image, x, y, radius=radius)
+    difference = (ours - _naive_intensity_angle(image, x, y, radius) + 180) % 360 - 180
+    assert np.abs(difference).max() < 1e-6
 
 
 def test_orientation_of_a_bright_half():

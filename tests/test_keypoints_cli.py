@@ -98,10 +98,12 @@ def test_a_batch_with_a_bad_input_exits_3_after_the_others(pair, tmp_path):
     assert next(line for line in result.stderr.splitlines() if line.startswith("Error:")).count("broken.png") == 1
 
 
-def test_an_image_smaller_than_the_window_gives_no_points(tmp_path):
+@pytest.mark.parametrize("size, suppression", [(5, "window"), (2, "distance")])
+def test_an_image_smaller_than_the_window_gives_no_points(tmp_path, size, suppression):
+    """7 x 7 windows (D = 3) find nothing in a 5 x 5 image; 3 x 3 windows, nothing in a 2 x 2 one."""
     tiny = tmp_path / "tiny.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (5, 5), np.uint8)).save(tiny)
-    result = cnn("keypoints", tiny, "-o", tmp_path / "out", "--min-distance", "3")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size), np.uint8)).save(tiny)
+    result = cnn("keypoints", tiny, "-o", tmp_path / "out", "--min-distance", "3", "--suppression", suppression)
     assert result.exit_code == 0, result.output
     assert _rows(tmp_path / "out" / "tiny" / "keypoints.csv") == [["x", "y", "score", "scale", "angle"]]
 
@@ -111,6 +113,7 @@ def test_an_image_smaller_than_the_window_gives_no_points(tmp_path):
     (["--min-distance", "0"], "--min-distance"),
     (["--layer", "9"], "no such layer"),
     (["--pipeline", "harris", "--model", "m.npz"], "only one of"),
+    (["--suppression", "box"], "--suppression"),
 ])
 def test_usage_errors_exit_2(pair, tmp_path, args, message):
     result = cnn("keypoints", pair[0], "-o", tmp_path / "out", *args)
@@ -223,3 +226,42 @@ def test_a_layer_pooled_over_the_whole_image_is_refused(pair, tmp_path):
     default = cnn("keypoints", pair[0], "-o", tmp_path / "out", "--pipeline", spec, "--json")
     assert default.exit_code == 0, default.output
     assert json.loads(default.stdout)[0]["layer"]["index"] == 0
+
+
+def test_apply_with_a_corner_pipeline_shows_its_keypoints(pair, tmp_path):
+    """cnn apply --pipeline harris draws the points cnn keypoints finds on the input, lists the picture
+    in the manifest, shows it on the image's page, and --force replaces the folder it is in."""
+    from cnn_cli.keypoint_overlay import POINT_COLOR
+
+    out = tmp_path / "out"
+    result = cnn("apply", pair[0], "-o", out, "--pipeline", "harris")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "a" / "manifest.json").read_text())
+    record = manifest["keypoints"]
+    assert record["overlay"] == "keypoints.png" and record["layer"] == "layer3"
+    assert '<img class="zoom wide" src="keypoints.png"' in (out / "a" / "index.html").read_text()
+    listed = cnn("keypoints", pair[0], "-o", tmp_path / "kp")
+    assert listed.exit_code == 0, listed.output
+    assert record["count"] == len(_rows(tmp_path / "kp" / "a" / "keypoints.csv")) - 1 > 100
+    with Image.open(out / "a" / "keypoints.png") as overlay:
+        pixels = np.asarray(overlay.convert("RGB"))
+    assert pixels.shape == (256, 256, 3)
+    drawn = np.all(pixels == POINT_COLOR, axis=2)
+    assert drawn.sum() > 4 * record["count"]  # a circle per point
+    assert cnn("apply", pair[0], "-o", out, "--pipeline", "harris", "--force").exit_code == 0
+
+
+@pytest.mark.parametrize("args", [["--pipeline", "default"], ["--pipeline", "harris", "--save", "raw"]])
+def test_apply_draws_keypoints_only_for_a_corner_pipeline_and_pictures(pair, tmp_path, args):
+    result = cnn("apply", pair[0], "-o", tmp_path / "out", *args)
+    assert result.exit_code == 0, result.output
+    assert "keypoints" not in json.loads((tmp_path / "out" / "a" / "manifest.json").read_text())
+    assert not (tmp_path / "out" / "a" / "keypoints.png").exists()
+
+
+def test_apply_draws_the_keypoints_of_a_response_layer_it_does_not_save(pair, tmp_path):
+    result = cnn("apply", pair[0], "-o", tmp_path / "out", "--pipeline", "shi_tomasi", "--layers", "0")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "a" / "manifest.json").read_text())
+    assert [layer["index"] for layer in manifest["layers"]] == [0]
+    assert manifest["keypoints"]["count"] > 100 and (tmp_path / "out" / "a" / "keypoints.png").is_file()

@@ -276,8 +276,8 @@ def test_a_killed_units_run_leaves_staging_that_the_next_run_removes(tmp_path, s
 
 def test_no_command_module_imports_another_and_nothing_imports_upwards():
     """apply, embed, explain, units and train are siblings; the runner and the layer grammar sit below them."""
-    commands = {"apply", "embed", "explain", "units", "train", "export"}
-    below = {"runner", "layersel", "stream", "cluster", "inputs", "sources"}
+    commands = {"apply", "embed", "explain", "units", "train", "export", "keypointing"}
+    below = {"runner", "layersel", "stream", "cluster", "inputs", "sources", "keypoints", "matching", "keypoint_overlay"}
     package = Path(__file__).resolve().parents[1] / "cnn_cli"
     for path in package.glob("*.py"):
         tree = ast.parse(path.read_text())

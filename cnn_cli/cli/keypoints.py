@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .. import config
 from .common import (
     EXIT_USAGE,
     Color,
@@ -31,7 +32,16 @@ KeyPipeline = Annotated[str | None, typer.Option("--pipeline", help=f"Pipeline (
 KeyLayer = Annotated[str | None, typer.Option("--layer", help="Layer whose maps are the response (several channels: their norm): an index (negative from the end), 'last', layer<i>, or a kind that occurs once. [default: the last layer with maps]", show_default=False)]
 Points = Annotated[int, typer.Option("-n", "--num", min=1, help="Keypoints per image at most (the strongest).")]
 Threshold = Annotated[float, typer.Option("--threshold", min=0.0, max=0.999999, help="Keep peaks above this fraction of the image's strongest response.")]
-MinDistance = Annotated[int, typer.Option("--min-distance", min=1, help="D: a peak is the maximum of its (2D+1)x(2D+1) window, and no peak lies within D pixels of the edge.")]
+MinDistance = Annotated[int, typer.Option("--min-distance", min=1, help="D: no two keypoints closer than D pixels (see --suppression).")]
+
+
+class Suppression(str, Enum):
+    distance = "distance"
+    window = "window"
+
+
+DEFAULT_SUPPRESSION = Suppression(config.KEYPOINT_SUPPRESSION)
+SuppressionOption = Annotated[Suppression, typer.Option("--suppression", help="distance: maxima of 3x3 windows, each dropped when closer than D to a stronger kept one (OpenCV's goodFeaturesToTrack); window: maxima of (2D+1)x(2D+1) windows, none within D of the edge (scikit-image's corner_peaks).")]
 MaxSize = Annotated[int | None, typer.Option(min=1, help="Downscale images so the longer side is at most this many pixels.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace existing output folders.")]
 
@@ -73,10 +83,11 @@ def keypoints(
     model: ModelOption = None,
     color: ColorOption = Color.gray,
     layer: KeyLayer = None,
-    num: Points = 500,
-    threshold: Threshold = 0.001,
-    min_distance: MinDistance = 3,
-    scales: Annotated[int, typer.Option("--scales", min=1, help="Pyramid levels, each sqrt(2) smaller: corners of several sizes (a point's scale says which).")] = 1,
+    num: Points = config.KEYPOINTS,
+    threshold: Threshold = config.KEYPOINT_THRESHOLD,
+    min_distance: MinDistance = config.KEYPOINT_MIN_DISTANCE,
+    suppression: SuppressionOption = DEFAULT_SUPPRESSION,
+    scales: Annotated[int, typer.Option("--scales", min=1, help="Pyramid levels, each sqrt(2) smaller: corners of several sizes (a point's scale says which).")] = config.KEYPOINT_SCALES,
     max_size: MaxSize = None,
     max_pixels: MaxPixels = 100_000_000,
     force: Force = False,
@@ -84,9 +95,10 @@ def keypoints(
 ):
     """Corners as keypoints: peaks of a corner response, refined to sub-pixel, each with a scale and an angle.
 
-    Peaks are the maxima of (2D+1)x(2D+1) windows over --threshold times the
-    strongest response, the -n strongest kept; positions come from a
-    quadratic fit, angles from the intensity centroid (as ORB).
+    Peaks are the maxima of 3x3 windows over --threshold times the strongest
+    response, none closer than D to a stronger one (as goodFeaturesToTrack;
+    --suppression window: as corner_peaks), the -n strongest kept; positions
+    come from a quadratic fit, angles from the intensity centroid (as ORB).
 
     Each folder holds keypoints.csv (x,y,score,scale,angle; pixels of the
     input, angle in degrees clockwise from +x), keypoints.json (the same,
@@ -107,8 +119,8 @@ def keypoints(
 
     check_output_or_fail(out)
     source = _source(pipeline, model, color)
-    options = _options(num=num, threshold=threshold, min_distance=min_distance, scales=scales, layer=layer,
-                       max_size=max_size, max_pixels=max_pixels, force=force)
+    options = _options(num=num, threshold=threshold, min_distance=min_distance, suppression=suppression.value,
+                       scales=scales, layer=layer, max_size=max_size, max_pixels=max_pixels, force=force)
     summary = run_with_progress("keypoints", out, lambda progress: run(inputs, out, source, options,
                                                                        progress=progress))
     if json_out:
@@ -129,12 +141,13 @@ def match(
     color: ColorOption = Color.gray,
     layer: KeyLayer = None,
     descriptor: Annotated[str | None, typer.Option("--descriptor", help="Layer whose maps are sampled around each keypoint (same grammar as --layer). An x/y derivative pair (harris's layer 0) is steered to each point's angle. [default: a pipeline's first layer; a model's --layer]", show_default=False)] = None,
-    ratio: Annotated[float, typer.Option("--ratio", max=1.0, help="Lowe's ratio test: keep a match when its distance is under RATIO times the second nearest's.")] = 0.8,
+    ratio: Annotated[float, typer.Option("--ratio", max=1.0, help="Lowe's ratio test: keep a match when its distance is under RATIO times the second nearest's.")] = config.MATCH_RATIO,
     geometry: Annotated[Geometry, typer.Option("--geometry", help="Map fitted by RANSAC (seeded) to tell inliers from outliers; none keeps every mutual match.")] = Geometry.homography,
-    num: Points = 500,
-    threshold: Threshold = 0.001,
-    min_distance: MinDistance = 3,
-    scales: Annotated[int, typer.Option("--scales", min=1, help="Pyramid levels, each sqrt(2) smaller: matches across a change of scale.")] = 3,
+    num: Points = config.KEYPOINTS,
+    threshold: Threshold = config.KEYPOINT_THRESHOLD,
+    min_distance: MinDistance = config.KEYPOINT_MIN_DISTANCE,
+    suppression: SuppressionOption = DEFAULT_SUPPRESSION,
+    scales: Annotated[int, typer.Option("--scales", min=1, help="Pyramid levels, each sqrt(2) smaller: matches across a change of scale.")] = config.MATCH_SCALES,
     max_size: MaxSize = None,
     max_pixels: MaxPixels = 100_000_000,
     force: Force = False,
@@ -165,9 +178,9 @@ def match(
 
     check_output_or_fail(out)
     source = _source(pipeline, model, color)
-    options = _options(num=num, threshold=threshold, min_distance=min_distance, scales=scales, layer=layer,
-                       descriptor=descriptor, ratio=ratio, geometry=geometry.value, max_size=max_size,
-                       max_pixels=max_pixels, force=force)
+    options = _options(num=num, threshold=threshold, min_distance=min_distance, suppression=suppression.value,
+                       scales=scales, layer=layer, descriptor=descriptor, ratio=ratio, geometry=geometry.value,
+                       max_size=max_size, max_pixels=max_pixels, force=force)
     kept = "no unfinished output is left"
     try:
         with stoppable(kept):
