@@ -451,12 +451,19 @@ def level_position(keypoints, image_shape, level_shape):
 
 
 def _moment_kernels(radius):
-    """The first moments' weights on a (2r+1) x (2r+1) grid, r = ceil(radius): dx * g and dy * g inside
-    the disc of ``radius``, with g a Gaussian of sigma radius / 2; (2, 2r+1, 2r+1) float64 (x, then y)."""
+    """The first moments' weights, dx * g and dy * g inside the disc of ``radius`` (g a Gaussian of
+    sigma radius / 2) on a (2r+1)^2 grid, r = ceil(radius), each put at the four corners of a
+    (2r+2)^2 one: (2r+2)^2 x 8, columns (shift down, shift right, x or y), float64."""
     r = int(np.ceil(radius))
+    n = 2 * r + 1
     dy, dx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
     weight = np.exp(-(dx * dx + dy * dy) / (2 * (radius / 2) ** 2)) * (dy * dy + dx * dx <= radius * radius)
-    return np.stack([dx * weight, dy * weight])
+    shifted = np.zeros((2, 2, 2, n + 1, n + 1))
+    for down in (0, 1):
+        for right in (0, 1):
+            shifted[down, right, 0, down:down + n, right:right + n] = dx * weight
+            shifted[down, right, 1, down:down + n, right:right + n] = dy * weight
+    return shifted.reshape(8, -1).T
 
 
 def intensity_angle(image, x, y, *, radius=config.KEYPOINT_ORIENTATION_RADIUS):
@@ -471,8 +478,9 @@ def intensity_angle(image, x, y, *, radius=config.KEYPOINT_ORIENTATION_RADIUS):
     Each point's samples come from the (2r+2)^2 pixels around it: a sample
     at a fractional offset (fy, fx) from a pixel is (1-fy)(1-fx) of it plus
     its neighbours' shares, so each moment is four weighted sums of that
-    block, shifted by a pixel (a few milliseconds for 500 points, where
-    ``scipy.ndimage.map_coordinates`` of every sample took 25).
+    block, shifted by a pixel, all eight of them one matrix product (1.6 ms
+    for 500 points, where ``scipy.ndimage.map_coordinates`` of every sample
+    took 25).
 
     Parameters
     ----------
@@ -487,23 +495,18 @@ def intensity_angle(image, x, y, *, radius=config.KEYPOINT_ORIENTATION_RADIUS):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if len(x) == 0:
         return np.zeros(0)
-    kernels = _moment_kernels(radius)
-    r = kernels.shape[1] // 2
+    r = int(np.ceil(radius))
+    size = 2 * r + 2
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
     # Rows y0 - r .. y0 + r + 1 and the same columns of each point, out of an edge-padded image.
     padded = np.pad(np.asarray(image, np.float32), r + 1, mode="edge")
     h, w = padded.shape
-    y0 = np.clip(y0.astype(np.int64) + 1, 0, h - 2 * r - 2)
-    x0 = np.clip(x0.astype(np.int64) + 1, 0, w - 2 * r - 2)
-    blocks = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 2, 2 * r + 2))[y0, x0]
-    n = 2 * r + 1
-
-    def moments(dy, dx):  # (K, 2): the kernels against the block shifted by (dy, dx)
-        return np.einsum("kij,cij->kc", blocks[:, dy:dy + n, dx:dx + n], kernels)
-
-    m = ((1 - fy) * ((1 - fx) * moments(0, 0) + fx * moments(0, 1))
-         + fy * ((1 - fx) * moments(1, 0) + fx * moments(1, 1)))
+    y0 = np.clip(y0.astype(np.int64) + 1, 0, h - size)
+    x0 = np.clip(x0.astype(np.int64) + 1, 0, w - size)
+    blocks = np.lib.stride_tricks.sliding_window_view(padded, (size, size))[y0, x0]
+    m = (blocks.reshape(len(x), -1).astype(np.float64) @ _moment_kernels(radius)).reshape(-1, 2, 2, 2)
+    m = (1 - fy) * ((1 - fx) * m[:, 0, 0] + fx * m[:, 0, 1]) + fy * ((1 - fx) * m[:, 1, 0] + fx * m[:, 1, 1])
     angle = np.degrees(np.arctan2(m[:, 1], m[:, 0])) % 360
     return np.where(angle >= 360, 0.0, angle)  # -1e-15 % 360 rounds to 360
 
