@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import time_once  # noqa: E402
+from _timing import time_once
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "shapes.png"
