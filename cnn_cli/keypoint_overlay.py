@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import config, viz
-from . import keypoints as kp
 
 #: Colours of the pictures: keypoints, inlier matches, outlier matches.
 POINT_COLOR = (255, 80, 0)
@@ -97,6 +96,8 @@ def apply_overlay(folder, image, layer_maps, pipeline, save):
     layer = corner_layer(pipeline)
     if layer is None or not {"maps", "grids"} & set(save) or layer_maps[layer] is None:
         return {}
+    from . import keypoints as kp  # here: it imports scipy (0.4 s), which no other apply needs
+
     shape = image.shape[1:]
     points = kp.detect([kp.response_of(layer_maps[layer])], shape)
     points = kp.orientations([kp.grey(image)], points, shape)

@@ -120,12 +120,13 @@ def test_max_pool_matches_naive(before_kernels, x_shape, k, s, p):
 
 
 def test_small_apply_never_loads_numba(tmp_path):
-    """The default pipeline on a small photo, in a fresh process: the whole run stays in numpy."""
+    """The default pipeline on a small photo, in a fresh process: the whole run stays in numpy, without
+    scipy either."""
     code = (
         "import sys; from cnn_cli.cli import app\n"
         f"sys.argv = ['cnn', 'apply', {str(REPO / 'samples' / 'shapes.png')!r}, '-o', {str(tmp_path / 'out')!r}]\n"
         "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print('numba' in sys.modules, [m for m in sys.modules if m.startswith('cnn_cli.kernels.')])\n"
+        "print('numba' in sys.modules, 'scipy' in sys.modules, [m for m in sys.modules if m.startswith('cnn_cli.kernels.')])\n"
         "import numpy as np; from cnn_cli import functional as F\n"
         "F.conv2d(np.zeros((1, 64, 256, 256), np.float32), np.zeros((64, 64, 3, 3), np.float32))\n"
         "print('numba' in sys.modules)\n"
@@ -133,7 +134,7 @@ def test_small_apply_never_loads_numba(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[-2] == "False []", out.stdout
+    assert lines[-2] == "False False []", f"neither Numba nor scipy (0.4 s) should load: {out.stdout}"
     assert lines[-1] == "True", "a large call after it must load the kernels"
     assert (tmp_path / "out" / "shapes" / "manifest.json").is_file()
 
