@@ -334,6 +334,10 @@ def test_gemm_path(name, row_columns_from, monkeypatch):
     ((3, 5, 12, 11), (5, 1, 3, 3), dict(stride=2, padding=1)),
     ((1, 4, 9, 9), (4, 1, 3, 2), dict(stride=(2, 1), padding=(2, 0), dilation=(2, 3))),
     ((2, 3, 5, 5), (3, 1, 1, 1), {}),
+    ((1, 4, 10, 11), (4, 1, 3, 3), dict(stride=2, padding=1)),               # odd width at stride 2
+    ((2, 3, 9, 8), (3, 1, 3, 3), dict(stride=2, padding=2, dilation=2)),
+    ((1, 2, 8, 9), (2, 1, 3, 3), dict(stride=(1, 2), padding=(0, 1))),
+    ((1, 2, 11, 10), (2, 1, 3, 3), dict(stride=3, padding=1)),
 ])
 def test_depthwise_path(x_shape, w_shape, kwargs):
     rng = np.random.default_rng(_seed(str(x_shape)))
@@ -346,6 +350,22 @@ def test_depthwise_path(x_shape, w_shape, kwargs):
     assert dispatch.forward_path(spec) is gemm.depthwise
     assert_close(gemm.depthwise(x, w, b, spec), y, "forward")
     assert_close(F.conv2d(x, w, b, groups=x_shape[1], **kwargs), y, "forward")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_path_clips_and_pads(mode, stride):
+    """The depthwise path pads zeros plane by plane itself and takes the other modes padded; its clip
+    (a fused ReLU6) compares, so a NaN stays NaN."""
+    rng = np.random.default_rng(_seed(mode))
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    x[1, 2, 4, 4] = np.nan
+    w = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    spec = F.ConvSpec(x.shape, w.shape, stride, 2, 1, 3, mode, "auto")
+    y = naive.naive_conv2d(x, w, b, stride=stride, padding=2, groups=3, padding_mode=mode)
+    assert_close(gemm.depthwise(x, w, b, spec), y, "forward")
+    assert_close(gemm.depthwise(x, w, b, spec, 0.0, 1.0), np.clip(y, 0.0, 1.0), "forward")
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [

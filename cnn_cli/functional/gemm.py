@@ -136,11 +136,14 @@ def _plan(n, groups, cout_g, ho, wo, depth, parallel):
     return tile_rows, tiles, blocks, -(-cout_g // blocks)
 
 
-def depthwise(x, w, bias, spec):
-    """One filter per channel (groups = C_in = C_out) at any stride and dilation: ``kernels.depthwise``."""
-    xp = spec.pad(x)
+def depthwise(x, w, bias, spec, lo=-np.inf, hi=np.inf):
+    """One filter per channel (groups = C_in = C_out) at any stride and dilation: ``kernels.depthwise``,
+    with the output clipped to [lo, hi]. Zero padding is done plane by plane in the kernel."""
+    top, left = spec.pads[0], spec.pads[2]
+    if spec.padding_mode != "zeros":
+        x, top, left = spec.pad(x), 0, 0
     y = np.empty(spec.y_shape, np.float32)
     b = bias if bias is not None else np.zeros(w.shape[0], np.float32)
-    threads.run(kernels.depthwise.conv_depthwise, xp, w, b, *spec.stride, *spec.dilation, y,
-                tasks=y.shape[0] * y.shape[1], work=y.size * w[0].size)
+    threads.run(kernels.depthwise.conv_depthwise, x, w, b, top, left, *spec.padded, *spec.stride, *spec.dilation,
+                np.float32(lo), np.float32(hi), y, tasks=y.shape[0] * y.shape[1], work=y.size * w[0].size)
     return y

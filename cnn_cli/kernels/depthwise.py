@@ -32,51 +32,76 @@ def _row_3x3(acc, r0, r1, r2, wq, dw, stride):
 
 
 @kernel
-def conv_depthwise(xp, w, bias, sh, sw, dh, dw, y, first, last):
-    """y[n,c,oh,ow] = bias[c] + sum_{i,j} w[c,0,i,j] * xp[n, c, oh*sh+i*dh, ow*sw+j*dw].
+def conv_depthwise(x, w, bias, top, left, hp, wp, sh, sw, dh, dw, lo, hi, y, first, last):
+    """y[n,c,oh,ow] = clip(bias[c] + sum_{i,j} w[c,0,i,j] * xp[n, c, oh*sh+i*dh, ow*sw+j*dw], lo, hi).
 
-    Task t is the plane (n, c) = divmod(t, C). A row's sums go to a
-    task-local buffer, which LLVM knows aliases nothing, so the loop along
-    the row is vectorised. 3x3 kernels at stride 1 and 2 (MobileNet's) take
-    their nine taps in one pass (``_row_3x3``); other kernels a tap a pass.
-    At stride 1 a 3x3 plane is one pass over its W_p-wide layout (output
-    pixel k reads the flat padded plane at k + i*dh*W_p + j*dw, as in
-    ``conv.conv_direct_stacked``), whose garbage columns are dropped as the
-    rows are stored: rows of a small map are too short a loop on their own.
+    ``xp`` is ``x`` zero-padded to H_p x W_p with ``top`` rows above and
+    ``left`` columns before it; each task pads its own plane into a buffer
+    that stays in its core's cache, so the padded input is never written
+    out whole. Task t is the plane (n, c) = divmod(t, C). A row's sums go to
+    a task-local buffer, which LLVM knows aliases nothing, so the loop along
+    the row is vectorised. 3x3 kernels take their nine taps in one pass
+    (``_row_3x3``); other kernels a tap a pass. At stride 1 a 3x3 plane is one
+    pass over its W_p-wide layout (output pixel k reads the flat padded plane
+    at k + i*dh*W_p + j*dw, as in ``conv.conv_direct_stacked``), whose garbage
+    columns are dropped as the rows are stored: rows of a small map are too
+    short a loop on their own. At stride 2 a 3x3 row is computed at every
+    column, which vectorises, and every other sum kept: twice the sums, in
+    a third of the time of strided reads. The clip compares, so NaN stays NaN.
     """
     channels, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    h, wd = x.shape[2], x.shape[3]
     kh, kw = w.shape[2], w.shape[3]
-    hp, wp = xp.shape[2], xp.shape[3]
     acc = np.empty(wo, np.float32)
-    nine = kh == 3 and kw == 3 and (sw == 1 or sw == 2)
+    plane = np.zeros((hp, wp), np.float32)
+    nine = kh == 3 and kw == 3
     wide = np.empty(ho * wp if nine and sh == 1 and sw == 1 else 0, np.float32)
+    full = np.empty(2 * wo - 1, np.float32)  # a row at stride 1, for stride 2
     for task in range(first, last):
         n, c = task // channels, task % channels
+        plane[top:top + h, left:left + wd] = x[n, c]  # the border stays zero from the start
         wq = w[c, 0].reshape(kh * kw)
         if wide.shape[0]:
-            flat = xp[n, c].reshape(hp * wp)
+            flat = plane.reshape(hp * wp)
             span = ho * wp - 2 * dw  # the last read is the plane's last pixel
             sums = wide[:span]
             sums[:] = bias[c]
             _row_3x3(sums, flat, flat[dh * wp:], flat[2 * dh * wp:], wq, dw, 1)
             for oh in range(ho):
-                y[n, c, oh, :] = wide[oh * wp:oh * wp + wo]
+                _store(y[n, c, oh], wide[oh * wp:oh * wp + wo], lo, hi)
             continue
         for oh in range(ho):
             acc[:] = bias[c]
-            top = oh * sh
+            top_row = oh * sh
             if nine:
-                r0, r1, r2 = xp[n, c, top], xp[n, c, top + dh], xp[n, c, top + 2 * dh]
+                r0, r1, r2 = plane[top_row], plane[top_row + dh], plane[top_row + 2 * dh]
                 if sw == 1:
                     _row_3x3(acc, r0, r1, r2, wq, dw, 1)
+                elif sw == 2:  # every column at stride 1, vectorised, then every other one kept
+                    full[:] = 0.0
+                    _row_3x3(full, r0, r1, r2, wq, dw, 1)
+                    for k in range(wo):
+                        acc[k] += full[2 * k]
                 else:
-                    _row_3x3(acc, r0, r1, r2, wq, dw, 2)
+                    _row_3x3(acc, r0, r1, r2, wq, dw, sw)
             else:
                 for i in range(kh):
-                    xrow = xp[n, c, top + i * dh]
+                    xrow = plane[top_row + i * dh]
                     for j in range(kw):
                         wv = wq[i * kw + j]
                         off = j * dw
                         for k in range(wo):
                             acc[k] += wv * xrow[off + k * sw]
-            y[n, c, oh, :] = acc
+            _store(y[n, c, oh], acc, lo, hi)
+
+
+@helper
+def _store(dst, sums, lo, hi):
+    """dst = sums clipped to [lo, hi] by comparisons (NaN stays NaN)."""
+    for k in range(dst.shape[0]):
+        value = sums[k]
+        if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
+            value = lo
+        if value > hi:  # noqa: PLR1730
+            value = hi
+        dst[k] = value
