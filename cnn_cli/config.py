@@ -445,7 +445,8 @@ RANSAC_THRESHOLD = 3.0
 #: RANSAC stops when a better sample is unlikely at this confidence, or after
 #: RANSAC_MAX_TRIALS samples. On the bench every pair's matches were 57-100 %
 #: inliers (ratios 0.7-1), which needs at most 64 samples at 0.999; 100 and
-#: 2000 gave the same homographies. The cap bounds a pair of few inliers: at 25 % inliers 0.999
-#: needs 1,765 samples; 2,000 took 2.3 s for 500 matches here (load average 4.6).
+#: 2000 gave the same homographies. The cap bounds a pair of few inliers: at
+#: 25 % inliers 0.999 needs 1,765 samples; 2,000 took 2.3 s for 500 matches
+#: here (load average 4.6).
 RANSAC_CONFIDENCE = 0.999
 RANSAC_MAX_TRIALS = 2000
