@@ -386,31 +386,27 @@ class BatchNorm2d(Param):
         return tuple(in_shape)
 
     def forward(self, x, train=False):
-        gamma, beta = self.params["weight"], self.params["bias"]
         if train:
             count = x.shape[0] * x.shape[2] * x.shape[3]
-            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-            var = x.var(axis=(0, 2, 3), dtype=np.float64)
+            y, xhat, mean, var = F.batch_norm_train(x, self.params["weight"], self.params["bias"], self.eps)
             m = self.momentum
             self.buffers["running_mean"][:] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"][:] = (1 - m) * self.buffers["running_var"] + m * var * count / max(count - 1, 1)
             self.buffers["num_batches_tracked"] += 1
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            self.save_for_backward(xhat, (1.0 / np.sqrt(var + self.eps)).astype(np.float32))
+            return y
+        gamma, beta = self.params["weight"], self.params["bias"]
+        mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(np.float32)
         xhat = (x - mean[None, :, None, None].astype(np.float32)) * inv_std[None, :, None, None]
-        if train:
-            self.save_for_backward(xhat, inv_std)
         return (xhat * gamma[None, :, None, None] + beta[None, :, None, None]).astype(np.float32)
 
     def backward(self, grad):
         xhat, inv_std = self.saved
-        self.grads["weight"] += (grad * xhat).sum(axis=(0, 2, 3))
-        self.grads["bias"] += grad.sum(axis=(0, 2, 3))
-        g = grad * self.params["weight"][None, :, None, None]
-        mean_g = g.mean(axis=(0, 2, 3), keepdims=True)
-        mean_gx = (g * xhat).mean(axis=(0, 2, 3), keepdims=True)
-        return ((g - mean_g - xhat * mean_gx) * inv_std[None, :, None, None]).astype(np.float32)
+        gx, grad_weight, grad_bias = F.batch_norm_backward(grad, xhat, inv_std, self.params["weight"])
+        self.grads["weight"] += grad_weight
+        self.grads["bias"] += grad_bias
+        return gx
 
     def plan(self, in_shape):
         if len(in_shape) != 3:

@@ -506,6 +506,36 @@ def naive_avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
 
 
 # --------------------------------------------------------------------------
+# Batch normalisation in training
+# --------------------------------------------------------------------------
+
+
+def naive_batch_norm_train(x, weight, bias, eps):
+    """torch.nn.functional.batch_norm with the batch's statistics, by its definition, in float64:
+    returns (y, xhat, mean, biased var), xhat = (x - mean) / sqrt(var + eps) over (N, H, W)."""
+    x = _f64(x)
+    mean = x.mean(axis=(0, 2, 3))
+    var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
+    xhat = (x - mean[None, :, None, None]) / np.sqrt(var + eps)[None, :, None, None]
+    return xhat * _f64(weight)[None, :, None, None] + _f64(bias)[None, :, None, None], xhat, mean, var
+
+
+def naive_batch_norm_backward(x, weight, grad_y, eps):
+    """Gradients (grad_x, grad_weight, grad_bias) of sum(grad_y * y) for ``naive_batch_norm_train``,
+    by the chain rule through the mean and the variance, written out term by term, in float64."""
+    x, weight, gy = _f64(x), _f64(weight), _f64(grad_y)
+    _, xhat, mean, var = naive_batch_norm_train(x, weight, np.zeros_like(weight), eps)
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    inv = 1 / np.sqrt(var + eps)
+    g_xhat = gy * weight[None, :, None, None]
+    g_var = (g_xhat * (x - mean[None, :, None, None])).sum(axis=(0, 2, 3)) * -0.5 * inv**3
+    g_mean = -(g_xhat * inv[None, :, None, None]).sum(axis=(0, 2, 3))
+    grad_x = (g_xhat * inv[None, :, None, None] + (g_var * 2 / count)[None, :, None, None]
+              * (x - mean[None, :, None, None]) + (g_mean / count)[None, :, None, None])
+    return grad_x, (gy * xhat).sum(axis=(0, 2, 3)), gy.sum(axis=(0, 2, 3))
+
+
+# --------------------------------------------------------------------------
 # Comparison helper shared by the tests
 # --------------------------------------------------------------------------
 

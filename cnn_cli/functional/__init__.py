@@ -22,10 +22,12 @@ with one job:
   layers;
 - ``dispatch``: which path runs, by the thresholds in ``cnn_cli.config``;
 - ``conv``, ``pool``: the public API below;
-- ``affine``: the batched affine resampling of ``cnn train --augment``.
+- ``affine``: the batched affine resampling of ``cnn train --augment``;
+- ``batchnorm``: batch normalisation in training, forward and backward.
 """
 
 from .affine import affine_bilinear
+from .batchnorm import batch_norm_backward, batch_norm_train
 from .conv import conv2d, conv2d_backward, conv2d_max_pool2d
 from .pool import (
     avg_pool2d,
@@ -56,6 +58,8 @@ __all__ = [
     "affine_bilinear",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm_backward",
+    "batch_norm_train",
     "check_conv_options",
     "check_pool_options",
     "conv2d",

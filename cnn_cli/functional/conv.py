@@ -142,7 +142,10 @@ def conv2d_backward(
     grad_x is itself a convolution: ``grad_y`` with ``stride - 1`` zeros
     inserted between its pixels, fully padded, correlated with the spatially
     flipped filters with in/out channels swapped. It therefore runs on the same
-    algorithms as the forward pass (``algorithm`` picks one, as in ``conv2d``).
+    algorithms as the forward pass (``algorithm`` picks one, as in ``conv2d``),
+    except that "auto" takes one matrix product per image scattered back onto
+    the input at strides above 1 and for widening layers
+    (``dispatch.grad_input_by_columns``).
     grad_weight uses im2col + BLAS when ``algorithm`` is "im2col", or "auto"
     for a kernel that is not 3 wide at stride 1 and whose columns for one
     image fit ``config.IM2COL_MAX_BYTES``; direct loops otherwise (and, at
@@ -187,12 +190,51 @@ def conv2d_backward(
 def _grad_input(gy, w, spec):
     """grad_x of a conv2d call: a correlation with swapped channels, on the path ``dispatch`` picks for it."""
     top, bottom, left, right = spec.pads
+    if dispatch.grad_input_by_columns(spec):
+        return _grad_input_columns(gy, w, spec)
     if spec.padding_mode == "zeros":
         # The border's gradient would be dropped: compute the input's pixels only.
         rows, cols = (top, spec.padded[0] - bottom), (left, spec.padded[1] - right)
         return _grad_padded_input(gy, w, spec, rows, cols)
     grad_xp = _grad_padded_input(gy, w, spec, (0, spec.padded[0]), (0, spec.padded[1]))
     return spec.unpad_grad(grad_xp)
+
+
+def _grad_input_columns(gy, w, spec):
+    """grad_x at strides above 1: per image, the columns W^T @ grad_y (C_in/g * kH * kW, H_out * W_out)
+    scattered back onto the input pixels they came from (``kernels.grad.col2im``).
+
+    The correlation of ``_grad_padded_input`` would multiply the stride's
+    inserted zeros too: at stride 2, three products in four. Images go in
+    blocks whose columns stay in a core's cache between the product and the
+    scatter.
+    """
+    from ..kernels import grad
+
+    n, c_out, ho, wo = gy.shape
+    _, cin_g, kh, kw = w.shape
+    g = spec.groups
+    cout_g, depth, pixels = c_out // g, cin_g * kh * kw, ho * wo
+    gx = np.empty(spec.x_shape, np.float32)
+    wt = [np.ascontiguousarray(w[k * cout_g:(k + 1) * cout_g].reshape(cout_g, depth).T) for k in range(g)]
+    gy_cols = gy.reshape(n, c_out, pixels)
+    block = int(max(1, min(n, config.GEMM_TILE_BYTES // (depth * pixels * 4))))
+    args = (kh, kw, ho, wo, *spec.stride, *spec.dilation, spec.pads[0], spec.pads[2], gx)
+
+    def images(first, last):
+        cols = np.empty((min(block, last - first), depth, pixels), np.float32)
+        for n0 in range(first, last, block):
+            part = cols[:min(block, last - n0)]
+            for k in range(g):
+                threads.matmul(wt[k], gy_cols[n0:n0 + part.shape[0], k * cout_g:(k + 1) * cout_g], part)
+                grad.col2im(part, n0, k * cin_g, *args, 0, part.shape[0] * cin_g)
+
+    parts = min(config.THREADS, n)
+    if gy.size * depth < config.PARALLEL_MIN_WORK or parts < 2:
+        images(0, n)
+    else:
+        threads.split(images, n, parts)
+    return gx
 
 
 def _grad_padded_input(gy, w, spec, rows, cols):

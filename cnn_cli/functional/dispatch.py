@@ -1,9 +1,9 @@
 """Which path runs a convolution: the forward dispatcher and the weight-gradient dispatcher.
 
 Every choice of path lives here, and every threshold comes from
-``cnn_cli.config``. grad_x needs no dispatcher of its own: it is a forward
-correlation (see ``conv.conv2d_backward``), so ``forward_path`` picks its path
-afresh for that shape.
+``cnn_cli.config``. grad_x is columns scattered back where
+``grad_input_by_columns`` says so, else a forward correlation (see
+``conv.conv2d_backward``), whose path ``forward_path`` picks for that shape.
 """
 
 from __future__ import annotations
@@ -108,6 +108,17 @@ def _winograd(spec):
             and tiles >= config.WINOGRAD_MIN_TILES)
 
 
+def grad_input_by_columns(spec):
+    """Does grad_x run as columns W^T @ grad_y scattered back (``conv._grad_input_columns``) rather than
+    as a correlation on a forward path? At strides above 1, where the correlation would multiply the
+    stride's inserted zeros, and at stride 1 for layers that widen by
+    ``config.GRAD_COLUMNS_MIN_WIDENING``; zero padding and "auto" only."""
+    c_out, cin_g = spec.w_shape[:2]
+    if spec.padding_mode != "zeros" or spec.algorithm not in ("auto", "light"):
+        return False
+    return spec.stride != (1, 1) or c_out // spec.groups >= config.GRAD_COLUMNS_MIN_WIDENING * cin_g
+
+
 def weight_grad_path(x, spec):
     """The path of ``weight_grad`` for a call on input ``x``: ``spec.algorithm``, with "auto" resolved.
 
@@ -120,7 +131,7 @@ def weight_grad_path(x, spec):
     need an input that is all finite (see ``weight_grad``); any other takes
     the exact loops.
     """
-    c_out, cin_g, kh, kw = spec.w_shape
+    _, cin_g, kh, kw = spec.w_shape
     stride_1 = spec.stride == (1, 1)
     algorithm = spec.algorithm
     if algorithm in ("auto", "light"):

@@ -56,18 +56,22 @@ def columns(x, gy, spec):
 
 
 def stacked(x, gy, spec):
-    """Stride 1, kernels 3 wide: register-blocked loops over the stacked padded input
-    (``kernels.conv.conv3_grad_weight_stacked``)."""
+    """Stride 1, kernels 3 wide: register-blocked loops over the stacked padded input, four filters a
+    pass when the filters a group come in fours (``kernels.grad.conv3_grad_weight_quad``: each input
+    pixel loaded serves more filters), else two (``kernels.conv.conv3_grad_weight_stacked``)."""
+    from ..kernels import grad
+
     xs = spec.stack(x)
     hp, wp = xs.shape[2:]
     groups = spec.groups
     cout_g = gy.shape[1] // groups
-    cout_pad = cout_g + cout_g % 2
+    block, loop = (4, grad.conv3_grad_weight_quad) if cout_g % 4 == 0 else (2, kernels.conv.conv3_grad_weight_stacked)
+    cout_pad = -(-cout_g // block) * block
     gys = stack(gy, 0, 0, (hp, wp), groups, cout_pad)
     tile_rows = max(1, kernels.conv.GRAD_TILE // wp)
     grad_w = np.empty(spec.w_shape, np.float32)
-    threads.run(kernels.conv.conv3_grad_weight_stacked, xs, gys, *spec.dilation, groups, tile_rows, grad_w,
-                tasks=groups * cout_pad // 2, work=gy.size * n_elements(spec.w_shape[1:]))
+    threads.run(loop, xs, gys, *spec.dilation, groups, tile_rows, grad_w,
+                tasks=groups * cout_pad // block, work=gy.size * n_elements(spec.w_shape[1:]))
     return grad_w
 
 

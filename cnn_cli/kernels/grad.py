@@ -1,0 +1,184 @@
+"""Training kernels: batch norm forward and backward, and the col2im scatter of strided grad_x.
+
+Batch norm tasks are channels: a task reads and writes channel c of every
+image, so no two tasks write the same memory. Sums over a plane run in
+float32 (vectorised), the planes' sums in float64, so a large batch keeps its
+precision. col2im tasks are (image, input channel) planes of grad_x.
+"""
+
+import numpy as np
+
+from ._jit import kernel
+
+
+@kernel
+def batch_norm_train(x, gamma, beta, eps, xhat, y, mean, var, first, last):
+    """Channel c's batch mean and biased variance (float64, two passes, as numpy's),
+    xhat = (x - mean) * inv_std and y = xhat * gamma + beta, in float32.
+
+    ``mean`` and ``var`` (C,) float64 receive the statistics.
+    """
+    n_img = x.shape[0]
+    plane = x.shape[2] * x.shape[3]
+    count = n_img * plane
+    for c in range(first, last):
+        total = 0.0
+        for n in range(n_img):
+            xs = x[n, c].reshape(plane)
+            s = 0.0
+            for k in range(plane):
+                s += xs[k]
+            total += s
+        m = total / count
+        total = 0.0
+        for n in range(n_img):
+            xs = x[n, c].reshape(plane)
+            s = 0.0
+            for k in range(plane):
+                d = xs[k] - m
+                s += d * d
+            total += s
+        v = total / count
+        mean[c], var[c] = m, v
+        m32 = np.float32(m)
+        inv = np.float32(1.0 / np.sqrt(v + eps))
+        g, b = gamma[c], beta[c]
+        for n in range(n_img):
+            xs = x[n, c].reshape(plane)
+            hs = xhat[n, c].reshape(plane)
+            ys = y[n, c].reshape(plane)
+            for k in range(plane):
+                h = (xs[k] - m32) * inv
+                hs[k] = h
+                ys[k] = h * g + b
+
+
+@kernel
+def batch_norm_backward(grad, xhat, inv_std, gamma, gx, sums, first, last):
+    """Batch norm's gradients for channel c: ``sums[c]`` = (sum grad, sum grad * xhat), the
+    bias's and weight's gradients, and gx = gamma * inv_std * (grad - mean(grad) - xhat * mean(grad * xhat))."""
+    n_img = grad.shape[0]
+    plane = grad.shape[2] * grad.shape[3]
+    count = n_img * plane
+    for c in range(first, last):
+        sg = 0.0
+        sgx = 0.0
+        for n in range(n_img):
+            gs = grad[n, c].reshape(plane)
+            hs = xhat[n, c].reshape(plane)
+            a = np.float32(0.0)
+            b = np.float32(0.0)
+            for k in range(plane):
+                a += gs[k]
+                b += gs[k] * hs[k]
+            sg += a
+            sgx += b
+        sums[c, 0], sums[c, 1] = sg, sgx
+        mg = np.float32(sg / count)
+        mgx = np.float32(sgx / count)
+        scale = gamma[c] * inv_std[c]
+        for n in range(n_img):
+            gs = grad[n, c].reshape(plane)
+            hs = xhat[n, c].reshape(plane)
+            out = gx[n, c].reshape(plane)
+            for k in range(plane):
+                out[k] = (gs[k] - mg - hs[k] * mgx) * scale
+
+
+@kernel
+def col2im(cols, n0, c0, kh, kw, ho, wo, sh, sw, dh, dw, top, left, gx, first, last):
+    """grad_x[n0 + t // C_g, c0 + t % C_g] = the sum of ``cols`` scattered back to the input pixels.
+
+    ``cols`` (images, C_g * kH * kW, H_out * W_out) holds, for each input
+    channel and tap (i, j), the gradient of the input pixel
+    (oh*sh + i*dh - top, ow*sw + j*dw - left) that output pixel (oh, ow) read;
+    taps on the padding are dropped. Task t writes one whole plane of gx.
+    """
+    cin_g = cols.shape[1] // (kh * kw)
+    h, w = gx.shape[2], gx.shape[3]
+    for t in range(first, last):
+        k, c = t // cin_g, t % cin_g
+        out = gx[n0 + k, c0 + c]
+        out[:, :] = 0.0
+        for i in range(kh):
+            # Output rows whose tap i lands inside the input: 0 <= oh*sh + i*dh - top < h.
+            r0 = max(0, -((i * dh - top) // sh)) if i * dh < top else 0
+            r1 = min(ho, (h - 1 + top - i * dh) // sh + 1)
+            for j in range(kw):
+                q0 = max(0, -((j * dw - left) // sw)) if j * dw < left else 0
+                q1 = min(wo, (w - 1 + left - j * dw) // sw + 1)
+                src = cols[k, (c * kh + i) * kw + j]
+                x0 = j * dw - left
+                for oh in range(r0, r1):
+                    row = out[oh * sh + i * dh - top]
+                    base = oh * wo
+                    if sw == 1:  # a contiguous run, vectorised
+                        dst = row[q0 + x0:q1 + x0]
+                        part = src[base + q0:base + q1]
+                        for q in range(q1 - q0):
+                            dst[q] += part[q]
+                    else:
+                        for ow in range(q0, q1):
+                            row[ow * sw + x0] += src[base + ow]
+
+
+@kernel
+def conv3_grad_weight_quad(xs, gys, dh, dw, groups, rows, gw, first, last):
+    """``kernels.conv.conv3_grad_weight_stacked`` with four filters a pass: twelve dot products
+    (four filters x three taps of a kernel row) in registers, so each pixel of x loaded serves four
+    filters. ``gys`` pads each group's filters to a multiple of four; task t is filters 4t .. 4t+3."""
+    c_out, cin_g, kh = gw.shape[0], gw.shape[1], gw.shape[2]
+    cout_g = c_out // groups
+    cout_pad = gys.shape[0] // groups
+    wp = gys.shape[3]
+    total = gys.shape[1] * gys.shape[2] * wp
+    sums = np.empty((4, cin_g, kh, 3), np.float64)
+    for task in range(first, last):
+        co = task * 4
+        g0 = gys[co].reshape(total)
+        g1 = gys[co + 1].reshape(total)
+        g2 = gys[co + 2].reshape(total)
+        g3 = gys[co + 3].reshape(total)
+        sums[:] = 0.0
+        for k0 in range(0, total, rows * wp):
+            for ci in range(cin_g):
+                run = xs[co // cout_pad * cin_g + ci].reshape(total)
+                for i in range(kh):
+                    off = i * dh * wp
+                    k1 = max(k0, min(k0 + rows * wp, total - off - 2 * dw))
+                    a, b, c, d = g0[k0:k1], g1[k0:k1], g2[k0:k1], g3[k0:k1]
+                    x0 = run[off + k0:off + k1]
+                    x1 = run[off + dw + k0:off + dw + k1]
+                    x2 = run[off + 2 * dw + k0:off + 2 * dw + k1]
+                    s00 = s01 = s02 = s10 = s11 = s12 = np.float32(0.0)
+                    s20 = s21 = s22 = s30 = s31 = s32 = np.float32(0.0)
+                    for k in range(k1 - k0):
+                        u0, u1, u2 = x0[k], x1[k], x2[k]
+                        s00 += a[k] * u0
+                        s01 += a[k] * u1
+                        s02 += a[k] * u2
+                        s10 += b[k] * u0
+                        s11 += b[k] * u1
+                        s12 += b[k] * u2
+                        s20 += c[k] * u0
+                        s21 += c[k] * u1
+                        s22 += c[k] * u2
+                        s30 += d[k] * u0
+                        s31 += d[k] * u1
+                        s32 += d[k] * u2
+                    sums[0, ci, i, 0] += s00
+                    sums[0, ci, i, 1] += s01
+                    sums[0, ci, i, 2] += s02
+                    sums[1, ci, i, 0] += s10
+                    sums[1, ci, i, 1] += s11
+                    sums[1, ci, i, 2] += s12
+                    sums[2, ci, i, 0] += s20
+                    sums[2, ci, i, 1] += s21
+                    sums[2, ci, i, 2] += s22
+                    sums[3, ci, i, 0] += s30
+                    sums[3, ci, i, 1] += s31
+                    sums[3, ci, i, 2] += s32
+        for p in range(4):
+            f = (co + p) % cout_pad
+            if f < cout_g:
+                gw[(co + p) // cout_pad * cout_g + f] = sums[p]

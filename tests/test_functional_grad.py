@@ -1,0 +1,124 @@
+"""The training kernels of ``kernels.grad`` against their naive twins (tests/naive.py):
+batch norm in training, forward and backward; grad_x by columns and col2im (strides above 1,
+widening layers); the weight gradient four filters a pass. The naive batch norm is itself checked against torch."""
+
+import naive
+import numpy as np
+import pytest
+
+from cnn_cli import config, kernels
+from cnn_cli import functional as F
+from cnn_cli.functional import conv, weight_grad
+
+BN_SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (1, 2, 1, 1), (3, 5, 33, 17)]
+
+
+def _bn_data(shape, seed, offset=0.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2 + offset).astype(np.float32)
+    weight = rng.standard_normal(shape[1]).astype(np.float32)
+    bias = rng.standard_normal(shape[1]).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    return x, weight, bias, gy
+
+
+@pytest.mark.parametrize("shape", [s for s in BN_SHAPES if s[0] * s[2] * s[3] > 1])  # torch refuses one value
+def test_naive_batch_norm_matches_torch(torch_ref, shape):
+    torch = torch_ref.torch
+    x, weight, bias, gy = _bn_data(shape, 1)
+    xt, wt, bt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, weight, bias))
+    y = torch.nn.functional.batch_norm(xt, None, None, wt, bt, training=True, eps=1e-5)
+    y.backward(torch.tensor(gy, dtype=torch.float64))
+    mine = naive.naive_batch_norm_train(x, weight, bias, 1e-5)[0]
+    np.testing.assert_allclose(mine, y.detach().numpy(), rtol=1e-10, atol=1e-10)
+    for got, ref in zip(naive.naive_batch_norm_backward(x, weight, gy, 1e-5), (xt.grad, wt.grad, bt.grad)):
+        np.testing.assert_allclose(got, ref.numpy(), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["one-thread", "split"])
+@pytest.mark.parametrize("offset", [0.0, 100.0], ids=["centred", "offset"])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_matches_naive(shape, offset, threaded, monkeypatch):
+    if threaded:
+        monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    x, weight, bias, gy = _bn_data(shape, 2, offset)
+    y, xhat, mean, var = F.batch_norm_train(x, weight, bias, 1e-5)
+    ref_y, ref_xhat, ref_mean, ref_var = naive.naive_batch_norm_train(x, weight, bias, 1e-5)
+    naive.assert_close(y, ref_y, "y")
+    naive.assert_close(xhat, ref_xhat, "xhat")
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(var, ref_var, rtol=1e-9)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+    got = F.batch_norm_backward(gy, xhat, inv_std, weight)
+    for what, mine, ref in zip(("grad_x", "grad_weight", "grad_bias"), got,
+                               naive.naive_batch_norm_backward(x, weight, gy, 1e-5)):
+        naive.assert_close(mine, ref, what)
+
+
+def test_batch_norm_layer_uses_the_kernels_and_keeps_running_statistics():
+    from cnn_cli.trainable import BatchNorm2d
+
+    x, weight, bias, gy = _bn_data((4, 3, 6, 5), 3)
+    bn = BatchNorm2d()
+    bn.build((3, 6, 5), np.random.default_rng(0))
+    bn.params["weight"][:], bn.params["bias"][:] = weight, bias
+    y = bn.forward(x, train=True)
+    naive.assert_close(y, naive.naive_batch_norm_train(x, weight, bias, 1e-5)[0], "y")
+    count = 4 * 6 * 5
+    np.testing.assert_allclose(bn.buffers["running_mean"], 0.1 * x.mean(axis=(0, 2, 3), dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(bn.buffers["running_var"],
+                               0.9 + 0.1 * x.var(axis=(0, 2, 3), dtype=np.float64) * count / (count - 1), rtol=1e-6)
+    gx = bn.backward(gy)
+    ref = naive.naive_batch_norm_backward(x, weight, gy, 1e-5)
+    naive.assert_close(gx, ref[0], "grad_x")
+    naive.assert_close(bn.grads["weight"], ref[1], "grad_weight")
+    naive.assert_close(bn.grads["bias"], ref[2], "grad_bias")
+
+
+COLUMNS = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), dict(stride=2, padding=1)),
+    ((1, 2, 9, 8), (3, 2, 3, 2), dict(stride=(3, 2), padding=(1, 2))),
+    ((2, 4, 9, 9), (6, 2, 3, 3), dict(stride=2, padding=2, dilation=2, groups=2)),
+    ((2, 3, 5, 4), (4, 3, 1, 1), dict(stride=2)),
+    ((1, 2, 5, 6), (2, 2, 3, 2), dict(stride=(2, 1), padding=(2, 1), dilation=(1, 2))),
+    ((1, 2, 4, 4), (2, 2, 3, 3), dict(stride=3, padding=1)),   # rows and columns past the last window
+    ((3, 8, 16, 16), (16, 8, 3, 3), dict(stride=2, padding=1)),  # several blocks of images
+    ((2, 3, 8, 7), (8, 3, 3, 3), dict(padding=1)),                # stride 1, widening
+    ((2, 4, 9, 9), (12, 2, 3, 3), dict(padding=(2, 1), dilation=2, groups=2)),
+]
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["one-thread", "split"])
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", COLUMNS)
+def test_grad_input_by_columns_matches_naive(x_shape, w_shape, kwargs, threaded, monkeypatch):
+    monkeypatch.setattr(config, "GEMM_TILE_BYTES", 4096)  # blocks of one image or a few
+    if threaded:
+        monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    calls = []
+    monkeypatch.setattr(conv, "_grad_input_columns",
+                        lambda *a, f=conv._grad_input_columns: calls.append(1) or f(*a))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    gy = rng.standard_normal(naive.conv_args(x_shape, w_shape, **kwargs).out_shape).astype(np.float32)
+    gx, _, _ = F.conv2d_backward(x, w, gy, **kwargs)
+    assert calls, "the call should take the columns path"
+    naive.assert_close(gx, naive.naive_conv2d_backward(x, w, gy, **kwargs)[0], "grad_x")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((2, 3, 9, 10), (4, 3, 3, 3), dict(padding=1)),
+    ((3, 2, 23, 20), (8, 2, 3, 3), dict(padding=1)),                        # several tiles
+    ((2, 4, 11, 12), (8, 2, 3, 3), dict(padding=2, dilation=2, groups=2)),  # four filters a group
+    ((1, 2, 6, 9), (12, 2, 3, 3), dict(padding=(0, 1), dilation=(1, 2))),
+])
+def test_weight_gradient_four_filters_a_pass_matches_naive(x_shape, w_shape, kwargs, monkeypatch):
+    monkeypatch.setattr(kernels.conv, "GRAD_TILE", 64)  # tiles of a few rows
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    gy = rng.standard_normal(naive.conv_args(x_shape, w_shape, **kwargs).out_shape).astype(np.float32)
+    spec = F.ConvSpec(x_shape, w_shape, 1, kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                      kwargs.get("groups", 1), "zeros", "auto")
+    naive.assert_close(weight_grad.stacked(x, gy, spec), naive.naive_conv2d_backward(x, w, gy, **kwargs)[1],
+                       "grad_weight")
