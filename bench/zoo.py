@@ -90,33 +90,54 @@ def load_text():
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def build_row(name, folder):
-    """(network, ORT session, torch model, x) for a row."""
-    import onnxruntime as ort
+def torch_model(name):
+    """The row's torch model, in eval mode, with its weights."""
     import torch
 
-    from cnn_cli.onnximport import import_onnx
     from tests import torch_zoo
 
-    factory, size, batch = ROWS[name]
+    factory = ROWS[name][0]
     if factory == "onet":
-        model = torch_zoo.load_mtcnn("onet")
-    elif factory == "vgg11":
+        return torch_zoo.load_mtcnn("onet")
+    if factory == "vgg11":
         model = torch_zoo.vgg11()
         model.classifier = torch.nn.Linear(512 * 7 * 7, 1000)
-        model = torch_zoo.randomize(model, 0)
-    else:
-        model = torch_zoo.randomize(getattr(torch_zoo, factory)(), 0)
-    path = torch_zoo.export_onnx(model, Path(folder) / f"{name}.onnx", size, batch=batch, exporter="legacy")
-    network = import_onnx(path).network
+        return torch_zoo.randomize(model, 0)
+    return torch_zoo.randomize(getattr(torch_zoo, factory)(), 0)
+
+
+def export_row(name, model, folder):
+    """The row's ONNX file (torch's legacy exporter, at the row's batch size) in ``folder``."""
+    from tests import torch_zoo
+
+    _, size, batch = ROWS[name]
+    return torch_zoo.export_onnx(model, Path(folder) / f"{name}.onnx", size, batch=batch, exporter="legacy")
+
+
+def ort_session(path):
+    """ONNX Runtime on the CPU: THREADS intra-op threads, every graph optimisation, no spinning."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OMP_WAIT_POLICY above
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
-    return network, session, model, x
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def row_input(name):
+    _, size, batch = ROWS[name]
+    return np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
+
+
+def build_row(name, folder):
+    """(network, ORT session, torch model, x) for a row."""
+    from cnn_cli.onnximport import import_onnx
+
+    model = torch_model(name)
+    path = export_row(name, model, folder)
+    return import_onnx(path).network, ort_session(path), model, row_input(name)
 
 
 def contenders(network, session, model, x):
