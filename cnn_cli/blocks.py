@@ -64,6 +64,8 @@ class Residual(Param):
 
     def forward(self, x, train=False):
         p = self.parts
+        if not train:
+            return self._infer(x)
         h = p["bn1"].forward(p["conv1"].forward(x, train), train)
         h1_open = h > 0
         h = np.maximum(h, 0)
@@ -73,9 +75,20 @@ class Residual(Param):
         else:
             short = x
         y = h + short
-        if train:
-            self.save_for_backward(h1_open, y > 0)
+        self.save_for_backward(h1_open, y > 0)
         return np.maximum(y, 0)
+
+    def _infer(self, x):
+        """Eval mode's output, the same values as ``forward``'s: batch norm, the ReLUs and the sum
+        write over the convolutions' outputs, so the block makes no other array."""
+        p = self.parts
+        h = p["bn1"].overwrite(p["conv1"].forward(x))
+        h = p["bn2"].overwrite(p["conv2"].forward(np.maximum(h, 0, out=h)))
+        if "downsample.0" in p:
+            h += p["downsample.1"].overwrite(p["downsample.0"].forward(x))
+        else:
+            h += x
+        return np.maximum(h, 0, out=h)
 
     def backward(self, grad):
         p = self.parts

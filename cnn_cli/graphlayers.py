@@ -75,6 +75,19 @@ class _Broadcast(_Merge):
             self.save_for_backward(self._kept(xs))
         return functools.reduce(self.combine, xs).astype(np.float32, copy=False)
 
+    def overwrite(self, xs, dying):
+        """``forward(xs)`` written over the first or second input, if one of them is in ``dying``, has
+        the output's shape and is not read again later in ``xs``: those two combine first, so the
+        operations and their order are forward's."""
+        shape = np.broadcast_shapes(*(x.shape for x in xs))
+        into = next((xs[k] for k in dying if k < 2 and xs[k].shape == shape), None)
+        if into is None or any(x.dtype != np.float32 for x in xs) or any(x is into for x in xs[2:]):
+            return self.forward(xs)
+        self.ufunc(xs[0], xs[1], out=into)
+        for x in xs[2:]:
+            self.ufunc(into, x, out=into)
+        return into
+
     def to_onnx(self, g, xs, scope, prefix):
         return functools.reduce(lambda y, x: g.op(self.onnx_op, [y, x], scope), xs)
 
@@ -93,6 +106,7 @@ class Add(_Broadcast):
     onnx_op = "Add"
     onnx_in = ("Add", "Sum")
     combine = staticmethod(operator.add)
+    ufunc = np.add
 
     def _kept(self, xs):
         return [x.shape[1:] for x in xs]  # a sum's gradient needs the shapes alone
@@ -109,6 +123,7 @@ class Mul(_Broadcast):
     onnx_op = "Mul"
     onnx_in = ("Mul",)
     combine = staticmethod(operator.mul)
+    ufunc = np.multiply
 
     def _kept(self, xs):
         return list(xs)
@@ -185,6 +200,9 @@ class Clip(Layer):
         if train:
             self.save_for_backward(x)
         return np.clip(x, np.float32(self.min), np.float32(self.max))
+
+    def overwrite(self, x):
+        return np.clip(x, np.float32(self.min), np.float32(self.max), out=x)
 
     def backward(self, grad):
         (x,) = self.saved

@@ -22,13 +22,15 @@ class ActivationForm(NamedTuple):
     """One activation: f(x, a), df/dx given (x, y = f(x), a), its ONNX node (an op name, or a
     function (graph, x, slope, scope) -> output name) and its torch twin (slope -> torch.nn.Module).
     ``slope`` is the default of the one parameter ``a`` (the ONNX ``alpha``) for the forms that
-    take one (leaky_relu, elu), None for the others."""
+    take one (leaky_relu, elu), None for the others. ``into(x, a)``, for the forms that are one
+    ufunc, is f(x, a) written over the float32 array x: the same values, no new array."""
 
     f: Callable
     df: Callable
     onnx: object
     torch: Callable
     slope: float = None
+    into: Callable = None
 
 
 def torch_lambda(fn):
@@ -55,16 +57,17 @@ SELU_ALPHA, SELU_SCALE = np.float32(1.6732632423543772), np.float32(1.0507009873
 ACTIVATIONS = {
     "relu": ActivationForm(lambda x, a: np.maximum(x, 0, dtype=np.float32),
                            lambda x, y, a: (x > 0).astype(np.float32),
-                           "Relu", lambda a: _torch_nn("ReLU")),
+                           "Relu", lambda a: _torch_nn("ReLU"), into=lambda x, a: np.maximum(x, 0, out=x)),
     "leaky_relu": ActivationForm(lambda x, a: np.where(x > 0, x, x * np.float32(a)).astype(np.float32),
                                  lambda x, y, a: np.where(x > 0, 1, a).astype(np.float32),
                                  "LeakyRelu", lambda a: _torch_nn("LeakyReLU", a), 0.01),
     "abs": ActivationForm(lambda x, a: np.abs(x), lambda x, y, a: np.sign(x),
-                          "Abs", lambda a: torch_lambda(abs)),
+                          "Abs", lambda a: torch_lambda(abs), into=lambda x, a: np.abs(x, out=x)),
     "square": ActivationForm(lambda x, a: np.square(x), lambda x, y, a: 2 * x,
-                             lambda g, x, a, scope: g.op("Mul", [x, x], scope), lambda a: torch_lambda(lambda x: x * x)),
+                             lambda g, x, a, scope: g.op("Mul", [x, x], scope), lambda a: torch_lambda(lambda x: x * x),
+                             into=lambda x, a: np.square(x, out=x)),
     "tanh": ActivationForm(lambda x, a: np.tanh(x), lambda x, y, a: 1 - y * y,
-                           "Tanh", lambda a: _torch_nn("Tanh")),
+                           "Tanh", lambda a: _torch_nn("Tanh"), into=lambda x, a: np.tanh(x, out=x)),
     # The tanh form of the logistic function never overflows.
     "sigmoid": ActivationForm(lambda x, a: (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32),
                               lambda x, y, a: y * (1 - y), "Sigmoid", lambda a: _torch_nn("Sigmoid")),
@@ -196,6 +199,10 @@ class Layer:
       allocating it (``pipeline.plan_layers`` sums it before any weight exists).
     - ``evaluating()``: the layer as eval mode runs it, whose ``forward(x, train=True)`` keeps
       what its ``backward`` needs (explanations take gradients through it).
+    - ``overwrite(x)``, optional: ``forward(x)`` in eval mode, bit for bit, written over ``x``
+      (float32), which nothing reads afterwards (``nn`` calls it then, so that an inference pass
+      makes no new array there); a merge's ``overwrite(xs, dying)`` may write over the inputs
+      whose indices are in ``dying``. It may return a new array where it cannot write in place.
     - ``to_onnx(graph, x, scope, prefix) -> output name``: its ONNX nodes (``export._Graph``'s
       methods build them; ``prefix`` is its state-dict prefix, for the initializers' names).
     - ``torch_twin(in_shape) -> torch.nn.Module``: the equivalent torch module, with the same
@@ -284,6 +291,10 @@ class Activation(Layer):
     def backward(self, grad):
         x, y = self.saved
         return (grad * ACTIVATIONS[self.kind].df(x, y, self.slope)).astype(np.float32)
+
+    def overwrite(self, x):
+        form = ACTIVATIONS[self.kind]
+        return form.f(x, self.slope) if form.into is None else form.into(x, self.slope)
 
     keeps_maps = True
 

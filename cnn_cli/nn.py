@@ -8,6 +8,8 @@ The layers themselves are in ``cnn_cli.layers``, ``cnn_cli.trainable`` and
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from . import functional as F
@@ -260,9 +262,14 @@ class _Node:
     def __init__(self, layer, ins, out):
         self.layer, self.ins, self.out = layer, tuple(ins), out
         self.multi = getattr(layer, "arity", 1) != 1
+        self.overwrites = hasattr(layer, "overwrite")  # it has an in-place eval form
 
     def forward(self, xs, train):
         return self.layer.forward(xs if self.multi else xs[0], train)
+
+    def overwrite(self, xs, dying):
+        """The eval-mode output, which may be written over the inputs ``dying`` (indices into ``xs``)."""
+        return self.layer.overwrite(xs, dying) if self.multi else self.layer.overwrite(xs[0])
 
     def backward(self, grad):
         grads = self.layer.backward(grad)
@@ -341,11 +348,7 @@ class _ConvActivation:
 
     def forward(self, x, train=False):
         y = self.conv.forward(x, train)
-        if train:
-            return self.activation.forward(y, True)
-        if isinstance(self.activation, Clip):
-            return np.clip(y, np.float32(self.activation.min), np.float32(self.activation.max), out=y)
-        return np.maximum(y, 0, out=y)
+        return self.activation.forward(y, True) if train else self.activation.overwrite(y)
 
     def backward(self, grad):
         return self.conv.backward(self.activation.backward(grad))
@@ -354,19 +357,48 @@ class _ConvActivation:
 def _run(steps, values, out, train, keep=False):
     """Run ``steps`` from ``values`` ({id: array}, the inputs); returns the value ``out``.
 
-    Without ``keep``, a value is dropped once the last step that reads it has run.
+    Without ``keep``, a value is dropped once the last step that reads it has
+    run. In eval mode, that step also writes its output over such an input
+    when its layer has an in-place form (``overwrite``: an activation, batch
+    norm, a residual sum) and nothing outside the run can see the input's
+    memory (``_unshared``): an inference pass then holds, at each step, little
+    more than the values later steps read. The given ``values`` (the caller's
+    arrays) are never written over.
     """
     last_read = {}
     for n, step in enumerate(steps):
         for j in step.ins:
             last_read[j] = n
+    given = set(values)
     for n, step in enumerate(steps):
-        values[step.out] = step.forward([values[j] for j in step.ins], train)
+        xs = [values[j] for j in step.ins]
+        dying = [] if train or keep or not step.overwrites else \
+            [k for k, j in enumerate(step.ins) if last_read[j] == n and j != out and j not in given
+             and _unshared(xs[k], 1 + step.ins.count(j))]
+        values[step.out] = step.overwrite(xs, dying) if dying else step.forward(xs, train)
+        del xs  # the inputs that die here go now, not after the next step
         if not keep:
             for j in step.ins:
                 if last_read[j] == n and j != out:
                     values.pop(j, None)
     return values[out]
+
+
+def _unshared(x, held):
+    """Whether ``x`` may be written over: a writeable float32 array referenced ``held`` times (by
+    the run's values and the step's input list) and nowhere else, each array or buffer it views
+    referenced only by the view. Nothing else (the caller, a layer that kept it, another value
+    viewing the same memory) can see it then: numpy's own elision of temporaries tests the same."""
+    # getrefcount also counts its argument and this frame's name for the object.
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable) \
+            or sys.getrefcount(x) != held + 2:
+        return False
+    x = x.base
+    while x is not None:
+        if sys.getrefcount(x) != 3:  # the view's base, this frame's name, the argument
+            return False
+        x = getattr(x, "base", None)
+    return True
 
 
 def _back(steps, out, grad, want):

@@ -395,11 +395,21 @@ class BatchNorm2d(Param):
             self.buffers["num_batches_tracked"] += 1
             self.save_for_backward(xhat, (1.0 / np.sqrt(var + self.eps)).astype(np.float32))
             return y
-        gamma, beta = self.params["weight"], self.params["bias"]
+        return self._normalize(x, np.empty(x.shape, np.float32))  # one new array, where numpy's expression made four
+
+    def overwrite(self, x):
+        return self._normalize(x, x)
+
+    def _normalize(self, x, out):
+        """Eval mode's output in ``out``: (x - running mean) * 1/std * weight + bias, float32, each
+        operation in place (the operations and their order of the expression eval mode had)."""
         mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(np.float32)
-        xhat = (x - mean[None, :, None, None].astype(np.float32)) * inv_std[None, :, None, None]
-        return (xhat * gamma[None, :, None, None] + beta[None, :, None, None]).astype(np.float32)
+        np.subtract(x, mean[None, :, None, None].astype(np.float32), out=out)
+        out *= inv_std[None, :, None, None]
+        out *= self.params["weight"][None, :, None, None]
+        out += self.params["bias"][None, :, None, None]
+        return out
 
     def backward(self, grad):
         xhat, inv_std = self.saved
@@ -454,6 +464,9 @@ class _FrozenBatchNorm(Layer):
 
     def forward(self, x, train=False):
         return self.bn.forward(x, train=False)
+
+    def overwrite(self, x):
+        return self.bn.overwrite(x)
 
     def backward(self, grad):
         bn = self.bn
