@@ -347,6 +347,13 @@ class _ConvActivation:
         self.conv, self.activation = conv, activation
 
     def forward(self, x, train=False):
+        if not train:  # the conv's path clips its output as it stores it (functional.fused)
+            from .functional.fused import conv2d_clip
+
+            act = self.activation
+            lo, hi = (act.min, act.max) if isinstance(act, Clip) else (0.0, np.inf)
+            return conv2d_clip(x, self.conv.params["weight"], self.conv.params.get("bias"), lo, hi,
+                               **self.conv.options)
         y = self.conv.forward(x, train)
         return self.activation.forward(y, True) if train else self.activation.overwrite(y)
 

@@ -23,10 +23,11 @@ from .. import config, kernels
 from . import threads
 
 
-def gemm(x, w, bias, spec):
-    """Tiled im2col + BLAS at any stride, dilation and groups; 1x1 at stride 1 without columns."""
+def gemm(x, w, bias, spec, lo=-np.inf, hi=np.inf):
+    """Tiled im2col + BLAS at any stride, dilation and groups; 1x1 at stride 1 without columns.
+    The output is clipped to [lo, hi] (a fused ReLU or ReLU6) as each tile gets its bias."""
     if spec.stride == (1, 1) and spec.w_shape[2] > 1 and spec.out_hw[1] >= config.GEMM_ROW_COLUMNS_MIN_WIDTH:
-        return _row_columns(x, w, bias, spec)
+        return _row_columns(x, w, bias, spec, lo, hi)
     xp, y = spec.pad(x), np.empty(spec.y_shape, np.float32)
     (n, c_out, ho, wo), (cin_g, kh, kw), groups = y.shape, w.shape[1:], spec.groups
     cout_g = c_out // groups
@@ -35,6 +36,10 @@ def gemm(x, w, bias, spec):
     wmat = w.reshape(c_out, depth)
     y_flat = y.reshape(n, c_out, ho * wo)
     parallel = n * c_out * ho * wo * depth >= config.PARALLEL_MIN_WORK
+    if pointwise and groups == 1 and not parallel:  # one product a image, on this thread: no tasks to plan
+        threads.matmul(wmat, xp.reshape(n, cin_g, ho * wo), y_flat)
+        _finish(y_flat, None if bias is None else bias[:, None], lo, hi)
+        return y
     tile_rows, tiles, blocks, block = _plan(n, groups, cout_g, ho, wo, depth, parallel)
 
     def worker(next_task):
@@ -55,15 +60,14 @@ def gemm(x, w, bias, spec):
                     made = (b, g, tile)
             out = y_flat[b, c0:c1, p0:p1]
             threads.matmul(wmat[c0:c1], cols, out)
-            if bias is not None:
-                out += bias[c0:c1, None]
+            _finish(out, None if bias is None else bias[c0:c1, None], lo, hi)
             task = next_task()
 
     threads.share(worker, n * groups * tiles * blocks, None if parallel else 1)
     return y
 
 
-def _row_columns(x, w, bias, spec):
+def _row_columns(x, w, bias, spec, lo, hi):
     """``gemm`` at stride 1 on wide maps: one product per kernel row, on a tile's row columns.
 
     As ``paths.rows`` does for a whole image, a tile's outputs are computed
@@ -106,12 +110,27 @@ def _row_columns(x, w, bias, spec):
                 out += tmp
             dst = y[b, c0:c1, oh0:oh0 + rows]
             dst[...] = out.reshape(c1 - c0, rows, wp)[:, :, :wo]
-            if bias is not None:
-                dst += bias[c0:c1, None, None]
+            _finish(dst, None if bias is None else bias[c0:c1, None, None], lo, hi)
             task = next_task()
 
     threads.share(worker, n * groups * tiles * blocks, None if parallel else 1)
     return y
+
+
+def _finish(out, bias, lo, hi):
+    """out += bias (None: none), then clipped to [lo, hi] in place, while the tile is in cache."""
+    if bias is not None:
+        out += bias
+    clip_in_place(out, lo, hi)
+
+
+def clip_in_place(out, lo, hi):
+    """``out`` clipped to [lo, hi] in place (a ReLU, lo=0, as one np.maximum), NaN staying NaN; returns it."""
+    if hi < np.inf:
+        np.clip(out, np.float32(lo), np.float32(hi), out=out)
+    elif lo > -np.inf:
+        np.maximum(out, np.float32(lo), out=out)
+    return out
 
 
 def _task(task, groups, tiles, blocks, cout_g, block):

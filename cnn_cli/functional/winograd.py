@@ -14,7 +14,8 @@ the output, with the bias and the clip, while they are in its core's cache.
 
 Compared with the direct sum it rounds differently: about 1e-6 of the
 output's largest value on ResNet's layers, within the engine's tolerance
-(tests/test_functional_winograd.py measures it).
+(tests/test_functional_winograd.py measures it). NaN and inf reach the
+outputs the direct sum gives them, through the fallback below.
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config, kernels
-from . import threads
+from . import gemm, threads
 
 _POINTS = 36  # (4 + 3 - 1)^2
 
 
 def winograd(x, w, bias, spec, lo=-np.inf, hi=np.inf):
-    """3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3), with the output clipped to [lo, hi]."""
+    """3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3), with the output clipped to [lo, hi].
+
+    The transforms mix a tile's pixels, so a NaN or inf would reach outputs
+    whose windows never hold it: an input or filters with one (their sum is
+    not finite, which huge finite values may also make) take ``gemm.gemm``.
+    """
+    if not (np.isfinite(x.sum(dtype=np.float32)) and np.isfinite(w.sum(dtype=np.float32))):
+        return gemm.gemm(x, w, bias, spec, lo, hi)
     wk = kernels.winograd
     n, c_out, ho, wo = spec.y_shape
     cin = w.shape[1]

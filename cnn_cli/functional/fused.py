@@ -1,0 +1,29 @@
+"""A convolution and the clip after it (ReLU: [0, inf); ReLU6: [0, 6]) in one call, for inference.
+
+``conv2d_clip`` is ``clip(conv2d(...), lo, hi)``. The paths that can clip as
+they store their output (``winograd``, ``gemm.gemm``, ``gemm.depthwise``)
+do it there, while each tile is in cache; after the others, the output is
+clipped in place. Either way no second array is made, and NaN stays NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import dispatch, gemm
+from .conv import _conv_arguments
+from .winograd import winograd
+
+#: The forward paths that take ``lo`` and ``hi`` after ``spec``.
+_CLIPPING = (winograd, gemm.gemm, gemm.depthwise)
+
+
+def conv2d_clip(x, weight, bias=None, lo=-np.inf, hi=np.inf, *, stride=1, padding=0, dilation=1, groups=1,
+                padding_mode="zeros", algorithm="auto"):
+    """``np.clip(conv2d(x, weight, bias, ...), lo, hi)``, the clip fused into the convolution where the
+    path allows; the other arguments are ``conv2d``'s."""
+    x, w, b, spec = _conv_arguments(x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm)
+    path = dispatch.forward_path(spec)
+    if path in _CLIPPING:
+        return path(x, w, b, spec, lo, hi)
+    return gemm.clip_in_place(path(x, w, b, spec), lo, hi)
