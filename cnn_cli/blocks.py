@@ -15,8 +15,9 @@ class Residual(Param):
     """ResNet basic block (He et al., 2016): relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
 
     The shortcut is the identity, or a 1x1 strided conv + batch norm
-    (``downsample``, as in torchvision) when the shape changes. Saves where
-    the two ReLUs let the gradient through (bool masks).
+    (``downsample``, as in torchvision) when the shape changes. Saves its
+    output, where the last ReLU let the gradient through (bn1 keeps its own,
+    its ReLU fused).
     """
 
     kind = "residual"
@@ -66,17 +67,15 @@ class Residual(Param):
         p = self.parts
         if not train:
             return self._infer(x)
-        h = p["bn1"].forward(p["conv1"].forward(x, train), train)
-        h1_open = h > 0
-        h = np.maximum(h, 0)
-        h = p["bn2"].forward(p["conv2"].forward(h, train), train)
+        h = p["bn1"].forward(p["conv1"].forward(x, train), train, relu=True)
+        y = p["bn2"].forward(p["conv2"].forward(h, train), train)
         if "downsample.0" in p:
-            short = p["downsample.1"].forward(p["downsample.0"].forward(x, train), train)
+            y += p["downsample.1"].forward(p["downsample.0"].forward(x, train), train)
         else:
-            short = x
-        y = h + short
-        self.save_for_backward(h1_open, y > 0)
-        return np.maximum(y, 0)
+            y += x
+        np.maximum(y, 0, out=y)
+        self.save_for_backward(y)
+        return y
 
     def _infer(self, x):
         """Eval mode's output, the same values as ``forward``'s: batch norm, the ReLUs and the sum
@@ -92,14 +91,11 @@ class Residual(Param):
 
     def backward(self, grad):
         p = self.parts
-        h1_open, out_open = self.saved
-        grad = grad * out_open
+        (out,) = self.saved
+        grad = np.where(out > 0, grad, np.float32(0))
         g = p["conv2"].backward(p["bn2"].backward(grad))
-        gx = p["conv1"].backward(p["bn1"].backward(g * h1_open))
-        if "downsample.0" in p:
-            gx = gx + p["downsample.0"].backward(p["downsample.1"].backward(grad))
-        else:
-            gx = gx + grad
+        gx = p["conv1"].backward(p["bn1"].backward(g))  # bn1's fused ReLU masks g
+        gx += p["downsample.0"].backward(p["downsample.1"].backward(grad)) if "downsample.0" in p else grad
         return gx
 
     def channel_names(self, names):

@@ -366,7 +366,7 @@ class _Identity(Layer):
 class BatchNorm2d(Param):
     """``torch.nn.BatchNorm2d``: batch statistics in training (biased variance to
     normalise, unbiased for the running estimate, momentum 0.1), running ones in eval.
-    Saves (normalised input, 1/std)."""
+    Saves (normalised input, 1/std, the output when a ReLU was fused, else None)."""
 
     kind = "batchnorm"
     keeps_maps = True
@@ -385,16 +385,19 @@ class BatchNorm2d(Param):
         self._fits(self.params["weight"].size, c)
         return tuple(in_shape)
 
-    def forward(self, x, train=False):
+    def forward(self, x, train=False, relu=False):
+        """``relu=True`` (the ResNet block's) applies a ReLU to the output in the same pass."""
         if train:
             count = x.shape[0] * x.shape[2] * x.shape[3]
-            y, xhat, mean, var = F.batch_norm_train(x, self.params["weight"], self.params["bias"], self.eps)
+            y, xhat, mean, var = F.batch_norm_train(x, self.params["weight"], self.params["bias"], self.eps, relu)
             m = self.momentum
             self.buffers["running_mean"][:] = (1 - m) * self.buffers["running_mean"] + m * mean
             self.buffers["running_var"][:] = (1 - m) * self.buffers["running_var"] + m * var * count / max(count - 1, 1)
             self.buffers["num_batches_tracked"] += 1
-            self.save_for_backward(xhat, (1.0 / np.sqrt(var + self.eps)).astype(np.float32))
+            self.save_for_backward(xhat, (1.0 / np.sqrt(var + self.eps)).astype(np.float32), y if relu else None)
             return y
+        if relu:
+            return np.maximum(self.forward(x), 0)
         return self._normalize(x, np.empty(x.shape, np.float32))  # one new array, where numpy's expression made four
 
     def overwrite(self, x):
@@ -412,8 +415,8 @@ class BatchNorm2d(Param):
         return out
 
     def backward(self, grad):
-        xhat, inv_std = self.saved
-        gx, grad_weight, grad_bias = F.batch_norm_backward(grad, xhat, inv_std, self.params["weight"])
+        xhat, inv_std, relu_out = self.saved
+        gx, grad_weight, grad_bias = F.batch_norm_backward(grad, xhat, inv_std, self.params["weight"], relu_out)
         self.grads["weight"] += grad_weight
         self.grads["bias"] += grad_bias
         return gx
@@ -462,13 +465,18 @@ class _FrozenBatchNorm(Layer):
     def __init__(self, bn):
         self.bn = bn
 
-    def forward(self, x, train=False):
-        return self.bn.forward(x, train=False)
+    def forward(self, x, train=False, relu=False):
+        y = self.bn.forward(x, train=False, relu=relu)
+        self.save_for_backward(y if relu else None)
+        return y
 
     def overwrite(self, x):
         return self.bn.overwrite(x)
 
     def backward(self, grad):
         bn = self.bn
+        relu_out = self.saved[0] if self.saved else None
+        if relu_out is not None:
+            grad = np.where(relu_out > 0, grad, np.float32(0))
         scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))
         return (grad * scale[None, :, None, None]).astype(np.float32)

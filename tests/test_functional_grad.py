@@ -55,6 +55,22 @@ def test_batch_norm_matches_naive(shape, offset, threaded, monkeypatch):
         naive.assert_close(mine, ref, what)
 
 
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_with_relu_matches_naive(shape):
+    """The ReLU fused into batch norm (ResNet's bn1): y = max(bn(x), 0), and the gradient through both."""
+    x, weight, bias, gy = _bn_data(shape, 6)
+    y, xhat, _, var = F.batch_norm_train(x, weight, bias, 1e-5, relu=True)
+    ref_y = naive.naive_batch_norm_train(x, weight, bias, 1e-5)[0]
+    naive.assert_close(y, np.maximum(ref_y, 0), "y")
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+    kept = gy.copy()
+    got = F.batch_norm_backward(gy, xhat, inv_std, weight, relu_out=y)
+    np.testing.assert_array_equal(gy, kept)  # grad_y itself is left as it was
+    ref = naive.naive_batch_norm_backward(x, weight, np.where(ref_y > 0, gy, 0), 1e-5)
+    for what, mine, expected in zip(("grad_x", "grad_weight", "grad_bias"), got, ref):
+        naive.assert_close(mine, expected, what)
+
+
 def test_batch_norm_layer_uses_the_kernels_and_keeps_running_statistics():
     from cnn_cli.trainable import BatchNorm2d
 

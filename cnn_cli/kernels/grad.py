@@ -12,9 +12,10 @@ from ._jit import kernel
 
 
 @kernel
-def batch_norm_train(x, gamma, beta, eps, xhat, y, mean, var, first, last):
+def batch_norm_train(x, gamma, beta, eps, relu, xhat, y, mean, var, first, last):
     """Channel c's batch mean and biased variance (float64, two passes, as numpy's),
-    xhat = (x - mean) * inv_std and y = xhat * gamma + beta, in float32.
+    xhat = (x - mean) * inv_std and y = xhat * gamma + beta, in float32; with ``relu``,
+    y = max(xhat * gamma + beta, 0).
 
     ``mean`` and ``var`` (C,) float64 receive the statistics.
     """
@@ -51,26 +52,36 @@ def batch_norm_train(x, gamma, beta, eps, xhat, y, mean, var, first, last):
                 h = (xs[k] - m32) * inv
                 hs[k] = h
                 ys[k] = h * g + b
+            if relu:
+                for k in range(plane):
+                    ys[k] = max(ys[k], np.float32(0.0))
 
 
 @kernel
-def batch_norm_backward(grad, xhat, inv_std, gamma, gx, sums, first, last):
+def batch_norm_backward(grad, xhat, inv_std, gamma, relu, out, gx, sums, first, last):
     """Batch norm's gradients for channel c: ``sums[c]`` = (sum grad, sum grad * xhat), the
-    bias's and weight's gradients, and gx = gamma * inv_std * (grad - mean(grad) - xhat * mean(grad * xhat))."""
+    bias's and weight's gradients, and gx = gamma * inv_std * (grad - mean(grad) - xhat * mean(grad * xhat)).
+
+    With ``relu``, the forward pass was ``batch_norm_train``'s fused ReLU, whose output is ``out``:
+    grad counts only where out is above 0 (without, ``out`` may be any array of grad's shape).
+    """
     n_img = grad.shape[0]
     plane = grad.shape[2] * grad.shape[3]
     count = n_img * plane
+    zero = np.float32(0.0)
     for c in range(first, last):
         sg = 0.0
         sgx = 0.0
         for n in range(n_img):
             gs = grad[n, c].reshape(plane)
             hs = xhat[n, c].reshape(plane)
-            a = np.float32(0.0)
-            b = np.float32(0.0)
+            os = out[n, c].reshape(plane)
+            a = zero
+            b = zero
             for k in range(plane):
-                a += gs[k]
-                b += gs[k] * hs[k]
+                g = gs[k] if os[k] > 0 or not relu else zero
+                a += g
+                b += g * hs[k]
             sg += a
             sgx += b
         sums[c, 0], sums[c, 1] = sg, sgx
@@ -80,9 +91,11 @@ def batch_norm_backward(grad, xhat, inv_std, gamma, gx, sums, first, last):
         for n in range(n_img):
             gs = grad[n, c].reshape(plane)
             hs = xhat[n, c].reshape(plane)
-            out = gx[n, c].reshape(plane)
+            os = out[n, c].reshape(plane)
+            res = gx[n, c].reshape(plane)
             for k in range(plane):
-                out[k] = (gs[k] - mg - hs[k] * mgx) * scale
+                g = gs[k] if os[k] > 0 or not relu else zero
+                res[k] = (g - mg - hs[k] * mgx) * scale
 
 
 @kernel
