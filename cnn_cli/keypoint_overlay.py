@@ -96,7 +96,8 @@ def apply_overlay(folder, image, layer_maps, pipeline, save):
     layer = corner_layer(pipeline)
     if layer is None or not {"maps", "grids"} & set(save) or layer_maps[layer] is None:
         return {}
-    from . import keypoints as kp  # here: it imports scipy (0.4 s), which no other apply needs
+    # Imported here: keypoints imports scipy (0.4 s), which no other apply needs.
+    from . import keypoints as kp
 
     shape = image.shape[1:]
     points = kp.detect([kp.response_of(layer_maps[layer])], shape)
