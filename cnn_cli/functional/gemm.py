@@ -38,7 +38,9 @@ def gemm(x, w, bias, spec, lo=-np.inf, hi=np.inf):
     parallel = n * c_out * ho * wo * depth >= config.PARALLEL_MIN_WORK
     if pointwise and groups == 1 and not parallel:  # one product a image, on this thread: no tasks to plan
         threads.matmul(wmat, xp.reshape(n, cin_g, ho * wo), y_flat)
-        _finish(y_flat, None if bias is None else bias[:, None], lo, hi)
+        if bias is not None or lo > -np.inf or hi < np.inf:  # one pass, where numpy's would take two
+            kernels.conv.bias_clip(y_flat, bias if bias is not None else np.zeros(c_out, np.float32),
+                                   np.float32(lo), np.float32(hi), 0, n * c_out)
         return y
     tile_rows, tiles, blocks, block = _plan(n, groups, cout_g, ho, wo, depth, parallel)
 

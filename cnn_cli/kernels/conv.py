@@ -208,6 +208,23 @@ def conv3_grad_weight_stacked(xs, gys, dh, dw, groups, rows, gw, first, last):
                 gw[(co + p) // cout_pad * cout_g + f] = sums[p]
 
 
+@kernel
+def bias_clip(y, bias, lo, hi, first, last):
+    """y[n, c, :] = clip(y[n, c, :] + bias[c], lo, hi) in one pass, comparing (NaN stays NaN); y is
+    (N, C, pixels) and task t is the plane (n, c) = divmod(t, C)."""
+    channels = y.shape[1]
+    for task in range(first, last):
+        row = y[task // channels, task % channels]
+        b = bias[task % channels]
+        for k in range(row.shape[0]):
+            value = row[k] + b
+            if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
+                value = lo
+            if value > hi:  # noqa: PLR1730
+                value = hi
+            row[k] = value
+
+
 @helper
 def _fill_bias(acc, bias, c0, count):
     """Start the sums of filters c0 .. c0+count-1 at their bias."""
