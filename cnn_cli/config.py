@@ -103,6 +103,12 @@ SMALL_MAX_POOL_INPUT = 2**24
 #: took 39 ms by passes, 97 by FFT and 460 by an im2col of strided views.
 SMALL_IM2COL_MAX_TAPS = 25
 SMALL_SHIFTS_MAX_PAIRS = 16
+#: ... and kernels that are outer products of a column and a row (Gaussians,
+#: boxes, Sobel) by a pass per tap of each, when the second singular value of
+#: every kernel is under this fraction of the first (float32's precision):
+#: the harris pipeline on a 512 x 512 photo took 36 ms so, 100 by FFT and 96
+#: by the kernels (one run, load 5).
+SMALL_SEPARABLE_TOLERANCE = 1e-6
 
 #: grad_x of a convolution at stride 1 runs as columns (W^T @ grad_y, one
 #: product an image) scattered back onto the input, instead of a correlation

@@ -157,3 +157,25 @@ def test_shares_between_threads_give_the_same_bits(monkeypatch, x_shape, w_shape
     assert np.array_equal(serial, split), "a share computed on another thread must give the same bits"
     naive.assert_close(split, naive.naive_conv2d(x, w, b, padding="same", padding_mode="reflect", groups=groups),
                        f"split {x_shape} {w_shape}")
+
+
+@pytest.mark.parametrize("x_shape, groups, kw", [
+    ((2, 3, 23, 19), 3, dict(padding="same", padding_mode="replicate")),  # harris's window, depthwise
+    ((1, 2, 20, 21), 1, dict(padding=3, stride=(2, 3))),
+    ((1, 4, 25, 24), 2, dict(padding="same", dilation=(2, 1), padding_mode="reflect")),
+])
+def test_outer_product_kernels_run_as_two_passes(x_shape, groups, kw):
+    """Gaussians, boxes and any other outer product: a pass per tap of the row, then of the column."""
+    rng = np.random.default_rng(11)
+    c_in = x_shape[1]
+    c_out = 2 * groups if groups > 1 else 3
+    cols, rows = rng.standard_normal((c_out, c_in // groups, 7)), rng.standard_normal((c_out, c_in // groups, 5))
+    w = (cols[..., :, None] * rows[..., None, :]).astype(np.float32)
+    x = rng.random(x_shape, dtype=np.float32)
+    x[0, 0, 4, 5] = np.nan
+    assert small._separable(w) is not None
+    y = F.conv2d(x, w, groups=groups, algorithm="light", **kw)
+    expected = naive.naive_conv2d(x, w, groups=groups, **kw)
+    assert np.array_equal(np.isnan(y), np.isnan(expected)), "a NaN stays in the windows that hold it"
+    naive.assert_close(np.nan_to_num(y), np.nan_to_num(expected), f"outer products {x_shape} {kw}")
+    assert small._separable(w + rng.standard_normal(w.shape).astype(np.float32) * 1e-2) is None, "rank 2"

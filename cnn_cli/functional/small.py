@@ -87,21 +87,50 @@ def _take(bias, part):
 def _conv(x, w, bias, spec):
     """``conv`` on this thread: a new float32 array of ``spec.y_shape``."""
     c_out, cin_g, kh, kw = spec.w_shape
-    if kh * kw > config.SMALL_IM2COL_MAX_TAPS:
+    cout_g = c_out // spec.groups
+    few = cin_g * cout_g <= config.SMALL_SHIFTS_MAX_PAIRS
+    factors = _separable(w) if few and min(kh, kw) > 1 else None
+    if factors is None and kh * kw > config.SMALL_IM2COL_MAX_TAPS:
         if not np.isfinite(x).all():  # a transform would spread one NaN or inf over the whole map
             return paths.direct(x, w, bias, spec)
         return fft(x, w, bias, spec, lib=NumpyFFT)
     xp = spec.pad(x)
-    cout_g = c_out // spec.groups
-    correlate = _by_shifts if cin_g * cout_g <= config.SMALL_SHIFTS_MAX_PAIRS else _by_columns
     y = np.empty(spec.y_shape, np.float32)
     with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf propagate, as in torch
         for g in range(spec.groups):
-            xg = xp[:, g * cin_g:(g + 1) * cin_g]
-            correlate(xg, w[g * cout_g:(g + 1) * cout_g], spec, y[:, g * cout_g:(g + 1) * cout_g])
+            xg, filters = xp[:, g * cin_g:(g + 1) * cin_g], slice(g * cout_g, (g + 1) * cout_g)
+            if factors is not None:
+                _by_rows_then_columns(xg, factors[0][filters], factors[1][filters], spec, y[:, filters])
+            else:
+                (_by_shifts if few else _by_columns)(xg, w[filters], spec, y[:, filters])
         if bias is not None:
             y += bias[None, :, None, None]
     return y
+
+
+def _separable(w):
+    """(column factors (C_out, C_in/g, kH), row factors (C_out, C_in/g, kW)) whose outer products are
+    the kernels, when every kernel is one such product (a Gaussian, a box, Sobel) to float32
+    precision (second singular value under ``config.SMALL_SEPARABLE_TOLERANCE`` of the first); else None."""
+    u, sigma, vt = np.linalg.svd(w.astype(np.float64))
+    if np.any(sigma[..., 1] > config.SMALL_SEPARABLE_TOLERANCE * sigma[..., 0]):
+        return None
+    scale = np.sqrt(sigma[..., :1])
+    return (u[..., :, 0] * scale).astype(np.float32), (vt[..., 0, :] * scale).astype(np.float32)
+
+
+def _by_rows_then_columns(xg, columns, rows, spec, out):
+    """out (N, C_out/groups, H_out, W_out) of kernels that are outer products: a pass along the rows
+    per row factor tap, then down the columns per column factor tap (kH + kW passes, not kH * kW)."""
+    (sh, sw), (dh, dw), (oh, ow) = spec.stride, spec.dilation, spec.out_hw
+    out[:] = 0
+    for f in range(rows.shape[0]):
+        for c in range(rows.shape[1]):
+            along = rows[f, c, 0] * xg[:, c, :, :(ow - 1) * sw + 1:sw]
+            for j in range(1, rows.shape[2]):
+                along += rows[f, c, j] * xg[:, c, :, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            for i in range(columns.shape[2]):
+                out[:, f] += columns[f, c, i] * along[:, i * dh:i * dh + (oh - 1) * sh + 1:sh]
 
 
 def _taps(xg, spec):
