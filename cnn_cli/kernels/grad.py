@@ -19,13 +19,15 @@ def batch_norm_train(x, gamma, beta, eps, relu, xhat, y, mean, var, first, last)
 
     ``mean`` and ``var`` (C,) float64 receive the statistics.
     """
-    n_img = x.shape[0]
+    n_img, chans = x.shape[0], x.shape[1]
     plane = x.shape[2] * x.shape[3]
     count = n_img * plane
+    xf, hf, yf = x.reshape(x.size), xhat.reshape(x.size), y.reshape(x.size)
     for c in range(first, last):
         total = 0.0
         for n in range(n_img):
-            xs = x[n, c].reshape(plane)
+            o = (n * chans + c) * plane
+            xs = xf[o:o + plane]
             s = 0.0
             for k in range(plane):
                 s += xs[k]
@@ -33,7 +35,8 @@ def batch_norm_train(x, gamma, beta, eps, relu, xhat, y, mean, var, first, last)
         m = total / count
         total = 0.0
         for n in range(n_img):
-            xs = x[n, c].reshape(plane)
+            o = (n * chans + c) * plane
+            xs = xf[o:o + plane]
             s = 0.0
             for k in range(plane):
                 d = xs[k] - m
@@ -45,9 +48,10 @@ def batch_norm_train(x, gamma, beta, eps, relu, xhat, y, mean, var, first, last)
         inv = np.float32(1.0 / np.sqrt(v + eps))
         g, b = gamma[c], beta[c]
         for n in range(n_img):
-            xs = x[n, c].reshape(plane)
-            hs = xhat[n, c].reshape(plane)
-            ys = y[n, c].reshape(plane)
+            o = (n * chans + c) * plane
+            xs = xf[o:o + plane]
+            hs = hf[o:o + plane]
+            ys = yf[o:o + plane]
             for k in range(plane):
                 h = (xs[k] - m32) * inv
                 hs[k] = h
@@ -65,17 +69,19 @@ def batch_norm_backward(grad, xhat, inv_std, gamma, relu, out, gx, sums, first, 
     With ``relu``, the forward pass was ``batch_norm_train``'s fused ReLU, whose output is ``out``:
     grad counts only where out is above 0 (without, ``out`` may be any array of grad's shape).
     """
-    n_img = grad.shape[0]
+    n_img, chans = grad.shape[0], grad.shape[1]
     plane = grad.shape[2] * grad.shape[3]
     count = n_img * plane
+    gf, hf, of, rf = grad.reshape(grad.size), xhat.reshape(grad.size), out.reshape(grad.size), gx.reshape(grad.size)
     zero = np.float32(0.0)
     for c in range(first, last):
         sg = 0.0
         sgx = 0.0
         for n in range(n_img):
-            gs = grad[n, c].reshape(plane)
-            hs = xhat[n, c].reshape(plane)
-            os = out[n, c].reshape(plane)
+            o = (n * chans + c) * plane
+            gs = gf[o:o + plane]
+            hs = hf[o:o + plane]
+            os = of[o:o + plane]
             a = zero
             b = zero
             for k in range(plane):
@@ -89,10 +95,11 @@ def batch_norm_backward(grad, xhat, inv_std, gamma, relu, out, gx, sums, first, 
         mgx = np.float32(sgx / count)
         scale = gamma[c] * inv_std[c]
         for n in range(n_img):
-            gs = grad[n, c].reshape(plane)
-            hs = xhat[n, c].reshape(plane)
-            os = out[n, c].reshape(plane)
-            res = gx[n, c].reshape(plane)
+            o = (n * chans + c) * plane
+            gs = gf[o:o + plane]
+            hs = hf[o:o + plane]
+            os = of[o:o + plane]
+            res = rf[o:o + plane]
             for k in range(plane):
                 g = gs[k] if os[k] > 0 or not relu else zero
                 res[k] = (g - mg - hs[k] * mgx) * scale
