@@ -1,6 +1,6 @@
 """Layers: the vocabulary shared by pipelines (fixed banks) and networks.
 
-Every layer, here, in ``filterlayers``, ``trainable``, ``blocks`` and ``graphlayers``, follows one protocol (``Layer``):
+Every layer, here, in ``filterlayers``, ``trainable``, ``blocks``, ``merges``, ``graphlayers`` and ``upsampling``, follows one protocol (``Layer``):
 ``build(in_shape, rng=None) -> out_shape`` sizes it, ``forward`` and
 ``backward`` run it on a batch, ``window`` gives its receptive field,
 ``channel_names`` names its output maps, and ``describe`` and ``num_params``

@@ -18,9 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .blocks import NetVLAD, Residual
-from .graphlayers import LRN, Add, Affine, Clip, Concat, HardSigmoid, HardSwish, Mul, PReLU, Softmax, Transpose
 from .filterlayers import BankConv, CornerResponse, Normalize, Products
+from .graphlayers import (
+    LRN,
+    Affine,
+    Clip,
+    HardSigmoid,
+    HardSwish,
+    PReLU,
+    Softmax,
+    Transpose,
+)
 from .layers import ACTIVATIONS, Activation, GlobalPool, LayerError, Pool
+from .merges import Add, Concat, Mul
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear
 from .upsampling import ConvTranspose2d, Pad, Resize
 

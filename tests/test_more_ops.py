@@ -505,3 +505,21 @@ def test_receptive_fields_through_upsampling_are_upper_bounds():
     assert ConvTranspose2d(4, 2, stride=2).window() == ((1, 1), (1, 1))
     assert Resize(scale=2.0).window() == ((1, 1), (1, 1))
     assert Resize(scale=0.5, mode="linear").window() == ((2, 2), (2, 2))
+
+
+@pytest.mark.parametrize("slopes", [[0.01, 0.25, 1.0], [0.0, 0.25, 1.0], [0.25, 1.5, -0.5]])
+def test_prelu_forward_is_where_exactly(slopes):
+    """Slopes in (0, 1] take max(x, a x); any other the np.where form: the same bits either way."""
+    from cnn_cli.graphlayers import PReLU
+
+    layer = PReLU()
+    layer.build((3, 4, 5), np.random.default_rng(0))
+    layer.params["weight"][:] = slopes
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x[0, :, 0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    a = np.asarray(slopes, np.float32).reshape(1, 3, 1, 1)
+    expected = np.where(x > 0, x, x * a)
+    y = layer.forward(x)
+    assert y.dtype == np.float32
+    assert np.array_equal(y, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(y), np.signbit(expected))
