@@ -13,6 +13,7 @@ import copy
 import numpy as np
 import pytest
 
+from cnn_cli import functional as F
 from cnn_cli import registry
 from cnn_cli.filterbank import load_bank
 from cnn_cli.layers import Layer
@@ -148,3 +149,21 @@ def test_max_pooling_in_ceil_mode_matches_its_twin_and_torch(kernel, stride, pad
     g = np.random.default_rng(9).standard_normal(y.shape).astype(np.float32)
     ref.backward(torch.from_numpy(g))
     np.testing.assert_array_equal(layer.backward(g), tx.grad.numpy())
+
+
+@pytest.mark.parametrize("kernel, stride, padding, shape", [
+    (3, 2, 0, (13, 14)), (3, 2, 1, (14, 15)), (2, 2, 0, (7, 8)), ((3, 2), (2, 3), (1, 0), (12, 17)),
+    (3, 2, 0, (3, 4)), (5, 3, 2, (11, 9)), (3, 1, 1, (5, 6)),
+])
+def test_max_pooling_in_ceil_mode_in_eval_is_the_padded_copys_pooling(kernel, stride, padding, shape):
+    """Eval pools ceil mode's last windows from thin strips, not a padded copy: the same bits
+    (NaN and inf included), in both layouts of the extra windows."""
+    from cnn_cli.layers import Pool
+
+    layer = Pool("maxpool", kernel, stride, padding, ceil_mode=True)
+    x = np.random.default_rng(4).standard_normal((2, 3, *shape)).astype(np.float32)
+    x[0, 0, -1, -1], x[1, 2, -1, 0], x[0, 1, 0, -1] = np.nan, np.inf, -np.inf
+    expected = F.max_pool2d(layer._padded(x), kernel, stride, 0)
+    y = layer.forward(x)
+    assert y.shape == expected.shape == (2, *layer.build((3, *shape)))
+    assert np.array_equal(y, expected, equal_nan=True)
