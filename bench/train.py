@@ -56,6 +56,7 @@ from cnn_cli import config  # noqa: E402
 config.tune_process()
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -224,7 +225,10 @@ def timing(args, torch_ok):
         contenders["torch, no augmentation"] = lambda: twin_plain.epoch(1)
     else:
         print("torch not installed: only our times are shown")
+    load_before = os.getloadavg()
     med = interleaved_medians(contenders, args.timing_epochs)
+    print(f"load average (1, 5, 15 min) before the timed epochs {_load(load_before)}, after {_load(os.getloadavg())}: "
+          "torch's threads slow down most when another process holds a core")
     print(f"{'':26}{'epoch (s)':>10}{'images/s':>10}")
     for name, t in med.items():
         print(f"{name:26}{t:10.3f}{n / t:10.0f}")
@@ -233,6 +237,10 @@ def timing(args, torch_ok):
     if torch_ok:
         print(f"ratio cnn/torch with augmentation: {med['cnn'] / med['torch']:.2f} (target <= 1.0); "
               f"without: {med['cnn, no augmentation'] / med['torch, no augmentation']:.2f}")
+
+
+def _load(averages):
+    return " ".join(f"{a:.2f}" for a in averages)
 
 
 def accuracy(args, torch_ok):
