@@ -172,7 +172,12 @@ class PReLU(Param):
             # O-Net's prelu1 at batch 64.
             y = x * a
             return np.maximum(y, x, out=y)
-        return np.where(x > 0, x, x * a)
+        # Else max(x, 0) + a min(x, 0), the same values (a zero may come out +0 for -0) in four simple
+        # passes: 22 against 41 ms for np.where on the O-Net's prelu1, whose learned slopes go below zero.
+        y, t = np.maximum(x, 0), np.minimum(x, 0)
+        t *= a
+        y += t
+        return y
 
     def backward(self, grad):
         (x,) = self.saved
