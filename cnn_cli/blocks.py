@@ -11,6 +11,20 @@ from .layers import maps_shape
 from .trainable import MAX_CHANNELS, BatchNorm2d, Conv2d, Param, whole_number
 
 
+class _PartsGrads(dict):
+    """A block's gradients under dotted names: its parts' own arrays, looked up when first read (the
+    parts make theirs then too, see ``trainable.Grads``)."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self._parts = parts
+
+    def __missing__(self, key):
+        part, name = key.rsplit(".", 1)
+        self[key] = value = self._parts[part].grads[name]
+        return value
+
+
 class Residual(Param):
     """ResNet basic block (He et al., 2016): relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
 
@@ -56,7 +70,7 @@ class Residual(Param):
         """Expose the parts' arrays under dotted names (views, not copies)."""
         self.params = {f"{n}.{k}": v for n, p in self.parts.items() for k, v in p.params.items()}
         self.buffers = {f"{n}.{k}": v for n, p in self.parts.items() for k, v in p.buffers.items()}
-        self.grads = {f"{n}.{k}": v for n, p in self.parts.items() for k, v in p.grads.items()}
+        self.grads = _PartsGrads(self.parts)
 
     def zero_grad(self):
         for p in self.parts.values():

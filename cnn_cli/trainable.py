@@ -45,6 +45,19 @@ def torch_uniform(rng, shape, fan_in):
     return rng.uniform(-bound, bound, shape).astype(np.float32)
 
 
+class Grads(dict):
+    """A layer's gradients, each made (zeros like its parameter) when first read: a network that only
+    runs forward never holds them (45 MiB for a ResNet-18)."""
+
+    def __init__(self, params):
+        super().__init__()
+        self._params = params
+
+    def __missing__(self, key):
+        self[key] = value = np.zeros_like(self._params[key])
+        return value
+
+
 class Param(Layer):
     """A layer with parameters; ``grads`` mirrors ``params`` and is summed into by ``backward``."""
 
@@ -60,7 +73,7 @@ class Param(Layer):
             raise LayerError(f"{self.kind} was built for {built} input channels or features, but gets {given}")
 
     def zero_grad(self):
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.grads = Grads(self.params)
 
     @property
     def num_params(self):
