@@ -8,7 +8,22 @@ precision. col2im tasks are (image, input channel) planes of grad_x.
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import helper, kernel
+
+
+@helper
+def _channel_sum(xf, c, n_img, chans, plane, center, square):
+    """The float64 sum over channel c of the flat (N, C, H*W) ``xf`` of x - center, or of its square."""
+    total = 0.0
+    for n in range(n_img):
+        o = (n * chans + c) * plane
+        xs = xf[o:o + plane]
+        s = 0.0
+        for k in range(plane):
+            d = xs[k] - center
+            s += d * d if square else d
+        total += s
+    return total
 
 
 @kernel
@@ -24,25 +39,8 @@ def batch_norm_train(x, gamma, beta, eps, relu, xhat, y, mean, var, first, last)
     count = n_img * plane
     xf, hf, yf = x.reshape(x.size), xhat.reshape(x.size), y.reshape(x.size)
     for c in range(first, last):
-        total = 0.0
-        for n in range(n_img):
-            o = (n * chans + c) * plane
-            xs = xf[o:o + plane]
-            s = 0.0
-            for k in range(plane):
-                s += xs[k]
-            total += s
-        m = total / count
-        total = 0.0
-        for n in range(n_img):
-            o = (n * chans + c) * plane
-            xs = xf[o:o + plane]
-            s = 0.0
-            for k in range(plane):
-                d = xs[k] - m
-                s += d * d
-            total += s
-        v = total / count
+        m = _channel_sum(xf, c, n_img, chans, plane, 0.0, False) / count
+        v = _channel_sum(xf, c, n_img, chans, plane, m, True) / count
         mean[c], var[c] = m, v
         m32 = np.float32(m)
         inv = np.float32(1.0 / np.sqrt(v + eps))
