@@ -9,6 +9,7 @@ The layers themselves are in ``cnn_cli.layers``, ``cnn_cli.trainable`` and
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -85,8 +86,10 @@ class Network:
         shapes = [self.input_shape if j == INPUT else self.shapes[j] for j in self.inputs[i]]
         return shapes[0] if self.layers[i].arity == 1 else shapes
 
-    def forward(self, x, train=False):
-        return _run(self._steps, {INPUT: x}, len(self.layers) - 1, train)
+    def forward(self, x, train=False, clock=None):
+        """The network's output for the batch ``x``. ``clock(step, seconds, output)`` is called after each
+        step, if given (``profiling``); a step is a node, or two that run fused (``step.nodes``)."""
+        return _run(self._steps, {INPUT: x}, len(self.layers) - 1, train, clock=clock)
 
     def backward(self, grad):
         return _back(self._steps, len(self.layers) - 1, grad, INPUT)
@@ -259,8 +262,9 @@ def topology(layers, inputs=None, names=None):
 class _Node:
     """One step of a run: ``layer`` reads the values ``ins`` and writes the value ``out``."""
 
-    def __init__(self, layer, ins, out):
+    def __init__(self, layer, ins, out, nodes):
         self.layer, self.ins, self.out = layer, tuple(ins), out
+        self.nodes = tuple(nodes)  # the network's nodes this step runs, in node order (two when fused)
         self.multi = getattr(layer, "arity", 1) != 1
         self.overwrites = hasattr(layer, "overwrite")  # it has an in-place eval form
 
@@ -314,10 +318,10 @@ def _steps(layers, inputs, nodes):
         a, b = layers[i], layers[nxt] if nxt is not None else None
         if b is not None and linked(i, nxt) and isinstance(a, Activation) and a.kind == "relu" \
                 and isinstance(b, Pool) and b.kind == "maxpool":
-            units += [_Node(b, inputs[i], ("pooled", i)), _Node(a, [("pooled", i)], nxt)]
+            units += [_Node(b, inputs[i], ("pooled", i), [nxt]), _Node(a, [("pooled", i)], nxt, [i])]
             k += 2
         else:
-            units.append(_Node(a, inputs[i], i))
+            units.append(_Node(a, inputs[i], i, [i]))
             k += 1
     steps = []
     for unit in units:
@@ -325,9 +329,9 @@ def _steps(layers, inputs, nodes):
         only = last is not None and isinstance(last.layer, Conv2d) and unit.ins == (last.out,) \
             and (isinstance(last.out, tuple) or readers[last.out] == 1)
         if only and _fusable_pool(unit.layer):
-            steps[-1] = _Node(_ConvPool(last.layer, unit.layer), last.ins, unit.out)
+            steps[-1] = _Node(_ConvPool(last.layer, unit.layer), last.ins, unit.out, last.nodes + unit.nodes)
         elif only and _in_place(unit.layer):
-            steps[-1] = _Node(_ConvActivation(last.layer, unit.layer), last.ins, unit.out)
+            steps[-1] = _Node(_ConvActivation(last.layer, unit.layer), last.ins, unit.out, last.nodes + unit.nodes)
         else:
             steps.append(unit)
     return steps
@@ -361,8 +365,12 @@ class _ConvActivation:
         return self.conv.backward(self.activation.backward(grad))
 
 
-def _run(steps, values, out, train, keep=False):
+def _run(steps, values, out, train, keep=False, clock=None):
     """Run ``steps`` from ``values`` ({id: array}, the inputs); returns the value ``out``.
+
+    ``clock``, if given, is called with each step, its seconds and its output
+    (which it must not keep: that would stop the next step writing over it),
+    for ``profiling``, whose steps then run exactly as a forward pass runs them.
 
     Without ``keep``, a value is dropped once the last step that reads it has
     run. In eval mode, that step also writes its output over such an input
@@ -382,7 +390,10 @@ def _run(steps, values, out, train, keep=False):
         dying = [] if train or keep or not step.overwrites else \
             [k for k, j in enumerate(step.ins) if last_read[j] == n and j != out and j not in given
              and _unshared(xs[k], 1 + step.ins.count(j))]
+        start = time.perf_counter() if clock else 0.0
         values[step.out] = step.overwrite(xs, dying) if dying else step.forward(xs, train)
+        if clock:
+            clock(step, time.perf_counter() - start, values[step.out])
         del xs  # the inputs that die here go now, not after the next step
         if not keep:
             for j in step.ins:

@@ -1,31 +1,28 @@
-"""Where a network's forward pass spends its time, node by node, as ONNX Runtime's profiler says it.
+"""Where a network's forward pass spends its time, step by step, as ONNX Runtime's profiler says it.
 
-``profile(network, x)`` runs one eval-mode forward pass of a ``Network`` one
-node at a time and times each node; ``by_kind`` sums those rows per layer
-kind; ``multiply_adds`` counts a batch's multiply-adds in the convolution and
-linear layers. The library prints nothing: ``bench/zoo.py --profile`` (and
-later ``cnn info MODEL --profile``) format the rows.
+``profile(network, x)`` runs one eval-mode forward pass of a ``Network`` and
+times each step; ``by_kind`` sums those rows per kind; ``multiply_adds``
+counts a batch's multiply-adds in the convolution and linear layers. The
+library prints nothing: ``bench/zoo.py --profile`` and ``cnn info MODEL
+--profile`` format the rows.
 
-The nodes run as ``Network.node_outputs`` runs them, each layer on its own:
-the rewrites ``Network.forward`` makes (a ReLU moved after a max pooling, a
-conv fused with the 2x2 pooling after it) are not made, so that every node
-has a time of its own. A value is dropped once no later node reads it, as in
-a forward pass.
+The steps are those ``Network.forward`` runs, so the times are a real pass's:
+a conv and the ReLU, clip or 2x2 max pooling it feeds run as one step, whose
+row names both nodes ("conv1+relu1", kind "conv+relu"), and a ReLU before a
+max pooling runs after it, on the pooled values. Where a step may write over
+an input that dies, it does, as in a forward pass.
 """
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import numpy as np
 
-#: The input of a network's first node (``nn.INPUT``).
-_IMAGE = -1
-
 
 class NodeTime(NamedTuple):
-    """One node's share of a forward pass: its name, layer kind, what the layer is, output shape, milliseconds."""
+    """One step's share of a forward pass: its node's name, layer kind and description (each joined by "+"
+    or "; " for a fused step's two nodes), output shape, milliseconds."""
 
     name: str
     kind: str
@@ -35,7 +32,7 @@ class NodeTime(NamedTuple):
 
 
 class KindTime(NamedTuple):
-    """The nodes of one layer kind together: how many, their milliseconds and their share of the pass."""
+    """The steps of one kind together: how many, their milliseconds and their share of the pass."""
 
     kind: str
     count: int
@@ -44,11 +41,11 @@ class KindTime(NamedTuple):
 
 
 def profile(network, x, repeat=1):
-    """Time each node of an eval-mode forward pass of ``network`` on the batch ``x`` -> [NodeTime], node order.
+    """Time each step of an eval-mode forward pass of ``network`` on the batch ``x`` -> [NodeTime], run order.
 
-    With ``repeat`` above 1, the pass runs that many times and each node gets
+    With ``repeat`` above 1, the pass runs that many times and each step gets
     its median time: on a shared machine one pass catches other work's
-    stalls on a few nodes. Call it once before timing to compile the kernels
+    stalls on a few steps. Call it once before timing to compile the kernels
     (the first call of each kernel in a process loads or compiles it).
     """
     passes = [_one_pass(network, x) for _ in range(max(1, int(repeat)))]
@@ -57,22 +54,15 @@ def profile(network, x, repeat=1):
 
 
 def _one_pass(network, x):
-    last_read = {}
-    for i, ins in enumerate(network.inputs):
-        for j in ins:
-            last_read[j] = i
-    values = {_IMAGE: np.asarray(x, np.float32)}
     rows = []
-    for i, layer in enumerate(network.layers):
-        given = [values[j] for j in network.inputs[i]]
-        runner = layer.evaluating()
-        start = time.perf_counter()
-        values[i] = runner.forward(given[0] if layer.arity == 1 else given)
-        ms = (time.perf_counter() - start) * 1e3
-        rows.append(NodeTime(network.names[i], layer.kind, layer.describe(), tuple(values[i].shape), ms))
-        for j in network.inputs[i]:
-            if last_read[j] == i:
-                values.pop(j, None)
+
+    def clock(step, seconds, y):
+        nodes = step.nodes
+        rows.append(NodeTime("+".join(network.names[i] for i in nodes),
+                             "+".join(network.layers[i].kind for i in nodes),
+                             "; ".join(network.layers[i].describe() for i in nodes), tuple(y.shape), seconds * 1e3))
+
+    network.forward(np.asarray(x, np.float32), clock=clock)
     return rows
 
 

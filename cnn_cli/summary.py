@@ -167,17 +167,18 @@ class Profile:
     """Where one forward pass of a model spends its time (``cnn info MODEL --profile``)."""
 
     title: str
-    nodes: list                # profiling.NodeTime, node order
+    nodes: list                # profiling.NodeTime, a step each, in run order
     kinds: list                # profiling.KindTime, slowest first
     total_ms: float
     multiply_adds: int
 
 
 def profile_model(path, *, batch=1, repeat=3):
-    """Time each node of a model's forward pass on ``batch`` random images at its own size.
+    """Time each step of a model's forward pass on ``batch`` random images at its own size.
 
-    A first pass compiles or loads the kernels and is not counted; each node
-    then gets its median over ``repeat`` passes.
+    A first pass compiles or loads the kernels and is not counted; each step
+    (a node, or a conv and the node fused into it) then gets its median over
+    ``repeat`` passes.
     """
     import numpy as np
 

@@ -13,15 +13,28 @@ def _network():
     return nn.Network(layers, (2, 12, 10), seed=0)
 
 
-def test_profile_times_every_node_in_order_with_its_output_shape():
+def test_profile_times_every_step_of_a_forward_pass_as_it_runs():
     net = _network()
     x = np.random.default_rng(0).standard_normal((3, 2, 12, 10)).astype(np.float32)
     rows = profiling.profile(net, x, repeat=3)
-    assert [r.name for r in rows] == net.names
-    assert [r.kind for r in rows] == [layer.kind for layer in net.layers]
-    assert [r.shape for r in rows] == [(3, *shape) for shape in net.shapes]
+    # The conv and the 2x2 max pooling run fused; the ReLU between them runs after the pooling.
+    assert [r.name for r in rows] == ["0+2", "1", "3", "4", "5"]
+    assert [r.kind for r in rows] == ["conv+maxpool", "relu", "conv", "flatten", "linear"]
+    shapes = [(3, *shape) for shape in net.shapes]
+    assert [r.shape for r in rows] == [shapes[2], shapes[2], *shapes[3:]]  # the ReLU runs on pooled values
     assert all(r.ms >= 0 for r in rows)
-    assert rows[0].detail == net.layers[0].describe()
+    assert rows[0].detail == f"{net.layers[0].describe()}; {net.layers[2].describe()}"
+    # Every node is timed once, and the pass is the network's: the input is left as it was.
+    before = x.copy()
+    profiling.profile(net, x)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_profile_names_a_conv_and_its_activation_as_one_step():
+    layers = [nn.Conv2d(4, 3, padding=1), nn.Activation("relu"), nn.Conv2d(3, 1), nn.Activation("sigmoid")]
+    net = nn.Network(layers, (2, 6, 6), seed=0)
+    rows = profiling.profile(net, np.ones((1, 2, 6, 6), np.float32))
+    assert [(r.name, r.kind) for r in rows] == [("0+1", "conv+relu"), ("2", "conv"), ("3", "sigmoid")]
 
 
 def test_by_kind_sums_the_nodes_of_each_kind_slowest_first():
