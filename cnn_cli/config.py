@@ -296,6 +296,14 @@ GEMM_TILE_MIN_PIXELS = 128
 GEMM_MIN_TASKS_PER_THREAD = 2
 GEMM_MIN_BLOCK_FILTERS = 32
 
+#: A batch of maps under GEMM_IMAGES_MAX_PIXELS pixels runs as products over
+#: several images' columns side by side, about GEMM_IMAGES_COLUMNS a tile
+#: (``gemm._images``). OpenBLAS on one thread ran 256 filters x 4608 deep at
+#: 50 GFLOP/s on one 7x7 map's 49 columns, 76 on 196 and 82 on 784; 64 x 576
+#: at 45, 63 and 76 (load average 1.8, CPU time).
+GEMM_IMAGES_MAX_PIXELS = 256
+GEMM_IMAGES_COLUMNS = 384
+
 #: 1x1 convolutions at stride 1 are one matrix product per image on the
 #: input's own planes (no columns): measured here per core, 16 -> 96 channels
 #: at 112x112 took 1.36 ms against 3.10 ms on the stacked direct loops, and

@@ -329,6 +329,38 @@ def test_gemm_path(name, row_columns_from, monkeypatch):
     assert_close(gemm.gemm(x, w, b, spec), y, "forward")
 
 
+_BATCHED = [name for name, case in CASES.items() if case[0][0] > 1 and case[3].get("padding_mode", "zeros") == "zeros"]
+
+
+@pytest.mark.parametrize("per", [2, 3])
+@pytest.mark.parametrize("name", _BATCHED + ["five-images"])
+def test_gemm_on_tiles_of_whole_images(name, per, monkeypatch):
+    """``gemm._images``: several images' columns side by side in one product, the last tile short,
+    each image's part stored with its bias and clip."""
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)  # threads, and filters split into blocks
+    monkeypatch.setattr(config, "GEMM_MIN_BLOCK_FILTERS", 4)
+    if name == "five-images":
+        rng = np.random.default_rng(5)
+        x, w = rng.standard_normal((5, 6, 4, 5)).astype(np.float32), rng.standard_normal((70, 3, 2, 3)).astype(np.float32)
+        b, kwargs = rng.standard_normal(70).astype(np.float32), dict(groups=2, padding=(1, 0), stride=(1, 2))
+        y = naive.naive_conv2d(x, w, b, **kwargs)
+    else:
+        x, w, b, kwargs, y, _, _ = _case(name)
+    spec = F.ConvSpec(x.shape, w.shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                      kwargs.get("dilation", 1), kwargs.get("groups", 1), "zeros", "auto")
+    assert_close(gemm._images(x, w, b, spec, -np.inf, np.inf, per), y, "forward")
+    assert_close(gemm._images(x, w, b, spec, -0.5, 1.0, per), np.clip(y, -0.5, 1.0), "forward")
+
+
+def test_gemm_takes_tiles_of_images_for_batches_of_small_maps():
+    def per(x_shape, w_shape, padding=1):
+        return gemm._images_a_tile(F.ConvSpec(x_shape, w_shape, 1, padding, 1, 1, "zeros", "auto"))
+
+    assert per((8, 512, 7, 7), (512, 512, 3, 3)) == min(-(-config.GEMM_IMAGES_COLUMNS // 49), -(-8 // config.THREADS))
+    assert per((1, 512, 7, 7), (512, 512, 3, 3)) == 1  # one image: tiles of rows, filters split
+    assert per((8, 64, 56, 56), (64, 64, 3, 3)) == 1  # a large map fills its own products
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
     ((2, 3, 7, 6), (3, 1, 3, 3), dict(padding=1)),
     ((3, 5, 12, 11), (5, 1, 3, 3), dict(stride=2, padding=1)),
