@@ -26,6 +26,7 @@ from typer.core import TyperGroup
 
 from .. import __version__, choices, config
 from ..terminal import printable
+from . import coercion
 
 # BLAS on one thread, and an allocator that reuses freed memory: see
 # config.tune_process. This must happen before numpy is first imported.
@@ -63,12 +64,21 @@ if sys.stdout is None:
 
 
 class _Group(TyperGroup):
-    """The command group: results that cannot reach stdout end a command cleanly.
+    """The command group: results that cannot reach stdout end a command cleanly, and
+    options take plain values without Pydantic (``coercion``).
 
     A reader that went away (a broken pipe) ends it quietly with
     EXIT_BROKEN_PIPE, as ``head`` expects of the tools it reads; a stdout
     closed from the start is an error, since the results would be lost.
     """
+
+    def parse_args(self, ctx, args):
+        coercion.install(self, ctx)
+        return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command and coercion.install(command, ctx), rest
 
     def invoke(self, ctx):
         try:
