@@ -342,10 +342,14 @@ GEMM_ROW_COLUMNS_MIN_WIDTH = 32
 #: 36.7. It lost with 16 input channels (16 -> 64 at 55x55: 1.43 against
 #: 1.16 on the stacked loops) and on 16 tiles, where transforming the
 #: filters on every call does not repay (48 -> 192 at 13x13: 0.72 against
-#: 0.54; 256 -> 256 at 14x14: 5.50 against 5.02).
+#: 0.54; 256 -> 256 at 14x14: 5.50 against 5.02). Once gemm multiplied a
+#: batch of small maps' columns together (GEMM_IMAGES_*), it beat Winograd on
+#: 8 x 512 -> 512 at 7x7 (32 tiles): 26.6 ms against 32.2 of one thread's CPU
+#: time (load average 1.8), while Winograd kept 128 -> 128 at 28x28 (49
+#: tiles): 3.06 against 5.74.
 WINOGRAD_MIN_DEPTH = 32
 WINOGRAD_MIN_OUT_CHANNELS = 16
-WINOGRAD_MIN_TILES = 32
+WINOGRAD_MIN_TILES = 48
 
 #: Tiles a task of the Winograd path transforms and multiplies at once:
 #: 1 x 64 -> 64 at 56x56 took 2.8 ms a call on one thread at 64, 3.2 at 32
