@@ -13,9 +13,10 @@ and, at the end of a run, ``OUT/index.html`` lists its images and failures.
 
 Images flow through three overlapping stages: ``cnn_cli.runner`` decodes
 ahead on a reader thread and runs the engine on batches of same-sized images
-on the calling thread, and ``ApplySink`` writes on a few writer threads
-(Pillow's encoder, zlib and file writes release the GIL). Only a few images
-are in flight at once, so memory does not grow with the number of inputs.
+on the calling thread, and ``ApplySink`` writes each image's folder
+(``cnn_cli.mapfolder``) on a writer thread, its pictures and arrays made on a
+few encoder threads (numpy, zlib and file writes release the GIL). Only a few
+images are in flight at once, so memory does not grow with the number of inputs.
 
 A folder is built under ``.<name>.partial`` beside its final path and renamed
 into place when complete, so a final path never holds partial output, and an
@@ -32,7 +33,6 @@ never holds more maps at once than the limit allows.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -42,12 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, choices, config, keypoint_overlay, layersel, runner, viz
-from .fileio import NotRegularFileError, replace_dir, save_npz_atomic, temporary_name, write_bytes_atomic
+from . import choices, config, keypoint_overlay, layersel, runner
+from .fileio import NotRegularFileError
 from .imageio import MAX_PIXELS, ImageError, image_shape, read_image
-from .inputs import safe_name
-from .owned import EXISTS, INPUT_COPY, JPEG_MARK, foreign_files, refusal
-from .report import ApplyIndex, apply_page
+from .mapfolder import Stopped, chosen_layers, write_outputs
+from .owned import EXISTS, foreign_files, refusal
+from .report import ApplyIndex
 from .runner import output_lock  # noqa: F401  (OUT's lock, as apply has always offered it)
 from .stream import Progress
 
@@ -158,10 +158,6 @@ def select_layers(pipeline, text):
     return layersel.select(layersel.of(pipeline.layers, pipeline.names), text, option="--layers")
 
 
-def _chosen(pipeline, options):
-    return options.layers if options.layers is not None else tuple(range(len(pipeline.layers)))
-
-
 def estimate_bytes(pipeline, image_shape, options):
     """(bytes written, bytes of memory) for one image of ``image_shape`` (C, H, W).
 
@@ -171,7 +167,7 @@ def estimate_bytes(pipeline, image_shape, options):
     from .pipeline import plan_layers
 
     plan = plan_layers(pipeline.layers, tuple(image_shape))
-    chosen = _chosen(pipeline, options)
+    chosen = chosen_layers(pipeline, options)
     values = sum(plan.layers[i].values for i in chosen)
     disk = 0
     if "raw" in options.save:
@@ -195,140 +191,6 @@ def _large_warning(what, disk, memory, options):
         shrink.append("--dtype float16")
     return (f"{what}: about {_size(disk)} of output and {_size(memory)} of memory per image; "
             f"to shrink it use {', '.join(shrink)}")
-
-
-# --------------------------------------------------------------------------- one image
-
-
-def _staging(out_dir):
-    return out_dir.parent / temporary_name(out_dir.name, ".partial")
-
-
-class Stopped(Exception):
-    """A write was abandoned because the run is stopping; its folder was removed."""
-
-
-def write_outputs(path, out_dir, layer_maps, image, pipeline, options, encoders, stop=None, name=None):
-    """Write one image's folder (see the module docstring); returns (maps, bytes).
-
-    ``layer_maps`` holds the maps (C, H, W) of every layer of ``image`` (those not chosen are left out);
-    PNGs and the npz are written on ``encoders`` (a thread pool), keypoints as ``keypoint_overlay`` says.
-    When ``stop`` (a threading.Event) is set, the write is abandoned at the
-    next file, its folder removed, and ``Stopped`` raised. ``name`` is the
-    folder's name under OUT (default: its own), for its page's link to OUT's index.
-    """
-    chosen = _chosen(pipeline, options)
-    for i in chosen:
-        if not np.all(np.isfinite(layer_maps[i])):
-            raise ValueError(f"layer {i} ({pipeline.layers[i].kind}) produced NaN or inf values")
-    staging = _staging(out_dir)
-    if os.path.lexists(staging):  # left by a killed run (the sweep removes these first); we hold OUT's lock
-        shutil.rmtree(staging)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir(mode=0o700)
-    jobs = []
-    try:
-        if "raw" in options.save:
-            arrays = {f"layer{i}": np.ascontiguousarray(layer_maps[i], dtype=options.dtype) for i in chosen}
-            jobs.append(encoders.submit(save_npz_atomic, staging / "features.npz", arrays))
-        manifest_layers = []
-        for i in chosen:
-            _check_stop(stop)
-            manifest_layers.append(_write_layer(staging, i, layer_maps[i], pipeline, options, encoders, jobs))
-        for job in jobs:
-            _check_stop(stop)
-            job.result()
-        _check_stop(stop)
-        corners = keypoint_overlay.apply_overlay(staging, image, layer_maps, pipeline, options.save)
-        manifest = {
-            "cnn_version": __version__,
-            "input": str(path),
-            "input_shape": list(image.shape),
-            "color": options.color,
-            "pipeline": {"name": pipeline.name, "source": pipeline.source, "description": pipeline.description},
-            "normalization": options.normalize,
-            "normalization_per": options.per,
-            "colormap": options.cmap,
-            "dtype": options.dtype,
-            "saved": sorted(options.save),
-            "layers": manifest_layers, **corners,
-        }
-        write_bytes_atomic(staging / "manifest.json", json.dumps(manifest, indent=2).encode())
-        if options.html:  # the image's page is written into the folder, so it appears with it
-            write_bytes_atomic(staging / "index.html", apply_page(manifest, out_dir, name or out_dir.name).encode())
-            write_bytes_atomic(staging / INPUT_COPY, viz.input_copy(path, comment=JPEG_MARK))  # kept with OUT
-        written = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file())
-        replace_dir(staging, out_dir, force=options.force)
-        return sum(len(layer["maps"]) for layer in manifest_layers), written
-    except BaseException:
-        for job in jobs:  # no job may write into the folder once it is removed
-            job.cancel()
-        wait(jobs)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _check_stop(stop):
-    if stop is not None and stop.is_set():
-        raise Stopped
-
-
-def _write_layer(staging, i, maps, pipeline, options, encoders, jobs):
-    """Queue layer i's PNGs on ``encoders`` (appending to ``jobs``); return its manifest entry."""
-    key = f"layer{i}"
-    layer, channels = pipeline.layers[i], pipeline.channels[i]
-    ranges = [viz.value_range(m) for m in maps]
-    pictures = None
-    if options.save & {"maps", "grids"}:
-        pictures = viz.LayerPictures(maps, channels, options.normalize, options.per, options.cmap, ranges)
-    if "maps" in options.save:
-        (staging / key).mkdir()
-    entries, tiles = [], []
-    for c, (m, filter_name) in enumerate(zip(maps, channels)):
-        lo, hi = ranges[c]
-        png = None
-        if pictures:
-            image = pictures.image(c)
-            if "maps" in options.save:
-                png = f"{key}/{c:03d}_{safe_name(filter_name, 60)}.png"
-                jobs.append(encoders.submit(_write_png, staging / png, image))
-            if "grids" in options.save and not pictures.vector:
-                tiles.append(viz.thumbnail(image))
-        entries.append({
-            "channel": c, "filter": filter_name, "png": png, "min": lo, "max": hi,
-            "mean": float(m.mean(dtype=np.float64)), "zero_fraction": float(np.count_nonzero(m == 0) / m.size),
-            # Fitting a scale costs a percentile pass per map: none is fitted when no picture is drawn.
-            "normalization": pictures.record(c) if pictures else None,
-        })
-    grid_png = None
-    if "grids" in options.save:
-        grid_png = f"{key}_grid.png"
-        jobs.append(encoders.submit(lambda: _write_png(staging / grid_png, pictures.grid(tiles))))
-    return {
-        "index": i, "name": key, "kind": layer.kind, "description": layer.describe(),
-        "receptive_field": receptive_field(pipeline, i),
-        "shape": list(maps.shape), "npz_key": key if "raw" in options.save else None,
-        "grid": grid_png, "maps": entries,
-        **_graph_record(pipeline, i),
-    }
-
-
-def _graph_record(pipeline, i):
-    """A graph node's name and the nodes it reads, for the manifest (nothing for a chain's layer)."""
-    if pipeline.names[i] == str(i) and pipeline.inputs[i] == (i - 1,):
-        return {}
-    return {"node": pipeline.names[i], "inputs": ["input" if j < 0 else pipeline.names[j] for j in pipeline.inputs[i]]}
-
-
-def receptive_field(pipeline, i):
-    """Input pixels (along rows) that one output of layer i sees, or "global"."""
-    from .pipeline import receptive_fields
-
-    return receptive_fields(pipeline.layers[:i + 1], pipeline.inputs[:i + 1])[i]
-
-
-def _write_png(path, image):
-    path.write_bytes(viz.png_bytes(image))
 
 
 # --------------------------------------------------------------------------- the stages
@@ -423,7 +285,7 @@ class ApplySink(runner.Sink):
         return self.pipeline.forward(np.stack([entry.image for entry in batch]))
 
     def deliver(self, batch, outputs):
-        chosen = set(_chosen(self.pipeline, self.options)) | keypoint_overlay.layers_needed(self.pipeline)
+        chosen = set(chosen_layers(self.pipeline, self.options)) | keypoint_overlay.layers_needed(self.pipeline)
         for b, entry in enumerate(batch):
             while len(self.writing) >= WRITERS:
                 yield from self._finished(wait_for_one=True)

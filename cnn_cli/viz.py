@@ -104,19 +104,12 @@ class Scale:
     high: float
     softening: float = 0.0
 
-    def _curve(self, values):
-        if self.method != "asinh":
-            return values
-        if values.dtype != np.float32:
-            return np.arcsinh(values / self.softening)
-        return asinh32(values / np.float32(self.softening))
-
     def levels(self, m):
         """uint8 levels of the array ``m``."""
         if self.method != "asinh":
             return to_uint8(m, self.low, self.high)
-        ends = self._curve(np.array([self.low, self.high], np.float64))
-        return to_uint8(self._curve(m.astype(np.float32)), *ends)
+        ends = np.arcsinh(np.array([self.low, self.high], np.float64) / self.softening)
+        return _levels_of(asinh32(np.asarray(m, np.float32), self.softening), *ends)
 
     def value_at(self, fraction):
         """The value drawn at ``fraction`` (0 to 1) of the scale: the inverse of ``levels``."""
@@ -133,8 +126,9 @@ class Scale:
         return entry
 
 
-def asinh32(x):
-    """``np.arcsinh`` of a float32 array, as sign(x) * log(|x| + sqrt(x^2 + 1)).
+def asinh32(x, softening=None):
+    """``np.arcsinh`` of a float32 array (of ``x / np.float32(softening)`` when given),
+    as sign(x) * log(|x| + sqrt(x^2 + 1)).
 
     numpy's log and sqrt run vectorised and its arcsinh does not: on 2^20
     values this took 14-18 ms against 54. Within 4e-6 of the float64 value,
@@ -142,30 +136,40 @@ def asinh32(x):
     error is 1e-7): under a tenth of a level unless the map's whole range spans
     less than 0.01 in asinh (drawn in 256 levels). Below 1e-3, asinh(x) is x
     to float32 precision and log(1 + x) is not, so x is kept; above 1e18 the
-    square would overflow, and asinh(x) is log(2x).
+    square would overflow, and asinh(x) is log(2x). Two float32 arrays are
+    made, as the pictures of a run make dozens of these each image.
     """
-    a = np.abs(x)
+    if softening is None:
+        a = np.abs(x)
+    else:  # x / softening has the sign of x: the division makes the one array |x / softening| needs
+        a = np.divide(x, np.float32(softening))
+        np.abs(a, out=a)
     with np.errstate(over="ignore"):
         t = np.square(a)
     t += 1
     np.sqrt(t, out=t)
     t += a
     np.log(t, out=t)
-    t = np.where(a < np.float32(1e-3), a, t)
-    large = a > np.float32(1e18)
-    if large.any():
+    np.copyto(t, a, where=a < np.float32(1e-3))
+    if np.fmax.reduce(a, axis=None, initial=0) > np.float32(1e18):  # fmax: NaNs are passed over
+        large = a > np.float32(1e18)
         t[large] = np.log(a[large]) + np.float32(np.log(2.0))
     return np.copysign(t, x, out=t)
 
 
-def quantile(values, q):
+def quantile(values, q, *, overwrite=False):
     """``np.quantile(values, q)`` (linear interpolation) of a flat array, in one
     partition: the next order statistic is the least value above the cut.
     On a 512x512 map it takes 1.5 ms where np.quantile, which partitions
-    twice, takes 3.4 (and a run draws dozens of maps per image)."""
+    twice, takes 3.4 (and a run draws dozens of maps per image). With
+    ``overwrite``, ``values`` is partitioned in place rather than copied."""
     position = (values.size - 1) * q
     k = int(position)
-    parted = np.partition(values, k)
+    if overwrite:
+        values.partition(k)
+        parted = values
+    else:
+        parted = np.partition(values, k)
     low = float(parted[k])
     if k + 1 >= values.size or position == k:
         return low
@@ -206,8 +210,9 @@ def fit_scale(values, method, span=None):
         if p_hi > p_lo:
             low, high = p_lo, p_hi
     if method == "asinh":
-        magnitudes = np.abs(values[values != 0])
-        softening = quantile(magnitudes, ASINH_SOFTENING_QUANTILE) if magnitudes.size else 0.0
+        magnitudes = values[values != 0]
+        np.abs(magnitudes, out=magnitudes)
+        softening = quantile(magnitudes, ASINH_SOFTENING_QUANTILE, overwrite=True) if magnitudes.size else 0.0
         # Every value zero: a flat scale, with a softening that keeps the curve defined.
         return Scale("asinh", low, high, softening) if softening > 0 else Scale("asinh", 0.0, 0.0, 1.0)
     return Scale(method, low, high)
@@ -216,9 +221,20 @@ def fit_scale(values, method, span=None):
 def to_uint8(m, low, high):
     """Map values in [low, high] to 0..255 (clipped); a flat range gives zeros."""
     if not high > low:
-        return np.zeros(m.shape, np.uint8)
-    scaled = (m.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
-    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+        return np.zeros(np.shape(m), np.uint8)
+    return _levels_of(np.array(m, np.float32), low, high)
+
+
+def _levels_of(scaled, low, high):
+    """``to_uint8`` of a float32 array that is ours to overwrite: the same float32 steps,
+    (value - low) * (255 / (high - low)) + 0.5 clipped to [0, 255], each in place."""
+    if not high > low:
+        return np.zeros(scaled.shape, np.uint8)
+    scaled -= np.float32(low)
+    scaled *= np.float32(255.0 / (high - low))
+    scaled += np.float32(0.5)
+    np.clip(scaled, 0, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def colorize(levels, cmap):
@@ -228,22 +244,28 @@ def colorize(levels, cmap):
     return Image.fromarray(colormap_lut(cmap)[levels], mode="RGB")
 
 
-#: How ``png_bytes`` deflates: zlib's run-length strategy at level 1, after
-#: the Sub filter on every row. On the 55 maps of a 512² photo-like image
-#: (bench/apply.py's inputs) this took 82 ms and 5.8 MB, where Pillow (five
-#: filters tried on every row, then the default strategy at level 2) took
-#: 232 ms for 5.5 MB, and Pillow with the run-length strategy 167 ms for
-#: 5.4 MB. Feature maps are noise-like: long matches are rare, so searching
-#: for them, or for each row's best filter, costs time and saves little.
-PNG_LEVEL, PNG_STRATEGY = 1, zlib.Z_RLE
+#: How ``png_bytes`` deflates: zlib at level 1, after the Sub filter on every row.
+#: Feature maps of photos are noise-like, so searching for long matches, or for
+#: each row's best filter, costs time and saves little: zlib's run-length
+#: strategy took 82 ms and 5.8 MB on the 55 maps of a 512² photo-like image
+#: (bench/apply.py's inputs), where Pillow (five filters tried on every row, then
+#: the default strategy at level 2) took 232 ms for 5.5 MB. Pictures with flat
+#: stretches, where at least PNG_FLAT_FRACTION of the filtered bytes are zero (a
+#: pixel equal to its left neighbour), take zlib's default strategy instead:
+#: the maps of drawn shapes (samples/shapes.png, 20-90 % zeros) took 42 ms and
+#: 1.25 MB with it against run-length's 76 ms and 3.2 MB. The maps of photos are
+#: at most 15 % zeros (skimage's astronaut and chelsea, 3 bench images; 3 % on
+#: average), and there the default strategy took twice as long for the same size.
+PNG_LEVEL, PNG_STRATEGY, PNG_FLAT_STRATEGY = 1, zlib.Z_RLE, zlib.Z_DEFAULT_STRATEGY
+PNG_FLAT_FRACTION = 0.2
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_MODES = ("L", "RGB")
 
 
 def png_bytes(image, *, smallest=False):
     """PNG-encode a Pillow image: fast for the many maps a run writes (``PNG_LEVEL``,
-    ``PNG_STRATEGY``), or, with ``smallest``, as small as zlib makes it (for
-    pictures inlined in a page). Modes other than L and RGB go through Pillow;
+    ``PNG_STRATEGY`` or ``PNG_FLAT_STRATEGY``), or, with ``smallest``, as small as zlib
+    makes it (for pictures inlined in a page). Modes other than L and RGB go through Pillow;
     an RGB picture whose channels are equal is written as grey.
 
     zlib releases the GIL, so several threads encode at once.
@@ -263,7 +285,8 @@ def png_bytes(image, *, smallest=False):
     filtered[:, 0] = 1  # the Sub filter: each byte minus the byte of the pixel to its left, modulo 256
     filtered[:, 1:1 + step] = rows[:, :step]
     np.subtract(rows[:, step:], rows[:, :-step], out=filtered[:, 1 + step:])
-    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, 15, 8, PNG_STRATEGY)
+    flat = np.count_nonzero(filtered[:, 1:]) <= (1 - PNG_FLAT_FRACTION) * (filtered.size - height)
+    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, 15, 8, PNG_FLAT_STRATEGY if flat else PNG_STRATEGY)
     data = deflate.compress(filtered.data) + deflate.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0 if step == 1 else 2, 0, 0, 0)  # colour type grey, RGB
     return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
@@ -455,26 +478,32 @@ class LayerPictures:
     """
 
     def __init__(self, maps, names, method, per, cmap, ranges=None):
-        self.maps, self.names, self.cmap = maps, list(names), cmap
+        self.maps, self.names, self.method, self.cmap = maps, list(names), method, cmap
         #: (min, max) of each map, measured once: for the scales and the grid's notes.
         self.ranges = ranges if ranges is not None else [value_range(m) for m in maps]
         layer_span = (min(lo for lo, _ in self.ranges), max(hi for _, hi in self.ranges))
         self.vector = maps.shape[1:] == (1, 1)
         self.per = "layer" if self.vector else per
         if self.vector:
-            self.scales = [Scale("bars", *bar_axis(maps))] * len(maps)  # one value per map
+            self._scales = [Scale("bars", *bar_axis(maps))] * len(maps)  # one value per map
         elif per == "layer":
-            self.scales = [fit_scale(maps, method, layer_span)] * len(maps)
-        else:
-            self.scales = [fit_scale(m, method, r) for m, r in zip(maps, self.ranges)]
+            self._scales = [fit_scale(maps, method, layer_span)] * len(maps)
+        else:  # fitted as each map is drawn, so that threads drawing different maps fit theirs side by side
+            self._scales = [None] * len(maps)
+
+    def scale(self, c):
+        """Map c's ``Scale``."""
+        if self._scales[c] is None:
+            self._scales[c] = fit_scale(self.maps[c], self.method, self.ranges[c])
+        return self._scales[c]
 
     def record(self, c):
         """Map c's ``normalization`` entry for the manifest."""
-        return self.scales[c].record(self.per, self.cmap)
+        return self.scale(c).record(self.per, self.cmap)
 
     def image(self, c):
         """Map c's picture: its levels in the colour map, or its bar with name and value."""
-        scale = self.scales[c]
+        scale = self.scale(c)
         if self.vector:
             return bar_chart(self.maps[c].ravel(), self.names[c:c + 1], scale.low, scale.high)
         return colorize(scale.levels(self.maps[c]), self.cmap)
@@ -482,7 +511,7 @@ class LayerPictures:
     def grid(self, tiles):
         """Every map's picture (``tiles``, thumbnails will do) under its name and value range,
         and a colour bar when one scale serves the whole layer; for 1x1 maps, the bar chart."""
-        scale = self.scales[0]
+        scale = self.scale(0)
         if self.vector:
             return bar_chart(self.maps.ravel(), self.names, scale.low, scale.high)
         notes = [range_note(*r) for r in self.ranges]

@@ -442,3 +442,76 @@ def test_asinh32_is_arcsinh_to_float32_precision():
     err = np.abs(y[finite] - r[finite])
     assert err.max() <= 4e-6, err.max()
     assert (err / np.maximum(np.abs(r[finite]), 1e-3)).max() <= 2e-4, "relative, worst just above 1e-3"
+
+
+def _asinh32_in_plain_steps(x):
+    """asinh32 as first written: one numpy expression a step (the reference of the leaner version)."""
+    a = np.abs(x)
+    with np.errstate(over="ignore"):
+        t = np.log(np.sqrt(np.square(a) + 1) + a)
+    t = np.where(a < np.float32(1e-3), a, t)
+    large = a > np.float32(1e18)
+    t[large] = np.log(a[large]) + np.float32(np.log(2.0))
+    return np.copysign(t, x)
+
+
+def _levels_in_plain_steps(scale, m):
+    """``Scale.levels`` as first written: a new array a step."""
+    low, high = scale.low, scale.high
+    values = m.astype(np.float32)
+    if scale.method == "asinh":
+        low, high = np.arcsinh(np.array([low, high], np.float64) / scale.softening)
+        values = _asinh32_in_plain_steps(values / np.float32(scale.softening))
+    if not high > low:
+        return np.zeros(m.shape, np.uint8)
+    scaled = (values.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_asinh32_in_place_is_the_plain_steps_bit_for_bit():
+    from cnn_cli.viz import asinh32
+
+    rng = np.random.default_rng(1)
+    specials = [0.0, -0.0, np.nan, np.inf, -np.inf, 9.9e-4, 1e-3, 1.01e-3, 1e18, 1.1e18, -3e30, 3e38, 1e-40]
+    x = np.concatenate([rng.standard_normal(10**4) * s for s in (1e-4, 1, 1e3)] + [specials]).astype(np.float32)
+    for softening in (None, 0.37, 1e-20):
+        with np.errstate(over="ignore"):  # 3e38 / 1e-20
+            plain = _asinh32_in_plain_steps(x if softening is None else x / np.float32(softening))
+            ours = asinh32(x, softening)
+        np.testing.assert_array_equal(ours, plain)  # NaNs in the same places
+        assert np.array_equal(np.signbit(ours), np.signbit(plain))
+
+
+@pytest.mark.parametrize("method", ["asinh", "robust", "minmax", "none"])
+@pytest.mark.parametrize("seed", range(6))
+def test_levels_are_the_plain_steps_bit_for_bit(method, seed):
+    """The pictures' levels (in place, fewer arrays) are those of the plain numpy steps, pixel for pixel."""
+    rng = np.random.default_rng(seed)
+    maps = [_heavy_tailed(seed), np.abs(_heavy_tailed(seed)), rng.standard_normal((64, 48)).astype(np.float32) ** 5,
+            np.zeros((8, 8), np.float32), np.full((5, 9), -2.5, np.float32),
+            (rng.random((33, 17)) < 0.5).astype(np.float32) * np.float32(1e-30)]
+    for m in maps:
+        scale = viz.fit_scale(m, method)
+        np.testing.assert_array_equal(scale.levels(m), _levels_in_plain_steps(scale, m))
+        np.testing.assert_array_equal(viz.to_uint8(m, -0.3, 0.7), _levels_in_plain_steps(viz.Scale("minmax", -0.3, 0.7), m))
+
+
+def test_png_bytes_deflate_flat_pictures_with_zlibs_default_strategy(monkeypatch):
+    """Run-length for noise-like pictures, the default strategy where at least PNG_FLAT_FRACTION of
+    the filtered bytes are zero; both decode to the picture."""
+    import io
+    import zlib
+
+    from cnn_cli.viz import PNG_FLAT_STRATEGY, PNG_STRATEGY, png_bytes
+
+    strategies = []
+    real = zlib.compressobj
+    monkeypatch.setattr(zlib, "compressobj", lambda *args: strategies.append(args[4]) or real(*args))
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    flat = noise.copy()
+    flat[:, 1::3] = flat[:, 0::3][:, : flat[:, 1::3].shape[1]]  # a third of the pixels repeat their left neighbour
+    for pixels in (noise, flat):
+        with Image.open(io.BytesIO(png_bytes(Image.fromarray(pixels)))) as decoded:
+            np.testing.assert_array_equal(np.asarray(decoded), pixels)
+    assert strategies == [PNG_STRATEGY, PNG_FLAT_STRATEGY]
