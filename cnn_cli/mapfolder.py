@@ -5,8 +5,8 @@ final path and renames it into place when complete (``cnn_cli.apply`` says
 what the folder holds, and why). The work is spread over a thread pool
 (``encoders``): the npz, and each map's picture (its scale, levels and PNG,
 one task a map) run side by side while the calling thread measures the maps
-for the manifest; a layer's grid follows once its maps are drawn. numpy,
-zlib and file writes release the GIL, so the tasks share the cores.
+for the manifest, then draws each layer's grid once its maps are drawn. numpy,
+zlib and file writes release the GIL, so the threads share the cores.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def write_outputs(path, out_dir, layer_maps, image, pipeline, options, encoders,
         manifest_layers = []
         for layer in layers:
             _check_stop(stop)
-            manifest_layers.append(layer.finish(encoders, jobs))
+            manifest_layers.append(layer.finish())
         for job in jobs:
             _check_stop(stop)
             job.result()
@@ -128,7 +128,7 @@ class _LayerWrite:
             jobs.extend(self.drawn)
         # Measured here, while the pictures are drawn.
         self.means = [float(m.mean(dtype=np.float64)) for m in maps]
-        self.zeros = [float(np.count_nonzero(m == 0) / m.size) for m in maps]
+        self.zeros = [float((m.size - np.count_nonzero(m)) / m.size) for m in maps]
 
     def _draw(self, c):
         """Map c's picture: written as its PNG when maps are saved; its grid tile when grids are."""
@@ -139,13 +139,14 @@ class _LayerWrite:
             return viz.thumbnail(picture)
         return None
 
-    def finish(self, encoders, jobs):
-        """Queue the grid once every map is drawn; return the layer's manifest entry."""
+    def finish(self):
+        """Draw the grid once every map is drawn (on this thread, while the encoders draw later
+        layers' maps); return the layer's manifest entry."""
         tiles = [job.result() for job in self.drawn]
         grid_png = None
         if "grids" in self.options.save:
             grid_png = f"{self.key}_grid.png"
-            jobs.append(encoders.submit(lambda: _write_png(self.staging / grid_png, self.pictures.grid(tiles))))
+            _write_png(self.staging / grid_png, self.pictures.grid(tiles))
         pipeline, i, pictures = self.pipeline, self.i, self.pictures
         entries = [{
             "channel": c, "filter": name, "png": self.pngs[c], "min": lo, "max": hi,
