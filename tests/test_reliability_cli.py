@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_cli import viz
+from cnn_cli import fileio, viz
 from clirunner import cnn
 from cnn_cli.modelfile import load_model
 
@@ -282,16 +282,16 @@ def test_enospc_with_half_written_files_leaves_no_output(tmp_path, monkeypatch, 
     assert list(out.iterdir()) == [], list(out.iterdir())
 
 
-def test_enospc_in_numpy_savez_leaves_no_output(tmp_path, monkeypatch, one_image):
+def test_enospc_while_writing_the_npz_leaves_no_output(tmp_path, monkeypatch, one_image):
     out = tmp_path / "out"
-    real = np.savez
+    real = fileio.write_npz
 
     def partial(file, *args, **kwds):
         if hasattr(file, "write"):
             file.write(b"PK\x03\x04" + b"\x00" * 1000)  # the start of a zip, then the disk is full
 
     wrap, calls = _fail_after(0, partial=partial)
-    monkeypatch.setattr(np, "savez", wrap(real))
+    monkeypatch.setattr(fileio, "write_npz", wrap(real))
     result = cnn("apply", one_image, "-o", out, *APPLY)
     assert calls[0] == 1
     assert result.exit_code == 1, result.output
@@ -319,9 +319,9 @@ def test_enospc_on_the_second_image_of_a_batch(tmp_path, monkeypatch):
     a = _image(tmp_path / "in" / "a.png", seed=1)
     b = _image(tmp_path / "in" / "b.png", seed=2, shape=(30, 50))  # another size: another engine batch
     out = tmp_path / "out"
-    real = np.savez
+    real = fileio.write_npz
     wrap, calls = _fail_after(1)
-    monkeypatch.setattr(np, "savez", wrap(real))
+    monkeypatch.setattr(fileio, "write_npz", wrap(real))
     result = cnn("apply", a, b, "-o", out, *APPLY)
     assert result.exit_code == 3, result.output
     # Images are written in parallel, so either may be the one whose write failed.
@@ -362,15 +362,15 @@ def test_enospc_writing_the_final_model_keeps_the_checkpoint(tmp_path, monkeypat
     work = tmp_path / "work"
     work.mkdir()
     model = work / "m.npz"
-    real = np.savez
+    real = fileio.write_npz
 
-    def savez(file, *args, **kwds):
+    def write_npz(file, *args, **kwds):
         if Path(getattr(file, "name", "")).name.startswith(".m.npz."):  # the final model's temp file
             file.write(b"PK\x03\x04partial")
             raise _enospc()
         return real(file, *args, **kwds)
 
-    monkeypatch.setattr(np, "savez", savez)
+    monkeypatch.setattr(fileio, "write_npz", write_npz)
     result = cnn("train", data, "-o", model, "--epochs", "2")
     monkeypatch.undo()
     assert result.exit_code == 1, result.output
@@ -390,7 +390,7 @@ def test_enospc_writing_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatc
     work = tmp_path / "work"
     work.mkdir()
     wrap, calls = _fail_after(0, partial=lambda file, *a, **k: file.write(b"PK\x03\x04"))
-    monkeypatch.setattr(np, "savez", wrap(np.savez))
+    monkeypatch.setattr(fileio, "write_npz", wrap(fileio.write_npz))
     result = cnn("train", data, "-o", work / "m.npz", "--epochs", "2")
     monkeypatch.undo()
     assert result.exit_code == 1, result.output

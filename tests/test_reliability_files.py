@@ -583,3 +583,30 @@ def test_degenerate_kernel_refusal_is_one_line_in_a_real_process(tmp_path, img):
     assert proc.returncode == 1, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "tiny.toml" in lines[0], proc.stderr
+
+
+def test_write_npz_writes_what_np_savez_writes():
+    """The same members, CRCs and bytes as ``np.savez``, for the arrays it writes from memory and the rest."""
+    from cnn_cli.fileio import write_npz
+
+    rng = np.random.default_rng(0)
+    arrays = {"maps": rng.standard_normal((3, 4, 5)).astype(np.float32), "half": np.ones((2, 7), np.float16),
+              "fortran": np.asfortranarray(rng.standard_normal((5, 6))), "strided": rng.standard_normal((6, 6))[::2],
+              "scalar": np.float64(3.5), "zero_d": np.array(7), "empty": np.zeros((0, 3), np.float32),
+              "text": np.array(["ab", "c"]), "big_endian": np.arange(5, dtype=">i4"), "list": [1, 2, 3],
+              "dates": np.array(["2020-01-01"], "M8[D]"), "record": np.zeros(2, [("x", "<f4"), ("y", "<i2")])}
+    ours, numpys = io.BytesIO(), io.BytesIO()
+    write_npz(ours, arrays)
+    np.savez(numpys, **arrays)
+    with zipfile.ZipFile(ours) as a, zipfile.ZipFile(numpys) as b:
+        assert [(i.filename, i.file_size, i.CRC) for i in a.infolist()] == \
+            [(i.filename, i.file_size, i.CRC) for i in b.infolist()]
+        for name in a.namelist():
+            assert a.read(name) == b.read(name), name
+    loaded = _loaded(ours)
+    np.testing.assert_array_equal(loaded["maps"], arrays["maps"])
+
+
+def _loaded(buffer):
+    with np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
