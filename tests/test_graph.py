@@ -173,7 +173,7 @@ def test_a_conv_and_its_relu_or_clip_run_in_place_in_eval_mode_with_the_same_val
     y = net.forward(x, train=True)
     net.backward(np.ones_like(y))
     fused_grads = {name: g.copy() for name, _, g in net.parameters()}
-    net._steps = [nn._Node(layer, ins, i) for i, (layer, ins) in enumerate(zip(net.layers, net.inputs))]
+    net._steps = [nn._Node(layer, ins, i, [i]) for i, (layer, ins) in enumerate(zip(net.layers, net.inputs))]
     net.zero_grad()
     y2 = net.forward(x, train=True)
     net.backward(np.ones_like(y2))
