@@ -61,17 +61,19 @@ LARGE_IMAGE_BYTES = 2**30
 LARGE_RUN_BYTES = 10 * 2**30
 
 #: Bytes per map pixel of a PNG as ``viz.png_bytes`` writes it, measured on
-#: the default pipeline's maps of photos with the default asinh scaling: 0.77
-#: on scikit-image's photos, 0.88 on bench/apply.py's photo-like images
-#: (gray; colour maps take about twice as much).
-PNG_BYTES_PER_PIXEL = 0.8
+#: the default pipeline's maps of photos with the default asinh scaling: 0.85
+#: to 0.95 on scikit-image's photos (astronaut, camera, coffee, rocket, brick,
+#: grass), 0.94-0.95 on bench/apply.py's photo-like images; maps that deflate
+#: would shrink little are stored (``cnn_cli.pngfile``). Gray; colour maps
+#: take about twice as much.
+PNG_BYTES_PER_PIXEL = 0.9
 
 #: Peak memory over the float32 bytes of the input and every layer's maps:
 #: PNG and npz encoding, padded copies and FFT tiles come on top. Measured
 #: with the default pipeline: a 2048x2048 grey image peaked 660 MB above the
 #: process's start for 492 MB of maps and input (1.34), and a 4096x4096 RGB
 #: one at 2.43 GiB for 1.76 GiB of raw maps (README). About 157 bytes per
-#: input pixel in all, against 130 bytes per pixel written to disk.
+#: input pixel in all, against 138 bytes per pixel written to disk.
 MEMORY_OVERHEAD = 1.4
 
 

@@ -11,14 +11,13 @@ import functools
 import io
 import math
 import re
-import struct
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .choices import COLORMAPS, SCALE_METHODS
+from .pngfile import png_bytes  # noqa: F401  (the encoder of every picture a run writes)
 
 #: Tiles in a grid are scaled so that their longer side lies in this range (a 32x32 input's
 #: maps are drawn 3 times over, so the grid is not a postage stamp and its labels have room).
@@ -242,58 +241,6 @@ def colorize(levels, cmap):
     if cmap == "gray":
         return Image.fromarray(levels, mode="L")
     return Image.fromarray(colormap_lut(cmap)[levels], mode="RGB")
-
-
-#: How ``png_bytes`` deflates: zlib at level 1, after the Sub filter on every row.
-#: Feature maps of photos are noise-like, so searching for long matches, or for
-#: each row's best filter, costs time and saves little: zlib's run-length
-#: strategy took 82 ms and 5.8 MB on the 55 maps of a 512² photo-like image
-#: (bench/apply.py's inputs), where Pillow (five filters tried on every row, then
-#: the default strategy at level 2) took 232 ms for 5.5 MB. Pictures with flat
-#: stretches, where at least PNG_FLAT_FRACTION of the filtered bytes are zero (a
-#: pixel equal to its left neighbour), take zlib's default strategy instead:
-#: the maps of drawn shapes (samples/shapes.png, 20-90 % zeros) took 42 ms and
-#: 1.25 MB with it against run-length's 76 ms and 3.2 MB. The maps of photos are
-#: at most 15 % zeros (skimage's astronaut and chelsea, 3 bench images; 3 % on
-#: average), and there the default strategy took twice as long for the same size.
-PNG_LEVEL, PNG_STRATEGY, PNG_FLAT_STRATEGY = 1, zlib.Z_RLE, zlib.Z_DEFAULT_STRATEGY
-PNG_FLAT_FRACTION = 0.2
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_MODES = ("L", "RGB")
-
-
-def png_bytes(image, *, smallest=False):
-    """PNG-encode a Pillow image: fast for the many maps a run writes (``PNG_LEVEL``,
-    ``PNG_STRATEGY`` or ``PNG_FLAT_STRATEGY``), or, with ``smallest``, as small as zlib
-    makes it (for pictures inlined in a page). Modes other than L and RGB go through Pillow;
-    an RGB picture whose channels are equal is written as grey.
-
-    zlib releases the GIL, so several threads encode at once.
-    """
-    if smallest or image.mode not in _PNG_MODES:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=9 if smallest else 2)
-        return buf.getvalue()
-    pixels = np.asarray(image)
-    if pixels.ndim == 3 and np.array_equal(pixels[..., 0], pixels[..., 1]) \
-            and np.array_equal(pixels[..., 1], pixels[..., 2]):
-        pixels = pixels[..., 0]  # a grey picture (a grid in the gray colour map) is stored as grey: 3x smaller
-    height, width = pixels.shape[:2]
-    step = 1 if pixels.ndim == 2 else pixels.shape[2]  # bytes per pixel: Sub looks that far left
-    rows = pixels.reshape(height, width * step)
-    filtered = np.empty((height, width * step + 1), np.uint8)
-    filtered[:, 0] = 1  # the Sub filter: each byte minus the byte of the pixel to its left, modulo 256
-    filtered[:, 1:1 + step] = rows[:, :step]
-    np.subtract(rows[:, step:], rows[:, :-step], out=filtered[:, 1 + step:])
-    flat = np.count_nonzero(filtered[:, 1:]) <= (1 - PNG_FLAT_FRACTION) * (filtered.size - height)
-    deflate = zlib.compressobj(PNG_LEVEL, zlib.DEFLATED, 15, 8, PNG_FLAT_STRATEGY if flat else PNG_STRATEGY)
-    data = deflate.compress(filtered.data) + deflate.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0 if step == 1 else 2, 0, 0, 0)  # colour type grey, RGB
-    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
-
-
-def _png_chunk(kind, data):
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 @functools.lru_cache(maxsize=None)

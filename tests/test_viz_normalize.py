@@ -496,22 +496,28 @@ def test_levels_are_the_plain_steps_bit_for_bit(method, seed):
         np.testing.assert_array_equal(viz.to_uint8(m, -0.3, 0.7), _levels_in_plain_steps(viz.Scale("minmax", -0.3, 0.7), m))
 
 
-def test_png_bytes_deflate_flat_pictures_with_zlibs_default_strategy(monkeypatch):
-    """Run-length for noise-like pictures, the default strategy where at least PNG_FLAT_FRACTION of
-    the filtered bytes are zero; both decode to the picture."""
+def test_png_bytes_deflate_as_the_picture_asks(monkeypatch):
+    """Flat pictures (PNG_FLAT_FRACTION of the filtered bytes zero or more) take zlib's default
+    strategy, noise-like ones run-length, and those run-length would shrink by less than
+    PNG_STORE_SAVING are stored; every one decodes to the picture."""
     import io
-    import zlib
 
-    from cnn_cli.viz import PNG_FLAT_STRATEGY, PNG_STRATEGY, png_bytes
+    from cnn_cli import pngfile
 
-    strategies = []
-    real = zlib.compressobj
-    monkeypatch.setattr(zlib, "compressobj", lambda *args: strategies.append(args[4]) or real(*args))
+    streams = []
+    real = pngfile._zlib_stream
+    monkeypatch.setattr(pngfile, "_zlib_stream", lambda data, level, strategy: streams.append(
+        (data.size, level, strategy)) or real(data, level, strategy))
     rng = np.random.default_rng(0)
-    noise = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    noise = rng.integers(0, 256, (64, 64), dtype=np.uint8)  # incompressible
+    smooth = np.cumsum(rng.choice([-2, -1, 1, 2], (64, 64)), axis=1).astype(np.uint8)  # small steps: deflate pays
     flat = noise.copy()
     flat[:, 1::3] = flat[:, 0::3][:, : flat[:, 1::3].shape[1]]  # a third of the pixels repeat their left neighbour
-    for pixels in (noise, flat):
-        with Image.open(io.BytesIO(png_bytes(Image.fromarray(pixels)))) as decoded:
+    for pixels in (noise, smooth, flat):
+        with Image.open(io.BytesIO(pngfile.png_bytes(Image.fromarray(pixels)))) as decoded:
             np.testing.assert_array_equal(np.asarray(decoded), pixels)
-    assert strategies == [PNG_STRATEGY, PNG_FLAT_STRATEGY]
+    whole, probe = 64 * 65, 8 * 65
+    rle, default = pngfile.PNG_STRATEGY, pngfile.PNG_FLAT_STRATEGY
+    assert streams == [(probe, 1, rle), (whole, 0, rle),  # noise: probed, stored
+                       (probe, 1, rle), (whole, 1, rle),  # smooth: probed, run-length
+                       (whole, 1, default)], streams
