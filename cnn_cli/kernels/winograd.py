@@ -62,14 +62,10 @@ def _run(t, left, th, tw):
 
 
 @helper
-def _bt(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5, e):
-    """(o0[e], ..., o5[e]) = B^T (d0, ..., d5): one column or row of an input tile."""
-    o0[e] = 4 * d0 - 5 * d2 + d4
-    o1[e] = d3 + d4 - 4 * (d1 + d2)
-    o2[e] = d4 - d3 + 4 * (d1 - d2)
-    o3[e] = d4 - d2 + 2 * (d3 - d1)
-    o4[e] = d4 - d2 + 2 * (d1 - d3)
-    o5[e] = 4 * d1 - 5 * d3 + d5
+def _bt(d0, d1, d2, d3, d4, d5):
+    """B^T (d0, ..., d5): one column or row of an input tile."""
+    return (4 * d0 - 5 * d2 + d4, d3 + d4 - 4 * (d1 + d2), d4 - d3 + 4 * (d1 - d2),
+            d4 - d2 + 2 * (d3 - d1), d4 - d2 + 2 * (d1 - d3), 4 * d1 - 5 * d3 + d5)
 
 
 @kernel
@@ -80,7 +76,9 @@ def input_tiles(xp, th, tw, t0, v, first, last):
     The tiles of a tile row go together, in vectorised passes along them:
     the six input rows are split by column modulo 4 (tile q's columns are
     phase 0..3 at q, then phases 0 and 1 at q + 1), B^T combines the rows,
-    and B each tile's columns, stored contiguously along the tiles.
+    and B each tile's columns, stored contiguously along the tiles. Every
+    element is indexed, not sliced: views made for each run of tiles took
+    a fifth of the time on 64 channels at 56x56.
     """
     count = v.shape[2]
     ph = np.empty((A, M, tw + 1), np.float32)  # [input row, column % 4, column // 4]
@@ -90,22 +88,24 @@ def input_tiles(xp, th, tw, t0, v, first, last):
         while k < count:
             n, r, q0, span = _run(t0 + k, count - k, th, tw)
             for i in range(A):
-                src = xp[n, ci, M * r + i, M * q0:M * (q0 + span) + 2]
-                for p in range(M):
-                    dst = ph[i, p]
-                    for e in range(span + (1 if p < 2 else 0)):
-                        dst[e] = src[M * e + p]
-            for p in range(M):
-                r0, r1, r2, r3, r4, r5 = rows[0, p], rows[1, p], rows[2, p], rows[3, p], rows[4, p], rows[5, p]
+                row = M * r + i
                 for e in range(span + 1):
-                    _bt(ph[0, p, e], ph[1, p, e], ph[2, p, e], ph[3, p, e], ph[4, p, e], ph[5, p, e],
-                        r0, r1, r2, r3, r4, r5, e)
-            for a in range(A):
-                c0, c1, c2, c3 = rows[a, 0], rows[a, 1], rows[a, 2], rows[a, 3]
-                o0, o1, o2 = v[a * A, ci, k:k + span], v[a * A + 1, ci, k:k + span], v[a * A + 2, ci, k:k + span]
-                o3, o4, o5 = v[a * A + 3, ci, k:k + span], v[a * A + 4, ci, k:k + span], v[a * A + 5, ci, k:k + span]
+                    ph[i, 0, e] = xp[n, ci, row, M * (q0 + e)]
+                    ph[i, 1, e] = xp[n, ci, row, M * (q0 + e) + 1]
                 for e in range(span):
-                    _bt(c0[e], c1[e], c2[e], c3[e], c0[e + 1], c1[e + 1], o0, o1, o2, o3, o4, o5, e)
+                    ph[i, 2, e] = xp[n, ci, row, M * (q0 + e) + 2]
+                    ph[i, 3, e] = xp[n, ci, row, M * (q0 + e) + 3]
+            for p in range(M):
+                for e in range(span + (1 if p < 2 else 0)):
+                    o = _bt(ph[0, p, e], ph[1, p, e], ph[2, p, e], ph[3, p, e], ph[4, p, e], ph[5, p, e])
+                    for a in range(A):
+                        rows[a, p, e] = o[a]
+            for a in range(A):
+                for e in range(span):
+                    o = _bt(rows[a, 0, e], rows[a, 1, e], rows[a, 2, e], rows[a, 3, e], rows[a, 0, e + 1],
+                            rows[a, 1, e + 1])
+                    for j in range(A):
+                        v[a * A + j, ci, k + e] = o[j]
             k += span
 
 
