@@ -235,5 +235,6 @@ def test_info_profile_times_every_node_of_a_model(tmp_path):
     assert result.exit_code == 0, result.output
     assert "per layer kind" in result.stdout and "features.3" in result.stdout and "G multiply-adds" in result.stdout
     assert "concat" in result.stdout and "conv" in result.stdout
+    assert "conv+relu" in result.stdout  # a conv and its ReLU run as one step, and are timed so
     refused = cnn("info", "default", "--profile")
     assert refused.exit_code == 2 and "--profile times a model" in refused.stderr

@@ -208,7 +208,7 @@ def info(
     target: Annotated[str, typer.Argument(help="A model file (.npz), or a pipeline or architecture name or file.", show_default=False)],
     size: Annotated[int, typer.Option(min=1, help="Input height and width, for pipelines and architectures.")] = 512,
     color: Annotated[Color, typer.Option(help="Input channels, for pipelines and architectures: gray (1) or rgb (3).")] = Color.gray,
-    profile: Annotated[bool, typer.Option("--profile", help="Time one forward pass of a model, node by node and per layer kind, on random images at its own size.")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Time one forward pass of a model, step by step (a conv and the ReLU, clip or pooling fused into it are one step) and per kind, on random images at its own size.")] = False,
     batch: Annotated[int, typer.Option(min=1, max=1024, help="Images in the forward pass --profile times.")] = 1,
 ):
     """Show each layer: output shape, parameters and receptive field.
@@ -257,9 +257,9 @@ def _print_profile(target, batch):
         fail(out_of_memory(exc))
     console = stdout_console()
     rows = [(i, node.name, node.kind, node.shape, f"{node.ms:.2f}") for i, node in enumerate(result.nodes)]
-    console.print(rich_table(("#", "node", "kind", "output shape", "ms"), rows, result.title))
+    console.print(rich_table(("#", "node(s)", "kind", "output shape", "ms"), rows, result.title))
     kinds = [(k.kind, k.count, f"{k.ms:.2f}", f"{100 * k.share:.1f}%") for k in result.kinds]
-    console.print(rich_table(("kind", "nodes", "ms", "share"), kinds, "per layer kind"))
+    console.print(rich_table(("kind", "steps", "ms", "share"), kinds, "per layer kind"))
     gflops = 2 * result.multiply_adds / (result.total_ms * 1e6) if result.total_ms else 0.0
     console.print(f"{result.total_ms:.1f} ms in all; {result.multiply_adds / 1e9:.2f} G multiply-adds, "
                   f"{gflops:.1f} GFLOP/s", highlight=False)
