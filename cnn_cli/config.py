@@ -87,6 +87,32 @@ FFT_TILES_MAX_COST = 0.95
 #: split; a bank over a photo (100M and up) gains clearly from the split.
 PARALLEL_MIN_WORK = 2**25
 
+#: Max pooling without the argmax (``kernels.pool.max_pool_values``) and
+#: PReLU (``kernels.prelu``): the work of one input value, in the units of
+#: PARALLEL_MIN_WORK, so calls of 2**19 values (pooling) and 2**20 (PReLU)
+#: and more are split between threads. A value costs far less than a
+#: multiply-add of a product, but the hand-off does not shrink with it.
+#: Measured as 3x3/2 pooling and PReLU, one thread against two (medians of
+#: 15-25 interleaved calls), at moments when two threads of arithmetic ran
+#: as fast as one (load average 0.9-1.2):
+#: pooling 1x32x112x112 (0.4M values) 0.23 ms against 0.22, 0.6M 0.36
+#: against 0.36, 0.8M 0.47-0.70 against 0.43-0.58, 64x64x21x21 (1.8M)
+#: 2.1-3.7 against 1.9-2.2, 64x32x46x46 7.3-7.4 against 4.2-4.4; PReLU
+#: 0.6M 0.11 against 0.16, 0.8M 0.17-0.37 against 0.18-0.34, 1.8M 0.9-1.3
+#: against 0.6-1.0, 4.3M 2.6-2.8 against 1.9-2.0. With the other core
+#: busy, two threads took 3-20% longer from 0.8M values up.
+POOL_VALUE_WORK = 64
+PRELU_VALUE_WORK = 32
+
+#: The input values whose row maxima ``max_pool_values`` takes at once (a
+#: band of output rows whose input rows fit; four buffers of this many per
+#: thread). Only the buffers' size depends on it: from 1024 to whole planes,
+#: one thread pooled SqueezeNet's and the O-Net's maps in the same time
+#: within noise (8x64x111x111 4.6-4.9 ms, 64x32x46x46 4.7-5.7, 1x16x512x512
+#: 3.3-3.9, thread CPU time, load average 2.3); a whole plane of a large
+#: image would take four buffers of its size.
+POOL_BAND_VALUES = 2**14
+
 #: A fixed filter bank (convolution with ``algorithm="light"``) of at most
 #: this many multiply-adds per image runs in numpy (cnn_cli.functional.small),
 #: and max pooling of inputs of at most SMALL_MAX_POOL_INPUT values does so

@@ -351,15 +351,7 @@ class Pool(Layer):
         inside the input (or its top/left padding) but runs past it, as torch and ONNX count it."""
         if not self.ceil_mode:
             return 0, 0
-        k, s = F.pair("kernel_size", self.kernel_size, 1), F.pair("stride", self.stride, 1)
-        p = F.pair("padding", self.padding, 0)
-        extra = []
-        for size, kk, ss, pp in zip((h, w), k, s, p):
-            n = -(-(size + 2 * pp - kk) // ss) + 1
-            if (n - 1) * ss >= size + pp:
-                n -= 1
-            extra.append(max((n - 1) * ss + kk - (size + 2 * pp), 0))
-        return tuple(extra)
+        return F.ceil_mode_extra((h, w), self.kernel_size, self.stride, self.padding)
 
     def _padded(self, x):
         """``x`` with its padding and ceil mode's extra rows as -inf, for pooling with no padding."""
@@ -368,46 +360,23 @@ class Pool(Layer):
         return np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=-np.inf)
 
     def forward(self, x, train=False):
-        if self.ceil_mode and self._extra(*x.shape[2:]) != (0, 0):
-            return self._forward_ceil(x, train)
         args = (self.kernel_size, self.stride, self.padding)
         if self.kind == "avgpool":
+            if self.ceil_mode:
+                self._out_hw(*x.shape[2:])  # refuses windows that run past the input
             if train:
                 self.save_for_backward(x)
             return F.avg_pool2d(x, *args)
         if not train:
-            return F.max_pool2d(x, *args)
+            return F.max_pool2d(x, *args, ceil_mode=self.ceil_mode)
+        if self._extra(*x.shape[2:]) != (0, 0):
+            # Ceil mode in training pools a padded copy, whose argmax the backward pass scatters to.
+            xp = self._padded(x)
+            y, argmax = F.max_pool2d_with_argmax(xp, self.kernel_size, self.stride, 0)
+            self.save_for_backward(xp.shape, argmax, x.shape)
+            return y
         y, argmax = F.max_pool2d_with_argmax(x, *args)
         self.save_for_backward(x.shape, argmax)
-        return y
-
-    def _forward_ceil(self, x, train):
-        if not train:
-            return self._max_pool_ceil(x)
-        xp = self._padded(x)
-        y, argmax = F.max_pool2d_with_argmax(xp, self.kernel_size, self.stride, 0)
-        self.save_for_backward(xp.shape, argmax, x.shape)
-        return y
-
-    def _max_pool_ceil(self, x):
-        """Max pooling in ceil mode without a padded copy of ``x``: the windows inside by floor mode,
-        then the last row and column of windows, which reach past the input, from the maxima of the
-        rows or columns they hold (the padded copy took 13-19% of SqueezeNet's and the O-Net's time)."""
-        (kh, kw), (sh, sw) = F.pair("kernel_size", self.kernel_size, 1), F.pair("stride", self.stride, 1)
-        ph, pw = F.pair("padding", self.padding, 0)
-        h, w = x.shape[2:]
-        oh, ow = self._out_hw(h, w)
-        top, left = (oh - 1) * sh - ph, (ow - 1) * sw - pw  # where the last windows start in x
-        if top < 0 or left < 0 or h + 2 * ph < kh or w + 2 * pw < kw:  # tiny maps: the padded copy is tiny too
-            return F.max_pool2d(self._padded(x), self.kernel_size, self.stride, 0)
-        y = np.empty((*x.shape[:2], oh, ow), np.float32)
-        inner = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        fh, fw = inner.shape[2:]
-        y[:, :, :fh, :fw] = inner
-        if oh > fh:  # the bottom row of windows: the rows they hold, reduced, then windows along W
-            y[:, :, fh, :] = _windows(_maximum(x[:, :, i, :] for i in range(top, h)), kw, sw, pw, ow)
-        if ow > fw:  # the right column of windows
-            y[:, :, :, fw] = _windows(_maximum(x[:, :, :, j] for j in range(left, w)), kh, sh, ph, oh)
         return y
 
     def backward(self, grad):
@@ -500,29 +469,6 @@ class Pool(Layer):
     def describe(self):
         return (f"{self.kind} {self.kernel_size}, stride {self.stride}, padding {self.padding}"
                 + (", ceil mode" if self.ceil_mode else ""))
-
-
-def _maximum(planes):
-    """The elementwise maximum of a few arrays (NaN wins), a pass each: numpy's max over a short
-    strided axis costs several times more."""
-    planes = iter(planes)
-    out = np.array(next(planes))
-    for plane in planes:
-        np.maximum(out, plane, out=out)
-    return out
-
-
-def _windows(v, k, s, p, n):
-    """(N, C, n): the maxima of the windows of ``k`` values every ``s`` along the last axis of ``v``
-    (N, C, L), the first starting at -``p``; values outside ``v`` count as -inf."""
-    length = (n - 1) * s + k
-    vp = np.full((*v.shape[:2], length), -np.inf, np.float32)
-    inside = min(v.shape[2], length - p)
-    vp[:, :, p:p + inside] = v[:, :, :inside]
-    out = vp[:, :, :(n - 1) * s + 1:s].copy()
-    for i in range(1, k):
-        np.maximum(out, vp[:, :, i:i + (n - 1) * s + 1:s], out=out)
-    return out
 
 
 class GlobalPool(Layer):

@@ -392,10 +392,12 @@ class PoolArgs(NamedTuple):
     out_shape: tuple
 
 
-def pool_args(x_shape, kernel_size, stride=None, padding=0):
-    """Normalise pooling arguments like torch (floor mode); raise InvalidArguments.
+def pool_args(x_shape, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Normalise pooling arguments like torch; raise InvalidArguments.
 
-    H_out = floor((H + 2 * pad - kH) / sH) + 1, with pad <= kH / 2.
+    H_out = floor((H + 2 * pad - kH) / sH) + 1, with pad <= kH / 2. In ceil
+    mode, ATen's ``pooling_output_shape``: ceil instead of floor, then one
+    less if the last window would start past the input and its top padding.
     """
     x_shape = tuple(x_shape)
     if len(x_shape) != 4:
@@ -417,8 +419,13 @@ def pool_args(x_shape, kernel_size, stride=None, padding=0):
     hp, wp = h + 2 * p[0], w + 2 * p[1]
     if k[0] > hp or k[1] > wp:
         raise InvalidArguments("window larger than padded input")
-    out = (n, c, (hp - k[0]) // s[0] + 1, (wp - k[1]) // s[1] + 1)
-    return PoolArgs(k, s, p, out)
+    sizes = []
+    for size, kk, ss, pp in zip((h, w), k, s, p):
+        o = (size + 2 * pp - kk + (ss - 1 if ceil_mode else 0)) // ss + 1
+        if ceil_mode and (o - 1) * ss >= size + pp:
+            o -= 1
+        sizes.append(o)
+    return PoolArgs(k, s, p, (n, c, *sizes))
 
 
 def pool_args_or_none(*args, **kwargs):
@@ -464,8 +471,9 @@ def _pool_grad_args(x, grad_y, kernel_size, stride, padding):
     return a, _f64(grad_y)
 
 
-def naive_max_pool2d(x, kernel_size, stride=None, padding=0):
-    a = pool_args(_shape(x), kernel_size, stride, padding)
+def naive_max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Windows past the input (padding, ceil mode's last ones) take only the pixels inside it."""
+    a = pool_args(_shape(x), kernel_size, stride, padding, ceil_mode)
     xl = _f64(x).tolist()
     y = np.zeros(a.out_shape, dtype=np.float64)
     for (b, ch, oh, ow), rows, cols in _pool_windows(a, *_shape(x)[2:]):
@@ -503,6 +511,19 @@ def naive_avg_pool2d_backward(x, grad_y, kernel_size, stride=None, padding=0):
             for j in cols:
                 gx[b, ch, i, j] += grad_y[b, ch, oh, ow] / div
     return gx
+
+
+def naive_prelu(x, weight):
+    """torch.nn.PReLU: x where x > 0, else weight[c] * x (c the index on axis 1; one weight for all)."""
+    x = np.asarray(x, dtype=np.float32)
+    w = np.asarray(weight, dtype=np.float32).reshape(-1)
+    if x.ndim < 2 or w.size not in (1, x.shape[1]):
+        raise InvalidArguments("x must be (N, C, ...) and weight hold 1 or C slopes")
+    y = np.empty_like(x)
+    for index in np.ndindex(x.shape):
+        v = x[index]
+        y[index] = v if v > 0 else w[index[1] if w.size > 1 else 0] * v
+    return y
 
 
 # --------------------------------------------------------------------------

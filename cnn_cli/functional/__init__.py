@@ -23,6 +23,7 @@ with one job:
 - ``dispatch``: which path runs, by the thresholds in ``cnn_cli.config``;
 - ``conv``, ``pool``: the public API below;
 - ``affine``: the batched affine resampling of ``cnn train --augment``;
+- ``prelu``: PReLU, one pass, in place for inference;
 - ``batchnorm``: batch normalisation in training, forward and backward.
 """
 
@@ -32,11 +33,13 @@ from .conv import conv2d, conv2d_backward, conv2d_max_pool2d
 from .pool import (
     avg_pool2d,
     avg_pool2d_backward,
+    ceil_mode_extra,
     max_pool2d,
     max_pool2d_backward,
     max_pool2d_backward_from_argmax,
     max_pool2d_with_argmax,
 )
+from .prelu import prelu
 from .specs import (
     ALGORITHMS,
     PADDING_MODES,
@@ -60,6 +63,7 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm_backward",
     "batch_norm_train",
+    "ceil_mode_extra",
     "check_conv_options",
     "check_pool_options",
     "conv2d",
@@ -73,4 +77,5 @@ __all__ = [
     "n_elements",
     "out_size",
     "pair",
+    "prelu",
 ]

@@ -2,16 +2,17 @@
 
 Every window is ``kernel_size``, ``stride`` defaults to ``kernel_size``, and
 ``padding`` is at most half the kernel. Output size:
-``(H + 2*padding - kernel_size) // stride + 1`` (floor mode), likewise for W.
+``(H + 2*padding - kernel_size) // stride + 1`` (floor mode), likewise for W;
+``max_pool2d`` also takes ``ceil_mode`` (``ceil_mode_extra``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from .. import config, kernels
 from . import small, threads
-from .specs import PoolSpec, as_float32
+from .specs import PoolSpec, as_float32, check_pool_options
 
 
 def _pool_forward(kernel, x, kernel_size, stride, padding, *extra):
@@ -34,18 +35,44 @@ def _pool_backward_args(x, grad_y, kernel_size, stride, padding):
     return x, gy, spec
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Max pooling over windows of ``kernel_size``; padding counts as -inf.
+def ceil_mode_extra(hw, kernel_size, stride=None, padding=0):
+    """(rows, columns) that ceil mode adds below and right of the padded input (H, W) = ``hw``.
+
+    As torch and ONNX count it: the output size is ceil((H + 2*padding -
+    kernel_size) / stride) + 1, less one if that last window would start
+    past the input and its top or left padding. Floor mode of the input
+    padded with that many more rows of -inf gives the same windows.
+    """
+    kernel, stride, pads = check_pool_options(kernel_size, stride, padding)
+    extra = []
+    for size, k, s, p in zip(hw, kernel, stride, pads):
+        n = -(-(size + 2 * p - k) // s) + 1
+        if (n - 1) * s >= size + p:
+            n -= 1
+        extra.append(max((n - 1) * s + k - (size + 2 * p), 0))
+    return tuple(extra)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Max pooling over windows of ``kernel_size``; padding counts as -inf, and a NaN wins.
 
     ``stride`` defaults to ``kernel_size``; padding is at most half the kernel.
-    Output size: ``(H + 2*padding - kernel_size) // stride + 1`` (floor mode).
-    Without the argmax (``max_pool2d_with_argmax``), the windows' maxima are
-    taken a whole output row at a time, vectorised.
+    Output size: ``(H + 2*padding - kernel_size) // stride + 1`` (floor mode);
+    ``ceil_mode`` rounds up instead (``ceil_mode_extra``), the last windows
+    running past the input. Ties keep the value torch's scan in row-major
+    order keeps (+0 or -0). Without the argmax (``max_pool2d_with_argmax``)
+    the maxima are taken along the rows, then down the columns, vectorised.
     """
     x = as_float32("x", x, 4)
+    eh, ew = ceil_mode_extra(x.shape[2:], kernel_size, stride, padding) if ceil_mode else (0, 0)
+    spec = PoolSpec((*x.shape[:2], x.shape[2] + eh, x.shape[3] + ew), kernel_size, stride, padding)
     if small.takes_pool(x.shape, kernel_size, stride, padding):
-        return small.max_pool(x, kernel_size, stride, padding)
-    return _pool_forward(kernels.pool.max_pool_values, x, kernel_size, stride, padding)
+        return small.max_pool(x, kernel_size, stride, padding, extra=(eh, ew))
+    band = max(1, config.POOL_BAND_VALUES // (spec.stride[0] * x.shape[3]))  # output rows whose input rows fit
+    y = np.empty(spec.y_shape, np.float32)
+    threads.run(kernels.pool.max_pool_values, x, *spec.args, band, y, tasks=x.shape[0] * x.shape[1],
+                work=x.size * config.POOL_VALUE_WORK)
+    return y
 
 
 def max_pool2d_with_argmax(x, kernel_size, stride=None, padding=0):

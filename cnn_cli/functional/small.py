@@ -169,16 +169,19 @@ def takes_pool(x_shape, kernel_size, stride, padding):
     return not kernels_loaded() and int(np.prod(x_shape)) <= config.SMALL_MAX_POOL_INPUT
 
 
-def max_pool(x, kernel_size, stride, padding):
+def max_pool(x, kernel_size, stride, padding, extra=(0, 0)):
     """``max_pool2d``: the maximum of each window, padding as -inf, NaN propagating (as the kernels do),
-    one pass of ``np.maximum`` a window position."""
-    spec = PoolSpec(x.shape, kernel_size, stride, padding)
+    one pass of ``np.maximum`` a window position, in row-major order. ``np.maximum`` returns its second
+    argument on a tie, the maximum so far here, so the first of +0 and -0 wins, as in torch and the
+    kernels. ``extra``: ceil mode's rows and columns of -inf below and right."""
+    (eh, ew) = extra
+    spec = PoolSpec((*x.shape[:2], x.shape[2] + eh, x.shape[3] + ew), kernel_size, stride, padding)
     (kh, kw), (sh, sw), (ph, pw) = spec.kernel, spec.stride, spec.padding
     oh, ow = spec.y_shape[2:]
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    if ph or pw or eh or ew:
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=-np.inf)
     y = np.full(spec.y_shape, -np.inf, np.float32)
     for i in range(kh):
         for j in range(kw):
-            np.maximum(y, x[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw], out=y)
+            np.maximum(x[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw], y, out=y)
     return y
