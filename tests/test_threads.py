@@ -66,3 +66,20 @@ def test_a_split_inside_a_slice_runs_on_that_thread():
     threads.split(call, 2, 2)
     assert sorted(covered for _, covered in inner) == [list(range(6))] * 2
     assert sorted(on_pool for on_pool, _ in inner) == [False, True]  # the caller's slice, and the other thread's
+
+
+def test_every_slice_finishes_before_a_failed_split_returns():
+    import time
+
+    done = []
+
+    def call(lo, hi):
+        if lo == 1:
+            raise ValueError("a slice failed")
+        time.sleep(0.05 if lo else 0)
+        done.append(lo)
+
+    with pytest.raises(ValueError, match="a slice failed"):
+        threads.split(call, 3, 3)
+    assert sorted(done) == [0, 2]  # the slow slice ran to its end before the error came back
+    assert _covered(10, 2) == list(range(10))

@@ -50,25 +50,34 @@ def split(call, total, parts):
             call(lo, hi)
         return
     slices = [(lo, hi) for lo, hi in itertools.pairwise(bounds[1:]) if hi > lo]
-    if _bells_free.acquire(blocking=False):
-        try:
-            bells = _ring(slices, call)
-            try:
-                call(bounds[0], bounds[1])
-            finally:
-                for bell in bells:
-                    bell.wait()
-        finally:
-            _bells_free.release()
-        return
-    # The first slice runs here: this thread would only wait otherwise, and
-    # waking one thread fewer saves a thread's wake-up a call.
-    jobs = [submit(call, lo, hi) for lo, hi in slices]
+    own = _bells_free.acquire(blocking=False)
     try:
-        call(bounds[0], bounds[1])
+        if own:
+            waits = [bell.wait for bell in _ring(slices, call)]
+        else:
+            waits = [submit(call, lo, hi).result for lo, hi in slices]
+        # The first slice runs here: this thread would only wait otherwise, and
+        # waking one thread fewer saves a thread's wake-up a call.
+        try:
+            call(bounds[0], bounds[1])
+        finally:
+            _wait_all(waits)
     finally:
-        for job in jobs:
-            job.result()
+        if own:
+            _bells_free.release()
+
+
+def _wait_all(waits):
+    """Wait for every started slice, then raise the first error among them: a bell given back
+    while its thread still ran a job could be rung again by the next call."""
+    errors = []
+    for wait in waits:
+        try:
+            wait()
+        except BaseException as exc:  # noqa: BLE001 (raised below, after the others finished)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _ring(slices, call):
