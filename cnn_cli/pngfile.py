@@ -4,12 +4,12 @@ Each row gets PNG's Sub filter (a byte minus the byte of the pixel to its
 left), then zlib deflates the rows at level 1 in one of three ways, chosen
 from the picture itself:
 
-- pictures with flat stretches, where at least PNG_FLAT_FRACTION of the
+- pictures with flat stretches, where at least config.PNG_FLAT_FRACTION of the
   filtered bytes are zero (a pixel equal to its left neighbour), with zlib's
   default strategy, which finds row-long matches;
 - noise-like pictures (the maps of photos) with its run-length strategy;
 - and noise-like pictures that run-length would shrink by less than
-  PNG_STORE_SAVING, judged on every PNG_PROBE_ROW-th row, stored: the PNG is
+  config.PNG_STORE_SAVING, judged on every config.PNG_PROBE_ROW-th row, stored: the PNG is
   as valid and decodes the same, and writing the extra bytes costs far less
   than deflating them.
 
@@ -36,10 +36,9 @@ import zlib
 
 import numpy as np
 
+from . import config
+
 PNG_LEVEL, PNG_STRATEGY, PNG_FLAT_STRATEGY = 1, zlib.Z_RLE, zlib.Z_DEFAULT_STRATEGY
-PNG_FLAT_FRACTION = 0.2
-PNG_STORE_SAVING = 0.2
-PNG_PROBE_ROW = 8
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MODES = ("L", "RGB")
 
@@ -75,12 +74,12 @@ def png_bytes(image, *, smallest=False):
 def _deflate(filtered):
     """The zlib stream of the filtered rows (H, 1 + W * bytes per pixel), as the module's docstring says."""
     height = filtered.shape[0]
-    if np.count_nonzero(filtered[:, 1:]) <= (1 - PNG_FLAT_FRACTION) * (filtered.size - height):
+    if np.count_nonzero(filtered[:, 1:]) <= (1 - config.PNG_FLAT_FRACTION) * (filtered.size - height):
         level, strategy = PNG_LEVEL, PNG_FLAT_STRATEGY
     else:
         level, strategy = PNG_LEVEL, PNG_STRATEGY
-        probe = np.ascontiguousarray(filtered[::PNG_PROBE_ROW])
-        if len(_zlib_stream(probe, level, strategy)) > (1 - PNG_STORE_SAVING) * probe.size:
+        probe = np.ascontiguousarray(filtered[::config.PNG_PROBE_ROW])
+        if len(_zlib_stream(probe, level, strategy)) > (1 - config.PNG_STORE_SAVING) * probe.size:
             level = 0
     return _zlib_stream(filtered, level, strategy)
 
