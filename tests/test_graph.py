@@ -180,3 +180,27 @@ def test_a_conv_and_its_relu_or_clip_run_in_place_in_eval_mode_with_the_same_val
     np.testing.assert_array_equal(y, y2)
     for name, _, g in net.parameters():
         np.testing.assert_array_equal(fused_grads[name], g, err_msg=name)
+
+
+def test_eval_mode_keeps_a_relu_on_its_conv_before_a_pooling_the_conv_cannot_join():
+    """ResNet's stem, conv -> ReLU -> 3x3/2 max pooling: eval mode clips the conv's output as it stores
+    it and pools after (the ReLU is no pass of its own); training pools first and runs the ReLU on the
+    pooled map. A 2x2/2 pooling, which joins the conv, is swapped in both. Same values every way."""
+    from cnn_cli import nn
+
+    def kinds(steps):
+        return [type(step.layer).__name__ if not hasattr(step.layer, "kind") else step.layer.kind for step in steps]
+
+    for pool, eval_kinds, train_kinds in (
+            ({"kernel_size": 3, "stride": 2, "padding": 1}, ["_ConvActivation", "maxpool"], ["conv", "maxpool", "relu"]),
+            ({"kernel_size": 2, "stride": 2}, ["_ConvPool", "relu"], ["_ConvPool", "relu"])):
+        tables = [{"type": "conv", "name": "stem", "out_channels": 4, "kernel_size": 3, "padding": 1},
+                  {"type": "relu", "name": "r"}, {"type": "maxpool", "name": "p", **pool},
+                  {"type": "flatten", "name": "flat"}, {"type": "linear", "name": "fc", "out_features": 2}]
+        net = Network(build_layers(tables, "test"), (3, 9, 8), seed=0)
+        assert kinds(net._eval_steps)[:2] == eval_kinds and kinds(net._steps)[:len(train_kinds)] == train_kinds
+        x = np.random.default_rng(10).standard_normal((2, 3, 9, 8)).astype(np.float32)
+        x[0, :, :3, :3] = -5.0  # windows whose values are all negative: zero either way
+        expected = net.node_outputs(x)[-1]
+        np.testing.assert_array_equal(net.forward(x), expected)
+        np.testing.assert_array_equal(net.forward(x, train=True), expected)

@@ -147,9 +147,11 @@ def test_inference_writes_elementwise_steps_in_place_and_keeps_three_maps_alive(
     np.testing.assert_array_equal(bits(y), bits(expected))
     np.testing.assert_array_equal(bits(x), bits(x_before))  # the caller's batch is never written over
     convs = 1 + 2 * blocks
-    # Batch norm, ReLU and the sum write over their input: only the convolutions, the pooling,
-    # the flattening and the classifier make arrays (the flattening a view of the pooling's).
-    assert watch.overwrites == 5 * blocks + 2
+    # Batch norm, ReLU and the sum with its ReLU (one step) write over their input: only the
+    # convolutions, the pooling, the flattening and the classifier make arrays (the flattening a
+    # view of the pooling's).
+    assert watch.overwrites == 4 * blocks + 2
+    assert sum(isinstance(step.layer, nn._SumActivation) for step in net._steps) == blocks
     assert watch.fresh == convs + 2
     one_map = x.shape[0] * 8 * 16 * 16 * 4
     # At most: a block's input (the sum's shortcut), the map being read and a conv's new output.
@@ -184,7 +186,7 @@ def traced_pass(net, x, monkeypatch):
 
 def test_elementwise_steps_allocate_nothing_and_depth_costs_nothing(monkeypatch):
     """What Python and numpy allocate during a pass (tracemalloc), for 2 and 16 residual blocks:
-    batch norm, ReLU and the sum allocate under a quarter of a map (per-channel vectors, numpy's
+    batch norm, ReLU and the sum with its ReLU allocate under a quarter of a map (per-channel vectors, numpy's
     ufunc buffers of 8192 values; the path that made each its own arrays allocated one to four
     maps there), and the pass's peak does not grow with depth."""
     x = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -194,8 +196,8 @@ def test_elementwise_steps_allocate_nothing_and_depth_costs_nothing(monkeypatch)
         net = residual_network(blocks, size=32, channels=16)
         net.forward(x)  # kernels load, caches fill
         peaks[blocks], steps = traced_pass(net, x, monkeypatch)
-        elementwise = [(kind, size) for kind, size in steps if kind in ("batchnorm", "relu", "add")]
-        assert len(elementwise) == 5 * blocks + 2
+        elementwise = [(kind, size) for kind, size in steps if kind in ("batchnorm", "relu", "_SumActivation")]
+        assert len(elementwise) == 4 * blocks + 2  # each sum and its ReLU are one step
         assert max(size for _, size in elementwise) < one_map // 4, elementwise
     assert peaks[16] <= peaks[2] + one_map // 10, (peaks, one_map)
 
@@ -238,3 +240,40 @@ def test_training_and_kept_segments_make_every_array(monkeypatch):
     watch.overwrites = 0
     net.forward(x)
     assert watch.overwrites > 0  # the watch sees them when they happen
+
+
+@SPECIALS
+@pytest.mark.parametrize("activation", [{"type": "relu"}, {"type": "clip", "min": 0.0, "max": 6.0}])
+@pytest.mark.parametrize("gate", [False, True])
+def test_a_sum_and_its_activation_run_as_one_step_with_the_two_layers_bits(activation, gate):
+    """A sum then a ReLU or ReLU6 is one step; in eval mode it writes the clipped sum over a dying input in
+    one pass (NaN, -0, inf and overflow as numpy's add then clip), a broadcast sum (a gate's (N, C, 1, 1))
+    runs the two layers, and training gives the two layers' outputs and gradients."""
+    shortcut = {"type": "globalavgpool", "name": "p", "inputs": ["x"]} if gate else \
+        {"type": "conv", "name": "p", "out_channels": 4, "kernel_size": 1, "inputs": ["x"]}
+    tables = [{"type": "conv", "name": "x", "out_channels": 4, "kernel_size": 3, "padding": 1},
+              {"type": "conv", "name": "a", "out_channels": 4, "kernel_size": 3, "padding": 1},
+              shortcut,
+              {"type": "add", "name": "s", "inputs": ["a", "p"]},
+              {**activation, "name": "r"}]
+    net = Network(build_layers(tables, "test"), (3, 7, 6), seed=0)
+    assert [type(step.layer).__name__ for step in net._steps][-1] == "_SumActivation"
+    x = with_specials(np.random.default_rng(3).standard_normal((2, 3, 7, 6)).astype(np.float32) * 4)
+    expected, y = net.node_outputs(x)[-1], net.forward(x)
+    # Bit for bit (-0 and inf included), but for which of two NaNs a sum keeps (unspecified, as in torch).
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(bits(np.where(np.isnan(y), 0, y)), bits(np.where(np.isnan(y), 0, expected)))
+    x = np.random.default_rng(4).standard_normal((2, 3, 7, 6)).astype(np.float32) * 4
+    y = net.forward(x, train=True)
+    grad = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    net.backward(grad)
+    torch = pytest.importorskip("torch")
+    twin = net.torch_twin()
+    yt = twin(torch.from_numpy(x))
+    yt.backward(torch.from_numpy(grad))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for name in ("a", "p"):
+        layer = net.layers[net.names.index(name)]
+        if hasattr(layer, "grads"):
+            np.testing.assert_allclose(layer.grads["weight"], twin.get_submodule(name).weight.grad.numpy(),
+                                       rtol=1e-4, atol=1e-4)

@@ -11,7 +11,7 @@ import numpy as np
 from .. import config
 from . import dispatch, threads
 from .pool import max_pool2d_with_argmax
-from .specs import ConvSpec, PoolSpec, as_float32, check_bias
+from .specs import ConvSpec, PoolSpec, as_float32, check_bias, conv_spec
 
 
 def conv2d(
@@ -76,7 +76,7 @@ def _conv_arguments(x, weight, bias, stride, padding, dilation, groups, padding_
     x = as_float32("x", x, 4)
     w = as_float32("weight", weight, 4)
     b = check_bias(bias, w.shape[0])
-    spec = ConvSpec(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
+    spec = conv_spec(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
     return x, w, b, spec
 
 
@@ -155,7 +155,7 @@ def conv2d_backward(
     x = as_float32("x", x, 4)
     w = as_float32("weight", weight, 4)
     gy = as_float32("grad_y", grad_y, 4)
-    spec = ConvSpec(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
+    spec = conv_spec(x.shape, w.shape, stride, padding, dilation, groups, padding_mode, algorithm)
     if gy.shape != spec.y_shape:
         raise ValueError(
             f"grad_y must have the shape of conv2d's output {spec.y_shape}, but has {gy.shape}"

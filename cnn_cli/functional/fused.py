@@ -1,16 +1,19 @@
-"""A convolution and the clip after it (ReLU: [0, inf); ReLU6: [0, 6]) in one call, for inference.
+"""A convolution or a residual sum and the clip after it (ReLU: [0, inf); ReLU6: [0, 6]) in one call,
+for inference.
 
 ``conv2d_clip`` is ``clip(conv2d(...), lo, hi)``. The paths that can clip as
 they store their output (``winograd``, ``gemm.gemm``, ``gemm.depthwise``)
 do it there, while each tile is in cache; after the others, the output is
 clipped in place. Either way no second array is made, and NaN stays NaN.
+``sum_clip`` adds an array into another and clips the sum in one pass.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import dispatch, gemm
+from .. import config, kernels
+from . import dispatch, gemm, threads
 from .conv import _conv_arguments
 from .winograd import winograd
 
@@ -27,3 +30,13 @@ def conv2d_clip(x, weight, bias=None, lo=-np.inf, hi=np.inf, *, stride=1, paddin
     if path in _CLIPPING:
         return path(x, w, b, spec, lo, hi)
     return gemm.clip_in_place(path(x, w, b, spec), lo, hi)
+
+
+def sum_clip(a, b, out, lo=-np.inf, hi=np.inf):
+    """``out`` = clip(a + b, lo, hi) in one pass (a residual sum and its ReLU), ``out`` being ``a`` or
+    ``b`` or another array; all float32, C-contiguous and of one shape. Returns ``out``. An element costs
+    what one of PReLU does, so calls are split between threads from the same size."""
+    flat = out.reshape(-1)
+    threads.run(kernels.pointwise.sum_clip, a.reshape(-1), b.reshape(-1), flat, np.float32(lo), np.float32(hi),
+                tasks=flat.size, work=flat.size * config.PRELU_VALUE_WORK)
+    return out
