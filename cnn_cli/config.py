@@ -376,6 +376,35 @@ STRIDED_GEMM_MIN_OUT_CHANNELS = 16
 #: 56x56: 10.3 ms against 13.4 ms; 8 x 16 -> 64 at 55x55: 16.2 against 20.4).
 GEMM_ROW_COLUMNS_MIN_WIDTH = 32
 
+#: "auto" runs convolutions over at most STEM_MAX_CHANNELS input channels
+#: (groups 1, kernels under FFT_MIN_TAPS) on the direct kernel of phase planes
+#: (cnn_cli.functional.stem): the first layer of image networks, whose
+#: matrix products are too shallow (27-147) for BLAS to repay the strided
+#: copy of their columns. Measured here per core (CPU time, medians of 15-31
+#: interleaved calls, load average 0.5-0.9), against the path "auto" took
+#: before, over five rounds: ResNet's 3 -> 64 7x7/2 at 224x224 4.1-7.5 ms
+#: against 6.7-10.1 on gemm (batch 8: 33-43 against 50-74); MobileNetV2's
+#: 3 -> 32 3x3/2 0.6-1.0 against 1.0-1.8 (one round 1.33 against 1.21);
+#: SqueezeNet's 3 -> 64 3x3/2 (no padding) 1.0-1.9 against 1.7-3.2; at
+#: stride 1, 3 -> 64 3x3 at 224x224 5.3 against 7.6 on the stacked loops,
+#: 7x7 21 against 55 on row im2col, 32 x 1 -> 6 5x5 at 28x28 (LeNet) 0.34 against 0.61 (0.45
+#: against 0.75 with the 2x2 max pool the stacked loops fuse), 3 -> 16 3x3/2
+#: at 32x32 0.026 against 0.046. 8 and 16 channels (-> 32, 3x3/2 at
+#: 112x112) also won, 0.55 against 0.94 and 0.64 against 1.10, but deeper
+#: inputs were not measured; 4 covers RGBA and the tests' range. The path
+#: splits between threads from PARALLEL_MIN_WORK, as the others do: below it,
+#: two threads did not pay with the other core busy (load average 0.9),
+#: MobileNetV2's stem (11M multiply-adds) 1.12 ms against 1.03 on one thread,
+#: SqueezeNet's (22M) 1.20 against 1.29.
+STEM_MAX_CHANNELS = 4
+
+#: Output pixels (whole rows, in the W_ph-wide layout) of a tile of the stem
+#: kernel, whose four filters' sums stay in the first-level cache while each
+#: three-tap pass adds to them. ResNet's first layer took 5.5 ms at 1024
+#: against 6.5 at 512 and 768 (and 4.3 against 4.8 in another round); the
+#: 3x3 stems moved within the noise (0.82-0.89 ms, 1.23-1.32 ms).
+STEM_TILE_PIXELS = 1024
+
 #: "auto" runs 3x3 convolutions at stride 1 (undilated, ungrouped) as
 #: Winograd F(4x4, 3x3) (cnn_cli.functional.winograd) from WINOGRAD_MIN_DEPTH
 #: input channels, WINOGRAD_MIN_OUT_CHANNELS filters and WINOGRAD_MIN_TILES

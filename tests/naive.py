@@ -338,6 +338,37 @@ def naive_conv2d_winograd(x, weight, bias=None, *, padding=0, padding_mode="zero
     return np.clip(y, *clip)
 
 
+def naive_conv2d_phases(x, weight, bias=None, *, stride=1, padding=0, dilation=1, padding_mode="zeros",
+                        clip=(-np.inf, np.inf)):
+    """The engine's stem path, from its definition, in float64: the padded input split into phase planes
+    P[n, c, a, b, r, q] = xpad[n, c, r*sH + a, q*sW + b] (zero past xpad), and
+    y[n, co, oh, ow] = clip(b[co] + sum_{ci, i, j} w[co, ci, i, j] * P[n, ci, i*dH % sH, j*dW % sW,
+    oh + i*dH // sH, ow + j*dW // sW], clip). Groups 1; it agrees with ``naive_conv2d`` up to rounding.
+    """
+    a = conv_args(_shape(x), _shape(weight), None if bias is None else _shape(bias), stride=stride,
+                  padding=padding, dilation=dilation, padding_mode=padding_mode)
+    xp = pad_image(_f64(x), a.pads, a.padding_mode)
+    w = _f64(weight)
+    b = np.zeros(w.shape[0]) if bias is None else _f64(bias)
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    n, c, hp, wp = xp.shape
+    phases = np.zeros((n, c, sh, sw, -(-hp // sh), -(-wp // sw)))
+    for r in range(hp):
+        for q in range(wp):
+            phases[:, :, r % sh, q % sw, r // sh, q // sw] = xp[:, :, r, q]
+    _, c_out, h_out, w_out = a.out_shape
+    y = np.zeros(a.out_shape)
+    for co in range(c_out):
+        y[:, co] = b[co]
+        for ci in range(c):
+            for i in range(w.shape[2]):
+                for j in range(w.shape[3]):
+                    r0, q0 = i * dh // sh, j * dw // sw
+                    y[:, co] += w[co, ci, i, j] * phases[:, ci, i * dh % sh, j * dw % sw,
+                                                         r0:r0 + h_out, q0:q0 + w_out]
+    return np.clip(y, *clip)
+
+
 def naive_conv2d_backward(x, weight, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
                           padding_mode="zeros"):
     """Gradients of sum(grad_y * conv2d(x, weight, bias)) by the scatter definition.

@@ -403,7 +403,7 @@ def test_depthwise_path_clips_and_pads(mode, stride):
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
     ((1, 64, 7, 7), (96, 64, 3, 3), dict(padding=1)),  # deep and small: tiles split by filters
     ((2, 32, 9, 10), (48, 32, 1, 1), {}),               # pointwise: no columns
-    ((1, 3, 17, 15), (16, 3, 3, 3), dict(stride=2, padding=1)),
+    ((1, 8, 17, 15), (16, 8, 3, 3), dict(stride=2, padding=1)),  # 3 channels would take the stem path
 ])
 def test_auto_takes_gemm_on_deep_networks_layers(x_shape, w_shape, kwargs, monkeypatch):
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)  # threads, and filters split into blocks

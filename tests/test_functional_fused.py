@@ -21,7 +21,8 @@ CASES = {
     "strided-gemm": ((1, 8, 15, 13), (32, 8, 3, 3), {"stride": 2, "padding": 1}, "gemm"),
     "row-columns": ((1, 64, 3, 40), (64, 64, 3, 3), {"padding": 1, "dilation": (2, 1)}, "gemm"),
     "depthwise": ((2, 6, 11, 10), (6, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 6}, "depthwise"),
-    "stacked": ((2, 3, 9, 8), (4, 3, 3, 3), {"padding": 1}, "stacked"),
+    "stacked": ((2, 6, 9, 8), (4, 6, 3, 3), {"padding": 1}, "stacked"),
+    "stem": ((2, 3, 15, 14), (6, 3, 3, 3), {"stride": 2, "padding": 1}, "stem"),
     "fft": ((1, 2, 20, 20), (2, 2, 15, 15), {"padding": 7}, "fft"),
 }
 

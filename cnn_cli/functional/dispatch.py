@@ -14,6 +14,7 @@ from .. import config
 from . import gemm, paths, small, weight_grad
 from .fft import fft
 from .paths import BLOCKED_WIDTH
+from .stem import stem
 from .winograd import winograd
 
 
@@ -23,7 +24,8 @@ def forward_path(spec):
     "light" is "auto", except that a call of little work per image runs in
     numpy (``small.conv``), with no Numba kernel to load.
 
-    "fft" is the FFT path; "winograd" (which only "auto" takes) is
+    "fft" is the FFT path; "stem" (which only "auto" takes) is ``stem.stem``,
+    for inputs of few channels; "winograd" (which only "auto" takes) is
     ``winograd.winograd``; "im2col" is row im2col at stride 1 for kernels
     wider than one (``paths.rows``) and tiled matrix products otherwise
     (``gemm.gemm``, which "auto" also takes for small deep maps); "direct" is
@@ -38,6 +40,8 @@ def forward_path(spec):
         algorithm = _choose_algorithm(spec)
     if algorithm == "fft":
         return fft
+    if algorithm == "stem":
+        return stem
     if algorithm == "winograd":
         return winograd
     kh, kw = spec.w_shape[2:]
@@ -68,13 +72,16 @@ def fused_max_pool_path(path, spec, pooling):
 
 
 def _choose_algorithm(spec):
-    """"auto" for a shape: "fft", "winograd", "im2col", "gemm" or "direct", by the thresholds in ``cnn_cli.config``."""
+    """"auto" for a shape: "fft", "stem", "winograd", "im2col", "gemm" or "direct", by the thresholds in
+    ``cnn_cli.config``."""
     n = spec.x_shape[0]
     c_out, cin_g, kh, kw = spec.w_shape
     cout_g = c_out // spec.groups
     stride_1 = spec.stride == (1, 1)
     if kh * kw >= config.FFT_MIN_TAPS and stride_1:
         return "fft"
+    if spec.groups == 1 and cin_g <= config.STEM_MAX_CHANNELS:
+        return "stem"
     if _depthwise(spec):
         return "direct"
     if _winograd(spec):

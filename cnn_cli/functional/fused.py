@@ -2,7 +2,7 @@
 for inference.
 
 ``conv2d_clip`` is ``clip(conv2d(...), lo, hi)``. The paths that can clip as
-they store their output (``winograd``, ``gemm.gemm``, ``gemm.depthwise``)
+they store their output (``winograd``, ``stem``, ``gemm.gemm``, ``gemm.depthwise``)
 do it there, while each tile is in cache; after the others, the output is
 clipped in place. Either way no second array is made, and NaN stays NaN.
 ``sum_clip`` adds an array into another and clips the sum in one pass.
@@ -15,10 +15,11 @@ import numpy as np
 from .. import config, kernels
 from . import dispatch, gemm, threads
 from .conv import _conv_arguments
+from .stem import stem
 from .winograd import winograd
 
 #: The forward paths that take ``lo`` and ``hi`` after ``spec``.
-_CLIPPING = (winograd, gemm.gemm, gemm.depthwise)
+_CLIPPING = (winograd, stem, gemm.gemm, gemm.depthwise)
 
 
 def conv2d_clip(x, weight, bias=None, lo=-np.inf, hi=np.inf, *, stride=1, padding=0, dilation=1, groups=1,

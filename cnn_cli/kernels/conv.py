@@ -226,6 +226,18 @@ def bias_clip(y, bias, lo, hi, first, last):
 
 
 @helper
+def store_clipped(dst, sums, lo, hi):
+    """dst = sums clipped to [lo, hi] by comparisons (NaN stays NaN)."""
+    for k in range(dst.shape[0]):
+        value = sums[k]
+        if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
+            value = lo
+        if value > hi:  # noqa: PLR1730
+            value = hi
+        dst[k] = value
+
+
+@helper
 def _fill_bias(acc, bias, c0, count):
     """Start the sums of filters c0 .. c0+count-1 at their bias."""
     for co in range(count):

@@ -9,6 +9,7 @@ task is one plane, worked a row at a time. Notation as in ``kernels.conv``.
 import numpy as np
 
 from ._jit import helper, kernel
+from .conv import store_clipped
 
 
 @helper
@@ -92,7 +93,7 @@ def conv_depthwise(x, w, bias, top, left, hp, wp, sh, sw, dh, dw, lo, hi, y, fir
                         off = j * dw
                         for k in range(wo):
                             sums[k] += wv * xrow[off + k * sw]
-            _store(y[n, c, oh], sums, lo, hi)
+            store_clipped(y[n, c, oh], sums, lo, hi)
 
 
 @helper
@@ -158,16 +159,5 @@ def _store_rows(dst, sums, width, lo, hi):
     """dst[oh] = sums[oh*width : oh*width + W_out] clipped, for each output row: the flat rows' own pixels."""
     wo = dst.shape[1]
     for oh in range(dst.shape[0]):
-        _store(dst[oh], sums[oh * width:oh * width + wo], lo, hi)
+        store_clipped(dst[oh], sums[oh * width:oh * width + wo], lo, hi)
 
-
-@helper
-def _store(dst, sums, lo, hi):
-    """dst = sums clipped to [lo, hi] by comparisons (NaN stays NaN)."""
-    for k in range(dst.shape[0]):
-        value = sums[k]
-        if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
-            value = lo
-        if value > hi:  # noqa: PLR1730
-            value = hi
-        dst[k] = value
