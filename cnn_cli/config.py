@@ -104,6 +104,19 @@ PARALLEL_MIN_WORK = 2**25
 POOL_VALUE_WORK = 64
 PRELU_VALUE_WORK = 32
 
+#: The depthwise kernel (``kernels.depthwise``): the work of one tap of one
+#: output value, in the units of PARALLEL_MIN_WORK. A plane is copied,
+#: padded, summed and stored, so a tap costs far more than a multiply-add of
+#: a matrix product: at 1 (its multiply-adds), every depthwise layer of a
+#: MobileNetV2 at batch 8 ran on one thread. Measured one thread against two
+#: (medians of 21 interleaved calls, 3x3, load average 0.8-0.9): 8 x 960 at
+#: 7x7 (0.38M values) 2.19 ms against 1.32, 8 x 384 at 14x14 1.70 against
+#: 1.03, 8 x 144 at 56x56 5.07 against 3.24; at batch 1, 32 at 112x112
+#: (0.40M) 0.36 against 0.29, 144 at 56x56 (0.45M) 0.38 against 0.40, and
+#: from 28x28 down two threads won or lost by 30% from call to call.
+#: 16 splits calls from 0.23M output values of a 3x3 kernel.
+DEPTHWISE_TAP_WORK = 16
+
 #: The input values whose row maxima ``max_pool_values`` takes at once (a
 #: band of output rows whose input rows fit; four buffers of this many per
 #: thread). Only the buffers' size depends on it: from 1024 to whole planes,

@@ -237,5 +237,6 @@ def depthwise(x, w, bias, spec, lo=-np.inf, hi=np.inf):
     y = np.empty(spec.y_shape, np.float32)
     b = bias if bias is not None else np.zeros(w.shape[0], np.float32)
     threads.run(kernels.depthwise.conv_depthwise, x, w, b, top, left, *spec.padded, *spec.stride, *spec.dilation,
-                np.float32(lo), np.float32(hi), y, tasks=y.shape[0] * y.shape[1], work=y.size * w[0].size)
+                np.float32(lo), np.float32(hi), y, tasks=y.shape[0] * y.shape[1],
+                work=y.size * w[0].size * config.DEPTHWISE_TAP_WORK)
     return y
