@@ -137,14 +137,15 @@ def out_size(padded, kernel, stride, dilation, axis):
 def conv_spec(x_shape, w_shape, stride, padding, dilation, groups, padding_mode, algorithm):
     """``ConvSpec(...)``, the same object again for the same arguments: a network's layers meet the same
     shapes on every call, and validating them again took 18 us a convolution (1 ms of MobileNetV2's
-    forward pass at batch 1). A spec is never changed once made. Arguments that cannot be hashed
-    (lists) make a new spec each time."""
-    args = (tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups, padding_mode, algorithm)
+    forward pass at batch 1). A spec is never changed once made. A list option (ONNX's four pads) is
+    taken as the tuple it equals."""
+    options = tuple(tuple(a) if isinstance(a, list) else a for a in (stride, padding, dilation, groups))
+    args = (tuple(x_shape), tuple(w_shape), *options, padding_mode, algorithm)
     try:
         # With each option's types, so that True (refused) never finds the spec of 1.
         key = (args, tuple(_types(a) for a in args[2:]))
         hash(key)
-    except TypeError:
+    except TypeError:  # an option of no hashable kind: ConvSpec says what is wrong with it
         return ConvSpec(*args)
     spec = _specs.get(key)
     if spec is None:
