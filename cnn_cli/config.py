@@ -439,6 +439,16 @@ WINOGRAD_MIN_DEPTH = 32
 WINOGRAD_MIN_OUT_CHANNELS = 16
 WINOGRAD_MIN_TILES = 48
 
+#: ... and only where the map fills WINOGRAD_MIN_COVER of its 4x4 tiles: the
+#: tiles past a map's edge are transformed and multiplied for nothing. A
+#: 13x13 map fills 66% of its 16 tiles (SqueezeNet's last fire modules),
+#: where gemm's batched products won at batch 8, one thread's CPU time
+#: (medians of 9, load average 2.3-2.5): 48 -> 192 8.5 ms against 10.3-10.8
+#: on Winograd, 64 -> 256 14.2 against 14.9-17.0, batch 4 48 -> 192 3.1
+#: against 4.4-5.0; a 14x14 map (77%) keeps Winograd, 8 x 256 -> 256 28-29
+#: ms against 38 on gemm, as do 27x27 (93%), 28x28 and 56x56 (all).
+WINOGRAD_MIN_COVER = 0.7
+
 #: Tiles a task of the Winograd path transforms and multiplies at once:
 #: 1 x 64 -> 64 at 56x56 took 2.8 ms a call on one thread at 64, 3.2 at 32
 #: and 128, 3.9 at 16; 8 x 256 -> 256 at 14x14 21.5 ms at 64 and 128, 25 at

@@ -109,10 +109,11 @@ def _winograd(spec):
     """Winograd F(4x4, 3x3) for a 3x3 convolution at stride 1, undilated and ungrouped, with enough
     channels and 4x4 output tiles to repay transforming the filters on each call (``config.WINOGRAD_*``)."""
     c_out, cin, kh, kw = spec.w_shape
-    tiles = spec.x_shape[0] * -(-spec.out_hw[0] // 4) * -(-spec.out_hw[1] // 4)
+    (ho, wo), th, tw = spec.out_hw, -(-spec.out_hw[0] // 4), -(-spec.out_hw[1] // 4)
     return (kh == kw == 3 and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.groups == 1
             and cin >= config.WINOGRAD_MIN_DEPTH and c_out >= config.WINOGRAD_MIN_OUT_CHANNELS
-            and tiles >= config.WINOGRAD_MIN_TILES)
+            and spec.x_shape[0] * th * tw >= config.WINOGRAD_MIN_TILES
+            and ho * wo >= config.WINOGRAD_MIN_COVER * 16 * th * tw)
 
 
 def grad_input_by_columns(spec):
