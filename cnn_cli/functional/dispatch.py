@@ -149,9 +149,7 @@ def weight_grad_path(x, spec):
             columns = cin_g * kh * kw * spec.out_hw[0] * spec.out_hw[1] * 4
         blocked = kw == BLOCKED_WIDTH and stride_1
         algorithm = "direct" if blocked or columns > config.IM2COL_MAX_BYTES else "im2col"
-    # A NaN or inf makes the sum so, as does a finite input whose sum overflows (which then takes
-    # the exact loops too): no boolean array the size of x on every backward call.
-    wide = stride_1 and bool(np.isfinite(x.sum(dtype=np.float32)))
+    wide = stride_1 and bool(np.isfinite(x).all())
     if algorithm == "im2col" and (wide or not stride_1):
         return weight_grad.columns
     if wide and kw == BLOCKED_WIDTH:
