@@ -83,6 +83,41 @@ def test_non_finite_values_reach_the_outputs_of_the_direct_sum(bad, where):
         np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-4, atol=1e-4)
 
 
+def test_huge_finite_values_take_the_direct_sum_where_the_transforms_could_overflow(monkeypatch):
+    """Values near float32's limit would overflow in the transforms (which scale by up to 100) where the
+    direct sum does not: the path hands them to gemm, whose outputs it returns."""
+    from cnn_cli.functional import gemm
+
+    x, w, b = _data((1, 2, 8, 8), 3, True)
+    x[0, 0, 2, 2] = 3e37
+    spec = _spec(x, w, 1)
+    calls = []
+    real = gemm.gemm
+    monkeypatch.setattr(gemm, "gemm", lambda *args: calls.append(1) or real(*args))
+    y = winograd(x, w, b, spec)
+    assert calls, "the huge value must take the direct sum"
+    np.testing.assert_array_equal(y, real(x, w, b, spec))
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 63, 1000])
+def test_all_within_is_numpy_finite_and_bounded(size):
+    """The one-pass check: every element finite and at most the limit in magnitude, at each position
+    of arrays whose lengths are and are not multiples of the vector width."""
+    from cnn_cli.kernels.pointwise import all_within
+
+    limit = np.float32(1e30)
+    rng = np.random.default_rng(size)
+    base = (rng.standard_normal(size) * 10).astype(np.float32)
+    assert all_within(base, limit)
+    for where in sorted({0, size // 2, size - 1}):
+        for bad in (np.nan, np.inf, -np.inf, 2e30, -2e30, 1e30, -0.0):
+            a = base.copy()
+            a[where] = bad
+            expected = bool(np.isfinite(a).all() and np.abs(a).max() <= limit)
+            assert all_within(a, limit) == expected, (where, bad)
+
+
 def test_error_on_a_resnet_layer_is_within_the_engine_tolerance():
     """64 -> 64 channels at 56x56 (ResNet-18's first stage): against a float64 correlation."""
     x, w, b = _data((1, 64, 56, 56), 64, True, seed=9)

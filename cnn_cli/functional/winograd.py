@@ -26,16 +26,19 @@ from .. import config, kernels
 from . import gemm, threads
 
 _POINTS = 36  # (4 + 3 - 1)^2
+_SAFE = np.float32(2.0**100)  # values up to this leave float32 a factor of 2^27 before it overflows
 
 
 def winograd(x, w, bias, spec, lo=-np.inf, hi=np.inf):
     """3x3, stride 1, dilation 1, groups 1: Winograd F(4x4, 3x3), with the output clipped to [lo, hi].
 
     The transforms mix a tile's pixels, so a NaN or inf would reach outputs
-    whose windows never hold it: an input or filters with one (their sum is
-    not finite, which huge finite values may also make) take ``gemm.gemm``.
+    whose windows never hold it, and they scale values by up to 100, which
+    could overflow where the direct sum does not: an input or filters with
+    NaN, inf or values over ``_SAFE`` take ``gemm.gemm``.
     """
-    if not (np.isfinite(x.sum(dtype=np.float32)) and np.isfinite(w.sum(dtype=np.float32))):
+    within = kernels.pointwise.all_within
+    if not (within(x.reshape(-1), _SAFE) and within(w.reshape(-1), _SAFE)):
         return gemm.gemm(x, w, bias, spec, lo, hi)
     wk = kernels.winograd
     n, c_out, ho, wo = spec.y_shape

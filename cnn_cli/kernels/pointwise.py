@@ -6,6 +6,8 @@ over (1, 64, 56, 56) took 0.235 ms as ``np.add`` then ``np.maximum`` in
 place, 0.053 ms as ``sum_clip``.
 """
 
+import numpy as np
+
 from ._jit import kernel
 
 
@@ -22,3 +24,19 @@ def sum_clip(a, b, out, lo, hi, first, last):
         if value > hi:  # noqa: PLR1730
             value = hi
         out[k] = value
+
+
+
+@kernel
+def all_within(a, limit):
+    """Whether every element of the flat array ``a`` is finite and at most ``limit`` in magnitude, in one
+    vectorised pass with no temporary array (``np.isfinite(a).all()`` wrote a boolean array as large as
+    ``a``: 3-4 times as long on a batch-8 ResNet-18's maps). A NaN or an inf makes its product by zero
+    NaN (fastmath here keeps NaN and inf), and the sum of those products carries it."""
+    nan_or_inf = np.float32(0.0)
+    over = np.float32(0.0)  # counts the values over the limit (a running maximum did not vectorise)
+    for k in range(a.shape[0]):
+        value = a[k]
+        nan_or_inf += value * np.float32(0.0)
+        over += np.float32(1.0) if abs(value) > limit else np.float32(0.0)
+    return nan_or_inf == 0.0 and over == 0.0
