@@ -104,6 +104,11 @@ PARALLEL_MIN_WORK = 2**25
 POOL_VALUE_WORK = 64
 PRELU_VALUE_WORK = 32
 
+#: Convolution specs kept for reuse (``functional.specs.conv_spec``): a
+#: network's layers at a few input sizes. Past this many the cache starts
+#: again, so a long run over images of ever new sizes holds at most this many.
+CONV_SPECS_KEPT = 4096
+
 #: The depthwise kernel (``kernels.depthwise``): the work of one tap of one
 #: output value, in the units of PARALLEL_MIN_WORK. A plane is copied,
 #: padded, summed and stored, so a tap costs far more than a multiply-add of

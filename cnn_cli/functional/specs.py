@@ -150,14 +150,13 @@ def conv_spec(x_shape, w_shape, stride, padding, dilation, groups, padding_mode,
     spec = _specs.get(key)
     if spec is None:
         spec = ConvSpec(*args)
-        if len(_specs) >= _SPECS_KEPT:
+        if len(_specs) >= config.CONV_SPECS_KEPT:
             _specs.clear()
         _specs[key] = spec
     return spec
 
 
 _specs = {}
-_SPECS_KEPT = 4096  # a network's convolutions at a few input sizes; past that, start again
 
 
 def _types(value):
