@@ -217,24 +217,25 @@ def bias_clip(y, bias, lo, hi, first, last):
         row = y[task // channels, task % channels]
         b = bias[task % channels]
         for k in range(row.shape[0]):
-            value = row[k] + b
-            if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
-                value = lo
-            if value > hi:  # noqa: PLR1730
-                value = hi
-            row[k] = value
+            row[k] = clipped(row[k] + b, lo, hi)
+
+
+@helper
+def clipped(value, lo, hi):
+    """``value`` clipped to [lo, hi] by comparisons, so that NaN stays NaN (a fused ReLU or ReLU6 as a
+    result is stored; min and max would turn NaN into a bound)."""
+    if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
+        value = lo
+    if value > hi:  # noqa: PLR1730
+        value = hi
+    return value
 
 
 @helper
 def store_clipped(dst, sums, lo, hi):
     """dst = sums clipped to [lo, hi] by comparisons (NaN stays NaN)."""
     for k in range(dst.shape[0]):
-        value = sums[k]
-        if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
-            value = lo
-        if value > hi:  # noqa: PLR1730
-            value = hi
-        dst[k] = value
+        dst[k] = clipped(sums[k], lo, hi)
 
 
 @helper

@@ -14,6 +14,7 @@ t % TW) over the output, TH x TW tiles an image.
 import numpy as np
 
 from ._jit import helper, kernel
+from .conv import clipped
 
 #: Outputs along each side of a tile, and the input it reads (4 + 3 - 1).
 M = 4
@@ -147,10 +148,5 @@ def output_tiles(m, bias, lo, hi, th, tw, t0, c0, y, first, last):
                     out[3, e] = m1 - m2 + 8 * (m3 - m4) + m5 + b0
                 dst = y[n, c0 + c, M * r + i, x0:x0 + width]
                 for x in range(width):
-                    value = out[x % M, x // M]
-                    if value < lo:  # noqa: PLR1730 (comparisons, not min/max: NaN stays NaN)
-                        value = lo
-                    if value > hi:  # noqa: PLR1730
-                        value = hi
-                    dst[x] = value
+                    dst[x] = clipped(out[x % M, x // M], lo, hi)
             k += span
