@@ -403,7 +403,7 @@ class _SumActivation:
                 and all(x.dtype == np.float32 and x.flags.c_contiguous for x in xs):
             from .functional.fused import sum_clip
 
-            return sum_clip(xs[0], xs[1], into, *_clip_range(self.activation))
+            return sum_clip(into, xs[1] if into is xs[0] else xs[0], *_clip_range(self.activation))
         return self.activation.overwrite(self.merge.overwrite(xs, dying))
 
     def backward(self, grad):

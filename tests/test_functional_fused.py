@@ -54,3 +54,32 @@ def test_conv2d_clip_is_the_clipped_convolution(name, threads, clip, monkeypatch
     assert dispatch.forward_path(spec).__name__ == path
     assert_close(conv2d_clip(x, w, b, *clip, **kwargs), np.clip(with_bias, *clip), "forward")
     assert_close(conv2d_clip(x, w, None, *clip, **kwargs), np.clip(without, *clip), "forward")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("clip", [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0)], ids=["none", "relu", "relu6"])
+def test_sum_clip_adds_into_its_first_array_in_slices_as_numpy_does(clip):
+    """``sum_clip`` over any split of its elements (threads take slices) gives numpy's clip(a + b), NaN, -0
+    and inf included, written over ``into``; a sum of an array with itself too."""
+    from cnn_cli.functional.fused import sum_clip
+    from cnn_cli.kernels.pointwise import sum_clip as kernel
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((2, 3, 5, 7)).astype(np.float32) * 8
+    b = rng.standard_normal(a.shape).astype(np.float32) * 8
+    a.reshape(-1)[:6] = [np.nan, -0.0, np.inf, -np.inf, 3e38, 1.0]
+    b.reshape(-1)[:6] = [1.0, -0.0, 1.0, 1.0, 3e38, np.nan]
+    with np.errstate(all="ignore"):
+        expected = np.clip(a + b, *clip)
+    into = a.copy()
+    assert sum_clip(into, b, *clip) is into
+    np.testing.assert_array_equal(into, expected)
+    for cut in (0, 1, 9, a.size - 1):  # two slices, as two threads take them
+        into = a.copy().reshape(-1)
+        lo, hi = np.float32(clip[0]), np.float32(clip[1])
+        kernel(into, b.reshape(-1), lo, hi, 0, cut)
+        kernel(into, b.reshape(-1), lo, hi, cut, a.size)
+        np.testing.assert_array_equal(into, expected.reshape(-1))
+    twice = a.copy()
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(sum_clip(twice, twice, *clip), np.clip(a + a, *clip))

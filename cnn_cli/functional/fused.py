@@ -33,11 +33,11 @@ def conv2d_clip(x, weight, bias=None, lo=-np.inf, hi=np.inf, *, stride=1, paddin
     return gemm.clip_in_place(path(x, w, b, spec), lo, hi)
 
 
-def sum_clip(a, b, out, lo=-np.inf, hi=np.inf):
-    """``out`` = clip(a + b, lo, hi) in one pass (a residual sum and its ReLU), ``out`` being ``a`` or
-    ``b`` or another array; all float32, C-contiguous and of one shape. Returns ``out``. An element costs
-    what one of PReLU does, so calls are split between threads from the same size."""
-    flat = out.reshape(-1)
-    threads.run(kernels.pointwise.sum_clip, a.reshape(-1), b.reshape(-1), flat, np.float32(lo), np.float32(hi),
+def sum_clip(into, other, lo=-np.inf, hi=np.inf):
+    """``into`` = clip(into + other, lo, hi), in place and in one pass (a residual sum and its ReLU);
+    both float32, C-contiguous and of one shape. Returns ``into``. An element costs what one of PReLU
+    does, so calls are split between threads from the same size."""
+    flat = into.reshape(-1)
+    threads.run(kernels.pointwise.sum_clip, flat, other.reshape(-1), np.float32(lo), np.float32(hi),
                 tasks=flat.size, work=flat.size * config.PRELU_VALUE_WORK)
-    return out
+    return into

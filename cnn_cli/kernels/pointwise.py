@@ -3,8 +3,8 @@
 
 numpy takes two passes, or a temporary array, where these take one pass,
 and its NaN-propagating ``np.maximum`` ran at 0.5 ns an element here: a
-residual sum and its ReLU over (1, 64, 56, 56) took 0.235 ms as ``np.add``
-then ``np.maximum`` in place, 0.053 ms as ``sum_clip``.
+residual sum and its ReLU over 0.8 M values took 0.72 ms as ``np.add``
+then ``np.maximum`` in place, 0.14 ms as ``sum_clip`` (one thread's CPU).
 """
 
 import numpy as np
@@ -14,14 +14,20 @@ from .conv import clipped
 
 
 @kernel
-def sum_clip(a, b, out, lo, hi, first, last):
-    """out[k] = clip(a[k] + b[k], lo, hi) for the flat arrays' elements first .. last-1 (``out`` may be
-    ``a`` or ``b``), comparing, so that NaN stays NaN (a residual sum and the ReLU or ReLU6 after it).
-    Of two NaNs, either may be the sum (LLVM may swap the operands of an add): which NaN is unspecified
-    in torch too."""
-    for k in range(first, last):
-        out[k] = clipped(a[k] + b[k], lo, hi)
+def sum_clip(into, other, lo, hi, first, last):
+    """into[k] = clip(into[k] + other[k], lo, hi) for the flat arrays' elements first .. last-1, comparing,
+    so that NaN stays NaN (a residual sum and the ReLU or ReLU6 after it, written over the input that
+    dies). Of two NaNs, either may be the sum (LLVM may swap the operands of an add): which NaN is
+    unspecified in torch too.
 
+    Two arrays, one read and written: given a third array for the output that is one of the inputs,
+    the vectorised loop found them overlapping at run time and ran its scalar one (1.4 ms for 0.8 M
+    values, against 0.2 here). Slices indexed from 0: an index in range(first, last) is checked for
+    < 0 on every access, which also kept the loop from vectorising.
+    """
+    into, other = into[first:last], other[first:last]
+    for k in range(into.shape[0]):
+        into[k] = clipped(into[k] + other[k], lo, hi)
 
 
 @kernel
