@@ -45,6 +45,16 @@ def _outputs(out):
     return found
 
 
+def _manifests_so_far(out):
+    """How many manifest.json files are under ``out`` while a run writes it: a staging folder may be
+    renamed or removed during the walk (FileNotFoundError), and then the walk starts again."""
+    while True:
+        try:
+            return len(list(Path(out).rglob("manifest.json")))
+        except FileNotFoundError:
+            continue
+
+
 def _leftovers(out):
     return [str(p) for p in Path(out).rglob("*") if p.name.startswith(".")]
 
@@ -223,7 +233,7 @@ def test_sigkill_then_skip_existing_finishes_the_run(tmp_path):
     command = [sys.executable, "-m", "cnn_cli", "apply", str(tmp_path / "photos"), "--save", "raw,grids"]
     proc = subprocess.Popen(command + ["-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while len(list(out.rglob("manifest.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+    while _manifests_so_far(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -331,7 +341,7 @@ def test_a_killed_worker_does_not_stop_the_run(tmp_path, dask_cluster):
                              "--scheduler", cluster.scheduler_address, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(out.rglob("manifest.json")) and proc.poll() is None and time.monotonic() < deadline:
+    while not _manifests_so_far(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     victim = next(iter(client.run(os.getpid).values()))
     os.kill(victim, signal.SIGKILL)
