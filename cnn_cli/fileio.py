@@ -264,8 +264,8 @@ def atomic_path(final, suffix=""):
     check_output(final)
     prefix = temporary_name(final.name, ".", reserve=8 + len(f".tmp{suffix}"))  # mkstemp adds 8 characters
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}", dir=final.parent)
-    os.close(fd)
     try:
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, FILE_MODE)
         check_output(final)
@@ -283,8 +283,10 @@ def check_writable(final):
     final = Path(final)
     check_output(final)
     fd, tmp = tempfile.mkstemp(prefix=temporary_name(final.name, ".", reserve=12), suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    os.unlink(tmp)
+    try:
+        os.close(fd)
+    finally:  # a signal's exception may land between the two calls (SIGTERM left one once)
+        os.unlink(tmp)
 
 
 def write_bytes_atomic(final, data):
