@@ -66,6 +66,9 @@ def write_outputs(path, out_dir, layer_maps, image, pipeline, options, encoders,
         for i in chosen:  # every picture is queued before any layer is waited for
             _check_stop(stop)
             layers.append(_LayerWrite(staging, i, layer_maps[i], pipeline, options, encoders, jobs))
+        for layer in layers:  # grids' labels, while the encoders draw the maps
+            _check_stop(stop)
+            layer.draw_frame()
         manifest_layers = []
         for layer in layers:
             _check_stop(stop)
@@ -117,7 +120,7 @@ class _LayerWrite:
         self.key = key = f"layer{i}"
         channels = pipeline.channels[i]
         self.ranges = [viz.value_range(m) for m in maps]
-        self.pictures, self.drawn, self.pngs = None, [], [None] * len(maps)
+        self.pictures, self.drawn, self.pngs, self.frame = None, [], [None] * len(maps), None
         if options.save & {"maps", "grids"}:
             self.pictures = viz.LayerPictures(maps, channels, options.normalize, options.per, options.cmap,
                                               self.ranges)
@@ -139,14 +142,19 @@ class _LayerWrite:
             return viz.thumbnail(picture)
         return None
 
+    def draw_frame(self):
+        """Draw the grid's labels and colour bar (``viz.GridFrame``): they need no picture."""
+        if "grids" in self.options.save:
+            self.frame = self.pictures.grid_frame()
+
     def finish(self):
-        """Draw the grid once every map is drawn (on this thread, while the encoders draw later
-        layers' maps); return the layer's manifest entry."""
+        """Complete the grid once every map is drawn (on this thread, while the encoders draw
+        later layers' maps); return the layer's manifest entry."""
         tiles = [job.result() for job in self.drawn]
         grid_png = None
-        if "grids" in self.options.save:
+        if self.frame is not None:
             grid_png = f"{self.key}_grid.png"
-            _write_png(self.staging / grid_png, self.pictures.grid(tiles))
+            _write_png(self.staging / grid_png, self.frame.fill(tiles))
         pipeline, i, pictures = self.pipeline, self.i, self.pictures
         entries = [{
             "channel": c, "filter": name, "png": self.pngs[c], "min": lo, "max": hi,

@@ -278,13 +278,18 @@ def fit_label(draw, text, width, font):
     return _middle(text, fits) if fits else "…"
 
 
+def _thumbnail_size(size):
+    """(thumbnail's (width, height), its scale) for a picture of ``size``."""
+    w0, h0 = size
+    longest = max(w0, h0)
+    scale = min(1.0, GRID_TILE_MAX / longest) if longest > GRID_TILE_MIN else GRID_TILE_MIN / longest
+    return (max(1, round(w0 * scale)), max(1, round(h0 * scale))), scale
+
+
 def thumbnail(image):
     """``image`` resized for a grid: the longer side between GRID_TILE_MIN and
     GRID_TILE_MAX (nearest-neighbour when enlarging, so pixels stay visible)."""
-    w0, h0 = image.size
-    longest = max(w0, h0)
-    scale = min(1.0, GRID_TILE_MAX / longest) if longest > GRID_TILE_MIN else GRID_TILE_MIN / longest
-    size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+    size, scale = _thumbnail_size(image.size)
     if size == image.size:
         return image
     if scale >= 1:
@@ -303,37 +308,58 @@ def grid(tiles, labels, *, notes=None, footer=None, background=BACKGROUND):
     range) adds a dimmer second label line; ``footer`` (a picture, such as a
     colour bar) is set under the tiles.
     """
-    tiles = [thumbnail(t) for t in tiles]
-    lines = [[label_text(label)] for label in labels]
-    if notes is not None:
-        lines = [line + [label_text(note)] for line, note in zip(lines, notes)]
-    count = len(tiles)
-    tw, th = tiles[0].size
-    label_h = LABEL_HEIGHT * len(lines[0])
-    font = _font()
-    # Cells are wide enough for the longest label, up to LABEL_MAX_WIDTH;
-    # longer names are shortened in the middle.
-    longest = max(font.getlength(text) for line in lines for text in line)
-    cell_w = max(tw, min(LABEL_MAX_WIDTH, math.ceil(longest) + 2))
-    cols = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / cols)
-    width = cols * cell_w + (cols + 1) * GAP
-    height = rows * (th + label_h) + (rows + 1) * GAP
-    if footer is not None:
-        width = max(width, footer.size[0] + 2 * GAP)
-        height += footer.size[1] + GAP
-    canvas = Image.new("RGB", (width, height), background)
-    draw = ImageDraw.Draw(canvas)
-    for i, (tile, line) in enumerate(zip(tiles, lines)):
-        r, c = divmod(i, cols)
-        x = GAP + c * (cell_w + GAP)
-        y = GAP + r * (th + label_h + GAP)
-        for k, (text, fill) in enumerate(zip(line, (TEXT, NOTE_TEXT))):
-            draw.text((x, y + 1 + k * LABEL_HEIGHT), fit_label(draw, text, cell_w, font), fill=fill, font=font)
-        canvas.paste(tile.convert("RGB"), (x + (cell_w - tw) // 2, y + label_h))
-    if footer is not None:
-        canvas.paste(footer.convert("RGB"), (GAP, height - GAP - footer.size[1]))
-    return canvas
+    return GridFrame(tiles[0].size, labels, notes=notes, footer=footer, background=background).fill(tiles)
+
+
+class GridFrame:
+    """A ``grid`` drawn before its tiles exist: the labels and footer now, the tiles (``fill``) later.
+
+    Text is the slow part of a grid (FreeType renders every glyph, holding
+    the GIL: 110 labels took 30 ms), so ``cnn apply`` draws each layer's
+    frame while its maps are still being drawn on other threads, and only
+    pastes the tiles once they are done.
+    """
+
+    def __init__(self, picture_size, labels, *, notes=None, footer=None, background=BACKGROUND):
+        lines = [[label_text(label)] for label in labels]
+        if notes is not None:
+            lines = [line + [label_text(note)] for line, note in zip(lines, notes)]
+        count = len(lines)
+        self.tile_size = (tw, th) = _thumbnail_size(picture_size)[0]
+        label_h = LABEL_HEIGHT * len(lines[0])
+        font = _font()
+        # Cells are wide enough for the longest label, up to LABEL_MAX_WIDTH;
+        # longer names are shortened in the middle.
+        longest = max(font.getlength(text) for line in lines for text in line)
+        cell_w = max(tw, min(LABEL_MAX_WIDTH, math.ceil(longest) + 2))
+        cols = math.ceil(math.sqrt(count))
+        rows = math.ceil(count / cols)
+        width = cols * cell_w + (cols + 1) * GAP
+        height = rows * (th + label_h) + (rows + 1) * GAP
+        if footer is not None:
+            width = max(width, footer.size[0] + 2 * GAP)
+            height += footer.size[1] + GAP
+        self.canvas = canvas = Image.new("RGB", (width, height), background)
+        draw = ImageDraw.Draw(canvas)
+        self.corners = []  # where each tile goes
+        for i, line in enumerate(lines):
+            r, c = divmod(i, cols)
+            x = GAP + c * (cell_w + GAP)
+            y = GAP + r * (th + label_h + GAP)
+            for k, (text, fill) in enumerate(zip(line, (TEXT, NOTE_TEXT))):
+                draw.text((x, y + 1 + k * LABEL_HEIGHT), fit_label(draw, text, cell_w, font), fill=fill, font=font)
+            self.corners.append((x + (cell_w - tw) // 2, y + label_h))
+        if footer is not None:
+            canvas.paste(footer.convert("RGB"), (GAP, height - GAP - footer.size[1]))
+
+    def fill(self, tiles):
+        """The grid: ``tiles`` (the pictures, or their thumbnails) pasted into the frame."""
+        for tile, corner in zip(tiles, self.corners, strict=True):
+            tile = thumbnail(tile)
+            if tile.size != self.tile_size:
+                raise ValueError(f"grid tiles must all be {self.tile_size} after thumbnail, got {tile.size}")
+            self.canvas.paste(tile.convert("RGB"), corner)
+        return self.canvas
 
 
 def format_value(v):
@@ -458,14 +484,29 @@ class LayerPictures:
     def grid(self, tiles):
         """Every map's picture (``tiles``, thumbnails will do) under its name and value range,
         and a colour bar when one scale serves the whole layer; for 1x1 maps, the bar chart."""
+        return self.grid_frame().fill(tiles)
+
+    def grid_frame(self):
+        """``grid``'s frame (``GridFrame``), drawn before the pictures are; for 1x1 maps, the
+        finished bar chart, whose ``fill`` takes no tiles."""
         scale = self.scale(0)
         if self.vector:
-            return bar_chart(self.maps.ravel(), self.names, scale.low, scale.high)
+            return _Drawn(bar_chart(self.maps.ravel(), self.names, scale.low, scale.high))
         notes = [range_note(*r) for r in self.ranges]
         footer = None
         if self.per == "layer":
             footer = colorbar(scale, self.cmap, COLORBAR_WIDTH, f"one scale for the layer ({scale.method})")
-        return grid(tiles, self.names, notes=notes, footer=footer)
+        return GridFrame(self.maps.shape[:0:-1], self.names, notes=notes, footer=footer)
+
+
+class _Drawn:
+    """A picture that needs no tiles, with a frame's ``fill``."""
+
+    def __init__(self, picture):
+        self.picture = picture
+
+    def fill(self, tiles):
+        return self.picture
 
 
 #: The tint and letter of each channel of a 3-channel (RGB) kernel in ``kernel_tiles``.

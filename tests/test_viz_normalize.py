@@ -174,8 +174,9 @@ def test_grid_writes_each_value_range_under_its_label():
 def test_layer_grid_notes_are_each_maps_min_and_max(monkeypatch):
     maps = np.stack([_heavy_tailed(seed=7), np.abs(_heavy_tailed(seed=8))])
     seen = {}
-    monkeypatch.setattr(viz, "grid", lambda tiles, labels, **kw: seen.update(kw, labels=labels))
-    viz.LayerPictures(maps, ["a", "b"], "asinh", "map", "gray").grid([])
+    monkeypatch.setattr(viz, "GridFrame", lambda size, labels, **kw: seen.update(kw, labels=labels, size=size))
+    viz.LayerPictures(maps, ["a", "b"], "asinh", "map", "gray").grid_frame()
+    assert seen["size"] == maps.shape[:0:-1]  # a picture's (width, height)
     assert seen["labels"] == ["a", "b"]
     assert seen["notes"] == [f"{m.min():.3g}…{m.max():.3g}" for m in maps]
     assert seen["footer"] is None, "a colour bar only when one scale serves the layer"
