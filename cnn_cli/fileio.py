@@ -341,14 +341,16 @@ def replace_dir(staging, final, *, force):
         os.replace(staging, final)
         return
     old = Path(tempfile.mkdtemp(prefix=temporary_name(final.name, ".old.", reserve=8), dir=final.parent))
-    os.replace(final, old / "x")
     try:
+        os.replace(final, old / "x")
         os.replace(staging, final)
-    except BaseException:
-        os.replace(old / "x", final)  # put the old output back
-        old.rmdir()
+    except BaseException:  # also a signal's exception, which may land between any two lines
+        if os.path.lexists(old / "x") and not os.path.lexists(final):
+            os.replace(old / "x", final)  # put the old output back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.lexists(final):  # else old/x is the only copy of the output: kept
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_npz_arrays(path, keys=None, *, max_bytes=MAX_TOTAL_BYTES):
