@@ -75,7 +75,7 @@ def load_source(*, banks=None, pipeline=None, model=None, color="gray", memory_l
     else:
         name = pipeline or DEFAULT_PIPELINE
         pipe = load_pipeline(name)
-        files = [file_record(filterbank.resolve_file(name, "pipeline"))]
+        files = [file_record(pipe.source)]  # the file load_pipeline read
         kind, spec = "pipeline", {"pipeline": str(Path(name).resolve()) if Path(name).suffix else name}
     pipe.bind(list(choices.CHANNEL_NAMES[color]), memory_limit)
     shapes = [(len(channels), None, None) for channels in pipe.channels]

@@ -94,15 +94,21 @@ def builtin_names(kind):
 
 def resolve_file(spec, kind):
     """A path for ``spec``: a file of that kind, or the name of a shipped one."""
+    return read_spec(spec, kind)[0]
+
+
+def read_spec(spec, kind):
+    """(path, document) of the file of ``kind`` that ``spec`` names (see ``resolve_file``)."""
     path = Path(spec)
     if (path.suffix and path.is_file()) or _special(path):  # read_toml refuses a device, pipe or socket
-        found = kind_of(read_toml(path), default=kind)
+        doc = read_toml(path)
+        found = kind_of(doc, default=kind)
         if found != kind:
             raise SpecFileError(f"{path}: is a file of kind '{found}', but a {kind} is needed here")
-        return path
+        return path, doc
     shipped = builtin_dir() / f"{spec}.toml"
-    if shipped.is_file() and kind_of(read_toml(shipped)) == kind:
-        return shipped
+    if shipped.is_file() and kind_of(doc := read_toml(shipped)) == kind:
+        return shipped, doc
     choices = ", ".join(builtin_names(kind))
     raise SpecFileError(f"no {kind} named '{spec}': give a file path or one of: {choices}")
 
@@ -113,12 +119,6 @@ def _special(path):
         return os.path.exists(path) and not (path.is_file() or path.is_dir())
     except (OSError, ValueError):
         return False
-
-
-def read_spec(spec, kind):
-    """(path, document) of the file of ``kind`` that ``spec`` names (see ``resolve_file``)."""
-    path = resolve_file(spec, kind)
-    return path, read_toml(path)
 
 
 def read_weights(table, path):
