@@ -87,6 +87,13 @@ FFT_TILES_MAX_COST = 0.95
 #: split; a bank over a photo (100M and up) gains clearly from the split.
 PARALLEL_MIN_WORK = 2**25
 
+#: ``nn.Network.forward`` in eval mode shares a batch of at least 2 images
+#: between the threads in BATCH_SPLIT_CHUNKS chunks a thread, each chunk run
+#: through the whole network on one thread, from BATCH_SPLIT_MIN_WORK
+#: multiply-adds a pass (PARALLEL_MIN_WORK's units).
+BATCH_SPLIT_MIN_WORK = 2**27
+BATCH_SPLIT_CHUNKS = 2
+
 #: Max pooling without the argmax (``kernels.pool.max_pool_values``) and
 #: PReLU (``kernels.prelu``): the work of one input value, in the units of
 #: PARALLEL_MIN_WORK, so calls of 2**19 values (pooling) and 2**20 (PReLU)

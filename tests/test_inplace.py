@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 import pytest
 
-from cnn_cli import nn, registry
+from cnn_cli import config, nn, registry
 from cnn_cli.layers import ACTIVATIONS, Activation
 from cnn_cli.nn import Network
 from cnn_cli.pipeline import build_layers
@@ -174,6 +174,7 @@ def traced_pass(net, x, monkeypatch):
             return y
 
         monkeypatch.setattr(nn._Node, name, traced)
+    monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 2**62)  # one pass on this thread, its steps in order
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -277,3 +278,51 @@ def test_a_sum_and_its_activation_run_as_one_step_with_the_two_layers_bits(activ
         if hasattr(layer, "grads"):
             np.testing.assert_allclose(layer.grads["weight"], twin.get_submodule(name).weight.grad.numpy(),
                                        rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------- a batch split between threads
+
+
+def test_a_batch_split_between_threads_gives_each_image_the_unsplit_output(monkeypatch):
+    """Eval mode runs parts of a batch on the threads at once (``Network.forward``); each image's
+    output is the one the whole batch gives it, and the caller's array is left as it was."""
+    from cnn_cli.functional import threads
+
+    net = residual_network(3, size=12)
+    x = np.random.default_rng(3).standard_normal((5, 3, 12, 12)).astype(np.float32)
+    given = x.copy()
+    monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 2**62)
+    whole = net.forward(x)
+    monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(config, "THREADS", 2)  # 5 images in chunks of 1, 1, 1 and 2
+    parts = []
+    run = nn._run
+    monkeypatch.setattr(nn, "_run", lambda steps, values, *a, **k: parts.append(len(values[nn.INPUT])) or
+                        run(steps, values, *a, **k))
+    split = net.forward(x)
+    assert sorted(parts) == [1, 1, 1, 2]
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x, given)
+    parts.clear()
+    with threads.alone():  # a thread already running one part of a call runs its batch whole
+        np.testing.assert_allclose(net.forward(x), whole, rtol=1e-5, atol=1e-6)
+    assert parts == [5]
+    parts.clear()
+    net.forward(x, train=True)  # training's batch norm reads the whole batch: never split
+    assert parts == [5]
+
+
+def test_an_error_in_one_part_of_a_split_batch_reaches_the_caller(monkeypatch):
+    net = residual_network(1, size=8)
+    monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(config, "THREADS", 2)
+    run = nn._run
+
+    def failing(steps, values, *a, **k):
+        if values[nn.INPUT].shape[0] == 2:  # the last chunk, on either thread
+            raise MemoryError("part 2")
+        return run(steps, values, *a, **k)
+
+    monkeypatch.setattr(nn, "_run", failing)
+    with pytest.raises(MemoryError, match="part 2"):
+        net.forward(np.zeros((5, 3, 8, 8), np.float32))

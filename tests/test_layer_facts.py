@@ -84,6 +84,18 @@ def test_eval_form_computes_the_eval_outputs(entry):
 
 
 @ENTRIES
+def test_eval_forward_computes_each_example_on_its_own(entry):
+    """What ``Network.forward`` relies on when it splits a batch between threads in eval mode."""
+    layer, in_shape = made(entry)
+    x = [np.concatenate([xi, xi[::-1] * 2]) for xi in batch(in_shape, 4)] if isinstance(in_shape, list) \
+        else np.concatenate([batch(in_shape, 4), batch(in_shape, 5)[::-1] * 2])
+    whole = layer.forward([xi.copy() for xi in x] if isinstance(x, list) else x.copy(), train=False)
+    for i in range(4):
+        one = layer.forward([xi[i:i + 1].copy() for xi in x] if isinstance(x, list) else x[i:i + 1].copy())
+        np.testing.assert_allclose(one[0], whole[i], rtol=1e-5, atol=1e-6, err_msg=f"example {i}")
+
+
+@ENTRIES
 def test_torch_twin_computes_what_the_layer_does(entry):
     torch = pytest.importorskip("torch")
     layer, in_shape = made(entry)

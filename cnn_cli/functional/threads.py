@@ -8,6 +8,7 @@ runs on the calling thread.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -20,6 +21,7 @@ _pool = None
 _POOL_PREFIX = "cnn-engine"
 _bells = None  # (pid, [_Bell]): made on first use, and again in a forked child
 _bells_free = threading.Lock()  # held by the one call using them; others take the pool
+_local = threading.local()  # .alone: see alone()
 
 
 def submit(call, *args):
@@ -33,8 +35,22 @@ def submit(call, *args):
 
 
 def in_pool():
-    """Is this thread one of the pool's?"""
-    return threading.current_thread().name.startswith(_POOL_PREFIX)
+    """Is this thread running one part of a parallel call: one of the pool's threads, or inside
+    ``alone``? Such a thread runs its kernels whole: the other threads have the call's other
+    parts, and a pool thread waiting on the pool could wait for itself."""
+    return getattr(_local, "alone", False) or threading.current_thread().name.startswith(_POOL_PREFIX)
+
+
+@contextlib.contextmanager
+def alone():
+    """Within it, this thread's calls run on this thread only (``in_pool`` is true): for one
+    part of work already split between threads, such as a batch (``nn.Network.forward``)."""
+    before = getattr(_local, "alone", False)
+    _local.alone = True
+    try:
+        yield
+    finally:
+        _local.alone = before
 
 
 def split(call, total, parts):
