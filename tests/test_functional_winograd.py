@@ -53,10 +53,10 @@ def test_naive_twin_is_the_correlation(name):
 @pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "shared"])
 @pytest.mark.parametrize("name", CASES)
 def test_winograd_path(name, threads, clip, monkeypatch):
-    if threads:  # every call split: blocks of 3 tiles that cross tile rows and images, filters in parts
+    if threads:  # every call split: blocks of up to 3 tiles that cross tile rows and images, or one split by filters
+        monkeypatch.setattr(config, "THREADS", 2)
         monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
         monkeypatch.setattr(config, "WINOGRAD_BLOCK_TILES", 3)
-        monkeypatch.setattr(config, "GEMM_MIN_BLOCK_FILTERS", 1)
     x_shape, c_out, with_bias, padding, mode = CASES[name]
     x, w, b = _data(x_shape, c_out, with_bias)
     y = winograd(x, w, b, _spec(x, w, padding, mode), *clip)
@@ -148,3 +148,84 @@ def test_auto_takes_winograd_on_deep_3x3_layers(x_shape, w_shape, kwargs, takes)
     if takes:
         x, w, b = _data(x_shape, w_shape[0], True)
         assert_close(F.conv2d(x, w, b, **kwargs), naive.naive_conv2d_winograd(x, w, b, **kwargs), "forward")
+
+
+# (x_shape, c_out, block tiles): one block split by filters (two-phase), blocks shared evenly, a short last block
+SPLITS = {
+    "one-block-by-filters": ((1, 5, 12, 12), 7, 64),  # 9 tiles: the filters split, the input transformed once
+    "blocks-batch-1": ((1, 4, 18, 42), 6, 8),          # 5 x 11 tiles in blocks crossing tile rows, a short last one
+    "blocks-batch-3": ((3, 3, 10, 9), 5, 4),           # 27 tiles in blocks crossing images
+}
+
+
+class _Calls:
+    """Wraps the Winograd kernels, recording which (tile, channel), (tile, filter) and filter each call made."""
+
+    def __init__(self, monkeypatch):
+        from cnn_cli.kernels import winograd as wk
+
+        self.inputs, self.outputs, self.filters = [], [], []
+        for name, log in (("input_tiles", self._input), ("output_tiles", self._output), ("filters", self._filter)):
+            real = getattr(wk, name)
+            monkeypatch.setattr(wk, name, lambda *args, real=real, log=log: (log(*args), real(*args))[1])
+
+    def _input(self, xp, th, tw, t0, v, first, last):
+        self.inputs += [(t0 + k, ci) for k in range(v.shape[2]) for ci in range(first, last)]
+
+    def _output(self, m, bias, lo, hi, th, tw, t0, c0, y, first, last):
+        self.outputs += [(t0 + k, c0 + c) for k in range(m.shape[2]) for c in range(first, last)]
+
+    def _filter(self, w, u, first, last):
+        self.filters += list(range(first, last))
+
+
+@pytest.mark.parametrize("name", SPLITS)
+def test_threads_compute_every_tile_and_filter_once(name, monkeypatch):
+    """Split between two threads, every tile's input is transformed once per channel, its products
+    turned into outputs once per filter, and every filter transformed once: no block, filter part or
+    input transform is made twice or left out, the short last block included."""
+    x_shape, c_out, block = SPLITS[name]
+    monkeypatch.setattr(config, "THREADS", 2)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(config, "WINOGRAD_BLOCK_TILES", block)
+    monkeypatch.setattr(config, "GEMM_MIN_BLOCK_FILTERS", 1)  # filter parts of any size, were they made
+    x, w, b = _data(x_shape, c_out, True)
+    calls = _Calls(monkeypatch)
+    y = winograd(x, w, b, _spec(x, w, 1), 0.0, np.inf)
+    tiles = x_shape[0] * -(-x_shape[2] // 4) * -(-x_shape[3] // 4)
+    assert sorted(calls.inputs) == [(t, ci) for t in range(tiles) for ci in range(x_shape[1])]
+    assert sorted(calls.outputs) == [(t, c) for t in range(tiles) for c in range(c_out)]
+    assert sorted(calls.filters) == list(range(c_out))
+    assert_close(y, np.clip(naive.naive_conv2d(x, w, b, padding=1), 0, None), "forward")
+
+
+@pytest.mark.parametrize("name", SPLITS)
+def test_split_between_threads_gives_the_bits_of_one_thread(name, monkeypatch):
+    """The same plan run by two threads at once and by one thread in turn (a call made on a pool
+    thread runs its tasks there) gives the same bits, whichever thread took which task."""
+    from cnn_cli.functional import threads
+
+    x_shape, c_out, block = SPLITS[name]
+    monkeypatch.setattr(config, "THREADS", 2)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(config, "WINOGRAD_BLOCK_TILES", block)
+    x, w, b = _data(x_shape, c_out, True)
+    spec = _spec(x, w, 1)
+    shared = [winograd(x, w, b, spec) for _ in range(5)]
+    alone = threads.submit(winograd, x, w, b, spec).result()
+    for y in shared:
+        np.testing.assert_array_equal(y, alone)
+    assert_close(alone, naive.naive_conv2d_winograd(x, w, b, padding=1), "forward")
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_resnet_layer_split_between_threads_matches_one_thread(batch, monkeypatch):
+    """64 -> 64 channels at 28x28 (49 tiles an image): one block split by filters at batch 1, blocks of
+    tiles at batch 2, against the path run on one thread, within float32 rounding."""
+    x, w, b = _data((batch, 64, 28, 28), 64, True, seed=3)
+    spec = _spec(x, w, 1)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 2**60)
+    one = winograd(x, w, b, spec, 0.0, np.inf)
+    monkeypatch.setattr(config, "THREADS", 2)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    np.testing.assert_allclose(winograd(x, w, b, spec, 0.0, np.inf), one, rtol=0, atol=1e-5 * np.abs(one).max())
