@@ -164,13 +164,14 @@ class _Calls:
     def __init__(self, monkeypatch):
         from cnn_cli.kernels import winograd as wk
 
-        self.inputs, self.outputs, self.filters = [], [], []
+        self.inputs, self.outputs, self.filters, self.blocks = [], [], [], []
         for name, log in (("input_tiles", self._input), ("output_tiles", self._output), ("filters", self._filter)):
             real = getattr(wk, name)
             monkeypatch.setattr(wk, name, lambda *args, real=real, log=log: (log(*args), real(*args))[1])
 
     def _input(self, xp, th, tw, t0, v, first, last):
         self.inputs += [(t0 + k, ci) for k in range(v.shape[2]) for ci in range(first, last)]
+        self.blocks.append((t0, v.shape[2], first, last))
 
     def _output(self, m, bias, lo, hi, th, tw, t0, c0, y, first, last):
         self.outputs += [(t0 + k, c0 + c) for k in range(m.shape[2]) for c in range(first, last)]
@@ -201,8 +202,8 @@ def test_threads_compute_every_tile_and_filter_once(name, monkeypatch):
 
 @pytest.mark.parametrize("name", SPLITS)
 def test_split_between_threads_gives_the_bits_of_one_thread(name, monkeypatch):
-    """The same plan run by two threads at once and by one thread in turn (a call made on a pool
-    thread runs its tasks there) gives the same bits, whichever thread took which task."""
+    """The same plan run by two threads at once and by one thread task after task gives the same
+    bits, whichever thread took which task."""
     from cnn_cli.functional import threads
 
     x_shape, c_out, block = SPLITS[name]
@@ -212,7 +213,13 @@ def test_split_between_threads_gives_the_bits_of_one_thread(name, monkeypatch):
     x, w, b = _data(x_shape, c_out, True)
     spec = _spec(x, w, 1)
     shared = [winograd(x, w, b, spec) for _ in range(5)]
-    alone = threads.submit(winograd, x, w, b, spec).result()
+
+    def in_turn(worker, n, most=None):
+        items = iter(range(n))
+        worker(lambda: next(items, None))
+
+    monkeypatch.setattr(threads, "share", in_turn)
+    alone = winograd(x, w, b, spec)
     for y in shared:
         np.testing.assert_array_equal(y, alone)
     assert_close(alone, naive.naive_conv2d_winograd(x, w, b, padding=1), "forward")
@@ -229,3 +236,20 @@ def test_a_resnet_layer_split_between_threads_matches_one_thread(batch, monkeypa
     monkeypatch.setattr(config, "THREADS", 2)
     monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
     np.testing.assert_allclose(winograd(x, w, b, spec, 0.0, np.inf), one, rtol=0, atol=1e-5 * np.abs(one).max())
+
+
+def test_a_thread_running_part_of_a_split_plans_for_itself(monkeypatch):
+    """Inside ``threads.alone`` (a chunk of a batch split between threads) the call runs on one thread,
+    so it takes one thread's plan: blocks of WINOGRAD_BLOCK_TILES, never the filters in parts."""
+    from cnn_cli.functional import threads
+
+    monkeypatch.setattr(config, "THREADS", 2)
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(config, "WINOGRAD_BLOCK_TILES", 8)
+    x, w, b = _data((1, 3, 18, 42), 4, True)  # 55 tiles
+    calls = _Calls(monkeypatch)
+    with threads.alone():
+        y = winograd(x, w, b, _spec(x, w, 1))
+    assert calls.blocks == [(t0, min(8, 55 - t0), 0, 3) for t0 in range(0, 55, 8)]
+    assert calls.filters == list(range(4))
+    assert_close(y, naive.naive_conv2d(x, w, b, padding=1), "forward")
