@@ -259,14 +259,15 @@ def label_text(text):
     return _middle(_UNDRAWABLE.sub("?", str(text)), LABEL_MAX_CHARS - 1)
 
 
-def fit_label(draw, text, width, font):
+def fit_label(draw, text, width, font, length=None):
     """The label, shortened with an ellipsis in the middle if it is wider than ``width``.
 
     The longest fitting form is found by bisection over the characters kept
     (the width grows with them), so a label takes a handful of measurements.
+    ``length`` is the label's width when the caller measured it already.
     """
     text = label_text(text)
-    if draw.textlength(text, font=font) <= width:
+    if (length if length is not None else draw.textlength(text, font=font)) <= width:
         return text
     fits, too_long = 0, len(text)  # characters kept: _middle(text, fits) fits, too_long does not
     while too_long - fits > 1:
@@ -330,8 +331,8 @@ class GridFrame:
         font = _font()
         # Cells are wide enough for the longest label, up to LABEL_MAX_WIDTH;
         # longer names are shortened in the middle.
-        longest = max(font.getlength(text) for line in lines for text in line)
-        cell_w = max(tw, min(LABEL_MAX_WIDTH, math.ceil(longest) + 2))
+        lengths = {text: font.getlength(text) for line in lines for text in line}  # measured once each
+        cell_w = max(tw, min(LABEL_MAX_WIDTH, math.ceil(max(lengths.values())) + 2))
         cols = math.ceil(math.sqrt(count))
         rows = math.ceil(count / cols)
         width = cols * cell_w + (cols + 1) * GAP
@@ -347,7 +348,8 @@ class GridFrame:
             x = GAP + c * (cell_w + GAP)
             y = GAP + r * (th + label_h + GAP)
             for k, (text, fill) in enumerate(zip(line, (TEXT, NOTE_TEXT))):
-                draw.text((x, y + 1 + k * LABEL_HEIGHT), fit_label(draw, text, cell_w, font), fill=fill, font=font)
+                draw.text((x, y + 1 + k * LABEL_HEIGHT), fit_label(draw, text, cell_w, font, lengths[text]),
+                          fill=fill, font=font)
             self.corners.append((x + (cell_w - tw) // 2, y + label_h))
         if footer is not None:
             canvas.paste(footer.convert("RGB"), (GAP, height - GAP - footer.size[1]))
