@@ -446,9 +446,19 @@ STEM_TILE_PIXELS = 1024
 #: batch of small maps' columns together (GEMM_IMAGES_*), it beat Winograd on
 #: 8 x 512 -> 512 at 7x7 (32 tiles): 26.6 ms against 32.2 of one thread's CPU
 #: time (load average 1.8), while Winograd kept 128 -> 128 at 28x28 (49
-#: tiles): 3.06 against 5.74.
-WINOGRAD_MIN_DEPTH = 32
-WINOGRAD_MIN_OUT_CHANNELS = 16
+#: tiles): 3.06 against 5.74. Once its transforms ran along whole blocks of
+#: tiles, 16 input channels won too, and 16 filters lost (one thread, medians
+#: of 21-41 interleaved calls, load average 2.1-2.3, against the stacked loops):
+#: 16 -> 64 at 55x55 0.71 ms against 0.88 (batch 2 1.37 against 1.72),
+#: 16 -> 48 at 56x56 0.56 against 0.67, 16 -> 32 0.43 against 0.45,
+#: 16 -> 24 0.39 against 0.35, 16 -> 16 0.31 against 0.24; 32 -> 24 0.59
+#: against 0.66, 64 -> 24 1.06 against 1.31, but 32 -> 16 0.56 against 0.46
+#: and 64 -> 16 1.02 against 0.95; 8 -> 64 0.48 against 0.47. From 24
+#: filters, 16 -> 24 loses a tenth so that 32 -> 24 and 64 -> 24 win. SqueezeNet's
+#: 16 -> 64 layers took Winograd: squeezenet-1 13.8 -> 13.3 ms, squeezenet-8
+#: 105 -> 98 (31 interleaved forwards, load average 2.2-2.3).
+WINOGRAD_MIN_DEPTH = 16
+WINOGRAD_MIN_OUT_CHANNELS = 24
 WINOGRAD_MIN_TILES = 48
 
 #: ... and only where the map fills WINOGRAD_MIN_COVER of its 4x4 tiles: the
