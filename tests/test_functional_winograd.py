@@ -255,3 +255,22 @@ def test_a_thread_running_part_of_a_split_plans_for_itself(monkeypatch):
     assert calls.blocks == [(t0, min(8, 55 - t0), 0, 3) for t0 in range(0, 55, 8)]
     assert calls.filters == list(range(4))
     assert_close(y, naive.naive_conv2d(x, w, b, padding=1), "forward")
+
+
+def test_filter_transform_in_chunks_is_g_w_gt_for_any_range_of_filters():
+    """``kernels.winograd.filters`` goes through (filter, channel) pairs a chunk at a time: over several
+    chunks and ranges that start and end inside one, each filter is G w G^T, the same bits whichever
+    range transformed it."""
+    from cnn_cli.kernels import winograd as wk
+
+    g = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+    w = np.random.default_rng(4).standard_normal((37, 19, 3, 3)).astype(np.float32)  # 703 pairs
+    whole = np.empty((36, 37, 19), np.float32)
+    wk.filters(w, whole, 0, 37)
+    expected = np.einsum("ai,ocij,bj->aboc", g, w.astype(np.float64), g).reshape(36, 37, 19)
+    np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-6)
+    parts = np.full((36, 37, 19), np.nan, np.float32)
+    for first, last in [(0, 13), (13, 14), (14, 37)]:
+        wk.filters(w, parts, first, last)
+    np.testing.assert_array_equal(parts, whole)

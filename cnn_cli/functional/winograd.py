@@ -57,7 +57,7 @@ def winograd(x, w, bias, spec, lo=-np.inf, hi=np.inf):
     alone = threads.in_pool() or n * c_out * ho * wo * cin * 9 < config.PARALLEL_MIN_WORK
     ways = 1 if alone else config.THREADS
     run = _by_filters if ways > 1 and tiles <= config.WINOGRAD_BLOCK_TILES else _by_tiles
-    run(xp, w, b, np.float32(lo), np.float32(hi), th, tw, tiles, y, ways)
+    run(xp, np.ascontiguousarray(w), b, np.float32(lo), np.float32(hi), th, tw, tiles, y, ways)
     return y
 
 

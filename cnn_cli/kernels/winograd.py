@@ -24,26 +24,46 @@ A = 6
 # transforms then ran in float64, half as many values a vector, with a conversion each way.
 _2, _4, _5, _8 = np.float32(2), np.float32(4), np.float32(5), np.float32(8)
 
+#: (filter, channel) pairs ``filters`` transforms at once: its buffers (46 rows) stay in the first-level cache.
+_PAIRS = 256
+
 
 @kernel
 def filters(w, u, first, last):
     """u[xi, co, ci] = (G w[co, ci] G^T) at point xi = 6*row + column; task t is filter t.
 
-    Each filter's channels are one vectorised pass: t = G g over the kernel's
-    rows, then u = t G^T over its columns.
+    ``w`` and ``u`` are C-contiguous. The (filter, channel) pairs go in
+    chunks: their kernels are gathered nine rows of the chunk's pairs (one
+    per kernel tap), t = G g combines the kernel's rows and u = t G^T its
+    columns in vectorised passes along the chunk, and the chunk's 36 rows
+    are copied into u. Each filter's passes along its channels, with a
+    strided gather and views for every filter, took 1.6 times as long on
+    128 x 128 filters (0.29 ms against 0.18) and 2.2 times on 64 x 16.
     """
     cin = w.shape[1]
-    g = np.empty((3, 3, cin), np.float32)
-    t = np.empty((A, 3, cin), np.float32)
-    for co in range(first, last):
-        for i in range(3):
-            for j in range(3):
-                g[i, j, :] = w[co, :, i, j]
+    w9 = w.reshape(w.shape[0] * cin, 9)
+    u2 = u.reshape(A * A, u.shape[1] * cin)
+    g = np.empty((9, _PAIRS), np.float32)  # [3 * kernel row + kernel column, pair]
+    t = np.empty((A, 3, _PAIRS), np.float32)  # [row of G g, kernel column, pair]
+    out = np.empty((A * A, _PAIRS), np.float32)
+    p0, end = first * cin, last * cin
+    while p0 < end:
+        n = min(_PAIRS, end - p0)
+        src = w9[p0:p0 + n]
+        for p in range(n):
+            for k in range(9):
+                g[k, p] = src[p, k]
         for j in range(3):
-            _g_vec(g[0, j], g[1, j], g[2, j], t[0, j], t[1, j], t[2, j], t[3, j], t[4, j], t[5, j])
+            _g_vec(g[j, :n], g[3 + j, :n], g[6 + j, :n],
+                   t[0, j, :n], t[1, j, :n], t[2, j, :n], t[3, j, :n], t[4, j, :n], t[5, j, :n])
         for a in range(A):
-            r = u[a * A:(a + 1) * A, co]
-            _g_vec(t[a, 0], t[a, 1], t[a, 2], r[0], r[1], r[2], r[3], r[4], r[5])
+            r = out[a * A:(a + 1) * A]
+            _g_vec(t[a, 0, :n], t[a, 1, :n], t[a, 2, :n], r[0, :n], r[1, :n], r[2, :n], r[3, :n], r[4, :n], r[5, :n])
+        for xi in range(A * A):
+            dst = u2[xi, p0:p0 + n]
+            for p in range(n):
+                dst[p] = out[xi, p]
+        p0 += n
 
 
 @helper
