@@ -459,7 +459,18 @@ STEM_TILE_PIXELS = 1024
 #: 105 -> 98 (31 interleaved forwards, load average 2.2-2.3).
 WINOGRAD_MIN_DEPTH = 16
 WINOGRAD_MIN_OUT_CHANNELS = 24
-WINOGRAD_MIN_TILES = 48
+
+#: With the filters transformed in chunks, 32 tiles won where 48 had been
+#: needed (one thread against gemm, medians of 21-41 interleaved calls, load
+#: average 2.1): 2 x 256 -> 256 at 14x14 5.3 ms against 7.0, 2 x 512 -> 512
+#: at 14x14 27.1 against 32.4, 8 x 512 -> 512 at 7x7 22.5 against 24.7,
+#: 2 x 128 -> 128 at 14x14 2.0 against 2.9, 64 -> 64 at 24x24 (36 tiles)
+#: 0.68 against 1.37; 16 tiles still lost or tied: 256 -> 256 at 14x14 3.60
+#: against 3.55, 512 -> 512 17.8 against 13.8, 4 x 512 -> 512 at 7x7 18.1
+#: against 13.5. resnet18-8, whose batch nn.Network.forward runs in chunks
+#: of two images (32 tiles at 14x14), 368 -> 338 ms (21 interleaved
+#: forwards, load average 2.3-2.5); squeezenet-8 and onet-64 unchanged.
+WINOGRAD_MIN_TILES = 32
 
 #: ... and only where the map fills WINOGRAD_MIN_COVER of its 4x4 tiles: the
 #: tiles past a map's edge are transformed and multiplied for nothing. A
@@ -479,7 +490,9 @@ WINOGRAD_BLOCK_TILES = 64
 
 #: The work of transforming one filter's kernel (one output and one input
 #: channel), in the units of PARALLEL_MIN_WORK (about one multiply-add): it
-#: took about 25 ns, as long as some 600 multiply-adds of a matrix product.
+#: took about 25 ns, as long as some 600 multiply-adds of a matrix product
+#: (in chunks since, 11 ns on 128 x 128 filters, 17 on 256 x 256, whose
+#: 39M units still split between threads: not measured again).
 WINOGRAD_FILTER_COST = 600
 
 #: ``cnn embed`` standardises its rows by default (``retrieval.fit_standardize``:

@@ -133,7 +133,8 @@ def test_error_on_a_resnet_layer_is_within_the_engine_tolerance():
 @pytest.mark.parametrize("x_shape, w_shape, kwargs, takes", [
     ((1, 64, 28, 28), (64, 64, 3, 3), {"padding": 1}, True),
     ((4, 32, 16, 16), (32, 32, 3, 3), {}, True),                    # valid: 4 x 4 x 4 tiles of 14x14
-    ((8, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),      # 32 tiles: gemm on the batch wins
+    ((8, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, True),       # 32 tiles
+    ((4, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),      # 16 tiles: gemm on the batch wins
     ((1, 16, 56, 56), (64, 16, 3, 3), {"padding": 1}, True),
     ((1, 8, 56, 56), (64, 8, 3, 3), {"padding": 1}, False),         # too shallow to repay the transforms
     ((1, 32, 56, 56), (16, 32, 3, 3), {"padding": 1}, False),       # too few filters: the stacked loops win
