@@ -479,8 +479,16 @@ WINOGRAD_MIN_TILES = 32
 #: (medians of 9, load average 2.3-2.5): 48 -> 192 8.5 ms against 10.3-10.8
 #: on Winograd, 64 -> 256 14.2 against 14.9-17.0, batch 4 48 -> 192 3.1
 #: against 4.4-5.0; a 14x14 map (77%) keeps Winograd, 8 x 256 -> 256 28-29
-#: ms against 38 on gemm, as do 27x27 (93%), 28x28 and 56x56 (all).
-WINOGRAD_MIN_COVER = 0.7
+#: ms against 38 on gemm, as do 27x27 (93%), 28x28 and 56x56 (all). Since
+#: the transforms run along whole blocks, 13x13 and 10x10 (69%) win too (one
+#: thread, medians of 21-41 interleaved calls, load average 1.5): 2 x 48 ->
+#: 192 at 13x13 0.67 ms against 0.85, 2 x 64 -> 256 1.04 against 1.40,
+#: 4 x 48 -> 192 1.23 against 1.62; 4 x 128 -> 128 at 10x10 1.47 against
+#: 1.90, 8 x 256 -> 256 9.8 against 12.8. squeezenet-8 (chunks of two
+#: images, 32 tiles at 13x13) 73.3 -> 70.9 ms and 103.9 -> 100.4 (21
+#: interleaved forwards, load average 1.6-1.7); squeezenet-1 unchanged.
+#: 9x9 and 6x6 (56%) were not measured.
+WINOGRAD_MIN_COVER = 0.65
 
 #: Tiles a task of the Winograd path transforms and multiplies at once:
 #: 1 x 64 -> 64 at 56x56 took 2.8 ms a call on one thread at 64, 3.2 at 32

@@ -135,6 +135,8 @@ def test_error_on_a_resnet_layer_is_within_the_engine_tolerance():
     ((4, 32, 16, 16), (32, 32, 3, 3), {}, True),                    # valid: 4 x 4 x 4 tiles of 14x14
     ((8, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, True),       # 32 tiles
     ((4, 512, 7, 7), (512, 512, 3, 3), {"padding": 1}, False),      # 16 tiles: gemm on the batch wins
+    ((2, 48, 13, 13), (192, 48, 3, 3), {"padding": 1}, True),       # 32 tiles, 66% of them inside the map
+    ((4, 48, 9, 9), (192, 48, 3, 3), {"padding": 1}, False),        # 36 tiles, 56% inside
     ((1, 16, 56, 56), (64, 16, 3, 3), {"padding": 1}, True),
     ((1, 8, 56, 56), (64, 8, 3, 3), {"padding": 1}, False),         # too shallow to repay the transforms
     ((1, 32, 56, 56), (16, 32, 3, 3), {"padding": 1}, False),       # too few filters: the stacked loops win
