@@ -1,6 +1,7 @@
 """conv2d and conv2d_backward against the naive loops, on every algorithm."""
 
 import functools
+import itertools
 import zlib
 
 import numpy as np
@@ -314,6 +315,67 @@ def test_weight_gradient_with_non_finite_input_matches_naive(algorithm, w_shape,
     np.testing.assert_array_equal(np.isinf(grad_w), np.isinf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(grad_w[finite], expected[finite], rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------- the stacked 3-wide kernel
+
+# x shape, w shape, conv kwargs: all on kernels.conv.conv3_stacked
+STACKED3_CASES = {
+    "odd-rows": ((3, 2, 12, 11), (5, 2, 3, 3), dict(padding=1)),          # W_p 13: no pass whole vectors
+    "groups2-dil2-cout3": ((2, 4, 12, 9), (6, 2, 3, 3), dict(groups=2, padding=2, dilation=2)),
+    "cout9-valid-rows": ((2, 3, 8, 10), (9, 3, 3, 3), dict(padding=(1, 0))),
+    "5x3": ((2, 2, 8, 8), (3, 2, 5, 3), dict(padding=(2, 1))),
+    "1x3-dil(1,3)-groups3": ((2, 3, 6, 12), (6, 1, 1, 3), dict(dilation=(1, 3), groups=3)),
+    "wide-map": ((1, 2, 4, 300), (4, 2, 3, 3), dict(padding=1)),          # a row longer than a pass
+    # Maps of half a pass or more: passes within an image, skipping its garbage rows.
+    "by-image-2x3-odd-rows": ((3, 2, 20, 19), (3, 2, 2, 3), dict(padding=1)),  # H_out 21: pooling drops one
+    "by-image-dil2-cout5": ((2, 3, 24, 20), (5, 3, 3, 3), dict(padding=2, dilation=2)),
+    "by-image-groups2": ((2, 4, 30, 30), (8, 2, 3, 3), dict(padding=1, groups=2)),
+    "by-image-tall": ((2, 2, 54, 22), (4, 2, 3, 3), dict(padding=1)),      # 2 passes an image: 27 rows, pooled 28 and 26
+}
+
+
+@pytest.mark.parametrize("pieces", [1, 3, 7])
+@pytest.mark.parametrize("tile", [16, 60, 512])
+@pytest.mark.parametrize("name", list(STACKED3_CASES))
+def test_stacked_3_wide_kernel_over_any_split_of_its_tasks(name, tile, pieces, monkeypatch):
+    """conv3_stacked works the rows of the tasks it is given in passes of its own length
+    (``kernels.conv.STACKED_PASS``), rounded up to whole vectors: any split of the tasks between
+    calls, tiles of a row or of several passes, group and stack ends inside a call's range give
+    the naive result, pooled as max pooling gives it; NaN and inf propagate."""
+    kernels = pytest.importorskip("cnn_cli.kernels")
+    threads = pytest.importorskip("cnn_cli.functional.threads")
+    x_shape, w_shape, kwargs = STACKED3_CASES[name]
+    rng = np.random.default_rng(_seed(name))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    x[0, 0, 2, 3] = np.nan
+    x[-1, -1, -2, -1] = np.inf
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    called = []
+
+    def run_in_pieces(kernel, *args, tasks, work):
+        called.append((kernel, args[8] is not None))  # the kernel, and is it pooling
+        bounds = sorted({tasks * i * i // (pieces * pieces) for i in range(pieces + 1)})  # uneven
+        for first, last in itertools.pairwise(bounds):
+            kernel(*args, first, last)
+
+    monkeypatch.setattr(config, "STACKED_TILE", tile)
+    monkeypatch.setattr(threads, "run", run_in_pieces)
+    y = F.conv2d(x, w, b, algorithm="direct", **kwargs)
+    assert (kernels.conv.conv3_stacked, False) in called
+    expected = naive.naive_conv2d(x, w, b, **kwargs)
+    np.testing.assert_array_equal(np.isposinf(y), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(expected))
+    assert np.isnan(expected).any() and np.isinf(expected).any(), "the case should hold NaN and inf"
+    assert_close(np.where(np.isinf(y), 0, y), np.where(np.isinf(expected), 0, expected), "forward")
+    if kwargs.get("groups", 1) == 1 and (x_shape[2] + 2 * np.ravel(kwargs.get("padding", 0))[0]) % 2 == 0:  # H_p even
+        called.clear()
+        pooled, argmax = F.conv2d_max_pool2d(x, w, b, algorithm="direct", **kwargs)
+        assert called == [(kernels.conv.conv3_stacked, True)], "the fused pooling"
+        expected_pooled, expected_argmax = F.max_pool2d_with_argmax(y, 2)
+        np.testing.assert_array_equal(pooled, expected_pooled)
+        np.testing.assert_array_equal(argmax, expected_argmax)
 
 
 # The paths "auto" takes on deep networks' layers, run directly on every case

@@ -15,6 +15,17 @@ from .pool import max_pool_2x2_row
 #: filters stay in L1 (16 x 256 x 4 bytes = 16 KiB).
 ROW_TILE = 256
 
+#: Pixels per pass of ``conv3_stacked``: whole rows, then rounded up to whole
+#: vectors of 8. A pass of 510 pixels (15 rows of 34 at 32x32, 51 of 10 at
+#: 8x8) had ended in a scalar loop over 6, as slow as 12 of its 63 vector
+#: steps; rounded up, it took 0.69x the time at 32x32 and 0.77x at 8x8 (one
+#: thread, 32 images, interleaved medians). The rounding also starts each
+#: filter's sums on a 32-byte boundary. Passes of 768 rather than 512 pay
+#: for each short loop's set-up over more steps: 0.54 against 0.59 of the
+#: old kernel's time for 16 -> 16 filters at 32x32, 0.69 against 0.78 for
+#: 64 -> 64 at 8x8; 640 to 1536 were within noise of 768.
+STACKED_PASS = 768
+
 #: Pixels per tile of ``conv3_grad_weight_stacked``, summed in float32 (the
 #: tiles are then summed in float64, so large images keep their precision).
 GRAD_TILE = 4096
@@ -103,7 +114,7 @@ def conv_direct_stacked(xs, w, bias, dh, dw, groups, rows, y, argmax, first, las
                         a = acc[co]
                         for k in range(span):
                             a[k] += wv * seg[k]
-        _store_tile(acc, y, argmax, q0, hp, wp, hp - dh * (kh - 1), wp - dw * (kw - 1), g * cout_g, cout_g)
+        _store_tile(acc, y, argmax, q0, rows, hp, wp, hp - dh * (kh - 1), wp - dw * (kw - 1), g * cout_g, cout_g)
 
 
 @kernel
@@ -118,39 +129,89 @@ def conv3_stacked(xs, wq, bias, dh, dw, groups, rows, y, argmax, first, last):
     C_out/groups rounded up to 4, C_in/groups, kH, 3), zero past the real
     filters, whose extra sums are computed and never stored. ``argmax`` as
     in ``conv_direct_stacked``.
+
+    The tasks' tiles of ``rows`` rows only split the work between threads:
+    the rows of a call's tasks (within a group) are worked in passes of
+    about STACKED_PASS pixels, and each pass runs over whole vectors of 8
+    (the few sums past its last row are garbage, never stored). See
+    STACKED_PASS for what each of these bought. With pooling, passes start
+    on even rows and hold whole pairs, but for an image's last odd row.
+
+    Passes over all nine taps of four filters at once (each sum loaded and
+    stored once per nine taps instead of three) ran 1.2-1.5x slower: 36
+    weights do not fit AVX2's 16 vector registers, so most multiply-adds
+    read their weight from the stack, and the loop is bound by loads. Two
+    or three filters by nine taps, and eight by three, were slower too.
     """
-    cout_pad, cin_g, kh = wq.shape[1], wq.shape[2], wq.shape[3]
+    cout_pad, kh = wq.shape[1], wq.shape[3]
     n_img, hp, wp = xs.shape[1], xs.shape[2], xs.shape[3]
-    total = n_img * hp * wp
     cout_g = y.shape[1] // groups
     tiles = (n_img * hp + rows - 1) // rows
-    acc = np.zeros((cout_pad, rows * wp), np.float32)
-    for task in range(first, last):
+    ho = hp - dh * (kh - 1)
+    per_pass = max(rows, STACKED_PASS // wp)
+    if argmax is not None:  # whole pairs of rows (rows is even then)
+        per_pass -= per_pass % 2
+    # Images of at least half a pass are worked one at a time, in passes of
+    # about per_pass rows that skip their garbage rows (2 of 34 at 32x32):
+    # 0.66 against 0.71 of the old kernel's time for 16 -> 16 filters at
+    # 32x32, 0.65 against 0.69 at 28x28. At 16x16 (288 pixels an image) the
+    # shorter loops made it 8% slower.
+    by_image = 2 * ho * wp >= STACKED_PASS
+    most = per_pass + per_pass // 2 + 2 if by_image else per_pass
+    acc = np.zeros((cout_pad, (most * wp + 7) // 8 * 8), np.float32)
+    task = first
+    while task < last:
         g = task // tiles
-        q0 = (task % tiles) * rows
-        _fill_bias(acc, bias, g * cout_g, cout_g)
-        for cb in range(0, cout_pad, 4):
-            a0, a1, a2, a3 = acc[cb], acc[cb + 1], acc[cb + 2], acc[cb + 3]
-            for ci in range(cin_g):
-                run = xs[g * cin_g + ci].reshape(total)
-                for i in range(kh):
-                    off = q0 * wp + i * dh * wp
-                    span = min(rows * wp, total - off - 2 * dw)
-                    s0 = run[off:off + span]
-                    s1 = run[off + dw:off + dw + span]
-                    s2 = run[off + 2 * dw:off + 2 * dw + span]
-                    wb = wq[g, cb:cb + 4, ci, i]
-                    w00, w01, w02 = wb[0, 0], wb[0, 1], wb[0, 2]
-                    w10, w11, w12 = wb[1, 0], wb[1, 1], wb[1, 2]
-                    w20, w21, w22 = wb[2, 0], wb[2, 1], wb[2, 2]
-                    w30, w31, w32 = wb[3, 0], wb[3, 1], wb[3, 2]
-                    for k in range(span):
-                        x0, x1, x2 = s0[k], s1[k], s2[k]
-                        a0[k] += w00 * x0 + w01 * x1 + w02 * x2
-                        a1[k] += w10 * x0 + w11 * x1 + w12 * x2
-                        a2[k] += w20 * x0 + w21 * x1 + w22 * x2
-                        a3[k] += w30 * x0 + w31 * x1 + w32 * x2
-        _store_tile(acc, y, argmax, q0, hp, wp, hp - dh * (kh - 1), wp - 2 * dw, g * cout_g, cout_g)
+        end = min(last, (g + 1) * tiles)  # this group's tasks in the range
+        top = min((end - g * tiles) * rows, n_img * hp)
+        q0 = (task - g * tiles) * rows
+        while q0 < top:
+            height = min(per_pass, top - q0)
+            if by_image:
+                oh = q0 % hp
+                if oh >= ho:
+                    q0 += hp - oh
+                    continue
+                left = min(ho - oh, top - q0)  # the image's valid rows left in the range
+                parts = max(1, (left + per_pass // 2) // per_pass)
+                height = (left + parts - 1) // parts
+                if argmax is not None:
+                    height = min(left, height + height % 2)
+            _fill_bias(acc, bias, g * cout_g, cout_g)
+            _conv3_pass(xs, wq, g, q0 * wp, (height * wp + 7) // 8 * 8, dh, dw, acc)
+            _store_tile(acc, y, argmax, q0, height, hp, wp, ho, wp - 2 * dw, g * cout_g, cout_g)
+            q0 += height
+        task = end
+
+
+@helper
+def _conv3_pass(xs, wq, g, start, length, dh, dw, acc):
+    """acc[co, k] += the 3-wide correlation of group g at stacked pixel start + k, for k < length (see
+    ``conv3_stacked``); fewer where the stack ends."""
+    cout_pad, cin_g, kh = wq.shape[1], wq.shape[2], wq.shape[3]
+    total = xs.shape[1] * xs.shape[2] * xs.shape[3]
+    wp = xs.shape[3]
+    for cb in range(0, cout_pad, 4):
+        a0, a1, a2, a3 = acc[cb], acc[cb + 1], acc[cb + 2], acc[cb + 3]
+        for ci in range(cin_g):
+            run = xs[g * cin_g + ci].reshape(total)
+            for i in range(kh):
+                off = start + i * dh * wp
+                span = min(length, total - off - 2 * dw)
+                s0 = run[off:off + span]
+                s1 = run[off + dw:off + dw + span]
+                s2 = run[off + 2 * dw:off + 2 * dw + span]
+                wb = wq[g, cb:cb + 4, ci, i]
+                w00, w01, w02 = wb[0, 0], wb[0, 1], wb[0, 2]
+                w10, w11, w12 = wb[1, 0], wb[1, 1], wb[1, 2]
+                w20, w21, w22 = wb[2, 0], wb[2, 1], wb[2, 2]
+                w30, w31, w32 = wb[3, 0], wb[3, 1], wb[3, 2]
+                for k in range(span):
+                    x0, x1, x2 = s0[k], s1[k], s2[k]
+                    a0[k] += w00 * x0 + w01 * x1 + w02 * x2
+                    a1[k] += w10 * x0 + w11 * x1 + w12 * x2
+                    a2[k] += w20 * x0 + w21 * x1 + w22 * x2
+                    a3[k] += w30 * x0 + w31 * x1 + w32 * x2
 
 
 @kernel
@@ -246,8 +307,8 @@ def _fill_bias(acc, bias, c0, count):
 
 
 @helper
-def _store_tile(acc, y, argmax, q0, hp, wp, ho, wo, c0, count):
-    """Store a stacked tile's sums (rows W_p long, from stacked row q0) for filters c0 .. c0+count-1.
+def _store_tile(acc, y, argmax, q0, rows, hp, wp, ho, wo, c0, count):
+    """Store a stacked tile's sums (``rows`` rows W_p long, from stacked row q0) for filters c0 .. c0+count-1.
 
     Without ``argmax``, they go to y[:, c0:c0+count], garbage dropped. With
     it, each 2x2 block of the H_out x W_out output goes through max pooling
@@ -258,14 +319,18 @@ def _store_tile(acc, y, argmax, q0, hp, wp, ho, wo, c0, count):
     number of rows.
     """
     n_img = y.shape[0]
-    height = min(acc.shape[1] // wp, n_img * hp - q0)
+    height = min(rows, n_img * hp - q0)
     if argmax is None:
         for r in range(height):
             n = (q0 + r) // hp
             oh = (q0 + r) % hp
             if oh < ho:
                 for co in range(count):
-                    y[n, c0 + co, oh, :] = acc[co, r * wp:r * wp + wo]
+                    # A loop, not y[n, c, oh, :] = acc[co, a:b]: that general copy of
+                    # 8-32 pixels cost up to a tenth of conv3_stacked's time.
+                    src, dst = acc[co, r * wp:r * wp + wo], y[n, c0 + co, oh]
+                    for k in range(wo):
+                        dst[k] = src[k]
         return
     for r in range(0, height, 2):
         n = (q0 + r) // hp
