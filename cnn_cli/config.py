@@ -90,9 +90,17 @@ PARALLEL_MIN_WORK = 2**25
 #: ``nn.Network.forward`` in eval mode shares a batch of at least 2 images
 #: between the threads in BATCH_SPLIT_CHUNKS chunks a thread, each chunk run
 #: through the whole network on one thread, from BATCH_SPLIT_MIN_WORK
-#: multiply-adds a pass (PARALLEL_MIN_WORK's units).
+#: multiply-adds a pass (``Network.multiply_adds``: conv and linear nodes).
+#: Measured 2026-12-08, load 0.1-0.7, medians of 15-31 interleaved passes,
+#: split against whole (each node split as usual): LeNet at batch 256 (111 M)
+#: 6.1 against 8.6 ms, but AlexNet-style at batch 16 (76 M) 6.2 against 4.9
+#: and LeNet at batch 32 (14 M) 2.4 against 2.2. One chunk a thread (halves)
+#: against two: ResNet-18 at batch 8 149 against 166 ms, SqueezeNet 45.0
+#: against 46.4, the O-Net at 64 18.2 against 19.1, MobileNetV2 60.4 against
+#: 58.8 (whole: 161, 55.9, 20.1, 77.6). A thread that finds no chunk left
+#: returns, so a core another process holds runs less of the batch.
 BATCH_SPLIT_MIN_WORK = 2**27
-BATCH_SPLIT_CHUNKS = 2
+BATCH_SPLIT_CHUNKS = 1
 
 #: Max pooling without the argmax (``kernels.pool.max_pool_values``) and
 #: PReLU (``kernels.prelu``): the work of one input value, in the units of

@@ -294,7 +294,8 @@ def test_a_batch_split_between_threads_gives_each_image_the_unsplit_output(monke
     monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 2**62)
     whole = net.forward(x)
     monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 0)
-    monkeypatch.setattr(config, "THREADS", 2)  # 5 images in chunks of 1, 1, 1 and 2
+    monkeypatch.setattr(config, "THREADS", 2)
+    monkeypatch.setattr(config, "BATCH_SPLIT_CHUNKS", 2)  # 5 images in chunks of 1, 1, 1 and 2
     parts = []
     run = nn._run
     monkeypatch.setattr(nn, "_run", lambda steps, values, *a, **k: parts.append(len(values[nn.INPUT])) or
@@ -316,6 +317,7 @@ def test_an_error_in_one_part_of_a_split_batch_reaches_the_caller(monkeypatch):
     net = residual_network(1, size=8)
     monkeypatch.setattr(config, "BATCH_SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(config, "THREADS", 2)
+    monkeypatch.setattr(config, "BATCH_SPLIT_CHUNKS", 2)
     run = nn._run
 
     def failing(steps, values, *a, **k):
