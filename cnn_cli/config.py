@@ -87,18 +87,15 @@ FFT_TILES_MAX_COST = 0.95
 #: split; a bank over a photo (100M and up) gains clearly from the split.
 PARALLEL_MIN_WORK = 2**25
 
-#: ``nn.Network.forward`` in eval mode shares a batch of at least 2 images
-#: between the threads in BATCH_SPLIT_CHUNKS chunks a thread, each chunk run
-#: through the whole network on one thread, from BATCH_SPLIT_MIN_WORK
-#: multiply-adds a pass (``Network.multiply_adds``: conv and linear nodes).
-#: Measured 2026-12-08, load 0.1-0.7, medians of 15-31 interleaved passes,
-#: split against whole (each node split as usual): LeNet at batch 256 (111 M)
-#: 6.1 against 8.6 ms, but AlexNet-style at batch 16 (76 M) 6.2 against 4.9
-#: and LeNet at batch 32 (14 M) 2.4 against 2.2. One chunk a thread (halves)
-#: against two: ResNet-18 at batch 8 149 against 166 ms, SqueezeNet 45.0
-#: against 46.4, the O-Net at 64 18.2 against 19.1, MobileNetV2 60.4 against
-#: 58.8 (whole: 161, 55.9, 20.1, 77.6). A thread that finds no chunk left
-#: returns, so a core another process holds runs less of the batch.
+#: ``nn.Network.forward`` in eval mode shares a batch between the threads in
+#: BATCH_SPLIT_CHUNKS chunks a thread, each run through the whole network on
+#: one thread, from BATCH_SPLIT_MIN_WORK multiply-adds a pass (conv and linear
+#: nodes). Split against whole (load 0.1-0.7, medians of 15-31 interleaved
+#: passes): LeNet at batch 256 (111 M) 6.1 against 8.6 ms, AlexNet-style at
+#: 16 (76 M) 6.2 against 4.9. Halves against two chunks a thread: ResNet-18
+#: at batch 8 149 against 166 ms, SqueezeNet 45.0 against 46.4, the O-Net at
+#: 64 18.2 against 19.1, MobileNetV2 60.4 against 58.8 (whole: 161, 55.9,
+#: 20.1, 77.6).
 BATCH_SPLIT_MIN_WORK = 2**27
 BATCH_SPLIT_CHUNKS = 1
 
@@ -441,74 +438,48 @@ STEM_TILE_PIXELS = 1024
 #: "auto" runs 3x3 convolutions at stride 1 (undilated, ungrouped) as
 #: Winograd F(4x4, 3x3) (cnn_cli.functional.winograd) from WINOGRAD_MIN_DEPTH
 #: input channels, WINOGRAD_MIN_OUT_CHANNELS filters and WINOGRAD_MIN_TILES
-#: 4x4 output tiles in the batch. Measured here as CPU time per call (the
-#: machine's load average was 5-6, so wall times meant little), Winograd
-#: against the path "auto" took before, on ReLU'd inputs: 1 x 64 -> 64 at
-#: 56x56 (196 tiles) 3.06 ms against 4.30; 128 -> 128 at 28x28 (49) 2.45
-#: against 4.29; 32 -> 128 at 27x27 (49) 0.90 against 1.05; 8 x 256 -> 256
-#: at 14x14 (128) 28.7 against 40.7; 8 x 512 -> 512 at 7x7 (32) 35.4 against
-#: 36.7. It lost with 16 input channels (16 -> 64 at 55x55: 1.43 against
-#: 1.16 on the stacked loops) and on 16 tiles, where transforming the
-#: filters on every call does not repay (48 -> 192 at 13x13: 0.72 against
-#: 0.54; 256 -> 256 at 14x14: 5.50 against 5.02). Once gemm multiplied a
-#: batch of small maps' columns together (GEMM_IMAGES_*), it beat Winograd on
-#: 8 x 512 -> 512 at 7x7 (32 tiles): 26.6 ms against 32.2 of one thread's CPU
-#: time (load average 1.8), while Winograd kept 128 -> 128 at 28x28 (49
-#: tiles): 3.06 against 5.74. Once its transforms ran along whole blocks of
-#: tiles, 16 input channels won too, and 16 filters lost (one thread, medians
-#: of 21-41 interleaved calls, load average 2.1-2.3, against the stacked loops):
-#: 16 -> 64 at 55x55 0.71 ms against 0.88 (batch 2 1.37 against 1.72),
-#: 16 -> 48 at 56x56 0.56 against 0.67, 16 -> 32 0.43 against 0.45,
-#: 16 -> 24 0.39 against 0.35, 16 -> 16 0.31 against 0.24; 32 -> 24 0.59
-#: against 0.66, 64 -> 24 1.06 against 1.31, but 32 -> 16 0.56 against 0.46
-#: and 64 -> 16 1.02 against 0.95; 8 -> 64 0.48 against 0.47. From 24
-#: filters, 16 -> 24 loses a tenth so that 32 -> 24 and 64 -> 24 win. SqueezeNet's
-#: 16 -> 64 layers took Winograd: squeezenet-1 13.8 -> 13.3 ms, squeezenet-8
-#: 105 -> 98 (31 interleaved forwards, load average 2.2-2.3).
+#: 4x4 output tiles in the batch. First measured as CPU time per call (load
+#: 5-6), against the path "auto" took before: 1 x 64 -> 64 at 56x56 3.06 ms
+#: against 4.30, 128 -> 128 at 28x28 2.45 against 4.29, 8 x 256 -> 256 at
+#: 14x14 28.7 against 40.7. Once its transforms ran along whole blocks of
+#: tiles, 16 input channels won and 16 filters lost (one thread, medians of
+#: 21-41 interleaved calls, load 2.1-2.3, against the stacked loops): 16 -> 64
+#: at 55x55 0.71 ms against 0.88, 16 -> 48 at 56x56 0.56 against 0.67, 16 ->
+#: 24 0.39 against 0.35, 16 -> 16 0.31 against 0.24; 32 -> 24 0.59 against
+#: 0.66, 64 -> 24 1.06 against 1.31, but 32 -> 16 0.56 against 0.46 and 64 ->
+#: 16 1.02 against 0.95. From 24 filters, 16 -> 24 loses a tenth so that 32 ->
+#: 24 and 64 -> 24 win. squeezenet-1 13.8 -> 13.3 ms, squeezenet-8 105 -> 98
+#: (31 interleaved forwards, load 2.2-2.3).
 WINOGRAD_MIN_DEPTH = 16
 WINOGRAD_MIN_OUT_CHANNELS = 24
 
 #: With the filters transformed in chunks, 32 tiles won where 48 had been
 #: needed (one thread against gemm, medians of 21-41 interleaved calls, load
-#: average 2.1): 2 x 256 -> 256 at 14x14 5.3 ms against 7.0, 2 x 512 -> 512
-#: at 14x14 27.1 against 32.4, 8 x 512 -> 512 at 7x7 22.5 against 24.7,
-#: 2 x 128 -> 128 at 14x14 2.0 against 2.9, 64 -> 64 at 24x24 (36 tiles)
-#: 0.68 against 1.37; 16 tiles still lost or tied: 256 -> 256 at 14x14 3.60
-#: against 3.55, 512 -> 512 17.8 against 13.8, 4 x 512 -> 512 at 7x7 18.1
-#: against 13.5. resnet18-8, whose batch nn.Network.forward runs in chunks
-#: of two images (32 tiles at 14x14), 368 -> 338 ms (21 interleaved
-#: forwards, load average 2.3-2.5); squeezenet-8 and onet-64 unchanged.
+#: 2.1): 2 x 256 -> 256 at 14x14 5.3 ms against 7.0, 8 x 512 -> 512 at 7x7
+#: 22.5 against 24.7, 64 -> 64 at 24x24 (36 tiles) 0.68 against 1.37; 16
+#: tiles still lost or tied: 256 -> 256 at 14x14 3.60 against 3.55, 512 ->
+#: 512 17.8 against 13.8. resnet18-8 in chunks of two 368 -> 338 ms.
 WINOGRAD_MIN_TILES = 32
 
 #: ... and only where the map fills WINOGRAD_MIN_COVER of its 4x4 tiles: the
 #: tiles past a map's edge are transformed and multiplied for nothing. A
 #: 13x13 map fills 66% of its 16 tiles (SqueezeNet's last fire modules),
-#: where gemm's batched products won at batch 8, one thread's CPU time
-#: (medians of 9, load average 2.3-2.5): 48 -> 192 8.5 ms against 10.3-10.8
-#: on Winograd, 64 -> 256 14.2 against 14.9-17.0, batch 4 48 -> 192 3.1
-#: against 4.4-5.0; a 14x14 map (77%) keeps Winograd, 8 x 256 -> 256 28-29
-#: ms against 38 on gemm, as do 27x27 (93%), 28x28 and 56x56 (all). Since
-#: the transforms run along whole blocks, 13x13 and 10x10 (69%) win too (one
+#: where gemm's batched products had won (48 -> 192 at batch 8: 8.5 ms
+#: against 10.3-10.8). Since the transforms run along whole blocks, 13x13
+#: and 10x10 (69%) win too (one
 #: thread, medians of 21-41 interleaved calls, load average 1.5): 2 x 48 ->
 #: 192 at 13x13 0.67 ms against 0.85, 2 x 64 -> 256 1.04 against 1.40,
 #: 4 x 48 -> 192 1.23 against 1.62; 4 x 128 -> 128 at 10x10 1.47 against
-#: 1.90, 8 x 256 -> 256 9.8 against 12.8. squeezenet-8 (chunks of two
-#: images, 32 tiles at 13x13) 73.3 -> 70.9 ms and 103.9 -> 100.4 (21
-#: interleaved forwards, load average 1.6-1.7); squeezenet-1 unchanged.
-#: 9x9 and 6x6 (56%) were not measured.
+#: 1.90, 8 x 256 -> 256 9.8 against 12.8. 9x9 and 6x6 (56%) not measured.
 WINOGRAD_MIN_COVER = 0.65
 
-#: Tiles a task of the Winograd path transforms and multiplies at once:
-#: 1 x 64 -> 64 at 56x56 took 2.8 ms a call on one thread at 64, 3.2 at 32
-#: and 128, 3.9 at 16; 8 x 256 -> 256 at 14x14 21.5 ms at 64 and 128, 25 at
-#: 32, 28 at 256.
+#: Tiles a Winograd task transforms and multiplies at once: 1 x 64 -> 64 at
+#: 56x56 took 2.8 ms on one thread at 64, 3.2 at 32 and 128, 3.9 at 16.
 WINOGRAD_BLOCK_TILES = 64
 
 #: The work of transforming one filter's kernel (one output and one input
-#: channel), in the units of PARALLEL_MIN_WORK (about one multiply-add): it
-#: took about 25 ns, as long as some 600 multiply-adds of a matrix product
-#: (in chunks since, 11 ns on 128 x 128 filters, 17 on 256 x 256, whose
-#: 39M units still split between threads: not measured again).
+#: channel) in PARALLEL_MIN_WORK's units: about 25 ns, some 600 multiply-adds
+#: of a product (11-17 ns in chunks since; not measured again).
 WINOGRAD_FILTER_COST = 600
 
 #: ``cnn embed`` standardises its rows by default (``retrieval.fit_standardize``:

@@ -20,6 +20,7 @@ from .blocks import NetVLAD, Residual
 from .graphlayers import Clip
 from .layers import Activation, LayerError, Pool
 from .merges import Add
+from .profiling import multiply_adds
 from .trainable import BatchNorm2d, Conv2d, Dropout, Flatten, Linear, Param
 
 __all__ = ["BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Linear", "NetVLAD", "Network", "Param", "Residual",
@@ -93,53 +94,30 @@ class Network:
         """The network's output for the batch ``x``. ``clock(step, seconds, output)`` is called after each
         step, if given (``profiling``); a step is a node, or two that run fused (``step.nodes``).
 
-        In eval mode a large enough batch is shared between the engine's threads in chunks,
-        each chunk run through the whole network on one core: a thread's unit of work is then a
-        whole pass, where splitting each node paid only for the large ones (the wake-up, and
-        data the other core's cache does not hold). Chunks, not halves: a thread whose core
-        another process holds takes fewer of them. Eval mode computes each image on its own
-        (layers are built per example, batch norm uses its running statistics), so the
-        chunks are independent.
+        In eval mode a large enough batch is shared between the engine's threads in chunks, each
+        run through the whole network on one core: a whole pass repays the hand-off, where a small
+        node split did not. Eval mode computes each image on its own (layers are built per
+        example, batch norm uses its running statistics), so the chunks are independent.
         """
-        out = len(self.layers) - 1
-        chunks = 1 if train or clock is not None else self._batch_chunks(x)
+        out, chunks = len(self.layers) - 1, 1 if train or clock is not None else self._batch_chunks(x)
         if chunks < 2:
             return _run(self._steps if train else self._eval_steps, {INPUT: x}, out, train, clock=clock)
-        bounds = [x.shape[0] * k // chunks for k in range(chunks + 1)]
-        outputs = [None] * chunks
+        bounds, outputs = [x.shape[0] * k // chunks for k in range(chunks + 1)], [None] * chunks
 
         def worker(next_chunk):
             with threads.alone():
-                k = next_chunk()
-                while k is not None:
+                while (k := next_chunk()) is not None:
                     outputs[k] = _run(self._eval_steps, {INPUT: x[bounds[k]:bounds[k + 1]]}, out, False)
-                    k = next_chunk()
 
         threads.share(worker, chunks)
         return np.concatenate(outputs)
 
-    def multiply_adds(self, batch=1):
-        """Multiply-adds of one forward pass over ``batch`` images, counted in the conv and linear layers.
-
-        A convolution's output pixel costs C_in/groups * kH * kW per filter, a
-        linear layer's output in_features; the rest (batch norm, activations,
-        pooling, additions) is not counted, as the usual MAC figures of
-        ResNet-18 (1.8 G at 224x224) and MobileNetV2 (0.3 G) do not count it.
-        """
-        total = 0
-        for layer, shape in zip(self.layers, self.shapes):
-            if layer.kind in ("conv", "linear"):
-                per_output = int(np.prod(layer.params["weight"].shape[1:]))  # C_in/groups * kH * kW, or in_features
-                total += per_output * int(np.prod(shape))
-        return total * batch
-
     def _batch_chunks(self, x):
         """Into how many chunks ``forward`` splits the batch ``x`` in eval mode (1: not split)."""
         n = x.shape[0]
-        if n < 2 or config.THREADS < 2 or threads.in_pool() or \
-                self.multiply_adds(n) < config.BATCH_SPLIT_MIN_WORK:
-            return 1
-        return min(n, config.THREADS * config.BATCH_SPLIT_CHUNKS)
+        split = n > 1 and config.THREADS > 1 and not threads.in_pool() \
+            and multiply_adds(self, n) >= config.BATCH_SPLIT_MIN_WORK
+        return min(n, config.THREADS * config.BATCH_SPLIT_CHUNKS) if split else 1
 
     def backward(self, grad):
         return _back(self._steps, len(self.layers) - 1, grad, INPUT)
