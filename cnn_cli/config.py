@@ -89,13 +89,13 @@ PARALLEL_MIN_WORK = 2**25
 
 #: ``nn.Network.forward`` in eval mode shares a batch between the threads in
 #: BATCH_SPLIT_CHUNKS chunks a thread, each run through the whole network on
-#: one thread, from BATCH_SPLIT_MIN_WORK multiply-adds a pass (conv and linear
-#: nodes). Split against whole (load 0.1-0.7, medians of 15-31 interleaved
-#: passes): LeNet at batch 256 (111 M) 6.1 against 8.6 ms, AlexNet-style at
-#: 16 (76 M) 6.2 against 4.9. Halves against two chunks a thread: ResNet-18
-#: at batch 8 149 against 166 ms, SqueezeNet 45.0 against 46.4, the O-Net at
-#: 64 18.2 against 19.1, MobileNetV2 60.4 against 58.8 (whole: 161, 55.9,
-#: 20.1, 77.6).
+#: one thread, from BATCH_SPLIT_MIN_WORK multiply-adds a pass. Split against
+#: whole (load 0.2-0.6, medians of 31 interleaved passes): AlexNet-style at 16
+#: (76 M) 4.5 against 3.6 ms, at 32 (152 M) 6.4 against 6.5; the resnet preset
+#: at 8 (98 M) 5.7 against 5.6, at 16 (195 M) 7.2 against 8.7; LeNet at 256
+#: (111 M) 7.7 against 9.7. Halves against two chunks a thread: ResNet-18 at
+#: batch 8 149 against 166 ms, SqueezeNet 45.0 against 46.4, the O-Net at 64
+#: 18.2 against 19.1, MobileNetV2 60.4 against 58.8.
 BATCH_SPLIT_MIN_WORK = 2**27
 BATCH_SPLIT_CHUNKS = 1
 

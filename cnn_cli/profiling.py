@@ -84,10 +84,14 @@ def multiply_adds(network, batch=1):
     linear layer's output in_features; the rest (batch norm, activations,
     pooling, additions) is not counted, as the usual MAC figures of
     ResNet-18 (1.8 G at 224x224) and MobileNetV2 (0.3 G) do not count it.
+    A block (``parts``, such as a residual block) counts its convolutions,
+    each over the block's output map, which its strided parts produce.
     """
     total = 0
     for layer, shape in zip(network.layers, network.shapes):
-        if layer.kind in ("conv", "linear"):
-            per_output = int(np.prod(layer.params["weight"].shape[1:]))  # C_in/groups * kH * kW, or in_features
-            total += per_output * int(np.prod(shape))
+        for part in getattr(layer, "parts", {}).values() or [layer]:
+            if part.kind in ("conv", "linear"):
+                weight = part.params["weight"]
+                outputs = int(np.prod(shape)) if part is layer else weight.shape[0] * int(np.prod(shape[1:]))
+                total += int(np.prod(weight.shape[1:])) * outputs  # C_in/groups * kH * kW, or in_features
     return total * batch

@@ -51,3 +51,13 @@ def test_multiply_adds_count_conv_and_linear_layers():
     second = 6 * 4 * 3 * (4 * 3 * 3)    # after the 2x2 pool 6x5; groups 2: 4 inputs per filter, 4x3 outputs
     linear = 5 * (6 * 4 * 3)
     assert profiling.multiply_adds(net, batch=4) == 4 * (first + second + linear)
+
+
+def test_multiply_adds_count_the_convolutions_inside_a_residual_block():
+    from cnn_cli.blocks import Residual
+
+    net = nn.Network([nn.Conv2d(4, 3, padding=1), Residual(8, stride=2), Residual(8)], (3, 12, 10), seed=0)
+    stem = 4 * 12 * 10 * (3 * 9)
+    down = 8 * 6 * 5 * (4 * 9 + 8 * 9 + 4)   # conv1 4 -> 8 at stride 2, conv2 8 -> 8, the 1x1 shortcut 4 -> 8
+    same = 8 * 6 * 5 * (8 * 9 + 8 * 9)
+    assert profiling.multiply_adds(net, batch=2) == 2 * (stem + down + same)
