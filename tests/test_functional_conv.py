@@ -414,6 +414,36 @@ def test_gemm_on_tiles_of_whole_images(name, per, monkeypatch):
     assert_close(gemm._images(x, w, b, spec, -0.5, 1.0, per), np.clip(y, -0.5, 1.0), "forward")
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, bias, threads_", [
+    ((1, 6, 7, 7), (10, 6, 3, 3), dict(padding=1), True, 2),                  # ResNet's 7x7 layers
+    ((1, 5, 14, 13), (9, 5, 3, 3), dict(stride=2, padding=1), False, 2),      # strided, odd width
+    ((1, 4, 9, 9), (7, 4, 3, 2), dict(padding=(2, 0), dilation=(2, 3)), True, 3),
+    ((1, 8, 13, 13), (11, 8, 1, 1), {}, True, 3),                             # 1x1: the image is its columns
+    ((1, 3, 12, 12), (5, 3, 1, 1), dict(stride=2), False, 2),
+])
+def test_gemm_on_one_small_image_makes_its_columns_once(x_shape, w_shape, kwargs, bias, threads_, monkeypatch):
+    """``gemm._shared_columns``: one image's columns, the product split by filters between the threads,
+    each part stored with its bias and clip; a NaN reaches the outputs it reaches in the naive loops."""
+    monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(config, "THREADS", threads_)
+    rng = np.random.default_rng(_seed(str(x_shape) + str(w_shape)))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    x[0, 0, 2, 3] = np.nan
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32) if bias else None
+    spec = F.ConvSpec(x.shape, w.shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                      kwargs.get("dilation", 1), 1, "zeros", "auto")
+    assert gemm._one_small_image(spec)
+    y = naive.naive_conv2d(x, w, b, **kwargs)
+    with np.errstate(invalid="ignore"):
+        assert_close(gemm.gemm(x, w, b, spec), y, "forward")
+        assert_close(gemm.gemm(x, w, b, spec, -0.5, 1.0), np.clip(y, -0.5, 1.0), "forward")
+    monkeypatch.setattr(config, "THREADS", 1)  # one thread: the tiles of rows, with the same values
+    assert not gemm._one_small_image(spec)
+    with np.errstate(invalid="ignore"):
+        assert_close(gemm.gemm(x, w, b, spec), y, "forward")
+
+
 def test_gemm_takes_tiles_of_images_for_batches_of_small_maps():
     def per(x_shape, w_shape, padding=1):
         return gemm._images_a_tile(F.ConvSpec(x_shape, w_shape, 1, padding, 1, 1, "zeros", "auto"))
