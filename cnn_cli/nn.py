@@ -16,8 +16,8 @@ import numpy as np
 
 from . import config, registry
 from . import functional as F
-from .functional import threads
 from .blocks import NetVLAD, Residual
+from .functional import threads
 from .graphlayers import Clip
 from .layers import Activation, LayerError, Pool
 from .merges import Add
