@@ -326,7 +326,7 @@ class GridFrame:
         if notes is not None:
             lines = [line + [label_text(note)] for line, note in zip(lines, notes)]
         count = len(lines)
-        self.tile_size = (tw, th) = _thumbnail_size(picture_size)[0]
+        tw, th = _thumbnail_size(picture_size)[0]
         label_h = LABEL_HEIGHT * len(lines[0])
         font = _font()
         # Cells are wide enough for the longest label, up to LABEL_MAX_WIDTH;
@@ -356,11 +356,8 @@ class GridFrame:
 
     def fill(self, tiles):
         """The grid: ``tiles`` (the pictures, or their thumbnails) pasted into the frame."""
-        for tile, corner in zip(tiles, self.corners, strict=True):
-            tile = thumbnail(tile)
-            if tile.size != self.tile_size:
-                raise ValueError(f"grid tiles must all be {self.tile_size} after thumbnail, got {tile.size}")
-            self.canvas.paste(tile.convert("RGB"), corner)
+        for tile, corner in zip(tiles, self.corners):
+            self.canvas.paste(thumbnail(tile).convert("RGB"), corner)
         return self.canvas
 
 
