@@ -62,15 +62,13 @@ def load_source(*, banks=None, pipeline=None, model=None, color="gray", memory_l
 
     Raises ValueError (a bank, pipeline or model error) with a message for the user.
     """
-    from . import filterbank
-
     if sum(bool(x) for x in (banks, pipeline, model)) > 1:
         raise ValueError("give only one of --bank, --pipeline and --model")
     if model:
         return _model_source(model, memory_limit)
     if banks:
         pipe = bank_pipeline(banks)
-        files = [file_record(filterbank.resolve_file(_bank_name(spec), "bank")) for spec in banks]
+        files = [file_record(bank.source) for bank in pipe.layers[0].banks]  # the files load_bank read
         kind, spec = "bank", {"banks": list(banks)}
     else:
         name = pipeline or DEFAULT_PIPELINE
@@ -95,9 +93,3 @@ def _model_source(model, memory_limit=None):
     return Source(pipe, meta.preprocessing.color, image_transform(meta), "model", [file_record(model)],
                   {"model": str(Path(model).resolve())}, layers, list(network.shapes[:last_linear]),
                   len(layers) - 1, "gap", list(network.inputs[:last_linear]), list(network.names[:last_linear]))
-
-
-def _bank_name(spec):
-    """The bank part of ``NAME:PATTERN`` (as ``filterbank.load_bank`` reads it)."""
-    name, _, pattern = str(spec).partition(":")
-    return str(spec) if pattern and len(name) == 1 else name
