@@ -230,7 +230,7 @@ def _grad_input_columns(gy, w, spec):
                 grad.col2im(part, n0, k * cin_g, *args, 0, part.shape[0] * cin_g)
 
     parts = min(config.THREADS, n)
-    if gy.size * depth < config.PARALLEL_MIN_WORK or parts < 2:
+    if not threads.parallel(gy.size * depth) or parts < 2:
         images(0, n)
     else:
         threads.split(images, n, parts)

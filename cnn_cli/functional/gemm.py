@@ -40,7 +40,7 @@ def gemm(x, w, bias, spec, lo=-np.inf, hi=np.inf):
     pointwise = kh == kw == 1 and spec.stride == (1, 1)  # then H_out, W_out = H_p, W_p
     wmat = w.reshape(c_out, depth)
     y_flat = y.reshape(n, c_out, ho * wo)
-    parallel = n * c_out * ho * wo * depth >= config.PARALLEL_MIN_WORK
+    parallel = threads.parallel(n * c_out * ho * wo * depth)
     if pointwise and groups == 1 and not parallel:  # one product a image, on this thread: no tasks to plan
         threads.matmul(wmat, xp.reshape(n, cin_g, ho * wo), y_flat)
         if bias is not None or lo > -np.inf or hi < np.inf:  # one pass, where numpy's would take two
@@ -91,7 +91,7 @@ def _row_columns(x, w, bias, spec, lo, hi):
     depth = cin_g * kw
     reach = (kh - 1) * dh * wp
     w_rows = [np.ascontiguousarray(w[:, :, i].reshape(c_out, depth)) for i in range(kh)]
-    parallel = n * c_out * ho * wo * depth * kh >= config.PARALLEL_MIN_WORK
+    parallel = threads.parallel(n * c_out * ho * wo * depth * kh)
     tile_rows, tiles, blocks, block = _plan(n, groups, cout_g, ho, wp, depth, parallel)
 
     def worker(next_task):
@@ -129,8 +129,7 @@ def _one_small_image(spec):
     ``config.GEMM_IMAGES_MAX_PIXELS`` pixels), ungrouped, with work enough to split."""
     (n, c_out, ho, wo), w_shape = spec.y_shape, spec.w_shape
     return n == 1 and spec.groups == 1 and ho * wo < config.GEMM_IMAGES_MAX_PIXELS \
-        and c_out * ho * wo * w_shape[1] * w_shape[2] * w_shape[3] >= config.PARALLEL_MIN_WORK \
-        and config.THREADS > 1 and not threads.in_pool()
+        and threads.parallel(c_out * ho * wo * w_shape[1] * w_shape[2] * w_shape[3])
 
 
 def _shared_columns(x, w, bias, spec, lo, hi):
@@ -184,7 +183,7 @@ def _images(x, w, bias, spec, lo, hi, per):
     pointwise = kh == kw == 1 and spec.stride == (1, 1)
     wmat = w.reshape(c_out, depth)
     y_flat = y.reshape(n, c_out, plane)
-    parallel = n * c_out * plane * depth >= config.PARALLEL_MIN_WORK
+    parallel = threads.parallel(n * c_out * plane * depth)
     tiles = -(-n // per)
     blocks, block = _filter_blocks(tiles * groups, cout_g, parallel)
 

@@ -54,7 +54,7 @@ def winograd(x, w, bias, spec, lo=-np.inf, hi=np.inf):
     # One way on a thread that runs one part of a split (a chunk of a batch, nn.Network.forward): its
     # share of the call then runs there alone, and blocks cut for two threads only lose (2 x 128 ->
     # 128 at 28x28: 3.25 ms against 3.02 on one thread).
-    alone = threads.in_pool() or n * c_out * ho * wo * cin * 9 < config.PARALLEL_MIN_WORK
+    alone = not threads.parallel(n * c_out * ho * wo * cin * 9)
     ways = 1 if alone else config.THREADS
     run = _by_filters if ways > 1 and tiles <= config.WINOGRAD_BLOCK_TILES else _by_tiles
     run(xp, np.ascontiguousarray(w), b, np.float32(lo), np.float32(hi), th, tw, tiles, y, ways)
