@@ -476,6 +476,32 @@ def test_depthwise_path(x_shape, w_shape, kwargs):
     assert_close(F.conv2d(x, w, b, groups=x_shape[1], **kwargs), y, "forward")
 
 
+@pytest.mark.parametrize("h, w", [(2, 2), (2, 5), (5, 2), (3, 3), (7, 9), (16, 17), (4, 33)])
+def test_depthwise_one_pixel_of_zeros_is_read_without_a_padded_copy(h, w):
+    """3x3 at stride 1 with one pixel of zeros all round (``_plane_3x3``): the inner pass reads the
+    rows beside a row's ends and takes its first and last column again, and rows 0 and h-1 have
+    their own passes; every pixel is checked against the naive loops, with NaN at a corner and an
+    edge, the fused clip, and channels 2 to 10 each with an inf weight at one of the nine taps,
+    whose padding taps make the border NaN, as w * 0 does in torch."""
+    rng = np.random.default_rng(_seed(f"same{h}x{w}"))
+    x = rng.standard_normal((2, 11, h, w)).astype(np.float32)
+    x[0, 1, 0, w - 1] = np.nan
+    x[1, 0, h // 2, 0] = np.nan
+    wt = rng.standard_normal((11, 1, 3, 3)).astype(np.float32)
+    for tap in range(9):
+        wt[2 + tap, 0, tap // 3, tap % 3] = np.inf
+    b = rng.standard_normal(11).astype(np.float32)
+    spec = F.ConvSpec(x.shape, wt.shape, 1, 1, 1, 11, "zeros", "auto")
+    with np.errstate(invalid="ignore"):
+        y = naive.naive_conv2d_depthwise(x, wt, b, padding=1)
+    assert np.isnan(y[:, 3, 0]).all() and np.isnan(y[:, 7, :, -1]).all()  # taps (0, 1) and (1, 2) at borders
+    for lo, hi in ((-np.inf, np.inf), (0.0, 1.0)):
+        got, want = gemm.depthwise(x, wt, b, spec, lo, hi), np.clip(y, lo, hi)
+        assert np.array_equal(np.isposinf(got), np.isposinf(want)) and np.array_equal(np.isneginf(got),
+                                                                                      np.isneginf(want))
+        assert_close(np.where(np.isinf(got), 0, got), np.where(np.isinf(want), 0, want), "forward")
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_path_clips_and_pads(mode, stride):

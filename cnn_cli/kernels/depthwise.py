@@ -9,7 +9,7 @@ task is one plane, worked a row at a time. Notation as in ``kernels.conv``.
 import numpy as np
 
 from ._jit import helper, kernel
-from .conv import store_clipped
+from .conv import clipped, store_clipped
 
 
 @helper
@@ -45,8 +45,9 @@ def conv_depthwise(x, w, bias, top, left, hp, wp, sh, sw, dh, dw, lo, hi, y, fir
     that stays in its core's cache, so the padded input is never written
     out whole. Task t is the plane (n, c) = divmod(t, C).
 
-    A 3x3 kernel at stride 1 is one pass over the flat W_p-wide plane (output
-    pixel k reads it at k + i*dh*W_p + j*dw, as in
+    With one pixel of zeros all round, a 3x3 kernel at stride 1 reads the
+    plane itself (``_plane_3x3``). Otherwise, at stride 1 it is one pass
+    over the flat W_p-wide plane (output pixel k reads it at k + i*dh*W_p + j*dw, as in
     ``conv.conv_direct_stacked``), nine taps at once (``_row_3x3``), whose
     garbage columns are dropped as the rows are stored: rows of a small map
     are too short a loop on their own. At stride 2 (no dilation) the plane is
@@ -60,6 +61,16 @@ def conv_depthwise(x, w, bias, top, left, hp, wp, sh, sw, dh, dw, lo, hi, y, fir
     kh, kw = w.shape[2], w.shape[3]
     nine = kh == 3 and kw == 3
     wide = nine and sh == 1 and sw == 1
+    # One pixel of zeros all round, as MobileNets' layers have: no padded copy (``_plane_3x3``).
+    same = wide and dh == 1 and dw == 1 and top == 1 and left == 1 and hp == ho + 2 and wp == wo + 2 \
+        and x.shape[2] == ho and x.shape[3] == wo and ho >= 2 and wo >= 2
+    if same:
+        size = ho * wo
+        xf, yf = x.reshape(x.size), y.reshape(y.size)
+        for task in range(first, last):
+            _plane_3x3(xf[task * size:(task + 1) * size], w[task % channels, 0].reshape(9), bias[task % channels],
+                       lo, hi, yf[task * size:(task + 1) * size], ho, wo)
+        return
     phased = nine and sh == 2 and sw == 2 and dh == 1 and dw == 1
     # Phase planes are W_out + 1 wide: output pixel (oh, ow) reads phase
     # (i % 2, j % 2) at (oh + i // 2, ow + j // 2), so W_out + 1 columns and
@@ -96,6 +107,66 @@ def conv_depthwise(x, w, bias, top, left, hp, wp, sh, sw, dh, dw, lo, hi, y, fir
                         for k in range(wo):
                             sums[k] += wv * xrow[off + k * sw]
             store_clipped(y[n, c, oh], sums, lo, hi)
+
+
+@helper
+def _plane_3x3(src, wq, bias, lo, hi, dst, h, w):
+    """dst = clip(bias + the 3x3 taps of wq on src zero-padded by one pixel, lo, hi): flat h x w planes.
+
+    Rows 1 .. h-2 are one pass over the flat plane, as ``_row_3x3`` goes over
+    a padded copy, but with no copy: each row's first and last column read
+    the ends of the rows beside them, and are taken again, one by one
+    (``_edge_3x3``). Rows 0 and h-1 are passes of their own, whose row past
+    the edge is zero. That spares the copy, the dropped padding columns and
+    a pass to store, with the same bits (a padding tap adds w * 0, so a NaN
+    or inf weight still reaches the border, as in torch). CPU time of one
+    core against the padded copy (medians of 61, load average 2-3): 4 x 144
+    planes of 56x56 0.97 ms against 1.44, 4 x 32 of 112x112 0.87 against
+    1.27, 4 x 384 of 14x14 0.31 against 0.37, 4 x 960 of 7x7 0.35 against 0.50.
+    """
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = wq[0], wq[1], wq[2], wq[3], wq[4], wq[5], wq[6], wq[7], wq[8]
+    zero = np.float32(0.0)
+    a0, a1, a2 = src[0:], src[1:], src[2:]
+    b0, b1, b2 = src[w:], src[w + 1:], src[w + 2:]
+    c0, c1, c2 = src[2 * w:], src[2 * w + 1:], src[2 * w + 2:]
+    inner = dst[w + 1:]
+    for k in range((h - 2) * w - 2):
+        inner[k] = clipped(bias + w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * b0[k] + w4 * b1[k] + w5 * b2[k]
+                           + w6 * c0[k] + w7 * c1[k] + w8 * c2[k], lo, hi)
+    above = bias + w0 * zero + w1 * zero + w2 * zero
+    first = dst[1:]
+    for k in range(w - 2):
+        first[k] = clipped(above + w3 * a0[k] + w4 * a1[k] + w5 * a2[k] + w6 * b0[k] + w7 * b1[k] + w8 * b2[k],
+                           lo, hi)
+    d0, d1, d2 = src[(h - 2) * w:], src[(h - 2) * w + 1:], src[(h - 2) * w + 2:]
+    e0, e1, e2 = src[(h - 1) * w:], src[(h - 1) * w + 1:], src[(h - 1) * w + 2:]
+    last = dst[(h - 1) * w + 1:]
+    for k in range(w - 2):
+        last[k] = clipped(bias + w0 * d0[k] + w1 * d1[k] + w2 * d2[k] + w3 * e0[k] + w4 * e1[k] + w5 * e2[k]
+                          + w6 * zero + w7 * zero + w8 * zero, lo, hi)
+    for r in range(1, h - 1):  # the first and last column: the padding's taps are w * 0, in order
+        up, at, down = (r - 1) * w, r * w, (r + 1) * w
+        dst[at] = clipped(bias + w0 * zero + w1 * src[up] + w2 * src[up + 1] + w3 * zero + w4 * src[at]
+                          + w5 * src[at + 1] + w6 * zero + w7 * src[down] + w8 * src[down + 1], lo, hi)
+        up, at, down = up + w - 2, at + w - 2, down + w - 2
+        dst[at + 1] = clipped(bias + w0 * src[up] + w1 * src[up + 1] + w2 * zero + w3 * src[at] + w4 * src[at + 1]
+                              + w5 * zero + w6 * src[down] + w7 * src[down + 1] + w8 * zero, lo, hi)
+    for r in (0, h - 1):
+        for col in (0, w - 1):
+            dst[r * w + col] = clipped(_edge_3x3(src, h, w, r, col, wq, bias), lo, hi)
+
+
+@helper
+def _edge_3x3(src, h, w, r, col, wq, bias):
+    """bias + the 3x3 taps of wq at pixel (r, col) of the flat h x w plane src, zero-padded, in the
+    padded pass's order: a corner."""
+    total = bias
+    for i in range(3):
+        for j in range(3):
+            rr, cc = r + i - 1, col + j - 1
+            inside = 0 <= rr < h and 0 <= cc < w
+            total += wq[3 * i + j] * (src[rr * w + cc] if inside else np.float32(0.0))
+    return total
 
 
 @helper
