@@ -122,6 +122,30 @@ def test_grad_input_by_columns_matches_naive(x_shape, w_shape, kwargs, threaded,
     naive.assert_close(gx, naive.naive_conv2d_backward(x, w, gy, **kwargs)[0], "grad_x")
 
 
+@pytest.mark.parametrize("kernel, stride, padding, dilation, hw", [
+    ((3, 3), (2, 2), (1, 1), (1, 1), (32, 31)),
+    ((3, 3), (2, 1), (1, 0), (1, 2), (9, 11)),
+    ((3, 2), (3, 2), (2, 1), (2, 1), (11, 10)),
+    ((4, 5), (2, 3), (2, 1), (1, 1), (8, 13)),   # rows and columns past the last window
+    ((2, 2), (1, 2), (0, 1), (1, 1), (5, 7)),
+])
+def test_col2im_by_phases_matches_col2im(kernel, stride, padding, dilation, hw):
+    """The phases of the stride sum what the one-value-at-a-time scatter sums, over task ranges that
+    start and end inside an image (each task owns one plane)."""
+    (kh, kw), (sh, sw), (top, left), (dh, dw) = kernel, stride, padding, dilation
+    h, w = hw
+    ho, wo = (h + 2 * top - dh * (kh - 1) - 1) // sh + 1, (w + 2 * left - dw * (kw - 1) - 1) // sw + 1
+    n, cin = 3, 4
+    cols = np.random.default_rng(6).standard_normal((n, cin * kh * kw, ho * wo)).astype(np.float32)
+    args = (kh, kw, ho, wo, sh, sw, dh, dw, top, left)
+    ref, got = np.empty((n + 1, cin + 2, h, w), np.float32), np.full((n + 1, cin + 2, h, w), np.nan, np.float32)
+    kernels.grad.col2im(cols, 1, 2, *args, ref, 0, n * cin)
+    for first, last in ((0, 5), (5, 7), (7, n * cin)):
+        kernels.grad.col2im_phases(cols, 1, 2, *args, got, first, last)
+    np.testing.assert_allclose(got[1:, 2:], ref[1:, 2:], rtol=1e-6, atol=1e-6)
+    assert np.isnan(got[0]).all() and np.isnan(got[1:, :2]).all(), "only the tasks' planes are written"
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
     ((2, 3, 9, 10), (4, 3, 3, 3), dict(padding=1)),
     ((3, 2, 23, 20), (8, 2, 3, 3), dict(padding=1)),                        # several tiles

@@ -220,6 +220,11 @@ def _grad_input_columns(gy, w, spec):
     gy_cols = gy.reshape(n, c_out, pixels)
     block = int(max(1, min(n, config.GEMM_TILE_BYTES // (depth * pixels * 4))))
     args = (kh, kw, ho, wo, *spec.stride, *spec.dilation, spec.pads[0], spec.pads[2], gx)
+    # Strided windows that overlap sum by phases of the stride; elsewhere each tap's run is one
+    # contiguous add (stride 1) or every pixel gets one value (windows no wider than the stride).
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    overlap = (sh > 1 or sw > 1) and (dh * (kh - 1) >= sh or dw * (kw - 1) >= sw)
+    scatter = grad.col2im_phases if overlap else grad.col2im
 
     def images(first, last):
         cols = np.empty((min(block, last - first), depth, pixels), np.float32)
@@ -227,7 +232,7 @@ def _grad_input_columns(gy, w, spec):
             part = cols[:min(block, last - n0)]
             for k in range(g):
                 threads.matmul(wt[k], gy_cols[n0:n0 + part.shape[0], k * cout_g:(k + 1) * cout_g], part)
-                grad.col2im(part, n0, k * cin_g, *args, 0, part.shape[0] * cin_g)
+                scatter(part, n0, k * cin_g, *args, 0, part.shape[0] * cin_g)
 
     parts = min(config.THREADS, n)
     if not threads.parallel(gy.size * depth) or parts < 2:

@@ -141,6 +141,55 @@ def col2im(cols, n0, c0, kh, kw, ho, wo, sh, sw, dh, dw, top, left, gx, first, l
 
 
 @kernel
+def col2im_phases(cols, n0, c0, kh, kw, ho, wo, sh, sw, dh, dw, top, left, gx, first, last):
+    """``col2im`` for strided windows that overlap: the same sums, in vectorised passes.
+
+    At a stride above 1 ``col2im`` adds one value at a time, every sw-th
+    pixel of a row (3x3 at stride 2: 1.5 ms a batch of 32 x 16 planes of 32x32,
+    against 0.75 here). Here the input pixel (a*sh + pr, b*sw + pc) is summed
+    in ``acc[pr, pc, a, b]`` (shifted past the padding), one plane per phase of
+    the stride: a tap (i, j) reaches a single phase, at a fixed offset, so its
+    sums are contiguous runs along rows; the phases are interleaved into gx
+    once at the end, a store a pixel.
+    """
+    cin_g = cols.shape[1] // (kh * kw)
+    h, w = gx.shape[2], gx.shape[3]
+    lh, lw = (top + sh - 1) // sh, (left + sw - 1) // sw
+    acc = np.empty((sh, sw, lh + ho + (kh - 1) * dh // sh + 1, lw + wo + (kw - 1) * dw // sw + 1), np.float32)
+    for t in range(first, last):
+        k, c = t // cin_g, t % cin_g
+        acc[:] = 0.0
+        for i in range(kh):
+            pr = (i * dh - top) % sh
+            a0 = (i * dh - top - pr) // sh + lh
+            for j in range(kw):
+                pc = (j * dw - left) % sw
+                b0 = (j * dw - left - pc) // sw + lw
+                src = cols[k, (c * kh + i) * kw + j]
+                for oh in range(ho):
+                    dst = acc[pr, pc, a0 + oh, b0:b0 + wo]
+                    part = src[oh * wo:(oh + 1) * wo]
+                    for q in range(wo):
+                        dst[q] += part[q]
+        out = gx[n0 + k, c0 + c]
+        for ih in range(h):
+            pr, a = ih % sh, ih // sh + lh
+            row = out[ih]
+            if sw == 1:
+                row[:] = acc[pr, 0, a, lw:lw + w]
+            elif sw == 2:  # a literal stride: the interleave of two phases vectorises
+                even, odd = acc[pr, 0, a, lw:], acc[pr, 1, a, lw:]
+                for b in range(w // 2):
+                    row[2 * b] = even[b]
+                    row[2 * b + 1] = odd[b]
+                if w % 2:
+                    row[w - 1] = even[w // 2]
+            else:
+                for iw in range(w):
+                    row[iw] = acc[pr, iw % sw, a, iw // sw + lw]
+
+
+@kernel
 def conv3_grad_weight_quad(xs, gys, dh, dw, groups, rows, gw, first, last):
     """``kernels.conv.conv3_grad_weight_stacked`` with four filters a pass: twelve dot products
     (four filters x three taps of a kernel row) in registers, so each pixel of x loaded serves four
