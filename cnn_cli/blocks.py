@@ -106,10 +106,15 @@ class Residual(Param):
     def backward(self, grad):
         p = self.parts
         (out,) = self.saved
-        grad = np.where(out > 0, grad, np.float32(0))
-        g = p["conv2"].backward(p["bn2"].backward(grad))
+        # The last ReLU's mask is applied by the batch norms' backward kernels as they read grad
+        # (0.08 ms for 2**19 values), and on the identity shortcut as the ReLU layer's backward
+        # applies it, a product: numpy's where, on a mask this random, took 2.2 ms.
+        g = p["conv2"].backward(p["bn2"].backward(grad, relu_out=out))
         gx = p["conv1"].backward(p["bn1"].backward(g))  # bn1's fused ReLU masks g
-        gx += p["downsample.0"].backward(p["downsample.1"].backward(grad)) if "downsample.0" in p else grad
+        if "downsample.0" in p:
+            gx += p["downsample.0"].backward(p["downsample.1"].backward(grad, relu_out=out))
+        else:
+            gx += np.multiply(grad, out > 0, dtype=np.float32)
         return gx
 
     def channel_names(self, names):

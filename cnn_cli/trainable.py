@@ -427,9 +427,12 @@ class BatchNorm2d(Param):
         out += self.params["bias"][None, :, None, None]
         return out
 
-    def backward(self, grad):
-        xhat, inv_std, relu_out = self.saved
-        gx, grad_weight, grad_bias = F.batch_norm_backward(grad, xhat, inv_std, self.params["weight"], relu_out)
+    def backward(self, grad, relu_out=None):
+        """``relu_out``: the output of a ReLU after this layer (a residual block's, after its sum), where
+        grad is zero unless it is positive; the kernel masks grad as it reads it, as for a fused ReLU."""
+        xhat, inv_std, fused = self.saved
+        mask = fused if relu_out is None else relu_out
+        gx, grad_weight, grad_bias = F.batch_norm_backward(grad, xhat, inv_std, self.params["weight"], mask)
         self.grads["weight"] += grad_weight
         self.grads["bias"] += grad_bias
         return gx
@@ -486,9 +489,10 @@ class _FrozenBatchNorm(Layer):
     def overwrite(self, x):
         return self.bn.overwrite(x)
 
-    def backward(self, grad):
+    def backward(self, grad, relu_out=None):
         bn = self.bn
-        relu_out = self.saved[0] if self.saved else None
+        if relu_out is None:
+            relu_out = self.saved[0] if self.saved else None
         if relu_out is not None:
             grad = np.where(relu_out > 0, grad, np.float32(0))
         scale = bn.params["weight"] / np.sqrt(bn.buffers["running_var"] + np.float32(bn.eps))

@@ -9,6 +9,7 @@ import pytest
 from cnn_cli import config, kernels
 from cnn_cli import functional as F
 from cnn_cli.functional import conv, weight_grad
+from cnn_cli.trainable import BatchNorm2d
 
 BN_SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (1, 2, 1, 1), (3, 5, 33, 17)]
 
@@ -89,6 +90,29 @@ def test_batch_norm_layer_uses_the_kernels_and_keeps_running_statistics():
     naive.assert_close(gx, ref[0], "grad_x")
     naive.assert_close(bn.grads["weight"], ref[1], "grad_weight")
     naive.assert_close(bn.grads["bias"], ref[2], "grad_bias")
+
+
+def test_batch_norm_backward_masks_by_a_later_relu():
+    """``relu_out`` (a residual block's output) zeroes the gradient where it is not positive, in the kernel:
+    what the backward pass of the gradient masked beforehand gives, for the layer and its eval form."""
+    rng = np.random.default_rng(9)
+    x, gy, out = (rng.standard_normal((3, 4, 5, 6)).astype(np.float32) for _ in range(3))
+    out[0, 0, 0, :3] = (0.0, -0.0, np.nan)
+    masked = np.where(out > 0, gy, np.float32(0))
+    weight = rng.uniform(0.5, 1.5, 4)
+    for make in (lambda bn: bn, lambda bn: bn.evaluating()):
+        bn, ref = BatchNorm2d(), BatchNorm2d()
+        for layer in (bn, ref):
+            layer.build((4, 5, 6), np.random.default_rng(0))
+            layer.params["weight"][:] = weight
+        layer, twin = make(bn), make(ref)
+        layer.forward(x, train=True)
+        twin.forward(x, train=True)
+        # The kernel's vectorised sums may round in another order than on the masked copy.
+        np.testing.assert_allclose(layer.backward(gy, relu_out=out), twin.backward(masked), rtol=1e-5, atol=1e-6)
+        if layer is bn:
+            np.testing.assert_allclose(bn.grads["weight"], ref.grads["weight"], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(bn.grads["bias"], ref.grads["bias"], rtol=1e-5, atol=1e-6)
 
 
 COLUMNS = [
