@@ -83,3 +83,20 @@ def test_every_slice_finishes_before_a_failed_split_returns():
         threads.split(call, 3, 3)
     assert sorted(done) == [0, 2]  # the slow slice ran to its end before the error came back
     assert _covered(10, 2) == list(range(10))
+
+
+def test_a_call_is_planned_for_threads_only_where_it_gets_them(monkeypatch):
+    """``parallel``: from PARALLEL_MIN_WORK, with more than one thread, and not inside one part of a
+    split, where a call planned for two threads would run both parts on its own one."""
+    from cnn_cli import config
+
+    monkeypatch.setattr(config, "THREADS", 2)
+    big, small = config.PARALLEL_MIN_WORK, config.PARALLEL_MIN_WORK - 1
+    assert threads.parallel(big) and not threads.parallel(small)
+    with threads.alone():
+        assert not threads.parallel(big)
+    seen = []
+    threads.split(lambda lo, hi: seen.append(threads.parallel(big)), 2, 2)
+    assert sorted(seen) == [False, True]  # the other thread's part runs whole; the caller's own may split
+    monkeypatch.setattr(config, "THREADS", 1)
+    assert not threads.parallel(big)
