@@ -170,6 +170,31 @@ def test_col2im_by_phases_matches_col2im(kernel, stride, padding, dilation, hw):
     assert np.isnan(got[0]).all() and np.isnan(got[1:, :2]).all(), "only the tasks' planes are written"
 
 
+@pytest.mark.parametrize("kernel, padding, dilation, hw", [
+    ((3, 3), (1, 1), (1, 1), (16, 16)),
+    ((3, 2), (2, 0), (1, 2), (9, 11)),
+    ((5, 3), (0, 1), (2, 1), (13, 7)),
+    ((1, 1), (0, 0), (1, 1), (5, 6)),
+])
+def test_col2im_of_wide_columns_matches_col2im(kernel, padding, dilation, hw):
+    """At stride 1, columns W_p wide (zeros in the garbage columns) give what col2im gives from the
+    narrow ones, over task ranges that split images."""
+    (kh, kw), (top, left), (dh, dw), (h, w) = kernel, padding, dilation, hw
+    ho, wo = h + 2 * top - dh * (kh - 1), w + 2 * left - dw * (kw - 1)
+    wp = wo + dw * (kw - 1)
+    n, cin = 3, 4
+    cols = np.random.default_rng(7).standard_normal((n, cin * kh * kw, ho, wo)).astype(np.float32)
+    wide = np.zeros((n, cin * kh * kw, ho, wp), np.float32)
+    wide[..., :wo] = cols
+    ref, got = np.empty((n + 1, cin + 2, h, w), np.float32), np.full((n + 1, cin + 2, h, w), np.nan, np.float32)
+    kernels.grad.col2im(cols.reshape(n, -1, ho * wo), 1, 2, kh, kw, ho, wo, 1, 1, dh, dw, top, left, ref, 0, n * cin)
+    for first, last in ((0, 5), (5, 7), (7, n * cin)):
+        kernels.grad.col2im_wide(wide.reshape(n, -1, ho * wp), 1, 2, kh, kw, ho, wp, dh, dw, top, left, got,
+                                 first, last)
+    np.testing.assert_allclose(got[1:, 2:], ref[1:, 2:], rtol=1e-6, atol=1e-6)
+    assert np.isnan(got[0]).all() and np.isnan(got[1:, :2]).all(), "only the tasks' planes are written"
+
+
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
     ((2, 3, 9, 10), (4, 3, 3, 3), dict(padding=1)),
     ((3, 2, 23, 20), (8, 2, 3, 3), dict(padding=1)),                        # several tiles

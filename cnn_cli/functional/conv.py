@@ -201,8 +201,9 @@ def _grad_input(gy, w, spec):
 
 
 def _grad_input_columns(gy, w, spec):
-    """grad_x at strides above 1: per image, the columns W^T @ grad_y (C_in/g * kH * kW, H_out * W_out)
-    scattered back onto the input pixels they came from (``kernels.grad.col2im``).
+    """grad_x at strides above 1, and of widening layers: per image, the columns W^T @ grad_y
+    (C_in/g * kH * kW, H_out * W_out, or H_out * W_p at stride 1) scattered back onto the input
+    pixels they came from (``kernels.grad``'s col2im kernels).
 
     The correlation of ``_grad_padded_input`` would multiply the stride's
     inserted zeros too: at stride 2, three products in four. Images go in
@@ -214,17 +215,25 @@ def _grad_input_columns(gy, w, spec):
     n, c_out, ho, wo = gy.shape
     _, cin_g, kh, kw = w.shape
     g = spec.groups
-    cout_g, depth, pixels = c_out // g, cin_g * kh * kw, ho * wo
-    gx = np.empty(spec.x_shape, np.float32)
-    wt = [np.ascontiguousarray(w[k * cout_g:(k + 1) * cout_g].reshape(cout_g, depth).T) for k in range(g)]
-    gy_cols = gy.reshape(n, c_out, pixels)
-    block = int(max(1, min(n, config.GEMM_TILE_BYTES // (depth * pixels * 4))))
-    args = (kh, kw, ho, wo, *spec.stride, *spec.dilation, spec.pads[0], spec.pads[2], gx)
-    # Strided windows that overlap sum by phases of the stride; elsewhere each tap's run is one
-    # contiguous add (stride 1) or every pixel gets one value (windows no wider than the stride).
     (sh, sw), (dh, dw) = spec.stride, spec.dilation
-    overlap = (sh > 1 or sw > 1) and (dh * (kh - 1) >= sh or dw * (kw - 1) >= sw)
-    scatter = grad.col2im_phases if overlap else grad.col2im
+    top, left = spec.pads[0], spec.pads[2]
+    gx = np.empty(spec.x_shape, np.float32)
+    if (sh, sw) == (1, 1):
+        # grad_y widened to the padded width with zeros: each tap's sums are then one run (col2im_wide).
+        wp = wo + dw * (kw - 1)
+        gy_rows = np.zeros((n, c_out, ho, wp), np.float32)
+        gy_rows[..., :wo] = gy
+        gy_cols, pixels = gy_rows.reshape(n, c_out, ho * wp), ho * wp
+        scatter, args = grad.col2im_wide, (kh, kw, ho, wp, dh, dw, top, left, gx)
+    else:
+        # Windows that overlap sum by phases of the stride; others give each pixel one value at most.
+        gy_cols, pixels = gy.reshape(n, c_out, ho * wo), ho * wo
+        overlap = dh * (kh - 1) >= sh or dw * (kw - 1) >= sw
+        scatter = grad.col2im_phases if overlap else grad.col2im
+        args = (kh, kw, ho, wo, sh, sw, dh, dw, top, left, gx)
+    cout_g, depth = c_out // g, cin_g * kh * kw
+    wt = [np.ascontiguousarray(w[k * cout_g:(k + 1) * cout_g].reshape(cout_g, depth).T) for k in range(g)]
+    block = int(max(1, min(n, config.GEMM_TILE_BYTES // (depth * pixels * 4))))
 
     def images(first, last):
         cols = np.empty((min(block, last - first), depth, pixels), np.float32)

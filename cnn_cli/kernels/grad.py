@@ -139,6 +139,37 @@ def col2im(cols, n0, c0, kh, kw, ho, wo, sh, sw, dh, dw, top, left, gx, first, l
 
 
 @kernel
+def col2im_wide(cols, n0, c0, kh, kw, ho, wp, dh, dw, top, left, gx, first, last):
+    """``col2im`` at stride 1, from columns in the W_p-wide layout: ``cols`` (images, C_g * kH * kW,
+    H_out * W_p), whose garbage columns (k % W_p >= W_out) are zeros, as ``grad_y`` widened with zeros
+    gives them. W_p = W_out + dw * (kW - 1) is the padded input's width.
+
+    Tap (i, j) then adds to the padded plane at i*dh*W_p + j*dw onwards in one contiguous run of
+    H_out * W_p values (``col2im`` adds a row of W_out at a time, too short to vectorise: 16 values
+    were one vector and a scalar tail), and the plane is cropped into gx once.
+    """
+    cin_g = cols.shape[1] // (kh * kw)
+    h, w = gx.shape[2], gx.shape[3]
+    length = ho * wp
+    acc = np.empty((ho + dh * (kh - 1)) * wp + dw * (kw - 1), np.float32)  # the last tap runs past the plane
+    for t in range(first, last):
+        k, c = t // cin_g, t % cin_g
+        for q in range(acc.size):
+            acc[q] = 0.0
+        for i in range(kh):
+            for j in range(kw):
+                src = cols[k, (c * kh + i) * kw + j]
+                run = acc[i * dh * wp + j * dw:]
+                for q in range(length):
+                    run[q] += src[q]
+        out = gx[n0 + k, c0 + c]
+        for ih in range(h):
+            row, at = out[ih], (ih + top) * wp + left
+            for iw in range(w):
+                row[iw] = acc[at + iw]
+
+
+@kernel
 def col2im_phases(cols, n0, c0, kh, kw, ho, wo, sh, sw, dh, dw, top, left, gx, first, last):
     """``col2im`` for strided windows that overlap: the same sums, in vectorised passes.
 
