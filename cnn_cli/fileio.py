@@ -19,17 +19,24 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import math
 import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import tokenize
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+try:  # ISA-L's CRC-32 (write_npz); zlib's, the same numbers 3.4 times slower, where it is not installed
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - depends on the platform
+    from zlib import crc32 as _crc32
 
 #: Refuse npz members that declare more than this many bytes (2 GiB), and
 #: files whose members declare more than MAX_TOTAL_BYTES together.
@@ -301,24 +308,119 @@ def save_npz_atomic(final, arrays):
             write_npz(fh, arrays)
 
 
+#: The zip records ``write_npz`` writes, laid out and filled in as ``zipfile`` does for
+#: ``np.savez`` (APPNOTE.TXT 4.3): stored members, each with a zip64 extra field
+#: in its local header (numpy forces zip64: gh-10776), dated 1980-01-01 00:00,
+#: readable by their owner only.
+_ZIP_LOCAL, _ZIP_LOCAL_SIGNATURE = struct.Struct("<4s2B4HL2L2H"), b"PK\x03\x04"
+_ZIP_CENTRAL, _ZIP_CENTRAL_SIGNATURE = struct.Struct("<4s4B4HL2L5H2L"), b"PK\x01\x02"
+_ZIP_END, _ZIP_END_SIGNATURE = struct.Struct("<4s4H2LH"), b"PK\x05\x06"
+_ZIP64_END, _ZIP64_END_SIGNATURE = struct.Struct("<4sQ2H2L4Q"), b"PK\x06\x06"
+_ZIP64_LOCATOR, _ZIP64_LOCATOR_SIGNATURE = struct.Struct("<4sLQL"), b"PK\x06\x07"
+_ZIP64_SIZES = struct.Struct("<HHQQ")  # tag 1, its length, then the sizes
+_ZIP64_VERSION, _ZIP_UNIX, _ZIP_UTF8_NAME = 45, 3, 1 << 11
+_DOS_DATE, _DOS_TIME = 1 << 5 | 1, 0
+_ZIP_FILE_ATTRIBUTES = 0o600 << 16
+
+
 def write_npz(fh, arrays):
-    """Write ``arrays`` (name -> array) to the open binary file ``fh`` as ``np.savez`` does:
-    the same members, headers and bytes, but each C-ordered array goes to the zip
-    straight from its memory, where numpy copies it to bytes first (29.6 MB of maps:
-    36 against 43 ms of CPU here)."""
+    """Write ``arrays`` (name -> array) to the open binary file ``fh`` as ``np.savez`` does,
+    byte for byte where ``fh`` can tell its position (a file, a BytesIO).
+
+    numpy writes through ``zipfile``, which copies each array to bytes and
+    takes its CRC-32 with zlib. Here each C-ordered array goes to the file
+    straight from its memory, behind a header whose CRC and sizes are known
+    before it is written, so nothing is sought back; the CRC is ISA-L's where
+    installed. For the 29.6 MB of one image's maps (default pipeline, 512²):
+    zipfile took 22 ms of CPU and zlib's CRC alone 8.4 of them; ISA-L's CRC
+    takes 2.5 ms, and releases the GIL as zlib's does. An array numpy writes
+    another way (not C-ordered, Python objects, a header numpy would write
+    in version 3.0) sends the whole file through ``zipfile`` as before.
+    """
+    try:
+        members = [_npz_member(name, value) for name, value in arrays.items()]
+    except _NotFromMemory:
+        _write_npz_by_zipfile(fh, arrays)
+        return
+    try:
+        start = fh.tell()
+    except (AttributeError, OSError):  # zipfile, too, counts from 0 where it cannot tell
+        start = 0
+    directory, offset = [], start
+    for name, flags, npy_header, data in members:
+        crc = _crc32(data, _crc32(npy_header))
+        size = len(npy_header) + data.nbytes
+        fh.write(_ZIP_LOCAL.pack(_ZIP_LOCAL_SIGNATURE, _ZIP64_VERSION, 0, flags, zipfile.ZIP_STORED, _DOS_TIME,
+                                 _DOS_DATE, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(name), _ZIP64_SIZES.size)
+                 + name + _ZIP64_SIZES.pack(1, _ZIP64_SIZES.size - 4, size, size) + npy_header)
+        fh.write(data)
+        directory.append(_central_entry(name, flags, crc, size, offset))
+        offset += _ZIP_LOCAL.size + len(name) + _ZIP64_SIZES.size + size
+    fh.write(b"".join(directory) + _end_records(len(members), sum(map(len, directory)), offset))
+
+
+class _NotFromMemory(Exception):
+    """An array that numpy writes otherwise than as a header and its memory."""
+
+
+def _npz_member(name, value):
+    """(name as stored, zip flags, .npy header, data as bytes) of one array, as ``np.savez`` stores it."""
+    array = np.asanyarray(value)
+    if not array.flags.c_contiguous or array.dtype.hasobject:
+        raise _NotFromMemory
+    header = np.lib.format.header_data_from_array_1_0(array)
+    npy_header = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(npy_header, header)
+    except ValueError:  # over 64 KiB: version 2.0, as numpy moves to
+        npy_header = io.BytesIO()
+        try:
+            np.lib.format.write_array_header_2_0(npy_header, header)
+        except ValueError:  # names only UTF-8 holds: version 3.0, which numpy alone writes
+            raise _NotFromMemory from None
+    try:
+        data = array.reshape(-1).view(np.uint8)
+    except (ValueError, TypeError):
+        raise _NotFromMemory from None
+    stored = zipfile.ZipInfo(f"{name}.npy").filename  # zipfile's rules (it ends a name at a NUL)
+    try:
+        return stored.encode("ascii"), 0, npy_header.getvalue(), data
+    except UnicodeEncodeError:
+        return stored.encode("utf-8"), _ZIP_UTF8_NAME, npy_header.getvalue(), data
+
+
+def _central_entry(name, flags, crc, size, offset):
+    """A member's central directory entry as zipfile writes it: sizes and offset over
+    ``zipfile.ZIP64_LIMIT`` move into a zip64 extra field."""
+    large = [size, size] if size > zipfile.ZIP64_LIMIT else []
+    if offset > zipfile.ZIP64_LIMIT:
+        large.append(offset)
+    extra = struct.pack(f"<HH{len(large)}Q", 1, 8 * len(large), *large) if large else b""
+    stored_size = 0xFFFFFFFF if size > zipfile.ZIP64_LIMIT else size
+    return _ZIP_CENTRAL.pack(_ZIP_CENTRAL_SIGNATURE, _ZIP64_VERSION, _ZIP_UNIX, _ZIP64_VERSION, 0, flags,
+                             zipfile.ZIP_STORED, _DOS_TIME, _DOS_DATE, crc, stored_size, stored_size, len(name),
+                             len(extra), 0, 0, 0, _ZIP_FILE_ATTRIBUTES,
+                             offset if offset <= zipfile.ZIP64_LIMIT else 0xFFFFFFFF) + name + extra
+
+
+def _end_records(count, size, offset):
+    """The end of central directory record, after zip64's end record and locator when the
+    count, the directory's size or its offset needs them (zipfile's rules)."""
+    records = b""
+    if count > zipfile.ZIP_FILECOUNT_LIMIT or offset > zipfile.ZIP64_LIMIT or size > zipfile.ZIP64_LIMIT:
+        records = (_ZIP64_END.pack(_ZIP64_END_SIGNATURE, _ZIP64_END.size - 12, _ZIP64_VERSION, _ZIP64_VERSION,
+                                   0, 0, count, count, size, offset)
+                   + _ZIP64_LOCATOR.pack(_ZIP64_LOCATOR_SIGNATURE, 0, offset + size, 1))
+        count, size, offset = min(count, 0xFFFF), min(size, 0xFFFFFFFF), min(offset, 0xFFFFFFFF)
+    return records + _ZIP_END.pack(_ZIP_END_SIGNATURE, 0, 0, count, count, size, offset, 0)
+
+
+def _write_npz_by_zipfile(fh, arrays):
+    """``np.savez``'s own way, for arrays ``write_npz`` cannot write from memory."""
     with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, value in arrays.items():
-            array = np.asanyarray(value)
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                if not array.flags.c_contiguous or array.dtype.hasobject:
-                    np.lib.format.write_array(member, array, allow_pickle=True)  # as np.savez would
-                    continue
-                header = np.lib.format.header_data_from_array_1_0(array)
-                try:
-                    np.lib.format.write_array_header_1_0(member, header)
-                except ValueError:  # a header over 64 KiB (numpy moves to format 2.0 too)
-                    np.lib.format.write_array_header_2_0(member, header)
-                member.write(array.reshape(-1).view(np.uint8))
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
 
 
 def replace_dir(staging, final, *, force):
