@@ -87,7 +87,23 @@ def machine_peak():
 
 
 def load_text():
-    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+    return "load average {:.2f} {:.2f} {:.2f}, {}".format(*os.getloadavg(), handoff_text())
+
+
+def handoff_text(calls=400):
+    """The median of ``calls`` empty two-way ``threads.split`` calls: what waking the engine's other
+    thread costs now. On an idle VM whose vCPUs halt at once it was 90-110 us, with other work keeping
+    them awake 15-20 us, and the batch-1 rows, whose nodes split from about 0.7 ms, move with it."""
+    import time
+
+    from cnn_cli.functional import threads
+
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        threads.split(lambda lo, hi: None, 2, 2)
+        times.append(time.perf_counter() - start)
+    return f"empty split {1e6 * sorted(times)[calls // 2]:.0f} us"
 
 
 def torch_model(name):
