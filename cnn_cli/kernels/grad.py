@@ -1,4 +1,6 @@
-"""Training kernels: batch norm forward and backward, and the col2im scatter of strided grad_x.
+"""Training kernels: batch norm forward and backward, the col2im scatters of grad_x by columns
+(``col2im``, and ``col2im_phases`` and ``col2im_wide`` where its rows are too short to vectorise),
+and the 3x3 weight gradient four filters a pass.
 
 Batch norm tasks are channels: a task reads and writes channel c of every
 image, so no two tasks write the same memory. Sums over a plane run in
