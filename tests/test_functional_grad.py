@@ -9,6 +9,7 @@ import pytest
 from cnn_cli import config, kernels
 from cnn_cli import functional as F
 from cnn_cli.functional import conv, weight_grad
+from cnn_cli.kernels import grad as grad_kernels
 from cnn_cli.trainable import BatchNorm2d
 
 BN_SHAPES = [(2, 3, 5, 7), (4, 16, 8, 8), (1, 2, 1, 1), (3, 5, 33, 17)]
@@ -115,6 +116,13 @@ def test_batch_norm_backward_masks_by_a_later_relu():
             np.testing.assert_allclose(bn.grads["bias"], ref.grads["bias"], rtol=1e-5, atol=1e-6)
 
 
+def _conv_data(x_shape, w_shape, kwargs, seed):
+    """x, weight and grad_y of a conv2d call with ``kwargs``, standard normal."""
+    rng = np.random.default_rng(seed)
+    gy_shape = naive.conv_args(x_shape, w_shape, **kwargs).out_shape
+    return tuple(rng.standard_normal(shape).astype(np.float32) for shape in (x_shape, w_shape, gy_shape))
+
+
 COLUMNS = [
     ((2, 3, 7, 6), (4, 3, 3, 3), dict(stride=2, padding=1)),
     ((1, 2, 9, 8), (3, 2, 3, 2), dict(stride=(3, 2), padding=(1, 2))),
@@ -137,10 +145,7 @@ def test_grad_input_by_columns_matches_naive(x_shape, w_shape, kwargs, threaded,
     calls = []
     monkeypatch.setattr(conv, "_grad_input_columns",
                         lambda *a, f=conv._grad_input_columns: calls.append(1) or f(*a))
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    w = rng.standard_normal(w_shape).astype(np.float32)
-    gy = rng.standard_normal(naive.conv_args(x_shape, w_shape, **kwargs).out_shape).astype(np.float32)
+    x, w, gy = _conv_data(x_shape, w_shape, kwargs, 4)
     gx, _, _ = F.conv2d_backward(x, w, gy, **kwargs)
     assert calls, "the call should take the columns path"
     naive.assert_close(gx, naive.naive_conv2d_backward(x, w, gy, **kwargs)[0], "grad_x")
@@ -163,9 +168,9 @@ def test_col2im_by_phases_matches_col2im(kernel, stride, padding, dilation, hw):
     cols = np.random.default_rng(6).standard_normal((n, cin * kh * kw, ho * wo)).astype(np.float32)
     args = (kh, kw, ho, wo, sh, sw, dh, dw, top, left)
     ref, got = np.empty((n + 1, cin + 2, h, w), np.float32), np.full((n + 1, cin + 2, h, w), np.nan, np.float32)
-    kernels.grad.col2im(cols, 1, 2, *args, ref, 0, n * cin)
+    grad_kernels.col2im(cols, 1, 2, *args, ref, 0, n * cin)
     for first, last in ((0, 5), (5, 7), (7, n * cin)):
-        kernels.grad.col2im_phases(cols, 1, 2, *args, got, first, last)
+        grad_kernels.col2im_phases(cols, 1, 2, *args, got, first, last)
     np.testing.assert_allclose(got[1:, 2:], ref[1:, 2:], rtol=1e-6, atol=1e-6)
     assert np.isnan(got[0]).all() and np.isnan(got[1:, :2]).all(), "only the tasks' planes are written"
 
@@ -187,12 +192,65 @@ def test_col2im_of_wide_columns_matches_col2im(kernel, padding, dilation, hw):
     wide = np.zeros((n, cin * kh * kw, ho, wp), np.float32)
     wide[..., :wo] = cols
     ref, got = np.empty((n + 1, cin + 2, h, w), np.float32), np.full((n + 1, cin + 2, h, w), np.nan, np.float32)
-    kernels.grad.col2im(cols.reshape(n, -1, ho * wo), 1, 2, kh, kw, ho, wo, 1, 1, dh, dw, top, left, ref, 0, n * cin)
+    grad_kernels.col2im(cols.reshape(n, -1, ho * wo), 1, 2, kh, kw, ho, wo, 1, 1, dh, dw, top, left, ref, 0, n * cin)
     for first, last in ((0, 5), (5, 7), (7, n * cin)):
-        kernels.grad.col2im_wide(wide.reshape(n, -1, ho * wp), 1, 2, kh, kw, ho, wp, dh, dw, top, left, got,
+        grad_kernels.col2im_wide(wide.reshape(n, -1, ho * wp), 1, 2, kh, kw, ho, wp, dh, dw, top, left, got,
                                  first, last)
     np.testing.assert_allclose(got[1:, 2:], ref[1:, 2:], rtol=1e-6, atol=1e-6)
     assert np.isnan(got[0]).all() and np.isnan(got[1:, :2]).all(), "only the tasks' planes are written"
+
+
+PHASES = [
+    ((3, 4, 32, 31), (8, 4, 3, 3), dict(stride=2, padding=1)),
+    ((2, 3, 16, 16), (6, 3, 3, 3), dict(stride=2, padding=1)),         # filters not in fours
+    ((2, 2, 11, 9), (5, 2, 4, 4), dict(stride=3, padding=2)),
+    ((2, 3, 10, 13), (4, 3, 3, 5), dict(stride=(2, 3), padding=(0, 2))),
+    ((1, 2, 9, 8), (4, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0))),
+    ((2, 2, 12, 12), (4, 2, 3, 3), dict(stride=2, padding=[0, 1, 1, 0])),  # rows and columns past the windows
+    ((2, 3, 7, 8), (4, 3, 2, 2), dict(stride=(1, 2), padding="valid")),
+]
+
+
+@pytest.mark.parametrize("threaded", [False, True], ids=["one-thread", "split"])
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", PHASES)
+def test_weight_gradient_by_phases_matches_naive(x_shape, w_shape, kwargs, threaded, monkeypatch):
+    """Strided windows that overlap take the phases of the stride, in tiles of a few values."""
+    monkeypatch.setattr(kernels.conv, "GRAD_TILE", 40)
+    if threaded:
+        monkeypatch.setattr(config, "PARALLEL_MIN_WORK", 0)
+    calls = []
+    monkeypatch.setattr(weight_grad, "phases", lambda *a, f=weight_grad.phases: calls.append(1) or f(*a))
+    x, w, gy = _conv_data(x_shape, w_shape, kwargs, 8)
+    _, gw, _ = F.conv2d_backward(x, w, gy, **kwargs)
+    assert calls, "the call should split x into phases"
+    naive.assert_close(gw, naive.naive_conv2d_backward(x, w, gy, **kwargs)[1], "grad_weight")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, why", [
+    ((2, 3, 8, 8), (4, 3, 1, 1), dict(stride=2), "1x1: windows that do not overlap"),
+    ((2, 4, 9, 9), (4, 2, 3, 3), dict(stride=2, padding=1, groups=2), "grouped"),
+    ((2, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1, padding_mode="reflect"), "reflect padding"),
+    ((2, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1, dilation=2), "dilated"),
+])
+def test_weight_gradient_by_phases_is_only_taken_where_it_applies(x_shape, w_shape, kwargs, why, monkeypatch):
+    calls = []
+    monkeypatch.setattr(weight_grad, "phases", lambda *a: calls.append(1))
+    x, w, gy = _conv_data(x_shape, w_shape, kwargs, 9)
+    _, gw, _ = F.conv2d_backward(x, w, gy, **kwargs)
+    assert not calls, why
+    naive.assert_close(gw, naive.naive_conv2d_backward(x, w, gy, **kwargs)[1], "grad_weight")
+
+
+def test_weight_gradient_of_a_strided_layer_stays_exact_for_inf_in_x():
+    """The zeros of grad_y past its rows would meet inf in x (0 * inf is NaN): x with inf takes im2col."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
+    x[0, 1, 9, 9] = np.inf  # read by no window of 3x3 at stride 2 without padding (they end at row 8)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    _, gw, _ = F.conv2d_backward(x, w, gy, stride=2)
+    x[0, 1, 9, 9] = 0.0
+    naive.assert_close(gw, naive.naive_conv2d_backward(x, w, gy, stride=2)[1], "grad_weight")
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kwargs", [
