@@ -3,10 +3,14 @@ including the zip64 records that only files and members past zipfile's limits ge
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import os
+import tempfile
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,7 +138,7 @@ def test_zip64_offsets_past_4_gib(tmp_path):
     with open(tmp_path / "ours", "rb") as fh:
         with zipfile.ZipFile(fh) as archive:
             assert archive.testzip() is None
-            assert [i.header_offset for i in archive.infolist()][0] == start
+            assert archive.infolist()[0].header_offset == start
         fh.seek(start)
         with np.load(fh, allow_pickle=False) as npz:
             np.testing.assert_array_equal(npz["layer0"], arrays["layer0"])
@@ -201,3 +205,60 @@ def test_an_interrupted_write_leaves_nothing_and_keeps_the_old_file(tmp_path, mo
         save_npz_atomic(old, FROM_MEMORY)
     assert old.read_bytes() == b"earlier"
     assert [p.name for p in tmp_path.iterdir() if temporary_kind(p.name)] == []
+
+
+# --------------------------------------------------------------------------- DirectFile
+
+
+def _direct_bytes(path, arrays):
+    with fileio.DirectFile(path) as fh:
+        write_npz(fh, arrays)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("chunk", [fileio.DIRECT_CHUNK, 2 * fileio.DIRECT_ALIGN])
+def test_direct_writes_whatever_the_pieces(tmp_path, monkeypatch, chunk):
+    """Members smaller than a block, one block exactly, many chunks and a ragged tail: np.savez's bytes."""
+    monkeypatch.setattr(fileio, "DIRECT_CHUNK", chunk)
+    align = fileio.DIRECT_ALIGN
+    for size in (0, 1, align, align - 128, 3 * chunk, 3 * chunk + 5, 5 * 2**20 + 3):
+        arrays = {"a": RNG.integers(0, 255, size, dtype=np.uint8), "b.c": np.arange(7, dtype=np.float32)}
+        path = tmp_path / f"{size}.npz"
+        path.touch()
+        assert _direct_bytes(path, arrays) == _savez_bytes(arrays), size
+
+
+def test_where_direct_writes_are_refused_the_page_cache_takes_them(tmp_path, monkeypatch):
+    """O_DIRECT refused at open (tmpfs), at the first write (another alignment), or missing (not Linux)."""
+    arrays = {"maps": RNG.standard_normal((3, 700, 800)).astype(np.float32)}  # 6.7 MB: two chunks and a tail
+    expected = _savez_bytes(arrays)
+    path = tmp_path / "f.npz"
+    path.touch()
+    real_write, refused = os.write, []
+
+    def write(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    assert _direct_bytes(path, arrays) == expected
+    assert len(refused) == 1  # then the rest went through the cache
+    monkeypatch.undo()
+    if os.path.isdir("/dev/shm"):  # tmpfs refuses O_DIRECT at open
+        with tempfile.NamedTemporaryFile(dir="/dev/shm", suffix=".npz") as shm:
+            assert _direct_bytes(Path(shm.name), arrays) == expected
+    monkeypatch.delattr(os, "O_DIRECT")
+    assert _direct_bytes(path, arrays) == expected
+
+
+def test_a_failed_direct_write_is_raised(tmp_path, monkeypatch):
+    """Errors other than a refusal (a full disk) reach the caller, and atomic_path removes the file."""
+    def write(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(OSError, match="No space"):
+        save_npz_atomic(tmp_path / "f.npz", FROM_MEMORY)
+    assert list(tmp_path.iterdir()) == []
