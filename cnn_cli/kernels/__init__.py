@@ -14,7 +14,7 @@ takes the numpy paths (``cnn_cli.functional.small``) and never needs them.
 
 import importlib
 
-_SUBMODULES = frozenset({"affine", "conv", "depthwise", "pointwise", "pool", "prelu", "stem", "winograd"})
+_SUBMODULES = frozenset({"affine", "conv", "depthwise", "grad", "pointwise", "pool", "prelu", "stem", "winograd"})
 
 
 def __getattr__(name):
