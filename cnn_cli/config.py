@@ -79,23 +79,20 @@ FFT_TILE_MIN_REACHES = 4
 FFT_TILES_MAX_COST = 0.95
 
 #: Kernels run on the calling thread below this much work (about one
-#: multiply-add per unit). Handing work to another thread costs a wake-up,
-#: and its core finds the data cold: the previous layer left it in this
-#: core's cache. Measured here, a LeNet training step and epoch
-#: ran faster with every layer (up to 24M multiply-adds) on one thread than
-#: split in two, although a single such call repeated alone runs faster
-#: split; a bank over a photo (100M and up) gains clearly from the split.
+#: multiply-add per unit). Handing work to another thread costs a wake-up
+#: (60-110 us on this VM when idle, bench/zoo.py prints it), and its core
+#: finds the data cold. A LeNet step ran faster with every layer (up to 24M)
+#: on one thread; a bank over a photo (100M and up) gains clearly from the split.
 PARALLEL_MIN_WORK = 2**25
 
 #: ``nn.Network.forward`` in eval mode shares a batch between the threads in
-#: BATCH_SPLIT_CHUNKS chunks a thread, each run through the whole network on
-#: one thread, from BATCH_SPLIT_MIN_WORK multiply-adds a pass. Split against
-#: whole (load 0.2-0.6, medians of 31 interleaved passes): AlexNet-style at 16
-#: (76 M) 4.5 against 3.6 ms, at 32 (152 M) 6.4 against 6.5; the resnet preset
-#: at 8 (98 M) 5.7 against 5.6, at 16 (195 M) 7.2 against 8.7; LeNet at 256
-#: (111 M) 7.7 against 9.7. Halves against two chunks a thread: ResNet-18 at
-#: batch 8 149 against 166 ms, SqueezeNet 45.0 against 46.4, the O-Net at 64
-#: 18.2 against 19.1, MobileNetV2 60.4 against 58.8.
+#: BATCH_SPLIT_CHUNKS chunks a thread, each run through the whole network on one
+#: thread, from BATCH_SPLIT_MIN_WORK multiply-adds a pass. Split against whole
+#: (load 0.2-0.6, medians of 31): AlexNet-style at 16 (76 M) 4.5 against 3.6 ms,
+#: at 32 (152 M) 6.4/6.5; the resnet preset at 8 (98 M) 5.7/5.6, at 16 (195 M)
+#: 7.2/8.7; LeNet at 256 (111 M) 7.7/9.7. Halves against two chunks a thread:
+#: ResNet-18 at 8 149/166 ms, SqueezeNet 45.0/46.4, the O-Net at 64 18.2/19.1,
+#: MobileNetV2 60.4/58.8.
 BATCH_SPLIT_MIN_WORK = 2**27
 BATCH_SPLIT_CHUNKS = 1
 
@@ -116,9 +113,8 @@ BATCH_SPLIT_CHUNKS = 1
 POOL_VALUE_WORK = 64
 PRELU_VALUE_WORK = 32
 
-#: Convolution specs kept for reuse (``functional.specs.conv_spec``): a
-#: network's layers at a few input sizes. Past this many the cache starts
-#: again, so a long run over images of ever new sizes holds at most this many.
+#: Convolution specs kept for reuse (``functional.specs.conv_spec``): a network's layers at
+#: a few input sizes. Past this many the cache starts again, so a run holds at most this many.
 CONV_SPECS_KEPT = 4096
 
 #: The depthwise kernel (``kernels.depthwise``): the work of one tap of one
@@ -419,20 +415,24 @@ GEMM_ROW_COLUMNS_MIN_WIDTH = 32
 #: stride 1, 3 -> 64 3x3 at 224x224 5.3 against 7.6 on the stacked loops,
 #: 7x7 21 against 55 on row im2col, 32 x 1 -> 6 5x5 at 28x28 (LeNet) 0.34 against 0.61 (0.45
 #: against 0.75 with the 2x2 max pool the stacked loops fuse), 3 -> 16 3x3/2
-#: at 32x32 0.026 against 0.046. 8 and 16 channels (-> 32, 3x3/2 at
-#: 112x112) also won, 0.55 against 0.94 and 0.64 against 1.10, but deeper
-#: inputs were not measured; 4 covers RGBA and the tests' range. The path
-#: splits between threads from PARALLEL_MIN_WORK, as the others do: below it,
-#: two threads did not pay with the other core busy (load average 0.9),
-#: MobileNetV2's stem (11M multiply-adds) 1.12 ms against 1.03 on one thread,
-#: SqueezeNet's (22M) 1.20 against 1.29.
+#: at 32x32 0.026 against 0.046. 4 covers RGBA and the tests' range. It
+#: splits between threads from PARALLEL_MIN_WORK, as the others do: below
+#: it, two threads did not pay with the other core busy (load 0.9),
+#: MobileNetV2's stem (11M) 1.12 ms against 1.03, SqueezeNet's 1.20 against 1.29.
+#: Strided kernels wider than 1x1 take it up to STRIDED_STEM_MAX_CHANNELS
+#: when the output is at least STRIDED_STEM_MIN_WIDTH wide: against gemm, one
+#: core, 32 images, 3x3/2 at 32x32 (load 2.9): 8 -> 16 0.79 against 1.39 ms,
+#: 16 -> 32 2.19 against 2.98, 24 -> 48 4.36/4.97, 32 -> 64 7.61/8.25; but at
+#: 16x16 32 -> 64 1.30 against 0.93, 16 -> 32 0.91/0.79, and from 64 channels
+#: (4 x 128 -> 256 at 28x28 9.4/6.3) it lost.
 STEM_MAX_CHANNELS = 4
+STRIDED_STEM_MAX_CHANNELS = 32
+STRIDED_STEM_MIN_WIDTH = 16
 
-#: Output pixels (whole rows, in the W_ph-wide layout) of a tile of the stem
-#: kernel, whose four filters' sums stay in the first-level cache while each
-#: three-tap pass adds to them. ResNet's first layer took 5.5 ms at 1024
-#: against 6.5 at 512 and 768 (and 4.3 against 4.8 in another round); the
-#: 3x3 stems moved within the noise (0.82-0.89 ms, 1.23-1.32 ms).
+#: Output pixels (whole rows, W_ph wide) of a tile of the stem kernel, whose
+#: four filters' sums stay in L1 while each three-tap pass adds to them.
+#: ResNet's first layer took 5.5 ms at 1024 against 6.5 at 512 and 768 (4.3
+#: against 4.8 in another round); the 3x3 stems moved within the noise.
 STEM_TILE_PIXELS = 1024
 
 #: "auto" runs 3x3 convolutions at stride 1 (undilated, ungrouped) as

@@ -123,8 +123,25 @@ def test_error_on_resnet_first_layer_is_within_the_engine_tolerance(torch_ref):
     ((1, 5, 32, 32), (16, 5, 3, 3), {"padding": 1}, False),         # more channels than STEM_MAX_CHANNELS
     ((1, 4, 32, 32), (16, 2, 3, 3), {"padding": 1, "groups": 2}, False),
     ((1, 3, 64, 64), (4, 3, 15, 15), {"padding": 7}, False),        # FFT's
+    ((32, 16, 32, 32), (32, 16, 3, 3), {"stride": 2, "padding": 1}, True),   # strided, 16 wide out
+    ((2, 32, 40, 40), (64, 32, 3, 3), {"stride": 2, "padding": 1}, True),
+    ((32, 32, 16, 16), (64, 32, 3, 3), {"stride": 2, "padding": 1}, False),  # 8 wide out
+    ((4, 64, 56, 56), (128, 64, 3, 3), {"stride": 2, "padding": 1}, False),  # deeper than 32
+    ((32, 16, 32, 32), (32, 16, 1, 1), {"stride": 2}, False),                 # 1x1 reads one phase of four
 ])
 def test_auto_takes_the_stem_path_for_few_input_channels(x_shape, w_shape, kwargs, takes):
     spec = F.ConvSpec(x_shape, w_shape, kwargs.get("stride", 1), kwargs.get("padding", 0), 1,
                       kwargs.get("groups", 1), "zeros", "auto")
     assert (dispatch.forward_path(spec) is stem) == takes
+
+
+@pytest.mark.parametrize("c_in, c_out, stride", [(16, 32, 2), (24, 6, 2), (32, 8, 3)])
+def test_strided_layers_of_deeper_inputs_on_the_stem_path(c_in, c_out, stride):
+    """The strided layers "auto" gives the stem path past STEM_MAX_CHANNELS (a residual block's first
+    conv over 16-32 channels): every tap of every channel against the naive loops, with the clip."""
+    x, w, b = _data((2, c_in, 2 * 17 + 1, 3 * 16), c_out, 3, seed=c_in)
+    spec = _spec(x, w, stride, 1, 1)
+    assert dispatch.forward_path(spec) is stem
+    y = naive.naive_conv2d(x, w, b, stride=stride, padding=1)
+    assert_close(F.conv2d(x, w, b, stride=stride, padding=1), y, "forward")
+    assert_close(conv2d_clip(x, w, b, 0.0, 0.5, stride=stride, padding=1), np.clip(y, 0.0, 0.5), "forward")

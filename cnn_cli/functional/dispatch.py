@@ -82,6 +82,9 @@ def _choose_algorithm(spec):
         return "fft"
     if spec.groups == 1 and cin_g <= config.STEM_MAX_CHANNELS:
         return "stem"
+    if spec.groups == 1 and not stride_1 and kh * kw > 1 and cin_g <= config.STRIDED_STEM_MAX_CHANNELS \
+            and spec.out_hw[1] >= config.STRIDED_STEM_MIN_WIDTH:
+        return "stem"
     if _depthwise(spec):
         return "direct"
     if _winograd(spec):
