@@ -208,6 +208,9 @@ PHASES = [
     ((1, 2, 9, 8), (4, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0))),
     ((2, 2, 12, 12), (4, 2, 3, 3), dict(stride=2, padding=[0, 1, 1, 0])),  # rows and columns past the windows
     ((2, 3, 7, 8), (4, 3, 2, 2), dict(stride=(1, 2), padding="valid")),
+    ((2, 3, 12, 11), (6, 3, 5, 5), dict(padding=2)),                       # stride 1: one phase
+    ((2, 1, 9, 10), (8, 1, 7, 7), dict(padding=3)),
+    ((1, 2, 10, 9), (4, 2, 5, 4), dict(padding=(2, 1))),
 ]
 
 
@@ -231,6 +234,7 @@ def test_weight_gradient_by_phases_matches_naive(x_shape, w_shape, kwargs, threa
     ((2, 4, 9, 9), (4, 2, 3, 3), dict(stride=2, padding=1, groups=2), "grouped"),
     ((2, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1, padding_mode="reflect"), "reflect padding"),
     ((2, 3, 9, 9), (4, 3, 3, 3), dict(stride=2, padding=1, dilation=2), "dilated"),
+    ((2, 3, 9, 9), (4, 3, 3, 3), dict(padding=1), "3 wide at stride 1: the stacked loops"),
 ])
 def test_weight_gradient_by_phases_is_only_taken_where_it_applies(x_shape, w_shape, kwargs, why, monkeypatch):
     calls = []

@@ -133,15 +133,16 @@ def grad_input_by_columns(spec):
 def weight_grad_path(x, spec):
     """The path of ``weight_grad`` for a call on input ``x``: ``spec.algorithm``, with "auto" resolved.
 
-    "im2col" runs matrix products (``weight_grad.columns``), or at strides
-    above 1, where the windows overlap, the phases of the stride
-    (``weight_grad.phases``, ``_weight_phases``); "direct" the direct loops; "fft" has no weight-gradient path of its own and runs
+    "im2col" runs matrix products (``weight_grad.columns``), "direct" the
+    direct loops; "fft" has no weight-gradient path of its own and runs
     "direct". "auto" takes the register-blocked loop for kernels 3 wide at
     stride 1, which beats BLAS there; for the others, matrix products beat
     the direct loops (more so the deeper the layer), as long as one image's
-    columns fit ``config.IM2COL_MAX_BYTES``. The W_p-wide layouts of stride 1
-    need an input that is all finite (see ``weight_grad``); any other takes
-    the exact loops.
+    columns fit ``config.IM2COL_MAX_BYTES``, and where the windows overlap
+    (``_weight_phases``), the register-blocked loops over the phases of the
+    stride (``weight_grad.phases``) beat the products. The W_p-wide layouts
+    of stride 1 and the phases need an input that is all finite (see
+    ``weight_grad``); any other takes the exact loops.
     """
     _, cin_g, kh, kw = spec.w_shape
     stride_1 = spec.stride == (1, 1)
@@ -153,8 +154,11 @@ def weight_grad_path(x, spec):
             columns = cin_g * kh * kw * spec.out_hw[0] * spec.out_hw[1] * 4
         blocked = kw == BLOCKED_WIDTH and stride_1
         algorithm = "direct" if blocked or columns > config.IM2COL_MAX_BYTES else "im2col"
+    automatic = spec.algorithm in ("auto", "light")
+    if algorithm == "im2col" and automatic and _weight_phases(spec) and bool(np.isfinite(x).all()):
+        return weight_grad.phases
     if algorithm == "im2col" and not stride_1:
-        return weight_grad.phases if _weight_phases(spec) and bool(np.isfinite(x).all()) else weight_grad.columns
+        return weight_grad.columns
     wide = stride_1 and bool(np.isfinite(x).all())
     if algorithm == "im2col" and wide:
         return weight_grad.columns
@@ -166,9 +170,13 @@ def weight_grad_path(x, spec):
 
 
 def _weight_phases(spec):
-    """Does a strided layer's weight gradient split x into the phases of the stride (``weight_grad.phases``)
-    rather than take im2col columns: zero padding, ungrouped, undilated, and windows that overlap (a
-    1x1 kernel at stride 2 would split x into four planes to read one: 0.29 ms with columns, 0.61 with
-    phases). Its zeros of grad_y meet pixels outside the windows, so x must also be finite."""
+    """Does the weight gradient where "auto" takes im2col split x into the phases of the stride
+    (``weight_grad.phases``, one plane at stride 1) instead: zero padding, ungrouped, undilated, and
+    windows that overlap (a 1x1 kernel at stride 2 would split x into four planes to read one: 0.29
+    ms with columns, 0.61 with phases). Its zeros of grad_y meet pixels outside the windows, so x must
+    also be finite. At stride 1 (kernels other than 3 wide), one core, 32 images against columns
+    (load 1.9-3.0): LeNet's 1 -> 6 5x5 at 28x28 1.08 -> 0.32 ms and 6 -> 16 at 14x14 1.06 -> 0.55,
+    the alexnet preset's 1 -> 16 5x5 at 32x32 2.46 -> 0.80, 3 -> 16 7x7 8.0 -> 4.0, 32 -> 64 5x5 at
+    16x16 24.6 -> 21.9; 4 x 64 -> 64 5x5 at 32x32 19.8 -> 20.7."""
     (sh, sw), (kh, kw) = spec.stride, spec.w_shape[2:]
     return spec.padding_mode == "zeros" and spec.groups == 1 and spec.dilation == (1, 1) and (kh > sh or kw > sw)
