@@ -7,7 +7,7 @@ import copy
 
 import numpy as np
 
-from .layers import maps_shape
+from .layers import ACTIVATIONS, maps_shape
 from .trainable import MAX_CHANNELS, BatchNorm2d, Conv2d, Param, whole_number
 
 
@@ -107,14 +107,14 @@ class Residual(Param):
         p = self.parts
         (out,) = self.saved
         # The last ReLU's mask is applied by the batch norms' backward kernels as they read grad
-        # (0.08 ms for 2**19 values), and on the identity shortcut as the ReLU layer's backward
-        # applies it, a product: numpy's where, on a mask this random, took 2.2 ms.
+        # (0.08 ms for 2**19 values), and on the identity shortcut by the ReLU layer's own backward
+        # (a product): numpy's where, on a mask this random, took 2.2 ms.
         g = p["conv2"].backward(p["bn2"].backward(grad, relu_out=out))
         gx = p["conv1"].backward(p["bn1"].backward(g))  # bn1's fused ReLU masks g
         if "downsample.0" in p:
             gx += p["downsample.0"].backward(p["downsample.1"].backward(grad, relu_out=out))
         else:
-            gx += np.multiply(grad, out > 0, dtype=np.float32)
+            gx += ACTIVATIONS["relu"].grad(grad, out, None)
         return gx
 
     def channel_names(self, names):
